@@ -1,0 +1,1 @@
+"""Tiergen contracts: generated Python bindings, one package per service."""

@@ -1,0 +1,410 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from tiergen.common.v1 import common_pb2 as _common_pb2
+from tiergen.ledger.v1 import ledger_pb2 as _ledger_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Fidelity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FIDELITY_UNSPECIFIED: _ClassVar[Fidelity]
+    FIDELITY_DRAFT: _ClassVar[Fidelity]
+    FIDELITY_BALANCED: _ClassVar[Fidelity]
+    FIDELITY_HIGH: _ClassVar[Fidelity]
+
+class JobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_KIND_UNSPECIFIED: _ClassVar[JobKind]
+    JOB_KIND_GENERATE: _ClassVar[JobKind]
+    JOB_KIND_PROMOTE: _ClassVar[JobKind]
+    JOB_KIND_UPSCALE: _ClassVar[JobKind]
+
+class JobStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATUS_UNSPECIFIED: _ClassVar[JobStatus]
+    JOB_STATUS_QUEUED: _ClassVar[JobStatus]
+    JOB_STATUS_RUNNING: _ClassVar[JobStatus]
+    JOB_STATUS_SUCCEEDED: _ClassVar[JobStatus]
+    JOB_STATUS_FAILED: _ClassVar[JobStatus]
+    JOB_STATUS_CANCELLED: _ClassVar[JobStatus]
+FIDELITY_UNSPECIFIED: Fidelity
+FIDELITY_DRAFT: Fidelity
+FIDELITY_BALANCED: Fidelity
+FIDELITY_HIGH: Fidelity
+JOB_KIND_UNSPECIFIED: JobKind
+JOB_KIND_GENERATE: JobKind
+JOB_KIND_PROMOTE: JobKind
+JOB_KIND_UPSCALE: JobKind
+JOB_STATUS_UNSPECIFIED: JobStatus
+JOB_STATUS_QUEUED: JobStatus
+JOB_STATUS_RUNNING: JobStatus
+JOB_STATUS_SUCCEEDED: JobStatus
+JOB_STATUS_FAILED: JobStatus
+JOB_STATUS_CANCELLED: JobStatus
+
+class GenerationSpec(_message.Message):
+    __slots__ = ("prompt", "tier", "stage", "resolution", "n", "seed", "allow_downgrade", "fidelity")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_DOWNGRADE_FIELD_NUMBER: _ClassVar[int]
+    FIDELITY_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    tier: str
+    stage: _common_pb2.Stage
+    resolution: _common_pb2.Resolution
+    n: int
+    seed: int
+    allow_downgrade: bool
+    fidelity: Fidelity
+    def __init__(self, prompt: _Optional[str] = ..., tier: _Optional[str] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., resolution: _Optional[_Union[_common_pb2.Resolution, _Mapping]] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., allow_downgrade: _Optional[bool] = ..., fidelity: _Optional[_Union[Fidelity, str]] = ...) -> None: ...
+
+class Decision(_message.Message):
+    __slots__ = ("tier", "resolution", "width", "height", "unit_cost", "n", "total_cost", "reasons", "downgraded")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    UNIT_COST_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_COST_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    DOWNGRADED_FIELD_NUMBER: _ClassVar[int]
+    tier: str
+    resolution: _common_pb2.Resolution
+    width: int
+    height: int
+    unit_cost: int
+    n: int
+    total_cost: int
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    downgraded: bool
+    def __init__(self, tier: _Optional[str] = ..., resolution: _Optional[_Union[_common_pb2.Resolution, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., unit_cost: _Optional[int] = ..., n: _Optional[int] = ..., total_cost: _Optional[int] = ..., reasons: _Optional[_Iterable[str]] = ..., downgraded: _Optional[bool] = ...) -> None: ...
+
+class JobError(_message.Message):
+    __slots__ = ("code", "reason", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    reason: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Job(_message.Message):
+    __slots__ = ("job_id", "batch_id", "account_id", "kind", "status", "tier", "stage", "prompt", "seed", "variation", "resolution", "width", "height", "quoted_cost", "cost", "parent_job_id", "child_job_ids", "asset", "reasons", "strength", "drift", "upscale_factor", "upscale_method", "error", "create_time", "start_time", "finish_time", "trace_id")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    VARIATION_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    QUOTED_COST_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    PARENT_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    CHILD_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    ASSET_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
+    UPSCALE_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    UPSCALE_METHOD_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    FINISH_TIME_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    batch_id: str
+    account_id: str
+    kind: JobKind
+    status: JobStatus
+    tier: str
+    stage: _common_pb2.Stage
+    prompt: str
+    seed: int
+    variation: int
+    resolution: _common_pb2.Resolution
+    width: int
+    height: int
+    quoted_cost: int
+    cost: int
+    parent_job_id: str
+    child_job_ids: _containers.RepeatedScalarFieldContainer[str]
+    asset: _common_pb2.AssetRef
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    strength: float
+    drift: float
+    upscale_factor: float
+    upscale_method: _common_pb2.UpscaleMethod
+    error: JobError
+    create_time: _timestamp_pb2.Timestamp
+    start_time: _timestamp_pb2.Timestamp
+    finish_time: _timestamp_pb2.Timestamp
+    trace_id: str
+    def __init__(self, job_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., account_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., status: _Optional[_Union[JobStatus, str]] = ..., tier: _Optional[str] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., prompt: _Optional[str] = ..., seed: _Optional[int] = ..., variation: _Optional[int] = ..., resolution: _Optional[_Union[_common_pb2.Resolution, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., quoted_cost: _Optional[int] = ..., cost: _Optional[int] = ..., parent_job_id: _Optional[str] = ..., child_job_ids: _Optional[_Iterable[str]] = ..., asset: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., reasons: _Optional[_Iterable[str]] = ..., strength: _Optional[float] = ..., drift: _Optional[float] = ..., upscale_factor: _Optional[float] = ..., upscale_method: _Optional[_Union[_common_pb2.UpscaleMethod, str]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ...) -> None: ...
+
+class JobProgress(_message.Message):
+    __slots__ = ("job_id", "progress")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    progress: _common_pb2.Progress
+    def __init__(self, job_id: _Optional[str] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ...) -> None: ...
+
+class Batch(_message.Message):
+    __slots__ = ("batch_id", "decision", "jobs", "replayed")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    batch_id: str
+    decision: Decision
+    jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    replayed: bool
+    def __init__(self, batch_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., replayed: _Optional[bool] = ...) -> None: ...
+
+class QuoteRequest(_message.Message):
+    __slots__ = ("account_id", "spec")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    spec: GenerationSpec
+    def __init__(self, account_id: _Optional[str] = ..., spec: _Optional[_Union[GenerationSpec, _Mapping]] = ...) -> None: ...
+
+class QuoteResponse(_message.Message):
+    __slots__ = ("decision", "available", "affordable", "shortfall")
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    AFFORDABLE_FIELD_NUMBER: _ClassVar[int]
+    SHORTFALL_FIELD_NUMBER: _ClassVar[int]
+    decision: Decision
+    available: int
+    affordable: bool
+    shortfall: int
+    def __init__(self, decision: _Optional[_Union[Decision, _Mapping]] = ..., available: _Optional[int] = ..., affordable: _Optional[bool] = ..., shortfall: _Optional[int] = ...) -> None: ...
+
+class GenerateRequest(_message.Message):
+    __slots__ = ("account_id", "idempotency_key", "spec")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    idempotency_key: str
+    spec: GenerationSpec
+    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., spec: _Optional[_Union[GenerationSpec, _Mapping]] = ...) -> None: ...
+
+class GenerateResponse(_message.Message):
+    __slots__ = ("batch", "progress", "job")
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    batch: Batch
+    progress: JobProgress
+    job: Job
+    def __init__(self, batch: _Optional[_Union[Batch, _Mapping]] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class PromoteRequest(_message.Message):
+    __slots__ = ("account_id", "idempotency_key", "job_id", "tier", "resolution", "prompt", "prompt_addition", "strength", "seed")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_ADDITION_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    idempotency_key: str
+    job_id: str
+    tier: str
+    resolution: _common_pb2.Resolution
+    prompt: str
+    prompt_addition: str
+    strength: float
+    seed: int
+    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., job_id: _Optional[str] = ..., tier: _Optional[str] = ..., resolution: _Optional[_Union[_common_pb2.Resolution, _Mapping]] = ..., prompt: _Optional[str] = ..., prompt_addition: _Optional[str] = ..., strength: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class PromoteResponse(_message.Message):
+    __slots__ = ("accepted", "progress", "job")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    accepted: Job
+    progress: JobProgress
+    job: Job
+    def __init__(self, accepted: _Optional[_Union[Job, _Mapping]] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class UpscaleRequest(_message.Message):
+    __slots__ = ("account_id", "idempotency_key", "job_id", "factor", "method", "output_format", "quality")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FACTOR_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    idempotency_key: str
+    job_id: str
+    factor: float
+    method: _common_pb2.UpscaleMethod
+    output_format: _common_pb2.ImageFormat
+    quality: int
+    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., job_id: _Optional[str] = ..., factor: _Optional[float] = ..., method: _Optional[_Union[_common_pb2.UpscaleMethod, str]] = ..., output_format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ..., quality: _Optional[int] = ...) -> None: ...
+
+class UpscaleResponse(_message.Message):
+    __slots__ = ("accepted", "progress", "job")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    accepted: Job
+    progress: JobProgress
+    job: Job
+    def __init__(self, accepted: _Optional[_Union[Job, _Mapping]] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("account_id", "job_id")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    job_id: str
+    def __init__(self, account_id: _Optional[str] = ..., job_id: _Optional[str] = ...) -> None: ...
+
+class GetJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("account_id", "stage", "tier", "status", "kind", "batch_id", "parent_job_id", "page_size", "page_token")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    stage: _common_pb2.Stage
+    tier: str
+    status: JobStatus
+    kind: JobKind
+    batch_id: str
+    parent_job_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, account_id: _Optional[str] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., tier: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., kind: _Optional[_Union[JobKind, str]] = ..., batch_id: _Optional[str] = ..., parent_job_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs", "next_page_token")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CancelJobRequest(_message.Message):
+    __slots__ = ("account_id", "job_id", "batch_id")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    job_id: str
+    batch_id: str
+    def __init__(self, account_id: _Optional[str] = ..., job_id: _Optional[str] = ..., batch_id: _Optional[str] = ...) -> None: ...
+
+class CancelJobResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
+
+class GetAssetRequest(_message.Message):
+    __slots__ = ("account_id", "asset_id")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    ASSET_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    asset_id: str
+    def __init__(self, account_id: _Optional[str] = ..., asset_id: _Optional[str] = ...) -> None: ...
+
+class GetAssetResponse(_message.Message):
+    __slots__ = ("info", "chunk")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    info: _common_pb2.ImageInfo
+    chunk: _common_pb2.ImageChunk
+    def __init__(self, info: _Optional[_Union[_common_pb2.ImageInfo, _Mapping]] = ..., chunk: _Optional[_Union[_common_pb2.ImageChunk, _Mapping]] = ...) -> None: ...
+
+class OpenAccountRequest(_message.Message):
+    __slots__ = ("account_id", "idempotency_key")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    idempotency_key: str
+    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class OpenAccountResponse(_message.Message):
+    __slots__ = ("balance", "granted", "replayed")
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    balance: _ledger_pb2.Balance
+    granted: int
+    replayed: bool
+    def __init__(self, balance: _Optional[_Union[_ledger_pb2.Balance, _Mapping]] = ..., granted: _Optional[int] = ..., replayed: _Optional[bool] = ...) -> None: ...
+
+class GetBalanceRequest(_message.Message):
+    __slots__ = ("account_id",)
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+
+class GetBalanceResponse(_message.Message):
+    __slots__ = ("balance",)
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    balance: _ledger_pb2.Balance
+    def __init__(self, balance: _Optional[_Union[_ledger_pb2.Balance, _Mapping]] = ...) -> None: ...
+
+class CheckInRequest(_message.Message):
+    __slots__ = ("account_id", "idempotency_key")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    idempotency_key: str
+    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class CheckInResponse(_message.Message):
+    __slots__ = ("balance", "granted", "iso_week", "cap_reached", "replayed")
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    ISO_WEEK_FIELD_NUMBER: _ClassVar[int]
+    CAP_REACHED_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    balance: _ledger_pb2.Balance
+    granted: int
+    iso_week: str
+    cap_reached: bool
+    replayed: bool
+    def __init__(self, balance: _Optional[_Union[_ledger_pb2.Balance, _Mapping]] = ..., granted: _Optional[int] = ..., iso_week: _Optional[str] = ..., cap_reached: _Optional[bool] = ..., replayed: _Optional[bool] = ...) -> None: ...

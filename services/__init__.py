@@ -1,0 +1,1 @@
+"""Tiergen services: router, generator, ledger, upscaler and the runtime they share."""

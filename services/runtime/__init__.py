@@ -1,0 +1,1 @@
+"""What every Tiergen service shares: settings, server bootstrap, telemetry and error mapping."""

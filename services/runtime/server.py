@@ -1,0 +1,173 @@
+"""Server bootstrap shared by every service: the `create_server` factory, health, reflection,
+and the process entry point with graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.runtime.interceptors import ServerTelemetryInterceptor
+from services.runtime.logging import configure_logging
+from services.runtime.settings import ConfigError, ServerSettings
+from services.runtime.tracing import configure_tracing
+
+__all__ = ["Server", "ServiceRegistration", "create_server", "serve_forever"]
+
+_log = structlog.get_logger("tiergen.server")
+
+StopHook = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ServiceRegistration:
+    """One gRPC service to serve: its full name and the generated `add_*_to_server` call."""
+
+    name: str
+    add_to_server: Callable[[grpc.aio.Server], None]
+
+
+class Server:
+    """A gRPC server with health, reflection and an orderly stop."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        health_servicer: health.aio.HealthServicer,
+        settings: ServerSettings,
+        services: Sequence[str],
+        on_stop: Sequence[StopHook],
+    ) -> None:
+        self.grpc_server = server
+        self.health = health_servicer
+        self.settings = settings
+        self._services = list(services)
+        self._on_stop = list(on_stop)
+        self._stopped = False
+
+    def add_stop_hook(self, hook: StopHook) -> None:
+        """Runs `hook` after the server stops (close stores, channels, pools); last added first."""
+        self._on_stop.append(hook)
+
+    async def start(self) -> None:
+        await self.grpc_server.start()
+        await self.set_serving(True)
+
+    async def set_serving(self, serving: bool) -> None:
+        """Flips overall and per-service health (NOT_SERVING while a hard dependency is down)."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self._services):
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, drain in-flight RPCs for `grace` seconds, then run the stop hooks."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        await self.grpc_server.stop(self.settings.grace_seconds if grace is None else grace)
+        for hook in reversed(self._on_stop):
+            try:
+                await hook()
+            except Exception:
+                _log.exception("stop hook failed", hook=getattr(hook, "__qualname__", repr(hook)))
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc_server.wait_for_termination()
+
+
+async def create_server(
+    settings: ServerSettings,
+    services: Sequence[ServiceRegistration],
+    *,
+    on_stop: Sequence[StopHook] = (),
+) -> tuple[Server, int]:
+    """Builds (but does not start) a server for `services`; returns it and its bound port.
+
+    Tests pass port 0 and use the returned port.
+    """
+    options = [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(interceptors=[ServerTelemetryInterceptor()], options=options)
+    for registration in services:
+        registration.add_to_server(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [registration.name for registration in services]
+    reflection.enable_server_reflection(
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    try:
+        port = server.add_insecure_port(settings.address)
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot listen on {settings.address}: {exc}") from None
+    if port == 0:
+        raise ConfigError(f"cannot listen on {settings.address}: address in use or unavailable")
+    return Server(server, health_servicer, settings, names, on_stop), port
+
+
+def _write_ready_file(path: Path, address: str) -> None:
+    # Written atomically: a supervisor polling for the file never reads half an address.
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(address + "\n")
+    partial.replace(path)
+
+
+async def _serve(service: str, factory: Callable[[], Awaitable[tuple[Server, int]]]) -> None:
+    server, port = await factory()
+    await server.start()
+    host = server.settings.host
+    address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    _log.info("listening", address=address)
+    ready_file = os.environ.get("TIERGEN_READY_FILE")
+    if ready_file:
+        _write_ready_file(Path(ready_file), address)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    _log.info("shutting down", grace_seconds=server.settings.grace_seconds)
+    await server.stop()
+    _log.info("stopped")
+
+
+def serve_forever(service: str, factory: Callable[[], Awaitable[tuple[Server, int]]]) -> None:
+    """Process entry point: logging, tracing, serve until SIGTERM/SIGINT, drain, flush telemetry.
+
+    A configuration error exits with status 2 and one line naming the bad setting.
+    """
+    configure_logging(service, os.environ.get("TIERGEN_LOG_LEVEL", "info"))
+    try:
+        provider = configure_tracing(service)
+    except ConfigError as exc:
+        print(f"tiergen-{service}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        asyncio.run(_serve(service, factory))
+    except ConfigError as exc:
+        print(f"tiergen-{service}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        provider.shutdown()
