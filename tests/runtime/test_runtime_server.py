@@ -1,0 +1,221 @@
+"""The shared server: error mapping, health, reflection, tracing, deadlines and the log line."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+import structlog
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+from opentelemetry.trace import SpanKind
+
+from services.runtime import errors
+from services.runtime.channels import open_channel
+from services.runtime.interceptors import remaining_deadline
+from services.runtime.server import ServiceRegistration, create_server
+from services.runtime.settings import ServerSettings
+from services.runtime.status import from_rpc_error
+
+SERVICE = "tiergen.test.ProbeService"
+
+
+async def _raise(request: bytes, context: Any) -> bytes:
+    kind = request.decode()
+    if kind == "precondition":
+        raise errors.FailedPrecondition(
+            "not enough credits",
+            reason="INSUFFICIENT_CREDITS",
+            metadata={"available": "3", "required": "7"},
+        )
+    if kind == "invalid":
+        raise errors.InvalidArgument("prompt is empty", field="spec.prompt")
+    if kind == "exhausted":
+        raise errors.ResourceExhausted("queue full", retry_after=1.5)
+    if kind == "bug":
+        raise RuntimeError("secret internals")
+    if kind == "deadline":
+        return f"{remaining_deadline(100.0):.3f}".encode()
+    structlog.contextvars.bind_contextvars(job_id="job_123")
+    return b"ok:" + request
+
+
+async def _count(request: bytes, context: Any) -> AsyncIterator[bytes]:
+    for i in range(int(request.decode())):
+        yield str(i).encode()
+    raise errors.NotFound("ran out")
+
+
+async def _forward(request: bytes, context: Any) -> bytes:
+    """Calls the probe service again, to see trace context and deadlines cross a hop."""
+    target = request.decode()
+    async with open_channel(target, services=[SERVICE]) as channel:
+        reply: bytes = await channel.unary_unary(f"/{SERVICE}/Raise")(b"deadline")
+        return reply
+
+
+def _registration() -> ServiceRegistration:
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Raise": grpc.unary_unary_rpc_method_handler(_raise),
+            "Count": grpc.unary_stream_rpc_method_handler(_count),
+            "Forward": grpc.unary_unary_rpc_method_handler(_forward),
+        },
+    )
+    return ServiceRegistration(SERVICE, lambda server: server.add_generic_rpc_handlers((handler,)))
+
+
+@pytest.fixture
+async def probe() -> AsyncIterator[tuple[str, grpc.aio.Channel]]:
+    server, port = await create_server(ServerSettings(service="probe"), [_registration()])
+    await server.start()
+    target = f"127.0.0.1:{port}"
+    channel = grpc.aio.insecure_channel(target)
+    try:
+        yield target, channel
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+def _details(error: grpc.aio.AioRpcError) -> list[Any]:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    found = []
+    for packed in status.details:
+        for cls in (
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.BadRequest,
+            error_details_pb2.RetryInfo,
+        ):
+            if packed.Is(cls.DESCRIPTOR):
+                message = cls()
+                packed.Unpack(message)
+                found.append(message)
+    return found
+
+
+async def test_failed_precondition_carries_error_info(probe):
+    _, channel = probe
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await channel.unary_unary(f"/{SERVICE}/Raise")(b"precondition")
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.details() == "not enough credits"
+    (info,) = _details(caught.value)
+    assert info.reason == "INSUFFICIENT_CREDITS"
+    assert info.domain == "tiergen"
+    assert dict(info.metadata) == {"available": "3", "required": "7"}
+    rebuilt = from_rpc_error(caught.value)
+    assert isinstance(rebuilt, errors.FailedPrecondition)
+    assert rebuilt.reason == "INSUFFICIENT_CREDITS"
+    assert rebuilt.metadata["required"] == "7"
+
+
+async def test_invalid_argument_names_the_field(probe):
+    _, channel = probe
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await channel.unary_unary(f"/{SERVICE}/Raise")(b"invalid")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    bad = [d for d in _details(caught.value) if isinstance(d, error_details_pb2.BadRequest)]
+    assert [v.field for v in bad[0].field_violations] == ["spec.prompt"]
+    rebuilt = from_rpc_error(caught.value)
+    assert isinstance(rebuilt, errors.InvalidArgument)
+    assert rebuilt.violations[0].field == "spec.prompt"
+
+
+async def test_resource_exhausted_carries_retry_info(probe):
+    _, channel = probe
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await channel.unary_unary(f"/{SERVICE}/Raise")(b"exhausted")
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    rebuilt = from_rpc_error(caught.value)
+    assert isinstance(rebuilt, errors.ResourceExhausted)
+    assert rebuilt.retry_after == pytest.approx(1.5)
+
+
+async def test_unexpected_error_is_internal_without_leaking(probe):
+    _, channel = probe
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await channel.unary_unary(f"/{SERVICE}/Raise")(b"bug")
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in (caught.value.details() or "")
+    assert "trace" in (caught.value.details() or "")
+
+
+async def test_streaming_error_after_messages(probe):
+    _, channel = probe
+    call = channel.unary_stream(f"/{SERVICE}/Count")(b"3")
+    received = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for message in call:
+            received.append(message)
+    assert received == [b"0", b"1", b"2"]
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_health_serving_then_not_serving_on_stop():
+    server, port = await create_server(ServerSettings(service="probe"), [_registration()])
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for name in ("", SERVICE):
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=name))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        await server.set_serving(False)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE))
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    stopped: list[str] = []
+
+    async def hook() -> None:
+        stopped.append("closed")
+
+    server.add_stop_hook(hook)
+    await server.stop(0)
+    assert stopped == ["closed"]
+
+
+async def test_reflection_lists_the_services(probe):
+    _, channel = probe
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    async for reply in stub.ServerReflectionInfo(iter([request])):
+        names = {s.name for s in reply.list_services_response.service}
+        break
+    assert {SERVICE, "grpc.health.v1.Health"} <= names
+
+
+async def test_trace_context_and_deadline_cross_a_hop(probe, spans):
+    target, channel = probe
+    reply = await channel.unary_unary(f"/{SERVICE}/Forward")(target.encode(), timeout=5.0)
+    # The inner call inherited the outer deadline (5 s), not its own 100 s default.
+    assert 0 < float(reply.decode()) <= 5.0
+    await asyncio.sleep(0.05)  # the client span of a finished call ends in a callback
+    finished = {(s.name, s.kind): s for s in spans.get_finished_spans()}
+    outer = finished[(f"{SERVICE}/Forward", SpanKind.SERVER)]
+    client = finished[(f"{SERVICE}/Raise", SpanKind.CLIENT)]
+    inner = finished[(f"{SERVICE}/Raise", SpanKind.SERVER)]
+    assert outer.context.trace_id == client.context.trace_id == inner.context.trace_id
+    assert client.parent is not None and client.parent.span_id == outer.context.span_id
+    assert inner.parent is not None and inner.parent.span_id == client.context.span_id
+
+
+async def test_one_canonical_log_line_per_rpc(probe):
+    _, channel = probe
+    with structlog.testing.capture_logs(
+        processors=[structlog.contextvars.merge_contextvars]
+    ) as logs:
+        await channel.unary_unary(f"/{SERVICE}/Raise")(b"hello")
+        with pytest.raises(grpc.aio.AioRpcError):
+            await channel.unary_unary(f"/{SERVICE}/Raise")(b"precondition")
+    lines = [entry for entry in logs if entry["event"] == "rpc"]
+    assert [line["code"] for line in lines] == ["OK", "FAILED_PRECONDITION"]
+    assert lines[0]["method"] == f"/{SERVICE}/Raise"
+    assert lines[0]["job_id"] == "job_123"
+    assert lines[1]["reason"] == "INSUFFICIENT_CREDITS"
+    assert "job_id" not in lines[1]
