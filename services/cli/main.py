@@ -1,0 +1,495 @@
+"""The `tiergen` command: run the suite locally, run the demo, and call a running router."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import runpy
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from tiergen.common.v1 import common_pb2
+from tiergen.router.v1 import router_pb2
+
+from services.cli.demo import DEFAULT_PROMPT, DemoFailed, run_demo
+from services.cli.router_client import RouterClient, new_key
+from services.cli.suite import SERVICES, Suite, SuiteError
+from services.runtime.status import from_rpc_error
+
+__all__ = ["main"]
+
+SIZES = {
+    "1K": common_pb2.IMAGE_SIZE_1K,
+    "2K": common_pb2.IMAGE_SIZE_2K,
+    "4K": common_pb2.IMAGE_SIZE_4K,
+}
+
+
+def _choices(enum: Any, prefix: str, separator: str = "_") -> dict[str, Any]:
+    """Command-line names of a protobuf enum's values, for example "explore" for STAGE_EXPLORE."""
+    return {
+        name.removeprefix(prefix).lower().replace("_", separator): value
+        for name, value in enum.items()
+        if not name.endswith("_UNSPECIFIED")
+    }
+
+
+ASPECTS = _choices(common_pb2.AspectRatio, "ASPECT_RATIO_", ":")
+STAGES = _choices(common_pb2.Stage, "STAGE_")
+METHODS = _choices(common_pb2.UpscaleMethod, "UPSCALE_METHOD_")
+FORMATS = _choices(common_pb2.ImageFormat, "IMAGE_FORMAT_")
+FIDELITIES = _choices(router_pb2.Fidelity, "FIDELITY_")
+STATUSES = _choices(router_pb2.JobStatus, "JOB_STATUS_")
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
+
+class CommandError(RuntimeError):
+    """A failure reported as one line on stderr with a non-zero exit."""
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+def _emit(options: argparse.Namespace, document: Any, human: str) -> None:
+    if options.json:
+        print(json.dumps(document, indent=2, sort_keys=True))
+    else:
+        print(human)
+
+
+def _message_dict(message: Any) -> dict[str, Any]:
+    result: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return result
+
+
+def _job_line(job: router_pb2.Job, path: Path | None = None) -> str:
+    status = router_pb2.JobStatus.Name(job.status).removeprefix("JOB_STATUS_").lower()
+    what = job.tier or f"upscale x{job.upscale_factor:g}"
+    size = f"{job.width}x{job.height}"
+    line = f"{job.job_id}  {status:<9} {what:<10} {size}  cost {job.cost}  seed {job.seed}"
+    if job.parent_job_id:
+        line += f"  parent {job.parent_job_id}"
+    if job.HasField("drift"):
+        line += f"  drift {job.drift:.3f}"
+    if job.error.message:
+        line += f"  error {job.error.code}: {job.error.message}"
+    if path is not None:
+        line += f"  -> {path}"
+    return line
+
+
+def _resolution(options: argparse.Namespace) -> common_pb2.Resolution:
+    return common_pb2.Resolution(
+        size=SIZES[options.size] if options.size else common_pb2.IMAGE_SIZE_UNSPECIFIED,
+        aspect_ratio=ASPECTS[options.aspect]
+        if options.aspect
+        else common_pb2.ASPECT_RATIO_UNSPECIFIED,
+    )
+
+
+def _spec(options: argparse.Namespace) -> router_pb2.GenerationSpec:
+    spec = router_pb2.GenerationSpec(
+        prompt=options.prompt,
+        tier=options.tier,
+        stage=STAGES[options.stage] if options.stage else common_pb2.STAGE_UNSPECIFIED,
+        resolution=_resolution(options),
+        n=options.n,
+        allow_downgrade=options.allow_downgrade,
+        fidelity=FIDELITIES[options.fidelity]
+        if options.fidelity
+        else router_pb2.FIDELITY_UNSPECIFIED,
+    )
+    if options.seed is not None:
+        spec.seed = options.seed
+    return spec
+
+
+async def _save(
+    client: RouterClient, account: str, jobs: Sequence[router_pb2.Job], out: Path | None
+) -> list[Path | None]:
+    paths: list[Path | None] = []
+    for job in jobs:
+        if out is None or job.status != router_pb2.JOB_STATUS_SUCCEEDED:
+            paths.append(None)
+            continue
+        path = out / f"{job.job_id}.{_EXTENSIONS.get(job.asset.info.media_type, 'bin')}"
+        await client.download(account, job.asset.asset_id, path)
+        paths.append(path)
+    return paths
+
+
+async def _report_jobs(
+    client: RouterClient,
+    options: argparse.Namespace,
+    jobs: Sequence[router_pb2.Job],
+    extra: dict[str, Any],
+) -> None:
+    paths = await _save(client, options.account, jobs, options.out)
+    document = {
+        **extra,
+        "jobs": [
+            {**_message_dict(job), "path": str(path) if path else None}
+            for job, path in zip(jobs, paths, strict=True)
+        ],
+    }
+    _emit(
+        options,
+        document,
+        "\n".join(_job_line(job, path) for job, path in zip(jobs, paths, strict=True)),
+    )
+    if any(job.status != router_pb2.JOB_STATUS_SUCCEEDED for job in jobs):
+        raise CommandError("some jobs did not succeed")
+
+
+async def _generate(options: argparse.Namespace) -> None:
+    async with RouterClient(options.router) as client:
+        sink = _quiet if options.quiet else _say
+        batch, jobs = await client.generate(
+            options.account, _spec(options), options.key or new_key("cli-generate"), sink
+        )
+        await _report_jobs(
+            client,
+            options,
+            jobs,
+            {"batch_id": batch.batch_id, "decision": _message_dict(batch.decision)},
+        )
+
+
+async def _quote(options: argparse.Namespace) -> None:
+    async with RouterClient(options.router) as client:
+        reply = await client.quote(options.account, _spec(options))
+    d = reply.decision
+    human = [
+        f"{d.n} x {d.tier} {d.width}x{d.height}: {d.total_cost} credits ({d.unit_cost} each)",
+        f"available {reply.available}"
+        + ("" if reply.affordable else f", short by {reply.shortfall}"),
+        *(f"  - {reason}" for reason in d.reasons),
+    ]
+    _emit(options, _message_dict(reply), "\n".join(human))
+
+
+async def _promote(options: argparse.Namespace) -> None:
+    request = router_pb2.PromoteRequest(
+        account_id=options.account,
+        idempotency_key=options.key or new_key("cli-promote"),
+        job_id=options.job,
+        tier=options.tier,
+        resolution=_resolution(options),
+        prompt=options.prompt or "",
+        prompt_addition=options.prompt_addition or "",
+    )
+    if options.strength is not None:
+        request.strength = options.strength
+    if options.seed is not None:
+        request.seed = options.seed
+    async with RouterClient(options.router) as client:
+        job = await client.promote(request, _quiet if options.quiet else _say)
+        await _report_jobs(client, options, [job], {})
+
+
+async def _upscale(options: argparse.Namespace) -> None:
+    request = router_pb2.UpscaleRequest(
+        account_id=options.account,
+        idempotency_key=options.key or new_key("cli-upscale"),
+        job_id=options.job,
+        factor=options.factor,
+        method=METHODS[options.method],
+        output_format=FORMATS[options.format],
+        quality=options.quality,
+    )
+    async with RouterClient(options.router) as client:
+        job = await client.upscale(request, _quiet if options.quiet else _say)
+        await _report_jobs(client, options, [job], {})
+
+
+def _balance_line(balance: Any) -> str:
+    return (
+        f"{balance.account_id}: {balance.available} available, {balance.held} held, "
+        f"promotional {balance.promotional_granted}/{balance.promotional_cap}"
+    )
+
+
+async def _balance(options: argparse.Namespace) -> None:
+    async with RouterClient(options.router) as client:
+        balance = await client.balance(options.account)
+    _emit(options, _message_dict(balance), _balance_line(balance))
+
+
+async def _open(options: argparse.Namespace) -> None:
+    async with RouterClient(options.router) as client:
+        reply = await client.open_account(options.account)
+    _emit(
+        options, _message_dict(reply), f"{_balance_line(reply.balance)} (granted {reply.granted})"
+    )
+
+
+async def _checkin(options: argparse.Namespace) -> None:
+    async with RouterClient(options.router) as client:
+        reply = await client.check_in(options.account, options.key or new_key("cli-checkin"))
+    note = " (already checked in this week)" if reply.replayed else ""
+    _emit(
+        options,
+        _message_dict(reply),
+        f"{reply.iso_week}: +{reply.granted}{note}; {_balance_line(reply.balance)}",
+    )
+
+
+async def _jobs(options: argparse.Namespace) -> None:
+    async with RouterClient(options.router) as client:
+        if options.job:
+            job = await client.get_job(options.account, options.job)
+            children = f"\n  children: {', '.join(job.child_job_ids)}" if job.child_job_ids else ""
+            _emit(options, _message_dict(job), _job_line(job) + children)
+            return
+        request = router_pb2.ListJobsRequest(
+            account_id=options.account,
+            stage=STAGES[options.stage] if options.stage else common_pb2.STAGE_UNSPECIFIED,
+            tier=options.tier or "",
+            status=STATUSES[options.status]
+            if options.status
+            else router_pb2.JOB_STATUS_UNSPECIFIED,
+            batch_id=options.batch or "",
+            page_size=options.limit,
+        )
+        reply = await client.list_jobs(request)
+    human = "\n".join(_job_line(job) for job in reply.jobs) or "no jobs"
+    _emit(options, _message_dict(reply), human)
+
+
+async def _cancel(options: argparse.Namespace) -> None:
+    async with RouterClient(options.router) as client:
+        jobs = await client.cancel(options.account, options.job)
+    _emit(
+        options, {"jobs": [_message_dict(j) for j in jobs]}, "\n".join(_job_line(j) for j in jobs)
+    )
+
+
+def _demo(options: argparse.Namespace) -> None:
+    sink = _say
+
+    def run(router: str) -> dict[str, Any]:
+        return asyncio.run(
+            run_demo(
+                router,
+                options.out,
+                sink,
+                prompt=options.prompt,
+                account=options.account,
+                pick=options.pick,
+            )
+        )
+
+    if options.router:
+        document = run(options.router)
+    else:
+        with tempfile.TemporaryDirectory(prefix="tiergen-demo-") as data_dir:
+            sink(f"starting a fresh suite in {data_dir}")
+            with Suite(Path(data_dir)) as suite:
+                for name, address in suite.addresses.items():
+                    sink(f"{name} {address}")
+                document = run(suite.router)
+    if options.json:
+        print(json.dumps(document, indent=2))
+        return
+    for job in document["jobs"]:
+        size = f"{job['width']}x{job['height']}"
+        kind, tier = job["kind"], job["tier"] or "-"
+        print(f"{kind:<9} {tier:<9} {size:<10} cost {job['cost']:<3} {job['path']}")
+    for step in document["balances"]:
+        print(f"balance after {step['step']:<13} {step['available']}")
+
+
+def _up(options: argparse.Namespace) -> None:
+    stop = False
+
+    def request_stop(_signum: int, _frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    options.data_dir.mkdir(parents=True, exist_ok=True)
+    suite = Suite(options.data_dir.resolve(), host=options.host, port_base=options.port_base)
+    try:
+        addresses = suite.start()
+        for name in ("router", "generator", "ledger", "upscaler"):
+            print(f"{name} {addresses[name]}", flush=True)
+        _say(f"logs in {options.data_dir / 'logs'}; Ctrl-C stops the suite")
+        while not stop:
+            dead = suite.dead()
+            if dead:
+                raise CommandError(f"{', '.join(dead)} exited; see {options.data_dir / 'logs'}")
+            time.sleep(0.2)
+    finally:
+        codes = suite.stop()
+        _say("stopped: " + ", ".join(f"{name} exit {code}" for name, code in codes.items()))
+
+
+def _serve(options: argparse.Namespace) -> None:
+    runpy.run_module(f"services.{options.service}", run_name="__main__")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tiergen", description="Tiered image generation: run the suite and call it."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def client_command(
+        name: str,
+        help_text: str,
+        handler: Callable[[argparse.Namespace], Coroutine[Any, Any, None]],
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "--router",
+            default=os.environ.get("TIERGEN_ROUTER", "127.0.0.1:50051"),
+            help="router address (env TIERGEN_ROUTER)",
+        )
+        sub.add_argument(
+            "--account",
+            default=os.environ.get("TIERGEN_ACCOUNT"),
+            required="TIERGEN_ACCOUNT" not in os.environ,
+            help="account id (env TIERGEN_ACCOUNT)",
+        )
+        sub.add_argument("--json", action="store_true", help="print JSON on stdout")
+        sub.set_defaults(handler=lambda options: asyncio.run(handler(options)))
+        return sub
+
+    def spec_arguments(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--prompt", required=True)
+        sub.add_argument("--tier", default="auto", help="nano, standard, pro, or auto (default)")
+        sub.add_argument(
+            "--stage", choices=sorted(STAGES), help="creative stage for automatic routing"
+        )
+        sub.add_argument("--size", choices=sorted(SIZES))
+        sub.add_argument("--aspect", choices=sorted(ASPECTS))
+        sub.add_argument("-n", type=int, default=1, help="variations, 1-64")
+        sub.add_argument("--seed", type=int)
+        sub.add_argument("--fidelity", choices=sorted(FIDELITIES))
+        sub.add_argument("--allow-downgrade", action="store_true")
+
+    def job_output(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--out", type=Path, help="directory to download the images into")
+        sub.add_argument("--key", help="idempotency key (default: a fresh one)")
+        sub.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+    up = commands.add_parser("up", help="start the four services on loopback until Ctrl-C")
+    up.add_argument("--data-dir", type=Path, default=Path("tiergen-data"))
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument(
+        "--port-base",
+        type=int,
+        default=50051,
+        help="router port; the others follow (0: any free ports)",
+    )
+    up.set_defaults(handler=_up)
+
+    demo = commands.add_parser(
+        "demo", help="run explore -> promote -> upscale -> check-in end to end"
+    )
+    demo.add_argument("--out", type=Path, required=True, help="directory for the images")
+    demo.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    demo.add_argument("--router", help="use this running router instead of starting a fresh suite")
+    demo.add_argument("--prompt", default=DEFAULT_PROMPT)
+    demo.add_argument("--account")
+    demo.add_argument(
+        "--pick", type=int, default=0, help="which explored variation to promote (from 0)"
+    )
+    demo.set_defaults(handler=_demo)
+
+    generate = client_command("generate", "generate images", _generate)
+    spec_arguments(generate)
+    job_output(generate)
+
+    quote = client_command("quote", "price a generation without charging", _quote)
+    spec_arguments(quote)
+
+    promote = client_command("promote", "hand a job over to a higher tier", _promote)
+    promote.add_argument("--job", required=True)
+    promote.add_argument("--tier", required=True)
+    promote.add_argument("--size", choices=sorted(SIZES))
+    promote.add_argument("--aspect", choices=sorted(ASPECTS))
+    promote.add_argument("--prompt", help="replace the parent's prompt")
+    promote.add_argument("--prompt-addition", help="append to the prompt")
+    promote.add_argument("--strength", type=float)
+    promote.add_argument("--seed", type=int)
+    job_output(promote)
+
+    upscale = client_command("upscale", "upscale a job's image", _upscale)
+    upscale.add_argument("--job", required=True)
+    upscale.add_argument("--factor", type=float, default=2.0)
+    upscale.add_argument("--method", choices=sorted(METHODS), default="lanczos")
+    upscale.add_argument("--format", choices=sorted(FORMATS), default="png")
+    upscale.add_argument("--quality", type=int, default=0)
+    job_output(upscale)
+
+    client_command("open", "open an account (sign-up bonus once)", _open)
+    client_command("balance", "show an account's balance", _balance)
+    checkin = client_command("checkin", "weekly check-in", _checkin)
+    checkin.add_argument("--key")
+
+    jobs = client_command("jobs", "list jobs, or show one with --job", _jobs)
+    jobs.add_argument("--job")
+    jobs.add_argument("--stage", choices=sorted(STAGES))
+    jobs.add_argument("--tier")
+    jobs.add_argument("--status", choices=sorted(STATUSES))
+    jobs.add_argument("--batch")
+    jobs.add_argument("--limit", type=int, default=50)
+
+    cancel = client_command("cancel", "cancel a job", _cancel)
+    cancel.add_argument("--job", required=True)
+
+    serve = commands.add_parser("serve", help="run one service in the foreground")
+    serve.add_argument("service", choices=SERVICES)
+    serve.set_defaults(handler=_serve)
+    return parser
+
+
+def _describe(error: grpc.aio.AioRpcError) -> str:
+    domain = from_rpc_error(error)
+    facts = " ".join(f"{k}={v}" for k, v in sorted(domain.metadata.items()))
+    fields = "; ".join(
+        f"{v.field}: {v.description}"
+        for v in getattr(domain, "violations", [])
+        if hasattr(v, "field")
+    )
+    parts = [f"{error.code().name}: {error.details()}"]
+    if domain.reason and domain.reason != error.code().name:
+        parts.append(f"[{domain.reason}{' ' + facts if facts else ''}]")
+    if fields and fields not in (error.details() or ""):
+        parts.append(f"({fields})")
+    return " ".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = _parser().parse_args(argv)
+    try:
+        options.handler(options)
+    except grpc.aio.AioRpcError as error:
+        _say(f"tiergen: {_describe(error)}")
+        return 1
+    except (CommandError, SuiteError, DemoFailed) as error:
+        _say(f"tiergen: {error}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The router as the `tiergen` command sees it: calls, streamed events and asset downloads."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+from tiergen.common.v1 import common_pb2
+from tiergen.ledger.v1 import ledger_pb2
+from tiergen.router.v1 import router_pb2, router_pb2_grpc
+
+from services.runtime.channels import open_channel
+
+__all__ = ["EventSink", "RouterClient", "new_key"]
+
+EventSink = Callable[[str], None]
+
+_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+_FINAL = (
+    router_pb2.JOB_STATUS_SUCCEEDED,
+    router_pb2.JOB_STATUS_FAILED,
+    router_pb2.JOB_STATUS_CANCELLED,
+)
+
+
+def new_key(prefix: str) -> str:
+    """A fresh idempotency key."""
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def _progress_line(event: router_pb2.JobProgress) -> str:
+    p = event.progress
+    return f"{event.job_id} {p.stage} {p.fraction * 100:.0f}%"
+
+
+class RouterClient:
+    """An open channel to one router with the calls the command line needs."""
+
+    def __init__(self, address: str, timeout: float = 300.0) -> None:
+        self._channel = open_channel(address, services=[_SERVICE], default_timeout=timeout)
+        self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
+        self._timeout = timeout
+
+    async def __aenter__(self) -> RouterClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._channel.close()
+
+    async def open_account(self, account: str) -> router_pb2.OpenAccountResponse:
+        request = router_pb2.OpenAccountRequest(
+            account_id=account, idempotency_key=f"open-{account}"
+        )
+        return await self._stub.OpenAccount(request, timeout=30)
+
+    async def balance(self, account: str) -> ledger_pb2.Balance:
+        reply = await self._stub.GetBalance(
+            router_pb2.GetBalanceRequest(account_id=account), timeout=30
+        )
+        return reply.balance
+
+    async def check_in(self, account: str, key: str) -> router_pb2.CheckInResponse:
+        request = router_pb2.CheckInRequest(account_id=account, idempotency_key=key)
+        return await self._stub.CheckIn(request, timeout=30)
+
+    async def quote(
+        self, account: str, spec: router_pb2.GenerationSpec
+    ) -> router_pb2.QuoteResponse:
+        request = router_pb2.QuoteRequest(account_id=account, spec=spec)
+        return await self._stub.Quote(request, timeout=30)
+
+    async def generate(
+        self, account: str, spec: router_pb2.GenerationSpec, key: str, sink: EventSink
+    ) -> tuple[router_pb2.Batch, list[router_pb2.Job]]:
+        """Runs a batch to the end; returns it and its jobs in their final states."""
+        request = router_pb2.GenerateRequest(account_id=account, idempotency_key=key, spec=spec)
+        batch = router_pb2.Batch()
+        finished: dict[str, router_pb2.Job] = {}
+        async for event in self._stub.Generate(request, timeout=self._timeout):
+            kind = event.WhichOneof("event")
+            if kind == "batch":
+                batch = event.batch
+                d = batch.decision
+                size = f"{d.width}x{d.height}"
+                sink(
+                    f"batch {batch.batch_id}: {d.n} x {d.tier} {size}, {d.total_cost} credits held"
+                )
+            elif kind == "progress":
+                sink(_progress_line(event.progress))
+            elif kind == "job":
+                finished[event.job.job_id] = event.job
+                sink(f"{event.job.job_id} {router_pb2.JobStatus.Name(event.job.status)}")
+        order = [job.job_id for job in batch.jobs]
+        return batch, sorted(
+            finished.values(), key=lambda j: order.index(j.job_id) if j.job_id in order else 0
+        )
+
+    async def promote(self, request: router_pb2.PromoteRequest, sink: EventSink) -> router_pb2.Job:
+        return await self._single(self._stub.Promote(request, timeout=self._timeout), sink)
+
+    async def upscale(self, request: router_pb2.UpscaleRequest, sink: EventSink) -> router_pb2.Job:
+        return await self._single(self._stub.Upscale(request, timeout=self._timeout), sink)
+
+    @staticmethod
+    async def _single(call: object, sink: EventSink) -> router_pb2.Job:
+        job = router_pb2.Job()
+        async for event in call:  # type: ignore[attr-defined]
+            kind = event.WhichOneof("event")
+            if kind == "accepted":
+                job = event.accepted
+                sink(f"{job.job_id} accepted: {job.tier or 'upscale'} {job.width}x{job.height}")
+            elif kind == "progress":
+                sink(_progress_line(event.progress))
+            elif kind == "job":
+                job = event.job
+                sink(f"{job.job_id} {router_pb2.JobStatus.Name(job.status)}")
+        if job.status not in _FINAL:
+            raise RuntimeError(f"stream ended before job {job.job_id or '?'} finished")
+        return job
+
+    async def get_job(self, account: str, job_id: str) -> router_pb2.Job:
+        reply = await self._stub.GetJob(
+            router_pb2.GetJobRequest(account_id=account, job_id=job_id), timeout=30
+        )
+        return reply.job
+
+    async def list_jobs(self, request: router_pb2.ListJobsRequest) -> router_pb2.ListJobsResponse:
+        return await self._stub.ListJobs(request, timeout=30)
+
+    async def cancel(self, account: str, job_id: str) -> list[router_pb2.Job]:
+        reply = await self._stub.CancelJob(
+            router_pb2.CancelJobRequest(account_id=account, job_id=job_id), timeout=30
+        )
+        return list(reply.jobs)
+
+    async def download(self, account: str, asset_id: str, path: Path) -> str:
+        """Streams an asset into `path` (atomically) and returns its verified sha256."""
+        digest = hashlib.sha256()
+        info = common_pb2.ImageInfo()
+        partial = path.with_name(path.name + ".partial")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        request = router_pb2.GetAssetRequest(account_id=account, asset_id=asset_id)
+        with partial.open("wb") as out:
+            async for message in self._stub.GetAsset(request, timeout=self._timeout):
+                if message.WhichOneof("payload") == "info":
+                    info = message.info
+                else:
+                    out.write(message.chunk.data)
+                    digest.update(message.chunk.data)
+        if digest.hexdigest() != info.sha256:
+            partial.unlink(missing_ok=True)
+            raise RuntimeError(f"asset {asset_id} arrived corrupted (sha256 mismatch)")
+        partial.replace(path)
+        return digest.hexdigest()

@@ -1,0 +1,161 @@
+"""Runs the four services as local processes on loopback under one data directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["SERVICES", "Suite", "SuiteError"]
+
+#: Start order: the router last, once the addresses of its dependencies are known.
+SERVICES = ("ledger", "generator", "upscaler", "router")
+_PORT_OFFSETS = {"router": 0, "generator": 1, "ledger": 2, "upscaler": 3}
+
+
+class SuiteError(RuntimeError):
+    """A service did not start; the message carries the tail of its log."""
+
+
+@dataclass
+class _Running:
+    name: str
+    process: subprocess.Popen[bytes]
+    ready_file: Path
+    log_path: Path
+    address: str = ""
+
+
+@dataclass
+class Suite:
+    """The suite as four child processes; a context manager that always stops what it started.
+
+    `port_base` 0 lets every service pick a free port; otherwise the router listens on
+    `port_base`, the generator on +1, the ledger on +2 and the upscaler on +3.
+    """
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port_base: int = 0
+    start_timeout: float = 60.0
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    _running: dict[str, _Running] = field(default_factory=dict, init=False)
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        return {name: running.address for name, running in self._running.items()}
+
+    @property
+    def router(self) -> str:
+        return self._running["router"].address
+
+    def _environment(self, name: str) -> dict[str, str]:
+        port = 0 if self.port_base == 0 else self.port_base + _PORT_OFFSETS[name]
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env.update(
+            {
+                "TIERGEN_HOST": self.host,
+                "TIERGEN_PORT": str(port),
+                "TIERGEN_READY_FILE": str(self.data_dir / "run" / f"{name}.addr"),
+            }
+        )
+        if name == "ledger":
+            env.setdefault("TIERGEN_LEDGER_DSN", f"sqlite:///{self.data_dir / 'ledger.db'}")
+        if name == "router":
+            env.setdefault("TIERGEN_ROUTER_DSN", f"sqlite:///{self.data_dir / 'router.db'}")
+            env.setdefault("TIERGEN_ROUTER_ASSETS_DIR", str(self.data_dir / "assets"))
+            env["LEDGER_ADDR"] = self._running["ledger"].address
+            env["GENERATOR_ADDR"] = self._running["generator"].address
+            env["UPSCALER_ADDR"] = self._running["upscaler"].address
+        return env
+
+    def _spawn(self, name: str) -> _Running:
+        env = self._environment(name)
+        ready_file = Path(env["TIERGEN_READY_FILE"])
+        ready_file.unlink(missing_ok=True)
+        log_path = self.data_dir / "logs" / f"{name}.log"
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Own process group: a Ctrl-C in the terminal reaches the supervisor only,
+                # which then stops every service in order.
+                start_new_session=True,
+            )
+        running = _Running(name, process, ready_file, log_path)
+        self._running[name] = running
+        return running
+
+    def _await_ready(self, running: _Running) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if running.ready_file.exists():
+                running.address = running.ready_file.read_text().strip()
+                return
+            if running.process.poll() is not None:
+                raise SuiteError(
+                    self._failure(running, f"exited with {running.process.returncode}")
+                )
+            time.sleep(0.05)
+        raise SuiteError(self._failure(running, f"not ready after {self.start_timeout:.0f} s"))
+
+    @staticmethod
+    def _failure(running: _Running, what: str) -> str:
+        lines = running.log_path.read_text(errors="replace").splitlines()[-15:]
+        tail = "\n".join(f"  {line}" for line in lines)
+        return f"{running.name} {what}; last lines of {running.log_path}:\n{tail}"
+
+    def start(self) -> dict[str, str]:
+        """Starts the services and returns their addresses; stops them all if one fails."""
+        for sub in ("run", "logs"):
+            (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            first = [self._spawn(name) for name in SERVICES[:-1]]
+            for running in first:
+                self._await_ready(running)
+            self._await_ready(self._spawn("router"))
+        except BaseException:
+            self.stop()
+            raise
+        return self.addresses
+
+    def stop(self, timeout: float = 20.0) -> dict[str, int | None]:
+        """SIGTERM in reverse start order (the router drains first), SIGKILL after `timeout`."""
+        for name in reversed(SERVICES):
+            running = self._running.get(name)
+            if running is not None and running.process.poll() is None:
+                running.process.send_signal(signal.SIGTERM)
+                try:
+                    running.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    running.process.kill()
+                    running.process.wait()
+        codes = {name: r.process.returncode for name, r in self._running.items()}
+        self._running.clear()
+        return codes
+
+    def dead(self) -> list[str]:
+        """Services that exited on their own."""
+        return [n for n, r in self._running.items() if r.process.poll() is not None]
+
+    def __enter__(self) -> Suite:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
