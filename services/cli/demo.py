@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from opentelemetry import trace
 from tiergen.common.v1 import common_pb2
 from tiergen.router.v1 import router_pb2
 
@@ -21,6 +22,8 @@ __all__ = ["DEFAULT_PROMPT", "DemoFailed", "run_demo"]
 DEFAULT_PROMPT = (
     'a lighthouse on a rocky coast at sunset, storm clouds, "TIERGEN" on the hull of a boat'
 )
+
+_tracer = trace.get_tracer("tiergen.cli")
 
 _KINDS = {
     router_pb2.JOB_KIND_GENERATE: "generate",
@@ -51,8 +54,19 @@ async def run_demo(
     pick: int = 0,
     variations: int = 8,
 ) -> dict[str, Any]:
-    """Runs the pipeline and returns the document `tiergen demo --json` prints."""
+    """Runs the pipeline and returns the document `tiergen demo --json` prints.
+
+    The whole pipeline is one trace: every call to the router, and every call the router
+    makes to the ledger, generator and upscaler, descends from the `tiergen.demo` span.
+    """
     account = account or f"demo-{uuid.uuid4().hex[:12]}"
+    with _tracer.start_as_current_span("tiergen.demo", attributes={"tiergen.account_id": account}):
+        return await _pipeline(router, out, sink, prompt, account, pick, variations)
+
+
+async def _pipeline(
+    router: str, out: Path, sink: EventSink, prompt: str, account: str, pick: int, variations: int
+) -> dict[str, Any]:
     jobs: list[tuple[router_pb2.Job, str, Path]] = []
     balances: list[dict[str, Any]] = []
     async with RouterClient(router) as client:

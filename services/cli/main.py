@@ -24,6 +24,7 @@ from services.cli.demo import DEFAULT_PROMPT, DemoFailed, run_demo
 from services.cli.router_client import RouterClient, new_key
 from services.cli.suite import SERVICES, Suite, SuiteError
 from services.runtime.status import from_rpc_error
+from services.runtime.tracing import configure_tracing
 
 __all__ = ["main"]
 
@@ -478,6 +479,8 @@ def _describe(error: grpc.aio.AioRpcError) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = _parser().parse_args(argv)
+    # Client commands trace too: their spans are the roots of the suite's traces.
+    provider = configure_tracing("cli") if options.command not in ("up", "serve") else None
     try:
         options.handler(options)
     except grpc.aio.AioRpcError as error:
@@ -488,6 +491,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        if provider is not None:
+            provider.shutdown()
     return 0
 
 

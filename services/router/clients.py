@@ -1,0 +1,185 @@
+"""gRPC adapters of the router's ports: ledger, generator and upscaler clients."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from tiergen.common.v1 import common_pb2
+from tiergen.generator.v1 import generator_pb2, generator_pb2_grpc
+from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from tiergen.upscaler.v1 import upscaler_pb2, upscaler_pb2_grpc
+
+from services.router.ports import Image, ProgressSink, RenderOrder, UpscaleOrder
+from services.router.translate import aspect_ratio_to_proto, size_to_proto
+from services.runtime.chunks import ChunkAssembler, image_info, split
+from services.runtime.errors import Internal
+from services.runtime.status import from_rpc_error
+
+__all__ = [
+    "GENERATOR_SERVICE",
+    "LEDGER_SERVICE",
+    "UPSCALER_SERVICE",
+    "GrpcLedger",
+    "GrpcRenderer",
+    "GrpcUpscaler",
+]
+
+LEDGER_SERVICE = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
+GENERATOR_SERVICE = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].full_name
+UPSCALER_SERVICE = upscaler_pb2.DESCRIPTOR.services_by_name["UpscalerService"].full_name
+
+_FORMATS = {
+    "png": common_pb2.IMAGE_FORMAT_PNG,
+    "jpeg": common_pb2.IMAGE_FORMAT_JPEG,
+    "webp": common_pb2.IMAGE_FORMAT_WEBP,
+}
+_METHODS = {
+    "lanczos": common_pb2.UPSCALE_METHOD_LANCZOS,
+    "bicubic": common_pb2.UPSCALE_METHOD_BICUBIC,
+    "enhance": common_pb2.UPSCALE_METHOD_ENHANCE,
+}
+
+
+class GrpcLedger:
+    """The ledger over gRPC; its errors come back as the same domain errors."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = ledger_pb2_grpc.LedgerServiceStub(channel)
+        self._timeout = timeout
+
+    @property
+    def stub(self) -> ledger_pb2_grpc.LedgerServiceStub:
+        """The raw stub, for the calls the router forwards unchanged (balance, check-in)."""
+        return self._stub
+
+    async def available(self, account_id: str) -> int:
+        try:
+            reply = await self._stub.GetBalance(
+                ledger_pb2.GetBalanceRequest(account_id=account_id), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None
+        return int(reply.balance.available)
+
+    async def reserve(
+        self, account_id: str, amount: int, idempotency_key: str, memo: str, ttl_seconds: int
+    ) -> str:
+        request = ledger_pb2.ReserveRequest(
+            account_id=account_id,
+            amount=amount,
+            idempotency_key=idempotency_key,
+            memo=memo,
+            ttl_seconds=ttl_seconds,
+        )
+        try:
+            reply = await self._stub.Reserve(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None
+        return str(reply.hold.hold_id)
+
+    async def capture(self, hold_id: str, amount: int, idempotency_key: str) -> None:
+        request = ledger_pb2.CaptureRequest(
+            hold_id=hold_id, amount=amount, idempotency_key=idempotency_key
+        )
+        try:
+            await self._stub.Capture(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None
+
+    async def release(self, hold_id: str, idempotency_key: str) -> None:
+        request = ledger_pb2.ReleaseRequest(hold_id=hold_id, idempotency_key=idempotency_key)
+        try:
+            await self._stub.Release(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None
+
+
+async def _receive_image(
+    responses: AsyncIterator[generator_pb2.RenderResponse]
+    | AsyncIterator[upscaler_pb2.UpscaleResponse],
+    progress: ProgressSink,
+    limit: int,
+) -> Image:
+    """Reads progress, then the result's info, then its chunks, from a Render or Upscale stream."""
+    assembler: ChunkAssembler | None = None
+    info = common_pb2.ImageInfo()
+    async for message in responses:
+        kind = message.WhichOneof("payload")
+        if kind == "progress":
+            progress(message.progress.stage, message.progress.fraction)
+        elif kind == "result":
+            info = message.result.image
+            assembler = ChunkAssembler("image", limit, expected=info)
+        elif kind == "chunk":
+            if assembler is None:
+                raise Internal("image bytes arrived before the result's info")
+            assembler.add(message.chunk)
+    if assembler is None:
+        raise Internal("the stream ended without a result")
+    data = assembler.finish()
+    return Image(data, info.width, info.height, info.media_type, info.sha256)
+
+
+class GrpcRenderer:
+    """The generator over gRPC: the reference image goes up in chunks, the result comes down."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout: float, max_image_bytes: int) -> None:
+        self._stub = generator_pb2_grpc.GeneratorServiceStub(channel)
+        self._timeout = timeout
+        self._limit = max_image_bytes
+
+    async def render(self, order: RenderOrder, progress: ProgressSink) -> Image:
+        spec = generator_pb2.RenderSpec(
+            tier=order.tier,
+            resolution=common_pb2.Resolution(
+                size=size_to_proto(order.size),
+                aspect_ratio=aspect_ratio_to_proto(order.aspect_ratio),
+            ),
+            prompt=order.prompt,
+            seed=order.seed,
+            strength=order.strength,
+            request_id=order.request_id,
+        )
+        if order.reference is not None:
+            spec.reference.CopyFrom(image_info(order.reference, 0, 0, common_pb2.IMAGE_FORMAT_PNG))
+
+        def requests() -> list[generator_pb2.RenderRequest]:
+            messages = [generator_pb2.RenderRequest(spec=spec)]
+            if order.reference is not None:
+                messages += [
+                    generator_pb2.RenderRequest(reference_chunk=c) for c in split(order.reference)
+                ]
+            return messages
+
+        try:
+            call = self._stub.Render(iter(requests()), timeout=self._timeout)
+            return await _receive_image(call, progress, self._limit)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None
+
+
+class GrpcUpscaler:
+    """The upscaler over gRPC, streamed both ways."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout: float, max_image_bytes: int) -> None:
+        self._stub = upscaler_pb2_grpc.UpscalerServiceStub(channel)
+        self._timeout = timeout
+        self._limit = max_image_bytes
+
+    async def upscale(self, order: UpscaleOrder, progress: ProgressSink) -> Image:
+        spec = upscaler_pb2.UpscaleSpec(
+            factor=order.factor,
+            method=_METHODS[order.method],
+            output_format=_FORMATS[order.output_format],
+            quality=order.quality,
+            input_size_bytes=len(order.data),
+            request_id=order.request_id,
+        )
+        messages = [upscaler_pb2.UpscaleRequest(spec=spec)]
+        messages += [upscaler_pb2.UpscaleRequest(chunk=c) for c in split(order.data)]
+        try:
+            call = self._stub.Upscale(iter(messages), timeout=self._timeout)
+            return await _receive_image(call, progress, self._limit)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None

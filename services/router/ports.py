@@ -1,0 +1,90 @@
+"""What the router needs from the ledger, the generator and the upscaler, free of gRPC.
+
+`services.router.clients` implements these over gRPC; tests may run them against real servers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from services.router.catalogue import AspectRatio, ImageSize
+
+__all__ = [
+    "CreditLedger",
+    "Image",
+    "ProgressSink",
+    "RenderOrder",
+    "Renderer",
+    "UpscaleOrder",
+    "Upscaler",
+]
+
+#: Receives (stage, fraction done) while a render or upscale runs.
+ProgressSink = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class Image:
+    """An encoded image and what is known about it."""
+
+    data: bytes
+    width: int
+    height: int
+    media_type: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class RenderOrder:
+    """One image for the generator to render."""
+
+    tier: str
+    size: ImageSize
+    aspect_ratio: AspectRatio
+    prompt: str
+    seed: int
+    request_id: str
+    reference: bytes | None = None
+    strength: float = 0.0
+
+
+@dataclass(frozen=True)
+class UpscaleOrder:
+    """One image for the upscaler to enlarge."""
+
+    data: bytes
+    factor: float
+    method: str
+    output_format: str
+    quality: int
+    request_id: str
+
+
+class CreditLedger(Protocol):
+    """Credits as the router uses them: look, hold, settle."""
+
+    async def available(self, account_id: str) -> int: ...
+
+    async def reserve(
+        self, account_id: str, amount: int, idempotency_key: str, memo: str, ttl_seconds: int
+    ) -> str:
+        """Holds `amount`; returns the hold id. Raises FailedPrecondition when unaffordable."""
+        ...
+
+    async def capture(self, hold_id: str, amount: int, idempotency_key: str) -> None: ...
+
+    async def release(self, hold_id: str, idempotency_key: str) -> None: ...
+
+
+class Renderer(Protocol):
+    """The generator."""
+
+    async def render(self, order: RenderOrder, progress: ProgressSink) -> Image: ...
+
+
+class Upscaler(Protocol):
+    """The upscaler."""
+
+    async def upscale(self, order: UpscaleOrder, progress: ProgressSink) -> Image: ...
