@@ -25,7 +25,11 @@ def _service_config(services: Sequence[str], attempts: int) -> str:
         "backoffMultiplier": 2,
         "retryableStatusCodes": ["UNAVAILABLE"],
     }
-    config = {"methodConfig": [{"name": [{"service": s} for s in services], "retryPolicy": policy}]}
+    config = {
+        # With a headless Service the resolver returns every ready replica; spread over them.
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [{"name": [{"service": s} for s in services], "retryPolicy": policy}],
+    }
     return json.dumps(config)
 
 

@@ -50,6 +50,8 @@ class TiergenError(Exception):
     `metadata` carries the facts behind it (for example `available` and `required`).
     """
 
+    #: Name of the gRPC status code the edge answers with.
+    code = "UNKNOWN"
     default_reason = "UNKNOWN"
 
     def __init__(
@@ -71,6 +73,7 @@ class TiergenError(Exception):
 class InvalidArgument(TiergenError):
     """The request itself is wrong; retrying it unchanged can never succeed."""
 
+    code = "INVALID_ARGUMENT"
     default_reason = "INVALID_ARGUMENT"
 
     def __init__(
@@ -92,30 +95,35 @@ class InvalidArgument(TiergenError):
 class NotFound(TiergenError):
     """The named resource does not exist (or is not the caller's to see)."""
 
+    code = "NOT_FOUND"
     default_reason = "NOT_FOUND"
 
 
 class AlreadyExists(TiergenError):
     """The resource exists, or an idempotency key was reused with a different request."""
 
+    code = "ALREADY_EXISTS"
     default_reason = "ALREADY_EXISTS"
 
 
 class FailedPrecondition(TiergenError):
     """The system is not in a state that allows the operation (for example too few credits)."""
 
+    code = "FAILED_PRECONDITION"
     default_reason = "FAILED_PRECONDITION"
 
 
 class Aborted(TiergenError):
     """A concurrency conflict that persisted after internal retries; safe to retry."""
 
+    code = "ABORTED"
     default_reason = "ABORTED"
 
 
 class Unavailable(TiergenError):
     """A dependency is down or unreachable; retry after `retry_after` seconds if given."""
 
+    code = "UNAVAILABLE"
     default_reason = "UNAVAILABLE"
 
     def __init__(
@@ -133,6 +141,7 @@ class Unavailable(TiergenError):
 class ResourceExhausted(TiergenError):
     """Overload or a rate limit: retry after `retry_after` seconds."""
 
+    code = "RESOURCE_EXHAUSTED"
     default_reason = "RESOURCE_EXHAUSTED"
 
     def __init__(
@@ -152,28 +161,33 @@ class ResourceExhausted(TiergenError):
 class DeadlineExceeded(TiergenError):
     """The work could not finish before the caller's deadline."""
 
+    code = "DEADLINE_EXCEEDED"
     default_reason = "DEADLINE_EXCEEDED"
 
 
 class Cancelled(TiergenError):
     """The caller (or an operator) cancelled the work."""
 
+    code = "CANCELLED"
     default_reason = "CANCELLED"
 
 
 class PermissionDenied(TiergenError):
     """The caller is known but may not do this."""
 
+    code = "PERMISSION_DENIED"
     default_reason = "PERMISSION_DENIED"
 
 
 class Unauthenticated(TiergenError):
     """The caller could not be identified."""
 
+    code = "UNAUTHENTICATED"
     default_reason = "UNAUTHENTICATED"
 
 
 class Internal(TiergenError):
     """A bug or an invariant broken inside Tiergen; never used for a caller's mistake."""
 
+    code = "INTERNAL"
     default_reason = "INTERNAL"

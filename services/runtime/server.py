@@ -60,16 +60,21 @@ class Server:
 
     async def start(self) -> None:
         await self.grpc_server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.set_serving(True)
 
     async def set_serving(self, serving: bool) -> None:
-        """Flips overall and per-service health (NOT_SERVING while a hard dependency is down)."""
+        """Flips the per-service health (readiness) while a hard dependency is down.
+
+        The overall "" status (liveness) stays SERVING: restarting a healthy process would not
+        bring its dependency back. It turns NOT_SERVING only at shutdown.
+        """
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in ("", *self._services):
+        for name in self._services:
             await self.health.set(name, status)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -103,6 +108,10 @@ async def create_server(
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
+        # Clients re-resolve when a connection ages out, so new replicas behind a headless
+        # Service receive traffic.
+        ("grpc.max_connection_age_ms", 300_000),
+        ("grpc.max_connection_age_grace_ms", 30_000),
     ]
     server = grpc.aio.server(interceptors=[ServerTelemetryInterceptor()], options=options)
     for registration in services:

@@ -134,7 +134,9 @@ class ServerSettings:
         return cls(
             service=service,
             host=env.string("TIERGEN_HOST", "127.0.0.1"),
-            port=env.integer("TIERGEN_PORT", DEFAULT_PORTS.get(service, 0), minimum=0, maximum=65535),
+            port=env.integer(
+                "TIERGEN_PORT", DEFAULT_PORTS.get(service, 0), minimum=0, maximum=65535
+            ),
             grace_seconds=env.number(
                 "TIERGEN_SHUTDOWN_GRACE_SECONDS", 10.0, minimum=0.0, maximum=300.0
             ),

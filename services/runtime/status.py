@@ -15,30 +15,29 @@ from services.runtime.errors import ERROR_DOMAIN, FieldViolation, QuotaViolation
 
 __all__ = ["from_rpc_error", "grpc_code", "to_status"]
 
-_CODES: dict[type[TiergenError], grpc.StatusCode] = {
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.Aborted: grpc.StatusCode.ABORTED,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    errors.Cancelled: grpc.StatusCode.CANCELLED,
-    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    errors.Internal: grpc.StatusCode.INTERNAL,
+_ERRORS: dict[grpc.StatusCode, type[TiergenError]] = {
+    grpc.StatusCode[cls.code]: cls
+    for cls in (
+        errors.InvalidArgument,
+        errors.NotFound,
+        errors.AlreadyExists,
+        errors.FailedPrecondition,
+        errors.Aborted,
+        errors.Unavailable,
+        errors.ResourceExhausted,
+        errors.DeadlineExceeded,
+        errors.Cancelled,
+        errors.PermissionDenied,
+        errors.Unauthenticated,
+        errors.Internal,
+    )
 }
-_ERRORS: dict[grpc.StatusCode, type[TiergenError]] = {code: cls for cls, code in _CODES.items()}
 _DETAILS_KEY = "grpc-status-details-bin"
 
 
 def grpc_code(error: TiergenError) -> grpc.StatusCode:
-    """The status code of a domain error (its nearest mapped base class)."""
-    for cls in type(error).__mro__:
-        if cls in _CODES:
-            return _CODES[cls]
-    return grpc.StatusCode.UNKNOWN
+    """The status code of a domain error."""
+    return grpc.StatusCode[error.code]
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:

@@ -1,0 +1,1 @@
+"""Router service: routing policy, prices, jobs, lineage, assets and orchestration."""
