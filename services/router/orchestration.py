@@ -1,0 +1,716 @@
+"""Orchestration: route a request, hold its credits, run the work, store the assets, settle.
+
+Every batch follows one path. The credits are held before any work starts; each job renders
+(or upscales), its image is stored content-addressed, and the job is marked succeeded; once every
+job is final, the hold is captured for the jobs delivered and the rest returned, or released
+whole when nothing was delivered. A caller that cancels or goes away stops the batch the same
+way: unfinished jobs are cancelled and only delivered images are charged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import structlog
+from opentelemetry import trace
+
+from services.router.assets import AssetRef, AssetStore, check_asset_id
+from services.router.catalogue import AspectRatio, ImageSize, Stage
+from services.router.drift import style_drift
+from services.router.jobs import (
+    BatchRecord,
+    HoldState,
+    Job,
+    JobFilter,
+    JobKind,
+    JobPage,
+    JobStatus,
+    JobStore,
+    NewJob,
+    UpscaleMethod,
+)
+from services.router.policy import MAX_PROMPT_CHARS, Decision, Quote, RouteRequest, RoutingPolicy
+from services.router.ports import (
+    CreditLedger,
+    Image,
+    ProgressSink,
+    Renderer,
+    RenderOrder,
+    UpscaleOrder,
+    Upscaler,
+)
+from services.runtime import errors
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, TiergenError
+from services.runtime.tracing import current_trace_id
+
+__all__ = [
+    "BatchAccepted",
+    "Handover",
+    "JobFinished",
+    "JobProgressed",
+    "Router",
+    "RouterEvent",
+    "RouterLimits",
+    "UpscaleRequest",
+]
+
+_log = structlog.get_logger("tiergen.router")
+_tracer = trace.get_tracer("tiergen.router")
+
+#: Strength of the parent's image in a handover when the caller gives none.
+DEFAULT_HANDOVER_STRENGTH = 0.6
+#: Upscale factors: 1 to 4 in steps of 0.5.
+UPSCALE_FACTORS = tuple(1.0 + 0.5 * step for step in range(7))
+_SEED_LIMIT = 2**63  # seeds are stored as signed 64-bit integers
+_STORE_REASONS = frozenset({"JOB_FINAL", "ILLEGAL_TRANSITION"})
+_ERROR_CLASSES: dict[str, type[TiergenError]] = {
+    cls.code: cls
+    for cls in (
+        errors.InvalidArgument,
+        errors.NotFound,
+        errors.AlreadyExists,
+        errors.FailedPrecondition,
+        errors.Aborted,
+        errors.Unavailable,
+        errors.ResourceExhausted,
+        errors.DeadlineExceeded,
+        errors.Cancelled,
+        errors.PermissionDenied,
+        errors.Internal,
+    )
+}
+
+
+@dataclass(frozen=True)
+class BatchAccepted:
+    """First event of every call that creates work: the batch, its jobs and its decision."""
+
+    record: BatchRecord
+
+
+@dataclass(frozen=True)
+class JobProgressed:
+    """A job moved on."""
+
+    job_id: str
+    stage: str
+    fraction: float
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    """A job reached a final state."""
+
+    job: Job
+
+
+RouterEvent = BatchAccepted | JobProgressed | JobFinished
+
+
+@dataclass(frozen=True)
+class Handover:
+    """A promote: hand a succeeded job to a higher tier, its image travelling as the reference.
+
+    `aspect_ratio` None keeps the parent's; `strength` and `seed` None keep the defaults
+    (0.6 and the parent's seed).
+    """
+
+    job_id: str
+    tier: str
+    size: ImageSize | None = None
+    aspect_ratio: AspectRatio | None = None
+    prompt: str = ""
+    prompt_addition: str = ""
+    strength: float | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class UpscaleRequest:
+    """An upscale of a succeeded job's image; `factor` 0 means 2."""
+
+    job_id: str
+    factor: float = 2.0
+    method: UpscaleMethod = UpscaleMethod.LANCZOS
+    output_format: str = "png"
+    quality: int = 0
+
+
+@dataclass(frozen=True)
+class RouterLimits:
+    """Operational limits of the orchestration."""
+
+    #: How long a hold lives if the router never settles it (a crash): the ledger then
+    #: returns the credits by itself.
+    hold_ttl_seconds: int = 900
+    #: Jobs of one batch running at once; the generator queues and limits the rest.
+    parallel_jobs: int = 4
+    #: Longest side of an upscale's output.
+    max_upscale_side: int = 8192
+    #: How often a replayed call looks for the original call's progress.
+    replay_poll_seconds: float = 0.2
+
+
+Work = Callable[[Job, ProgressSink], Awaitable[tuple[Image, float | None]]]
+
+
+def _fingerprint(operation: str, account_id: str, request: Any) -> str:
+    """Identifies a request, so an idempotency key reused for a different one is caught."""
+    document = json.dumps(
+        {"operation": operation, "account_id": account_id, "request": asdict(request)},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(document.encode()).hexdigest()
+
+
+def _require_key(key: str) -> None:
+    if not key.strip():
+        raise InvalidArgument(
+            "an idempotency key is required: a unique string per intended operation, reused only "
+            "to retry it",
+            field="idempotency_key",
+        )
+
+
+def _require_succeeded(job: Job, action: str) -> None:
+    if job.status is not JobStatus.SUCCEEDED or job.asset is None:
+        raise FailedPrecondition(
+            f"job {job.job_id} is {job.status.value}; only a succeeded job can be {action}",
+            reason="JOB_NOT_SUCCEEDED",
+            metadata={"job_id": job.job_id, "status": job.status.value},
+        )
+
+
+def _derived_seed(account_id: str, key: str) -> int:
+    # A retry with the same key renders the same images without the caller choosing a seed.
+    digest = hashlib.sha256(f"{account_id}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def job_error(job: Job) -> TiergenError:
+    """The error a failed job recorded, as the domain error a caller receives."""
+    if job.error is None:
+        return errors.Internal(f"job {job.job_id} failed without a recorded error")
+    cls = _ERROR_CLASSES.get(job.error.code, errors.Internal)
+    return cls(job.error.message, reason=job.error.reason, metadata={"job_id": job.job_id})
+
+
+@contextlib.contextmanager
+def _step(name: str, **attributes: Any) -> Iterator[None]:
+    """A span for one domain step, with `tiergen.*` attributes."""
+    with _tracer.start_as_current_span(
+        name, attributes={f"tiergen.{k}": v for k, v in attributes.items() if v is not None}
+    ):
+        yield
+
+
+class Router:
+    """Routes, charges and runs generations, handovers and upscales; keeps jobs and assets."""
+
+    def __init__(
+        self,
+        *,
+        jobs: JobStore,
+        assets: AssetStore,
+        ledger: CreditLedger,
+        renderer: Renderer,
+        upscaler: Upscaler,
+        policy: RoutingPolicy,
+        limits: RouterLimits = RouterLimits(),
+    ) -> None:
+        self._jobs = jobs
+        self._assets = assets
+        self._ledger = ledger
+        self._renderer = renderer
+        self._upscaler = upscaler
+        self._policy = policy
+        self._limits = limits
+        self._batch_tasks: dict[str, asyncio.Task[None]] = {}
+        self._job_tasks: dict[str, asyncio.Task[Job]] = {}
+
+    @property
+    def policy(self) -> RoutingPolicy:
+        return self._policy
+
+    def use_policy(self, policy: RoutingPolicy) -> None:
+        """Swaps in a reloaded policy; calls already routed keep their decisions."""
+        self._policy = policy
+
+    # Quotes and generations ------------------------------------------------------------
+
+    async def quote(self, account_id: str, request: RouteRequest) -> Quote:
+        available = await self._ledger.available(account_id)
+        with _step("route", account_id=account_id, stage=request.stage.value):
+            return self._policy.quote(replace(request, available=available))
+
+    async def generate(
+        self, account_id: str, key: str, request: RouteRequest, seed: int | None = None
+    ) -> AsyncGenerator[RouterEvent, None]:
+        """Generates `request.n` variations; variation i renders with seed + i."""
+        _require_key(key)
+        structlog.contextvars.bind_contextvars(account_id=account_id)
+        fingerprint = _fingerprint("generate", account_id, (request, seed))
+        existing = await self._jobs.find_batch(account_id, key)
+        if existing is not None:
+            async for event in self._replay(existing, fingerprint):
+                yield event
+            return
+        available = await self._ledger.available(account_id)
+        with _step("route", account_id=account_id, stage=request.stage.value):
+            decision = self._policy.decide(replace(request, available=available))
+        base = _derived_seed(account_id, key) if seed is None else seed
+        trace_id = current_trace_id()
+        new_jobs = [
+            NewJob(
+                kind=JobKind.GENERATE,
+                prompt=request.prompt,
+                seed=(base + index) % _SEED_LIMIT,
+                width=decision.width,
+                height=decision.height,
+                quoted_cost=decision.unit_cost,
+                tier=decision.tier,
+                stage=request.stage,
+                size=decision.size,
+                aspect_ratio=decision.aspect_ratio,
+                variation=index,
+                reasons=decision.reasons,
+                trace_id=trace_id,
+            )
+            for index in range(decision.n)
+        ]
+        record = await self._open_batch(account_id, key, fingerprint, new_jobs, decision)
+        if record.replayed:
+            async for event in self._replay(record, fingerprint):
+                yield event
+            return
+
+        async def render(job: Job, progress: ProgressSink) -> tuple[Image, float | None]:
+            order = RenderOrder(
+                tier=decision.tier,
+                size=decision.size,
+                aspect_ratio=decision.aspect_ratio,
+                prompt=job.prompt,
+                seed=job.seed,
+                request_id=job.job_id,
+            )
+            return await self._renderer.render(order, progress), None
+
+        async for event in self._run(record, render):
+            yield event
+
+    # Handovers and upscales ------------------------------------------------------------
+
+    async def promote(
+        self, account_id: str, key: str, handover: Handover
+    ) -> AsyncGenerator[RouterEvent, None]:
+        """Renders a parent job again on a higher tier with its image as the reference."""
+        _require_key(key)
+        structlog.contextvars.bind_contextvars(account_id=account_id, parent_job_id=handover.job_id)
+        fingerprint = _fingerprint("promote", account_id, handover)
+        existing = await self._jobs.find_batch(account_id, key)
+        if existing is not None:
+            async for event in self._replay(existing, fingerprint):
+                yield event
+            return
+        parent = await self._jobs.get(account_id, handover.job_id)
+        _require_succeeded(parent, "promoted")
+        strength = DEFAULT_HANDOVER_STRENGTH if handover.strength is None else handover.strength
+        if not (math.isfinite(strength) and 0.0 <= strength <= 1.0):
+            raise InvalidArgument(
+                f"strength {strength} is outside 0..1 (0 ignores the parent's image, 1 keeps its "
+                "composition)",
+                field="strength",
+                reason="STRENGTH_OUT_OF_RANGE",
+            )
+        prompt = (handover.prompt or parent.prompt) + handover.prompt_addition
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise InvalidArgument(
+                f"the promoted prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}",
+                field="prompt",
+                reason="PROMPT_TOO_LONG",
+            )
+        available = await self._ledger.available(account_id)
+        with _step("route", account_id=account_id, stage=Stage.REFINE.value):
+            decision = self._policy.promotion(
+                parent.tier,
+                handover.tier,
+                handover.size,
+                handover.aspect_ratio or parent.aspect_ratio,
+                available=available,
+            )
+        assert parent.asset is not None  # checked by _require_succeeded
+        reference = await self._assets.read(parent.asset.asset_id)
+        seed = parent.seed if handover.seed is None else handover.seed
+        new_job = NewJob(
+            kind=JobKind.PROMOTE,
+            prompt=prompt,
+            seed=seed,
+            width=decision.width,
+            height=decision.height,
+            quoted_cost=decision.unit_cost,
+            tier=decision.tier,
+            stage=Stage.REFINE,
+            size=decision.size,
+            aspect_ratio=decision.aspect_ratio,
+            parent_job_id=parent.job_id,
+            reasons=decision.reasons,
+            strength=strength,
+            trace_id=current_trace_id(),
+        )
+        record = await self._open_batch(account_id, key, fingerprint, [new_job], decision)
+        if record.replayed:
+            async for event in self._replay(record, fingerprint):
+                yield event
+            return
+
+        async def render(job: Job, progress: ProgressSink) -> tuple[Image, float | None]:
+            order = RenderOrder(
+                tier=decision.tier,
+                size=decision.size,
+                aspect_ratio=decision.aspect_ratio,
+                prompt=prompt,
+                seed=seed,
+                request_id=job.job_id,
+                reference=reference,
+                strength=strength,
+            )
+            image = await self._renderer.render(order, progress)
+            with _step("drift", job_id=job.job_id):
+                drift = await asyncio.to_thread(style_drift, reference, image.data)
+            return image, drift
+
+        async for event in self._run(record, render):
+            yield event
+
+    async def upscale(
+        self, account_id: str, key: str, request: UpscaleRequest
+    ) -> AsyncGenerator[RouterEvent, None]:
+        """Upscales a succeeded job's image into a new job linked to it."""
+        _require_key(key)
+        structlog.contextvars.bind_contextvars(account_id=account_id, parent_job_id=request.job_id)
+        factor = request.factor or 2.0
+        request = replace(request, factor=factor)
+        if factor not in UPSCALE_FACTORS:
+            raise InvalidArgument(
+                f"factor {factor:g} is not offered; use 1 to 4 in steps of 0.5",
+                field="factor",
+                reason="FACTOR_NOT_SUPPORTED",
+            )
+        fingerprint = _fingerprint("upscale", account_id, request)
+        existing = await self._jobs.find_batch(account_id, key)
+        if existing is not None:
+            async for event in self._replay(existing, fingerprint):
+                yield event
+            return
+        parent = await self._jobs.get(account_id, request.job_id)
+        _require_succeeded(parent, "upscaled")
+        width, height = round(parent.width * factor), round(parent.height * factor)
+        limit = self._limits.max_upscale_side
+        if max(width, height) > limit:
+            raise InvalidArgument(
+                f"upscaling {parent.width}x{parent.height} by {factor:g} gives {width}x{height}; "
+                f"the longest side may be at most {limit}",
+                field="factor",
+                reason="OUTPUT_TOO_LARGE",
+                metadata={"width": str(width), "height": str(height), "limit": str(limit)},
+            )
+        price = self._policy.prices.upscale_price(width, height)
+        new_job = NewJob(
+            kind=JobKind.UPSCALE,
+            prompt=parent.prompt,
+            seed=parent.seed,
+            width=width,
+            height=height,
+            quoted_cost=price,
+            stage=Stage.ENHANCE,
+            aspect_ratio=parent.aspect_ratio,
+            parent_job_id=parent.job_id,
+            reasons=(f"upscale {factor:g}x with {request.method.value} to {width}x{height}",),
+            upscale_factor=factor,
+            upscale_method=request.method,
+            trace_id=current_trace_id(),
+        )
+        assert parent.asset is not None  # checked by _require_succeeded
+        source = await self._assets.read(parent.asset.asset_id)
+        record = await self._open_batch(account_id, key, fingerprint, [new_job], None)
+        if record.replayed:
+            async for event in self._replay(record, fingerprint):
+                yield event
+            return
+
+        async def enlarge(job: Job, progress: ProgressSink) -> tuple[Image, float | None]:
+            order = UpscaleOrder(
+                data=source,
+                factor=factor,
+                method=request.method.value,
+                output_format=request.output_format,
+                quality=request.quality,
+                request_id=job.job_id,
+            )
+            with _step("upscale", job_id=job.job_id, factor=factor):
+                return await self._upscaler.upscale(order, progress), None
+
+        async for event in self._run(record, enlarge):
+            yield event
+
+    # Reads and cancellation ------------------------------------------------------------
+
+    async def get_job(self, account_id: str, job_id: str) -> tuple[Job, tuple[Job, ...]]:
+        """The job and its children (promotes and upscales made from it)."""
+        job = await self._jobs.get(account_id, job_id)
+        return job, await self._jobs.children(account_id, job_id)
+
+    async def list_jobs(
+        self, account_id: str, filters: JobFilter, page_size: int, page_token: str
+    ) -> JobPage:
+        return await self._jobs.list(account_id, filters, page_size, page_token)
+
+    async def cancel(
+        self, account_id: str, *, job_id: str = "", batch_id: str = ""
+    ) -> tuple[Job, ...]:
+        """Cancels a job or a batch's unfinished jobs, here or on the replica running them."""
+        if job_id:
+            cancelled: tuple[Job, ...] = (await self._jobs.cancel_job(account_id, job_id),)
+        elif batch_id:
+            cancelled = await self._jobs.cancel_batch(account_id, batch_id)
+        else:
+            raise InvalidArgument("name a job_id or a batch_id to cancel", field="target")
+        for job in cancelled:
+            task = self._job_tasks.get(job.job_id)
+            if task is not None:
+                task.cancel()
+        return cancelled
+
+    async def open_asset(
+        self, account_id: str, asset_id: str
+    ) -> tuple[AssetRef, AsyncIterator[bytes]]:
+        """An asset's reference and its bytes in chunks; NotFound unless one of its jobs made it."""
+        check_asset_id(asset_id)
+        if not await self._jobs.has_asset(account_id, asset_id):
+            raise NotFound(f"asset {asset_id} not found", reason="ASSET_NOT_FOUND")
+        return await self._assets.get_info(asset_id), self._assets.read_chunks(asset_id)
+
+    # Lifecycle -------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Fails jobs a previous process left unfinished and settles the holds it left open.
+
+        Only for a router that owns its job store alone: with several replicas over one store,
+        another replica's running jobs would look abandoned.
+        """
+        for job in await self._jobs.unfinished():
+            with contextlib.suppress(FailedPrecondition):
+                await self._jobs.mark_failed(
+                    job.job_id,
+                    "ABORTED",
+                    "ROUTER_RESTARTED",
+                    "the router stopped while this job ran; it was not charged",
+                )
+            _log.warning("recovered unfinished job", job_id=job.job_id)
+        for record in await self._jobs.open_holds():
+            await self._settle(record.batch.account_id, record.batch.batch_id)
+
+    async def close(self) -> None:
+        """Stops running batches; each settles its hold before this returns."""
+        tasks = list(self._batch_tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # The one path every batch takes ----------------------------------------------------
+
+    async def _open_batch(
+        self,
+        account_id: str,
+        key: str,
+        fingerprint: str,
+        new_jobs: list[NewJob],
+        decision: Decision | None,
+    ) -> BatchRecord:
+        """Holds the credits, then records the batch; releases the hold if recording fails."""
+        total = sum(job.quoted_cost for job in new_jobs)
+        # The fingerprint is part of the ledger key: a key reused for another request never
+        # reaches, and so never releases, the hold of the request that first used it.
+        hold_key = f"router:{account_id}:{key}:{fingerprint[:24]}"
+        with _step("reserve", account_id=account_id, cost=total):
+            hold_id = await self._ledger.reserve(
+                account_id,
+                total,
+                hold_key,
+                f"{new_jobs[0].kind.value} x{len(new_jobs)} ({key})",
+                self._limits.hold_ttl_seconds,
+            )
+        try:
+            record = await self._jobs.create_batch(
+                account_id=account_id,
+                idempotency_key=key,
+                fingerprint=fingerprint,
+                jobs=new_jobs,
+                decision=decision,
+                hold_id=hold_id,
+            )
+        except BaseException:
+            with contextlib.suppress(TiergenError):
+                await self._ledger.release(hold_id, f"{hold_key}:release")
+            raise
+        structlog.contextvars.bind_contextvars(batch_id=record.batch.batch_id)
+        return record
+
+    async def _replay(
+        self, record: BatchRecord, fingerprint: str
+    ) -> AsyncGenerator[RouterEvent, None]:
+        """Answers a retry: the original batch, then each job's final state as it arrives."""
+        if record.batch.fingerprint != fingerprint:
+            raise errors.AlreadyExists(
+                "this idempotency key was used for a different request; use a new key",
+                reason="IDEMPOTENCY_KEY_REUSED",
+                metadata={"batch_id": record.batch.batch_id},
+            )
+        yield BatchAccepted(replace(record, replayed=True))
+        reported: set[str] = set()
+        while True:
+            current = await self._jobs.batch(record.batch.account_id, record.batch.batch_id)
+            for job in current.jobs:
+                if job.status.is_final and job.job_id not in reported:
+                    reported.add(job.job_id)
+                    yield JobFinished(job)
+            if len(reported) == len(current.jobs):
+                return
+            await asyncio.sleep(self._limits.replay_poll_seconds)
+
+    async def _run(self, record: BatchRecord, work: Work) -> AsyncGenerator[RouterEvent, None]:
+        """Streams a batch's events while a separate task runs it, so that a caller going
+        away cancels the batch instead of abandoning it half-done."""
+        yield BatchAccepted(record)
+        events: asyncio.Queue[RouterEvent | None] = asyncio.Queue()
+        batch_id = record.batch.batch_id
+        task = asyncio.create_task(self._execute(record, work, events.put_nowait))
+        self._batch_tasks[batch_id] = task
+        finished: list[Job] = []
+        try:
+            while (event := await events.get()) is not None:
+                if isinstance(event, JobFinished):
+                    finished.append(event.job)
+                yield event
+        finally:
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            self._batch_tasks.pop(batch_id, None)
+        if finished and not any(job.status is JobStatus.SUCCEEDED for job in finished):
+            failed = [job for job in finished if job.status is JobStatus.FAILED]
+            if failed:
+                raise job_error(failed[0])
+
+    async def _execute(
+        self, record: BatchRecord, work: Work, emit: Callable[[RouterEvent | None], None]
+    ) -> None:
+        batch = record.batch
+        slots = asyncio.Semaphore(self._limits.parallel_jobs)
+        tasks = []
+        for job in record.jobs:
+            task = asyncio.create_task(self._run_job(job, work, slots, emit))
+            self._job_tasks[job.job_id] = task
+            tasks.append(task)
+        try:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        except asyncio.CancelledError:
+            # The caller went away or the router is stopping: wait for every job to record
+            # its cancellation, then settle below, charging only what was delivered.
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        finally:
+            for job in record.jobs:
+                self._job_tasks.pop(job.job_id, None)
+            try:
+                await self._settle(batch.account_id, batch.batch_id)
+            finally:
+                emit(None)
+
+    async def _run_job(
+        self,
+        job: Job,
+        work: Work,
+        slots: asyncio.Semaphore,
+        emit: Callable[[RouterEvent | None], None],
+    ) -> Job:
+        def progress(stage: str, fraction: float) -> None:
+            emit(JobProgressed(job.job_id, stage, fraction))
+
+        try:
+            async with slots:
+                await self._jobs.mark_running(job.job_id)
+                progress("running", 0.0)
+                image, drift = await work(job, progress)
+                with _step("store", job_id=job.job_id):
+                    asset = await self._assets.put(
+                        image.data,
+                        width=image.width,
+                        height=image.height,
+                        media_type=image.media_type,
+                    )
+                final = await self._jobs.mark_succeeded(job.job_id, asset, job.quoted_cost, drift)
+        except asyncio.CancelledError:
+            with contextlib.suppress(FailedPrecondition):
+                await self._jobs.mark_cancelled(job.job_id)
+            emit(JobFinished(await self._jobs.get(job.account_id, job.job_id)))
+            raise
+        except FailedPrecondition as error:
+            if error.reason not in _STORE_REASONS:
+                final = await self._fail(job, error)
+            else:
+                # Cancelled by CancelJob while it ran: the image is not delivered or charged.
+                final = await self._jobs.get(job.account_id, job.job_id)
+        except TiergenError as error:
+            final = await self._fail(job, error)
+        except Exception:
+            _log.exception("job failed unexpectedly", job_id=job.job_id)
+            final = await self._fail(
+                job, errors.Internal(f"internal error (trace {current_trace_id() or 'none'})")
+            )
+        emit(JobFinished(final))
+        return final
+
+    async def _fail(self, job: Job, error: TiergenError) -> Job:
+        _log.warning(
+            "job failed",
+            job_id=job.job_id,
+            code=error.code,
+            reason=error.reason,
+            error=error.message,
+        )
+        try:
+            return await self._jobs.mark_failed(job.job_id, error.code, error.reason, error.message)
+        except FailedPrecondition:
+            return await self._jobs.get(job.account_id, job.job_id)
+
+    async def _settle(self, account_id: str, batch_id: str) -> None:
+        """Captures the credits of the delivered jobs (the rest returns) or releases them all."""
+        record = await self._jobs.batch(account_id, batch_id)
+        hold_id = record.batch.hold_id
+        if hold_id is None or record.batch.hold_state is not HoldState.OPEN:
+            return
+        charged = sum(job.cost for job in record.jobs if job.status is JobStatus.SUCCEEDED)
+        try:
+            if charged:
+                with _step("capture", account_id=account_id, cost=charged):
+                    await self._ledger.capture(hold_id, charged, f"router:{batch_id}:capture")
+                await self._jobs.settle_hold(batch_id, HoldState.CAPTURED, charged)
+            else:
+                with _step("release", account_id=account_id):
+                    await self._ledger.release(hold_id, f"router:{batch_id}:release")
+                await self._jobs.settle_hold(batch_id, HoldState.RELEASED)
+        except TiergenError as error:
+            # The hold stays open: the next start-up settles it, or the ledger's expiry
+            # returns the credits.
+            _log.error(
+                "could not settle hold", batch_id=batch_id, hold_id=hold_id, error=str(error)
+            )

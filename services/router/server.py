@@ -1,0 +1,85 @@
+"""Assembles the router: stores, downstream channels, orchestration and its gRPC service."""
+
+from __future__ import annotations
+
+from tiergen.router.v1 import router_pb2, router_pb2_grpc
+
+from services.router.assets import LocalAssetStore
+from services.router.clients import (
+    GENERATOR_SERVICE,
+    LEDGER_SERVICE,
+    UPSCALER_SERVICE,
+    GrpcLedger,
+    GrpcRenderer,
+    GrpcUpscaler,
+)
+from services.router.jobs import JobStore
+from services.router.orchestration import Router, RouterLimits
+from services.router.policy import RoutingPolicy
+from services.router.pricing import PriceTable
+from services.router.servicer import RouterServicer
+from services.router.settings import RouterSettings
+from services.router.toml_source import RouterConfigError
+from services.runtime.channels import open_channel
+from services.runtime.server import Server, ServiceRegistration
+from services.runtime.server import create_server as create_grpc_server
+from services.runtime.settings import ConfigError
+
+__all__ = ["SERVICE_NAME", "create_server"]
+
+SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+
+
+def load_policy(settings: RouterSettings) -> RoutingPolicy:
+    """The price table and routing policy from their files (embedded defaults when unset)."""
+    try:
+        prices = PriceTable.load(settings.prices_file)
+        return RoutingPolicy.load(settings.policy_file, prices=prices)
+    except (RouterConfigError, OSError) as error:
+        raise ConfigError(str(error)) from None
+
+
+async def create_server(settings: RouterSettings) -> tuple[Server, int]:
+    """The router's server, with its job store recovered and its channels open; not started."""
+    policy = load_policy(settings)
+    timeout = settings.call_timeout_seconds
+    ledger_channel = open_channel(
+        settings.ledger_addr, services=[LEDGER_SERVICE], default_timeout=30
+    )
+    generator_channel = open_channel(
+        settings.generator_addr, services=[GENERATOR_SERVICE], default_timeout=timeout
+    )
+    upscaler_channel = open_channel(
+        settings.upscaler_addr, services=[UPSCALER_SERVICE], default_timeout=timeout
+    )
+    settings.jobs_path.parent.mkdir(parents=True, exist_ok=True)
+    jobs = await JobStore.open(settings.jobs_path)
+    ledger = GrpcLedger(ledger_channel, timeout=30)
+    router = Router(
+        jobs=jobs,
+        assets=LocalAssetStore(settings.assets_dir),
+        ledger=ledger,
+        renderer=GrpcRenderer(generator_channel, timeout, settings.max_image_bytes),
+        upscaler=GrpcUpscaler(upscaler_channel, timeout, settings.max_image_bytes),
+        policy=policy,
+        limits=RouterLimits(
+            hold_ttl_seconds=settings.hold_ttl_seconds,
+            parallel_jobs=settings.parallel_jobs,
+            max_upscale_side=settings.max_upscale_side,
+        ),
+    )
+    await router.recover()
+    servicer = RouterServicer(router, ledger.stub, ledger_timeout=30)
+
+    async def close_channels() -> None:
+        for channel in (ledger_channel, generator_channel, upscaler_channel):
+            await channel.close()
+
+    registration = ServiceRegistration(
+        SERVICE_NAME,
+        lambda server: router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server),
+    )
+    # Hooks run last-added first: stop the batches (settling their holds), then close.
+    return await create_grpc_server(
+        settings.server, [registration], on_stop=[jobs.close, close_channels, router.close]
+    )

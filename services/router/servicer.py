@@ -1,0 +1,437 @@
+"""The router's gRPC edge: translates messages to the domain and back; nothing else."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from datetime import datetime
+from typing import Any
+
+import grpc
+from google.protobuf import timestamp_pb2
+from tiergen.common.v1 import common_pb2
+from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from tiergen.router.v1 import router_pb2, router_pb2_grpc
+
+from services.router.catalogue import Fidelity
+from services.router.jobs import Job, JobFilter, JobKind, JobStatus, UpscaleMethod
+from services.router.orchestration import (
+    BatchAccepted,
+    Handover,
+    JobFinished,
+    JobProgressed,
+    Router,
+    RouterEvent,
+    UpscaleRequest,
+)
+from services.router.policy import Decision, RouteRequest
+from services.router.translate import (
+    aspect_ratio_from_proto,
+    aspect_ratio_to_proto,
+    size_from_proto,
+    size_to_proto,
+    stage_from_proto,
+    stage_to_proto,
+)
+from services.runtime.errors import InvalidArgument
+from services.runtime.status import from_rpc_error
+
+__all__ = ["RouterServicer"]
+
+_FORMATS = {
+    common_pb2.IMAGE_FORMAT_UNSPECIFIED: "png",
+    common_pb2.IMAGE_FORMAT_PNG: "png",
+    common_pb2.IMAGE_FORMAT_JPEG: "jpeg",
+    common_pb2.IMAGE_FORMAT_WEBP: "webp",
+}
+_FORMAT_OF_MEDIA = {
+    "image/png": common_pb2.IMAGE_FORMAT_PNG,
+    "image/jpeg": common_pb2.IMAGE_FORMAT_JPEG,
+    "image/webp": common_pb2.IMAGE_FORMAT_WEBP,
+}
+_METHODS = {
+    common_pb2.UPSCALE_METHOD_UNSPECIFIED: UpscaleMethod.LANCZOS,
+    common_pb2.UPSCALE_METHOD_LANCZOS: UpscaleMethod.LANCZOS,
+    common_pb2.UPSCALE_METHOD_BICUBIC: UpscaleMethod.BICUBIC,
+    common_pb2.UPSCALE_METHOD_ENHANCE: UpscaleMethod.ENHANCE,
+}
+_METHODS_BACK = {
+    UpscaleMethod.LANCZOS: common_pb2.UPSCALE_METHOD_LANCZOS,
+    UpscaleMethod.BICUBIC: common_pb2.UPSCALE_METHOD_BICUBIC,
+    UpscaleMethod.ENHANCE: common_pb2.UPSCALE_METHOD_ENHANCE,
+}
+_FIDELITIES = {
+    router_pb2.FIDELITY_UNSPECIFIED: Fidelity.UNSPECIFIED,
+    router_pb2.FIDELITY_DRAFT: Fidelity.DRAFT,
+    router_pb2.FIDELITY_BALANCED: Fidelity.BALANCED,
+    router_pb2.FIDELITY_HIGH: Fidelity.HIGH,
+}
+_KINDS = {
+    JobKind.GENERATE: router_pb2.JOB_KIND_GENERATE,
+    JobKind.PROMOTE: router_pb2.JOB_KIND_PROMOTE,
+    JobKind.UPSCALE: router_pb2.JOB_KIND_UPSCALE,
+}
+_STATUSES = {
+    JobStatus.QUEUED: router_pb2.JOB_STATUS_QUEUED,
+    JobStatus.RUNNING: router_pb2.JOB_STATUS_RUNNING,
+    JobStatus.SUCCEEDED: router_pb2.JOB_STATUS_SUCCEEDED,
+    JobStatus.FAILED: router_pb2.JOB_STATUS_FAILED,
+    JobStatus.CANCELLED: router_pb2.JOB_STATUS_CANCELLED,
+}
+_KINDS_BACK = {int(value): kind for kind, value in _KINDS.items()}
+_STATUSES_BACK = {int(value): status for status, value in _STATUSES.items()}
+
+
+def _enum(table: dict[Any, Any], value: int, field: str) -> Any:
+    try:
+        return table[value]
+    except KeyError:
+        raise InvalidArgument(f"{field} has an unknown value {value}", field=field) from None
+
+
+def _timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if moment is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def job_message(job: Job, children: tuple[Job, ...] = ()) -> router_pb2.Job:
+    """The protobuf form of a job."""
+    message = router_pb2.Job(
+        job_id=job.job_id,
+        batch_id=job.batch_id,
+        account_id=job.account_id,
+        kind=_KINDS[job.kind],
+        status=_STATUSES[job.status],
+        tier=job.tier,
+        stage=stage_to_proto(job.stage),
+        prompt=job.prompt,
+        seed=job.seed,
+        variation=job.variation,
+        resolution=common_pb2.Resolution(
+            size=size_to_proto(job.size) if job.size is not None else None,
+            aspect_ratio=aspect_ratio_to_proto(job.aspect_ratio),
+        ),
+        width=job.width,
+        height=job.height,
+        quoted_cost=job.quoted_cost,
+        cost=job.cost,
+        parent_job_id=job.parent_job_id or "",
+        child_job_ids=[child.job_id for child in children],
+        reasons=list(job.reasons),
+        strength=job.strength or 0.0,
+        upscale_factor=job.upscale_factor or 0.0,
+        create_time=_timestamp(job.create_time),
+        start_time=_timestamp(job.start_time),
+        finish_time=_timestamp(job.finish_time),
+        trace_id=job.trace_id,
+    )
+    if job.drift is not None:
+        message.drift = job.drift
+    if job.upscale_method is not None:
+        message.upscale_method = _METHODS_BACK[job.upscale_method]
+    if job.asset is not None:
+        info = job.asset.info
+        message.asset.CopyFrom(
+            common_pb2.AssetRef(
+                asset_id=job.asset.asset_id,
+                info=common_pb2.ImageInfo(
+                    width=info.width,
+                    height=info.height,
+                    format=_FORMAT_OF_MEDIA.get(
+                        info.media_type, common_pb2.IMAGE_FORMAT_UNSPECIFIED
+                    ),
+                    media_type=info.media_type,
+                    size_bytes=info.size_bytes,
+                    sha256=job.asset.asset_id,
+                ),
+            )
+        )
+    if job.error is not None:
+        message.error.CopyFrom(
+            router_pb2.JobError(
+                code=job.error.code, reason=job.error.reason, message=job.error.message
+            )
+        )
+    return message
+
+
+def decision_message(decision: Decision) -> router_pb2.Decision:
+    return router_pb2.Decision(
+        tier=decision.tier,
+        resolution=common_pb2.Resolution(
+            size=size_to_proto(decision.size),
+            aspect_ratio=aspect_ratio_to_proto(decision.aspect_ratio),
+        ),
+        width=decision.width,
+        height=decision.height,
+        unit_cost=decision.unit_cost,
+        n=decision.n,
+        total_cost=decision.total_cost,
+        reasons=list(decision.reasons),
+        downgraded=decision.downgraded,
+    )
+
+
+def _route_request(spec: router_pb2.GenerationSpec, deadline: float | None) -> RouteRequest:
+    stage = stage_from_proto(spec.stage)
+    if stage is None:
+        raise InvalidArgument(f"spec.stage has an unknown value {spec.stage}", field="spec.stage")
+    ratio = aspect_ratio_from_proto(spec.resolution.aspect_ratio)
+    if ratio is None:
+        raise InvalidArgument(
+            f"spec.resolution.aspect_ratio has an unknown value {spec.resolution.aspect_ratio}",
+            field="spec.resolution.aspect_ratio",
+        )
+    size = size_from_proto(spec.resolution.size)
+    if size is None and spec.resolution.size:
+        raise InvalidArgument(
+            f"spec.resolution.size has an unknown value {spec.resolution.size}",
+            field="spec.resolution.size",
+        )
+    return RouteRequest(
+        prompt=spec.prompt,
+        tier=spec.tier,
+        stage=stage,
+        size=size,
+        aspect_ratio=ratio,
+        n=spec.n,
+        fidelity=_enum(_FIDELITIES, spec.fidelity, "spec.fidelity"),
+        allow_downgrade=spec.allow_downgrade,
+        deadline_seconds=deadline,
+    )
+
+
+def _batch_message(event: BatchAccepted) -> router_pb2.Batch:
+    record = event.record
+    batch = router_pb2.Batch(
+        batch_id=record.batch.batch_id,
+        jobs=[job_message(job) for job in record.jobs],
+        replayed=record.replayed,
+    )
+    if record.batch.decision is not None:
+        batch.decision.CopyFrom(decision_message(record.batch.decision))
+    return batch
+
+
+def _progress(event: JobProgressed) -> router_pb2.JobProgress:
+    return router_pb2.JobProgress(
+        job_id=event.job_id,
+        progress=common_pb2.Progress(stage=event.stage, fraction=event.fraction),
+    )
+
+
+class RouterServicer(router_pb2_grpc.RouterServiceServicer):
+    """RouterService over the orchestration; balance calls are forwarded to the ledger."""
+
+    def __init__(
+        self, router: Router, ledger: ledger_pb2_grpc.LedgerServiceStub, ledger_timeout: float
+    ) -> None:
+        self._router = router
+        self._ledger = ledger
+        self._ledger_timeout = ledger_timeout
+
+    async def Quote(
+        self, request: router_pb2.QuoteRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> router_pb2.QuoteResponse:
+        quote = await self._router.quote(
+            request.account_id, _route_request(request.spec, context.time_remaining())
+        )
+        available = quote.available or 0
+        return router_pb2.QuoteResponse(
+            decision=decision_message(quote.decision),
+            available=available,
+            affordable=quote.affordable,
+            shortfall=quote.shortfall,
+        )
+
+    async def Generate(
+        self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[router_pb2.GenerateResponse]:
+        route = _route_request(request.spec, context.time_remaining())
+        seed = request.spec.seed if request.spec.HasField("seed") else None
+        events = self._router.generate(request.account_id, request.idempotency_key, route, seed)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if isinstance(event, BatchAccepted):
+                    yield router_pb2.GenerateResponse(batch=_batch_message(event))
+                elif isinstance(event, JobProgressed):
+                    yield router_pb2.GenerateResponse(progress=_progress(event))
+                else:
+                    yield router_pb2.GenerateResponse(job=job_message(event.job))
+
+    async def _single(
+        self,
+        events: AsyncGenerator[RouterEvent, None],
+        response: Callable[..., Any],
+    ) -> AsyncIterator[Any]:
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if isinstance(event, BatchAccepted):
+                    yield response(accepted=job_message(event.record.jobs[0]))
+                elif isinstance(event, JobProgressed):
+                    yield response(progress=_progress(event))
+                elif isinstance(event, JobFinished):
+                    yield response(job=job_message(event.job))
+
+    async def Promote(
+        self, request: router_pb2.PromoteRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[router_pb2.PromoteResponse]:
+        size = size_from_proto(request.resolution.size)
+        if size is None and request.resolution.size:
+            raise InvalidArgument(
+                f"resolution.size has an unknown value {request.resolution.size}",
+                field="resolution.size",
+            )
+        ratio = (
+            aspect_ratio_from_proto(request.resolution.aspect_ratio)
+            if request.resolution.aspect_ratio
+            else None
+        )
+        if ratio is None and request.resolution.aspect_ratio:
+            raise InvalidArgument(
+                f"resolution.aspect_ratio has an unknown value {request.resolution.aspect_ratio}",
+                field="resolution.aspect_ratio",
+            )
+        if not request.job_id:
+            raise InvalidArgument("job_id is required: the job to promote", field="job_id")
+        handover = Handover(
+            job_id=request.job_id,
+            tier=request.tier,
+            size=size,
+            aspect_ratio=ratio,
+            prompt=request.prompt,
+            prompt_addition=request.prompt_addition,
+            strength=request.strength if request.HasField("strength") else None,
+            seed=request.seed if request.HasField("seed") else None,
+        )
+        events = self._router.promote(request.account_id, request.idempotency_key, handover)
+        async for message in self._single(events, router_pb2.PromoteResponse):
+            yield message
+
+    async def Upscale(
+        self, request: router_pb2.UpscaleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[router_pb2.UpscaleResponse]:
+        if not request.job_id:
+            raise InvalidArgument("job_id is required: the job to upscale", field="job_id")
+        if not 0 <= request.quality <= 100:
+            raise InvalidArgument(
+                f"quality {request.quality} is outside 1-100 (0 means the server default)",
+                field="quality",
+            )
+        upscale = UpscaleRequest(
+            job_id=request.job_id,
+            factor=request.factor,
+            method=_enum(_METHODS, request.method, "method"),
+            output_format=_enum(_FORMATS, request.output_format, "output_format"),
+            quality=request.quality,
+        )
+        events = self._router.upscale(request.account_id, request.idempotency_key, upscale)
+        async for message in self._single(events, router_pb2.UpscaleResponse):
+            yield message
+
+    async def GetJob(
+        self, request: router_pb2.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> router_pb2.GetJobResponse:
+        job, children = await self._router.get_job(request.account_id, request.job_id)
+        return router_pb2.GetJobResponse(job=job_message(job, children))
+
+    async def ListJobs(
+        self, request: router_pb2.ListJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> router_pb2.ListJobsResponse:
+        stage = stage_from_proto(request.stage) if request.stage else None
+        if stage is None and request.stage:
+            raise InvalidArgument(f"stage has an unknown value {request.stage}", field="stage")
+        filters = JobFilter(
+            stage=stage,
+            tier=request.tier or None,
+            status=_enum(_STATUSES_BACK, request.status, "status") if request.status else None,
+            kind=_enum(_KINDS_BACK, request.kind, "kind") if request.kind else None,
+            batch_id=request.batch_id or None,
+            parent_job_id=request.parent_job_id or None,
+        )
+        page = await self._router.list_jobs(
+            request.account_id, filters, request.page_size, request.page_token
+        )
+        return router_pb2.ListJobsResponse(
+            jobs=[job_message(job) for job in page.jobs], next_page_token=page.next_page_token
+        )
+
+    async def CancelJob(
+        self, request: router_pb2.CancelJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> router_pb2.CancelJobResponse:
+        jobs = await self._router.cancel(
+            request.account_id, job_id=request.job_id, batch_id=request.batch_id
+        )
+        return router_pb2.CancelJobResponse(jobs=[job_message(job) for job in jobs])
+
+    async def GetAsset(
+        self, request: router_pb2.GetAssetRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[router_pb2.GetAssetResponse]:
+        asset, chunks = await self._router.open_asset(request.account_id, request.asset_id)
+        info = asset.info
+        yield router_pb2.GetAssetResponse(
+            info=common_pb2.ImageInfo(
+                width=info.width,
+                height=info.height,
+                format=_FORMAT_OF_MEDIA.get(info.media_type, common_pb2.IMAGE_FORMAT_UNSPECIFIED),
+                media_type=info.media_type,
+                size_bytes=info.size_bytes,
+                sha256=asset.asset_id,
+            )
+        )
+        offset = 0
+        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+            async for data in chunks:
+                yield router_pb2.GetAssetResponse(
+                    chunk=common_pb2.ImageChunk(offset=offset, data=data)
+                )
+                offset += len(data)
+
+    # Forwarded to the ledger for callers that only know the router.
+
+    async def _forward(self, method: Callable[..., Any], request: Any) -> Any:
+        try:
+            return await method(request, timeout=self._ledger_timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None
+
+    async def OpenAccount(
+        self, request: router_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> router_pb2.OpenAccountResponse:
+        reply = await self._forward(
+            self._ledger.OpenAccount,
+            ledger_pb2.OpenAccountRequest(
+                account_id=request.account_id, idempotency_key=request.idempotency_key
+            ),
+        )
+        return router_pb2.OpenAccountResponse(
+            balance=reply.balance, granted=reply.granted, replayed=reply.replayed
+        )
+
+    async def GetBalance(
+        self, request: router_pb2.GetBalanceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> router_pb2.GetBalanceResponse:
+        reply = await self._forward(
+            self._ledger.GetBalance, ledger_pb2.GetBalanceRequest(account_id=request.account_id)
+        )
+        return router_pb2.GetBalanceResponse(balance=reply.balance)
+
+    async def CheckIn(
+        self, request: router_pb2.CheckInRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> router_pb2.CheckInResponse:
+        reply = await self._forward(
+            self._ledger.CheckIn,
+            ledger_pb2.CheckInRequest(
+                account_id=request.account_id, idempotency_key=request.idempotency_key
+            ),
+        )
+        return router_pb2.CheckInResponse(
+            balance=reply.balance,
+            granted=reply.granted,
+            iso_week=reply.iso_week,
+            cap_reached=reply.cap_reached,
+            replayed=reply.replayed,
+        )
