@@ -139,7 +139,7 @@ class LedgerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListEntries(self, request, context):
-        """Lists an account's history, newest first, with the running balance after each entry.
+        """Lists an account's history, oldest first, with the running balance after each entry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

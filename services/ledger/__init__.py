@@ -1,0 +1,1 @@
+"""The credit ledger: accounts, promotions, holds and append-only history."""

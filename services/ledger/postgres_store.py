@@ -1,0 +1,358 @@
+"""The clustered ledger store: PostgreSQL through a psycopg 3 connection pool.
+
+Several ledger processes may share one database. Every command runs in one READ COMMITTED
+transaction that first locks its account's row (`SELECT ... FOR UPDATE`); that is the only lock
+a command takes, so there is no lock order to get wrong, and every later read in the transaction
+sees what the previous holder of the lock committed. Should a write ever rest on a stale read
+anyway, it cannot commit: the account update is guarded by the sequence number the command read,
+and the (account, sequence) key of the command's first entry is already taken. Conflicts that do
+happen (two first-time commands racing to insert the same account or idempotency record,
+deadlocks, serialization failures, lock waits past `lock_timeout`) roll back and are retried
+here; only a conflict that outlasts the retries reaches the caller, as Aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg_pool
+from psycopg import errors as pg_errors
+
+from services.ledger import tables
+from services.ledger.model import Account, Entry, Hold, to_micros
+from services.ledger.store import (
+    Changes,
+    Decide,
+    Decision,
+    EntryQuery,
+    Lookup,
+    Snapshot,
+)
+from services.runtime.errors import Aborted, Internal, Unavailable
+
+__all__ = ["MIGRATIONS", "PostgresStore"]
+
+_T = TypeVar("_T")
+_Connection = psycopg.AsyncConnection[tuple[Any, ...]]
+
+#: Schema versions in order; each is applied once, in one transaction, and recorded.
+MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (
+        1,
+        "accounts, holds, append-only entries, idempotency records",
+        (
+            """CREATE TABLE accounts (
+                account_id TEXT PRIMARY KEY,
+                available BIGINT NOT NULL CHECK (available >= 0),
+                held BIGINT NOT NULL CHECK (held >= 0),
+                promotional_granted BIGINT NOT NULL CHECK (promotional_granted >= 0),
+                purchased BIGINT NOT NULL CHECK (purchased >= 0),
+                adjusted BIGINT NOT NULL CHECK (adjusted >= 0),
+                consumed BIGINT NOT NULL CHECK (consumed >= 0),
+                last_sequence BIGINT NOT NULL CHECK (last_sequence >= 0),
+                opened_at_us BIGINT NOT NULL
+            )""",
+            """CREATE TABLE holds (
+                hold_id TEXT PRIMARY KEY,
+                account_id TEXT NOT NULL REFERENCES accounts (account_id),
+                amount BIGINT NOT NULL CHECK (amount > 0),
+                captured_amount BIGINT NOT NULL
+                    CHECK (captured_amount >= 0 AND captured_amount <= amount),
+                status TEXT NOT NULL CHECK (status IN ('open', 'captured', 'released', 'expired')),
+                memo TEXT NOT NULL,
+                created_at_us BIGINT NOT NULL,
+                expires_at_us BIGINT NOT NULL,
+                resolved_at_us BIGINT
+            )""",
+            "CREATE INDEX holds_open_by_account ON holds (account_id, expires_at_us)"
+            " WHERE status = 'open'",
+            "CREATE INDEX holds_open_by_expiry ON holds (expires_at_us) WHERE status = 'open'",
+            """CREATE TABLE entries (
+                account_id TEXT NOT NULL REFERENCES accounts (account_id),
+                sequence BIGINT NOT NULL CHECK (sequence > 0),
+                kind TEXT NOT NULL,
+                amount BIGINT NOT NULL CHECK (amount > 0),
+                source TEXT NOT NULL,
+                destination TEXT NOT NULL CHECK (destination <> source),
+                hold_id TEXT REFERENCES holds (hold_id),
+                memo TEXT NOT NULL,
+                created_at_us BIGINT NOT NULL,
+                available_after BIGINT NOT NULL,
+                held_after BIGINT NOT NULL,
+                PRIMARY KEY (account_id, sequence)
+            )""",
+            "CREATE INDEX entries_by_time ON entries (account_id, created_at_us)",
+            """CREATE FUNCTION ledger_entries_refuse_change() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                RAISE EXCEPTION 'ledger entries are append-only'
+                    USING ERRCODE = 'integrity_constraint_violation';
+            END
+            $$""",
+            """CREATE TRIGGER entries_refuse_update_or_delete BEFORE UPDATE OR DELETE ON entries
+            FOR EACH ROW EXECUTE FUNCTION ledger_entries_refuse_change()""",
+            """CREATE TRIGGER entries_refuse_truncate BEFORE TRUNCATE ON entries
+            FOR EACH STATEMENT EXECUTE FUNCTION ledger_entries_refuse_change()""",
+            """CREATE TABLE idempotency_records (
+                scope TEXT NOT NULL,
+                idempotency_key TEXT NOT NULL,
+                fingerprint TEXT NOT NULL,
+                outcome TEXT NOT NULL,
+                created_at_us BIGINT NOT NULL,
+                PRIMARY KEY (scope, idempotency_key)
+            )""",
+        ),
+    ),
+)
+
+_CREATE_MIGRATIONS = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at_us BIGINT NOT NULL
+)"""
+#: Serialises migrations when several ledger processes start against one database at once.
+_MIGRATION_LOCK = 0x7469657267656E  # "tiergen"
+
+#: Rolled back and retried; what a concurrent transaction can cause, never the caller.
+_CONFLICTS = (
+    pg_errors.SerializationFailure,
+    pg_errors.DeadlockDetected,
+    pg_errors.LockNotAvailable,
+    pg_errors.UniqueViolation,
+)
+_CONFLICT_ATTEMPTS = 8
+#: A connection lost mid-command (for example to a server restart) is retried once on a new one.
+_CONNECTION_ATTEMPTS = 2
+
+
+def _pg(sql: str) -> str:
+    return sql.replace("?", "%s")
+
+
+_LOCK_ACCOUNT = _pg(tables.SELECT_ACCOUNT) + " FOR UPDATE"
+_LOCK_ACCOUNT_OF_HOLD = _pg(tables.SELECT_ACCOUNT_OF_HOLD) + " FOR UPDATE"
+_SELECT_ACCOUNT_WITH_EXPIRY = _pg(tables.SELECT_ACCOUNT_WITH_EXPIRY)
+_SELECT_HOLD = _pg(tables.SELECT_HOLD)
+_SELECT_EXPIRED_HOLDS = _pg(tables.SELECT_EXPIRED_HOLDS)
+_SELECT_EXPIRED_HOLDS_OF_HOLD = _pg(tables.SELECT_EXPIRED_HOLDS_OF_HOLD)
+_SELECT_ACCOUNTS_WITH_EXPIRED_HOLDS = _pg(tables.SELECT_ACCOUNTS_WITH_EXPIRED_HOLDS)
+_INSERT_ACCOUNT = _pg(tables.INSERT_ACCOUNT)
+_UPDATE_ACCOUNT = _pg(tables.UPDATE_ACCOUNT)
+_UPSERT_HOLD = _pg(tables.UPSERT_HOLD)
+_INSERT_ENTRY = _pg(tables.INSERT_ENTRY)
+_INSERT_RECORD = _pg(tables.INSERT_RECORD)
+
+
+class PostgresStore:
+    """The ledger on a PostgreSQL database (tables in the first schema of the search path)."""
+
+    def __init__(
+        self, pool: psycopg_pool.AsyncConnectionPool[_Connection], timeout_seconds: float
+    ) -> None:
+        self._pool = pool
+        self._timeout = timeout_seconds
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        now: datetime,
+        pool_size: int = 10,
+        timeout_seconds: float = 5.0,
+        lock_timeout_seconds: float = 5.0,
+    ) -> PostgresStore:
+        """Connect, migrate the schema, and keep a pool of up to `pool_size` connections."""
+        lock_timeout_ms = str(max(1, round(lock_timeout_seconds * 1000)))
+
+        async def configure(connection: _Connection) -> None:
+            await connection.execute(
+                "SELECT set_config('lock_timeout', %s, false)", (lock_timeout_ms,)
+            )
+
+        pool: psycopg_pool.AsyncConnectionPool[_Connection] = psycopg_pool.AsyncConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            kwargs={"autocommit": True},
+            configure=configure,
+            timeout=timeout_seconds,
+            name="ledger",
+        )
+        try:
+            await pool.open(wait=True, timeout=timeout_seconds)
+            store = cls(pool, timeout_seconds)
+            await store._run(lambda connection: _migrate(connection, to_micros(now)))
+        except BaseException as error:
+            await pool.close()
+            if isinstance(error, psycopg_pool.PoolTimeout):
+                raise Unavailable(
+                    f"cannot connect to the ledger database within {timeout_seconds} s"
+                ) from error
+            raise
+        return store
+
+    async def transact(self, lookup: Lookup, decide: Decide) -> Decision:
+        conflicts = 0
+        while True:
+            try:
+                return await self._run(lambda connection: _transact(connection, lookup, decide))
+            except Aborted:
+                conflicts += 1
+                if conflicts >= _CONFLICT_ATTEMPTS:
+                    raise
+                # Jittered so that commands that just collided do not collide again.
+                await asyncio.sleep(random.uniform(0, 0.002 * 2**conflicts))
+
+    async def account(self, account_id: str, now: datetime) -> tuple[Account | None, bool]:
+        async def read(connection: _Connection) -> tuple[Account | None, bool]:
+            cursor = await connection.execute(
+                _SELECT_ACCOUNT_WITH_EXPIRY, (to_micros(now), account_id)
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                return None, False
+            return tables.account_from_row(row), bool(row[-1])
+
+        return await self._run(read)
+
+    async def hold(self, hold_id: str) -> Hold | None:
+        async def read(connection: _Connection) -> Hold | None:
+            row = await (await connection.execute(_SELECT_HOLD, (hold_id,))).fetchone()
+            return None if row is None else tables.hold_from_row(row)
+
+        return await self._run(read)
+
+    async def entries(self, query: EntryQuery) -> list[Entry]:
+        sql, params = tables.entries_statement(query)
+
+        async def read(connection: _Connection) -> list[Entry]:
+            cursor = await connection.execute(_pg(sql), params)
+            return [tables.entry_from_row(row) for row in await cursor.fetchall()]
+
+        return await self._run(read)
+
+    async def accounts_with_expired_holds(self, now: datetime, limit: int) -> list[str]:
+        async def read(connection: _Connection) -> list[str]:
+            cursor = await connection.execute(
+                _SELECT_ACCOUNTS_WITH_EXPIRED_HOLDS, (to_micros(now), limit)
+            )
+            return [row[0] for row in await cursor.fetchall()]
+
+        return await self._run(read)
+
+    async def audit(self, sql: str) -> list[tuple[Any, ...]]:
+        async def read(connection: _Connection) -> list[tuple[Any, ...]]:
+            return list(await (await connection.execute(sql)).fetchall())
+
+        return await self._run(read)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def _run(self, work: Callable[[_Connection], Awaitable[_T]]) -> _T:
+        """Run `work` on a pooled connection, translating database failures for the caller."""
+        for attempt in range(1, _CONNECTION_ATTEMPTS + 1):
+            try:
+                async with self._pool.connection(timeout=self._timeout) as connection:
+                    return await work(connection)
+            except _CONFLICTS as error:
+                raise Aborted(
+                    "the ledger account was changed concurrently; retry", reason="WRITE_CONFLICT"
+                ) from error
+            except psycopg_pool.PoolTimeout as error:
+                raise Unavailable(
+                    f"no ledger database connection within {self._timeout} s", retry_after=1.0
+                ) from error
+            except psycopg.OperationalError as error:
+                if attempt == _CONNECTION_ATTEMPTS:
+                    raise Unavailable(
+                        f"the ledger database is unreachable: {error}", retry_after=1.0
+                    ) from error
+            except psycopg.Error as error:
+                raise Internal(f"the ledger database refused a change: {error}") from error
+        raise AssertionError("unreachable: the last attempt either returns or raises")
+
+
+async def _migrate(connection: _Connection, now_us: int) -> None:
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        await connection.execute(_CREATE_MIGRATIONS)
+        cursor = await connection.execute("SELECT version FROM schema_migrations")
+        applied = {row[0] for row in await cursor.fetchall()}
+        for version, name, statements in MIGRATIONS:
+            if version in applied:
+                continue
+            for statement in statements:
+                await connection.execute(statement)
+            await connection.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at_us) VALUES (%s, %s, %s)",
+                (version, name, now_us),
+            )
+
+
+async def _transact(connection: _Connection, lookup: Lookup, decide: Decide) -> Decision:
+    # Pipelined: the transaction costs two round trips, one to read and one to write and commit.
+    async with connection.pipeline(), connection.transaction():
+        decision = decide(await _load(connection, lookup))
+        await _apply(connection, decision.changes)
+    return decision
+
+
+async def _load(connection: _Connection, lookup: Lookup) -> Snapshot:
+    """Send every read at once; the first waits for the account's lock, the rest run after it."""
+    now_us = to_micros(lookup.now)
+    if lookup.account_id is not None:
+        account_rows = await connection.execute(_LOCK_ACCOUNT, (lookup.account_id,))
+        expired_rows = await connection.execute(_SELECT_EXPIRED_HOLDS, (lookup.account_id, now_us))
+    else:
+        account_rows = await connection.execute(_LOCK_ACCOUNT_OF_HOLD, (lookup.hold_id,))
+        expired_rows = await connection.execute(
+            _SELECT_EXPIRED_HOLDS_OF_HOLD, (lookup.hold_id, now_us)
+        )
+    hold_rows = None
+    if lookup.hold_id is not None:
+        hold_rows = await connection.execute(_SELECT_HOLD, (lookup.hold_id,))
+    record_rows = None
+    if lookup.record_keys:
+        sql, params = tables.records_statement(lookup.record_keys)
+        record_rows = await connection.execute(_pg(sql), params)
+
+    account_row = await account_rows.fetchone()
+    expired = tuple(tables.hold_from_row(row) for row in await expired_rows.fetchall())
+    hold_row = None if hold_rows is None else await hold_rows.fetchone()
+    records = {}
+    if record_rows is not None:
+        for row in await record_rows.fetchall():
+            record = tables.record_from_row(row)
+            records[record.key] = record
+    return Snapshot(
+        account=None if account_row is None else tables.account_from_row(account_row),
+        hold=None if hold_row is None else tables.hold_from_row(hold_row),
+        expired_holds=expired,
+        records=records,
+    )
+
+
+async def _apply(connection: _Connection, changes: Changes) -> None:
+    """Send every write at once, unchecked: a write based on a stale read cannot commit anyway,
+    since the (account, sequence) key of its first entry is already taken."""
+    if changes.account is not None:
+        if changes.previous_sequence is None:
+            await connection.execute(_INSERT_ACCOUNT, tables.account_insert_params(changes.account))
+        else:
+            params = tables.account_update_params(changes.account, changes.previous_sequence)
+            await connection.execute(_UPDATE_ACCOUNT, params)
+    for hold in changes.holds:
+        await connection.execute(_UPSERT_HOLD, tables.hold_params(hold))
+    for entry in changes.entries:
+        await connection.execute(_INSERT_ENTRY, tables.entry_params(entry))
+    now_us = to_micros(changes.now)
+    for record in changes.records:
+        await connection.execute(_INSERT_RECORD, tables.record_params(record, now_us))

@@ -1,0 +1,43 @@
+"""Assembles the ledger service: the store behind the DSN, the expiry sweeper, the gRPC edge."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+
+from services.ledger.ledger import Ledger
+from services.ledger.servicer import LedgerServicer
+from services.ledger.settings import LedgerSettings
+from services.runtime.server import Server, ServiceRegistration
+from services.runtime.server import create_server as create_grpc_server
+
+__all__ = ["SERVICE_NAME", "create_server"]
+
+SERVICE_NAME = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
+
+
+async def create_server(settings: LedgerSettings) -> tuple[Server, int]:
+    """The ledger's server with its schema migrated and its sweeper running; not started."""
+    ledger = await Ledger.open(settings)
+    sweeper = asyncio.create_task(ledger.run_sweeper(), name="ledger-sweeper")
+    servicer = LedgerServicer(ledger)
+
+    async def stop_sweeper() -> None:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+
+    registration = ServiceRegistration(
+        SERVICE_NAME,
+        lambda server: ledger_pb2_grpc.add_LedgerServiceServicer_to_server(servicer, server),
+    )
+    try:
+        return await create_grpc_server(
+            settings.server, [registration], on_stop=[ledger.close, stop_sweeper]
+        )
+    except BaseException:
+        await stop_sweeper()
+        await ledger.close()
+        raise

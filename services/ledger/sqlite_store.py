@@ -1,0 +1,412 @@
+"""The embedded ledger store: one SQLite file in WAL mode, written by one thread.
+
+Every command goes through a single writer thread. SQLite allows one writer at a time anyway, and
+several writer threads only add lock retries that can starve a writer for seconds; one thread
+that takes whatever commands are queued and commits them together (each in its own savepoint)
+gives the throughput of group commit with `synchronous=FULL` durability. Callers are answered
+only after the commit that holds their command. Reads use their own read-only connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from services.ledger import tables
+from services.ledger.model import Account, Entry, Hold, to_micros
+from services.ledger.store import (
+    Changes,
+    Decide,
+    Decision,
+    EntryQuery,
+    Lookup,
+    Snapshot,
+    WriteConflict,
+)
+from services.runtime.errors import Aborted, Internal, TiergenError, Unavailable
+
+__all__ = ["MIGRATIONS", "SqliteStore"]
+
+_T = TypeVar("_T")
+
+#: Schema versions in order; each is applied once, in one transaction, and recorded.
+MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (
+        1,
+        "accounts, holds, append-only entries, idempotency records",
+        (
+            """CREATE TABLE accounts (
+                account_id TEXT PRIMARY KEY,
+                available INTEGER NOT NULL CHECK (available >= 0),
+                held INTEGER NOT NULL CHECK (held >= 0),
+                promotional_granted INTEGER NOT NULL CHECK (promotional_granted >= 0),
+                purchased INTEGER NOT NULL CHECK (purchased >= 0),
+                adjusted INTEGER NOT NULL CHECK (adjusted >= 0),
+                consumed INTEGER NOT NULL CHECK (consumed >= 0),
+                last_sequence INTEGER NOT NULL CHECK (last_sequence >= 0),
+                opened_at_us INTEGER NOT NULL
+            ) STRICT""",
+            """CREATE TABLE holds (
+                hold_id TEXT PRIMARY KEY,
+                account_id TEXT NOT NULL REFERENCES accounts (account_id),
+                amount INTEGER NOT NULL CHECK (amount > 0),
+                captured_amount INTEGER NOT NULL
+                    CHECK (captured_amount >= 0 AND captured_amount <= amount),
+                status TEXT NOT NULL CHECK (status IN ('open', 'captured', 'released', 'expired')),
+                memo TEXT NOT NULL,
+                created_at_us INTEGER NOT NULL,
+                expires_at_us INTEGER NOT NULL,
+                resolved_at_us INTEGER
+            ) STRICT""",
+            "CREATE INDEX holds_open_by_account ON holds (account_id, expires_at_us)"
+            " WHERE status = 'open'",
+            "CREATE INDEX holds_open_by_expiry ON holds (expires_at_us) WHERE status = 'open'",
+            """CREATE TABLE entries (
+                account_id TEXT NOT NULL REFERENCES accounts (account_id),
+                sequence INTEGER NOT NULL CHECK (sequence > 0),
+                kind TEXT NOT NULL,
+                amount INTEGER NOT NULL CHECK (amount > 0),
+                source TEXT NOT NULL,
+                destination TEXT NOT NULL CHECK (destination <> source),
+                hold_id TEXT REFERENCES holds (hold_id),
+                memo TEXT NOT NULL,
+                created_at_us INTEGER NOT NULL,
+                available_after INTEGER NOT NULL,
+                held_after INTEGER NOT NULL,
+                PRIMARY KEY (account_id, sequence)
+            ) STRICT, WITHOUT ROWID""",
+            "CREATE INDEX entries_by_time ON entries (account_id, created_at_us)",
+            """CREATE TRIGGER entries_refuse_update BEFORE UPDATE ON entries
+            BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END""",
+            """CREATE TRIGGER entries_refuse_delete BEFORE DELETE ON entries
+            BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END""",
+            """CREATE TABLE idempotency_records (
+                scope TEXT NOT NULL,
+                idempotency_key TEXT NOT NULL,
+                fingerprint TEXT NOT NULL,
+                outcome TEXT NOT NULL,
+                created_at_us INTEGER NOT NULL,
+                PRIMARY KEY (scope, idempotency_key)
+            ) STRICT, WITHOUT ROWID""",
+        ),
+    ),
+)
+
+_CREATE_MIGRATIONS = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at_us INTEGER NOT NULL
+)"""
+
+#: Commands committed together at most; bounds the latency a full queue adds to one command.
+_MAX_BATCH = 128
+_READERS = 2
+
+
+@dataclass
+class _Job:
+    lookup: Lookup
+    decide: Decide
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Decision]
+
+
+class SqliteStore:
+    """The ledger on one SQLite database file."""
+
+    def __init__(self, path: Path, lock_timeout_seconds: float) -> None:
+        self._path = path
+        self._lock_timeout = lock_timeout_seconds
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._readers = ThreadPoolExecutor(
+            max_workers=_READERS, thread_name_prefix="ledger-sqlite-reader"
+        )
+        self._reader_local = threading.local()
+        self._reader_connections: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls, path: Path, *, now: datetime, lock_timeout_seconds: float = 5.0
+    ) -> SqliteStore:
+        """Open (creating if needed) the database, migrate it and start the writer."""
+        store = cls(path, lock_timeout_seconds)
+        try:
+            connection = await asyncio.to_thread(store._connect_writer, to_micros(now))
+        except (sqlite3.Error, OSError) as error:
+            store._readers.shutdown()
+            raise Unavailable(f"cannot open the ledger database {path}: {error}") from error
+        # A daemon, so that a process that never closes the store can still exit: a commit cut
+        # short rolls back as a whole, and its callers were never answered.
+        store._writer = threading.Thread(
+            target=store._write_forever,
+            args=(connection,),
+            name="ledger-sqlite-writer",
+            daemon=True,
+        )
+        store._writer.start()
+        return store
+
+    async def transact(self, lookup: Lookup, decide: Decide) -> Decision:
+        if self._closed:
+            raise Unavailable("the ledger store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Decision] = loop.create_future()
+        self._jobs.put(_Job(lookup, decide, loop, future))
+        return await future
+
+    async def account(self, account_id: str, now: datetime) -> tuple[Account | None, bool]:
+        def read(connection: sqlite3.Connection) -> tuple[Account | None, bool]:
+            sql = tables.SELECT_ACCOUNT_WITH_EXPIRY
+            row = connection.execute(sql, (to_micros(now), account_id)).fetchone()
+            if row is None:
+                return None, False
+            return tables.account_from_row(row), bool(row[-1])
+
+        return await self._read(read)
+
+    async def hold(self, hold_id: str) -> Hold | None:
+        def read(connection: sqlite3.Connection) -> Hold | None:
+            row = connection.execute(tables.SELECT_HOLD, (hold_id,)).fetchone()
+            return None if row is None else tables.hold_from_row(row)
+
+        return await self._read(read)
+
+    async def entries(self, query: EntryQuery) -> list[Entry]:
+        sql, params = tables.entries_statement(query)
+
+        def read(connection: sqlite3.Connection) -> list[Entry]:
+            return [tables.entry_from_row(row) for row in connection.execute(sql, params)]
+
+        return await self._read(read)
+
+    async def accounts_with_expired_holds(self, now: datetime, limit: int) -> list[str]:
+        params = (to_micros(now), limit)
+
+        def read(connection: sqlite3.Connection) -> list[str]:
+            rows = connection.execute(tables.SELECT_ACCOUNTS_WITH_EXPIRED_HOLDS, params)
+            return [row[0] for row in rows]
+
+        return await self._read(read)
+
+    async def audit(self, sql: str) -> list[tuple[Any, ...]]:
+        def read(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return [tuple(row) for row in connection.execute(sql)]
+
+        return await self._read(read)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._jobs.put(None)
+            await asyncio.to_thread(self._writer.join)
+        await asyncio.to_thread(self._readers.shutdown)
+        for connection in self._reader_connections:
+            connection.close()
+
+    def _connect_writer(self, now_us: int) -> sqlite3.Connection:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(
+            self._path, timeout=self._lock_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = FULL")
+            connection.execute("PRAGMA foreign_keys = ON")
+            _migrate(connection, now_us)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _write_forever(self, connection: sqlite3.Connection) -> None:
+        try:
+            stopping = False
+            while not stopping:
+                job = self._jobs.get()
+                if job is None:
+                    break
+                batch = [job]
+                while len(batch) < _MAX_BATCH:
+                    try:
+                        queued = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if queued is None:
+                        stopping = True
+                        break
+                    batch.append(queued)
+                self._commit(connection, batch)
+        finally:
+            connection.close()
+
+    def _commit(self, connection: sqlite3.Connection, batch: list[_Job]) -> None:
+        results: list[Decision | BaseException] = []
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                connection.execute("SAVEPOINT command")
+                try:
+                    decision = _run(connection, job.lookup, job.decide)
+                except Exception as error:
+                    connection.execute("ROLLBACK TO command")
+                    results.append(_translate(error))
+                else:
+                    results.append(decision)
+                connection.execute("RELEASE command")
+            connection.execute("COMMIT")
+        except sqlite3.Error as error:
+            if connection.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+            results = [_translate(error)] * len(batch)
+        for job, result in zip(batch, results, strict=True):
+            # A caller whose event loop has already closed no longer waits for an answer.
+            with contextlib.suppress(RuntimeError):
+                job.loop.call_soon_threadsafe(_settle, job.future, result)
+
+    async def _read(self, read: Callable[[sqlite3.Connection], _T]) -> _T:
+        if self._closed:
+            raise Unavailable("the ledger store is closed")
+        loop = asyncio.get_running_loop()
+
+        def in_reader_thread() -> _T:
+            connection = self._reader_connection()
+            try:
+                return read(connection)
+            except sqlite3.Error as error:
+                raise _translate(error) from error
+
+        return await loop.run_in_executor(self._readers, in_reader_thread)
+
+    def _reader_connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._reader_local, "connection", None)
+        if connection is None:
+            uri = f"file:{quote(str(self._path.resolve()))}?mode=ro"
+            # Closed by close() from another thread, once the reader threads have stopped.
+            connection = sqlite3.connect(
+                uri, uri=True, timeout=self._lock_timeout, check_same_thread=False
+            )
+            self._reader_local.connection = connection
+            with self._reader_lock:
+                self._reader_connections.append(connection)
+        return connection
+
+
+def _migrate(connection: sqlite3.Connection, now_us: int) -> None:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.execute(_CREATE_MIGRATIONS)
+        applied = {row[0] for row in connection.execute("SELECT version FROM schema_migrations")}
+        for version, name, statements in MIGRATIONS:
+            if version in applied:
+                continue
+            for statement in statements:
+                connection.execute(statement)
+            connection.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at_us) VALUES (?, ?, ?)",
+                (version, name, now_us),
+            )
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+def _run(connection: sqlite3.Connection, lookup: Lookup, decide: Decide) -> Decision:
+    decision = decide(_load(connection, lookup))
+    _apply(connection, decision.changes)
+    return decision
+
+
+def _load(connection: sqlite3.Connection, lookup: Lookup) -> Snapshot:
+    hold: Hold | None = None
+    account_id = lookup.account_id
+    if lookup.hold_id is not None:
+        row = connection.execute(tables.SELECT_HOLD, (lookup.hold_id,)).fetchone()
+        if row is not None:
+            hold = tables.hold_from_row(row)
+            account_id = hold.account_id
+    account: Account | None = None
+    expired: tuple[Hold, ...] = ()
+    if account_id is not None:
+        row = connection.execute(tables.SELECT_ACCOUNT, (account_id,)).fetchone()
+        if row is not None:
+            account = tables.account_from_row(row)
+            rows = connection.execute(
+                tables.SELECT_EXPIRED_HOLDS, (account_id, to_micros(lookup.now))
+            )
+            expired = tuple(tables.hold_from_row(row) for row in rows)
+    records = {}
+    if lookup.record_keys:
+        sql, params = tables.records_statement(lookup.record_keys)
+        for row in connection.execute(sql, params):
+            record = tables.record_from_row(row)
+            records[record.key] = record
+    return Snapshot(account=account, hold=hold, expired_holds=expired, records=records)
+
+
+def _apply(connection: sqlite3.Connection, changes: Changes) -> None:
+    if changes.account is not None:
+        if changes.previous_sequence is None:
+            connection.execute(tables.INSERT_ACCOUNT, tables.account_insert_params(changes.account))
+        else:
+            params = tables.account_update_params(changes.account, changes.previous_sequence)
+            if connection.execute(tables.UPDATE_ACCOUNT, params).rowcount != 1:
+                raise WriteConflict(changes.account.account_id)
+    _execute_many(connection, tables.UPSERT_HOLD, [tables.hold_params(h) for h in changes.holds])
+    _execute_many(
+        connection, tables.INSERT_ENTRY, [tables.entry_params(e) for e in changes.entries]
+    )
+    now_us = to_micros(changes.now)
+    _execute_many(
+        connection,
+        tables.INSERT_RECORD,
+        [tables.record_params(record, now_us) for record in changes.records],
+    )
+
+
+def _execute_many(
+    connection: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    if rows:
+        connection.executemany(sql, rows)
+
+
+def _translate(error: BaseException) -> BaseException:
+    """The domain error a caller gets for a store failure; bugs pass through unchanged."""
+    if isinstance(error, TiergenError):
+        return error
+    if isinstance(error, WriteConflict):
+        return Aborted("another process changed the account at the same time; retry")
+    if isinstance(error, sqlite3.OperationalError):
+        text = str(error)
+        if "locked" in text or "busy" in text:
+            return Aborted(f"the ledger database is locked by another process: {text}")
+        return Unavailable(f"the ledger database cannot be used: {text}")
+    if isinstance(error, sqlite3.Error):
+        return Internal(f"the ledger database refused a change: {error}")
+    return error
+
+
+def _settle(future: asyncio.Future[Decision], result: Decision | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)

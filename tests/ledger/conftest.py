@@ -1,0 +1,192 @@
+"""Ledger test fixtures: a clock tests can move, and a fresh ledger on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from services.ledger.ledger import Ledger
+from services.ledger.model import Clock
+from services.ledger.settings import LedgerSettings
+
+#: Monday of ISO week 2026-W48, mid-morning.
+START = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+POSTGRES_DSN = os.environ.get(
+    "TIERGEN_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+class ManualClock:
+    """A clock that only moves when a test moves it."""
+
+    def __init__(self, start: datetime = START) -> None:
+        self._now = start
+
+    def now(self) -> datetime:
+        return self._now
+
+    def advance(self, **delta: float) -> None:
+        self._now += timedelta(**delta)
+
+
+def with_schema(dsn: str, schema: str, application_name: str) -> str:
+    """The DSN with the schema first on the search path and a findable application name."""
+    separator = "&" if "?" in dsn else "?"
+    return f"{dsn}{separator}options=-csearch_path%3D{schema}&application_name={application_name}"
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """The test server's DSN; skips (fails under CI=true) when it cannot be reached."""
+    try:
+        with psycopg.connect(POSTGRES_DSN, connect_timeout=3) as connection:
+            connection.execute("SELECT 1")
+    except psycopg.OperationalError as error:
+        message = (
+            f"PostgreSQL at {POSTGRES_DSN} is unreachable ({error}); "
+            "set TIERGEN_TEST_POSTGRES_DSN to run the ledger's PostgreSQL tests"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(f"SKIPPING POSTGRESQL LEDGER TESTS: {message}")
+    return POSTGRES_DSN
+
+
+class PostgresSchemas:
+    """Creates throwaway schemas on the test server and drops them afterwards."""
+
+    def __init__(self, server_dsn: str) -> None:
+        self._server_dsn = server_dsn
+        self._created: list[str] = []
+
+    def create(self) -> tuple[str, str]:
+        """A fresh schema: `(dsn using it, application name of its connections)`."""
+        name = f"ledger_test_{uuid.uuid4().hex[:16]}"
+        with psycopg.connect(self._server_dsn, autocommit=True) as connection:
+            connection.execute(f'CREATE SCHEMA "{name}"')
+        self._created.append(name)
+        return with_schema(self._server_dsn, name, name), name
+
+    def drop_all(self) -> None:
+        with psycopg.connect(self._server_dsn, autocommit=True) as connection:
+            for name in self._created:
+                connection.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        self._created.clear()
+
+
+class LedgerHarness:
+    """One fresh ledger database on one store, and raw access to it for tampering."""
+
+    def __init__(self, kind: str, dsn: str, clock: ManualClock, application_name: str = "") -> None:
+        self.kind = kind
+        self.dsn = dsn
+        self.clock = clock
+        self.application_name = application_name
+        self._opened: list[Ledger] = []
+
+    def settings(self, **overrides: Any) -> LedgerSettings:
+        return replace(LedgerSettings(dsn=self.dsn, pool_size=4), **overrides)
+
+    async def open(self, clock: Clock | None = None, **overrides: Any) -> Ledger:
+        """A ledger on this database; settings default to the store's, with `overrides`."""
+        ledger = await Ledger.open(self.settings(**overrides), clock or self.clock)
+        self._opened.append(ledger)
+        return ledger
+
+    async def execute_raw(self, *statements: str) -> list[tuple[Any, ...]]:
+        """Run SQL behind the ledger's back on one connection; the last statement's rows."""
+        rows: list[tuple[Any, ...]] = []
+        if self.kind == "sqlite":
+            path = LedgerSettings(dsn=self.dsn).sqlite_path
+            assert path is not None
+            sqlite_connection = sqlite3.connect(path, isolation_level=None)
+            try:
+                for statement in statements:
+                    rows = [tuple(row) for row in sqlite_connection.execute(statement)]
+            finally:
+                sqlite_connection.close()
+            return rows
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as connection:
+            for statement in statements:
+                cursor = await connection.execute(statement)
+                rows = list(await cursor.fetchall()) if cursor.description else []
+        return rows
+
+    @contextlib.asynccontextmanager
+    async def account_locked(self, account_id: str) -> AsyncIterator[None]:
+        """Hold the lock a write to the account needs (SQLite: the database's write lock)."""
+        if self.kind == "sqlite":
+            path = LedgerSettings(dsn=self.dsn).sqlite_path
+            assert path is not None
+            locker = sqlite3.connect(path, isolation_level=None)
+            try:
+                locker.execute("BEGIN IMMEDIATE")
+                yield
+            finally:
+                locker.close()
+            return
+        async with await psycopg.AsyncConnection.connect(self.dsn) as pg_connection:
+            await pg_connection.execute(
+                "SELECT 1 FROM accounts WHERE account_id = %s FOR UPDATE", (account_id,)
+            )
+            yield
+            await pg_connection.rollback()
+
+    async def close(self) -> None:
+        for ledger in self._opened:
+            await ledger.close()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture(scope="session")
+def postgres_schemas(postgres_dsn: str) -> Iterator[PostgresSchemas]:
+    schemas = PostgresSchemas(postgres_dsn)
+    yield schemas
+    schemas.drop_all()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def harness(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
+) -> AsyncIterator[LedgerHarness]:
+    """A fresh, empty ledger database on each store in turn."""
+    if request.param == "sqlite":
+        harness = LedgerHarness("sqlite", f"sqlite:///{tmp_path / 'ledger.db'}", clock)
+    else:
+        harness = _postgres_harness(request.getfixturevalue("postgres_schemas"), clock)
+    yield harness
+    await harness.close()
+
+
+@pytest.fixture
+async def postgres_harness(
+    postgres_schemas: PostgresSchemas, clock: ManualClock
+) -> AsyncIterator[LedgerHarness]:
+    """A fresh, empty ledger database on PostgreSQL only."""
+    harness = _postgres_harness(postgres_schemas, clock)
+    yield harness
+    await harness.close()
+
+
+def _postgres_harness(schemas: PostgresSchemas, clock: ManualClock) -> LedgerHarness:
+    dsn, application_name = schemas.create()
+    return LedgerHarness("postgres", dsn, clock, application_name)
+
+
+@pytest.fixture
+async def ledger(harness: LedgerHarness) -> Ledger:
+    return await harness.open()
