@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from services.runtime.interceptors import ClientTelemetryInterceptor
+from services.runtime.interceptors import client_interceptors
 
 __all__ = ["open_channel"]
 
@@ -56,5 +56,5 @@ def open_channel(
         ("grpc.keepalive_timeout_ms", 10_000),
     ]
     return grpc.aio.insecure_channel(
-        target, options=options, interceptors=[ClientTelemetryInterceptor(default_timeout)]
+        target, options=options, interceptors=client_interceptors(default_timeout)
     )

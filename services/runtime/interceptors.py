@@ -20,7 +20,7 @@ from services.runtime.errors import TiergenError
 from services.runtime.status import grpc_code, to_status
 from services.runtime.tracing import current_trace_id
 
-__all__ = ["ClientTelemetryInterceptor", "ServerTelemetryInterceptor", "remaining_deadline"]
+__all__ = ["ServerTelemetryInterceptor", "client_interceptors", "remaining_deadline"]
 
 _tracer = trace.get_tracer("tiergen.runtime")
 _log = structlog.get_logger("tiergen.rpc")
@@ -186,12 +186,7 @@ def _wrap_streaming(behavior: Any, method: str) -> Callable[..., AsyncIterator[A
     return handle
 
 
-class ClientTelemetryInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+class _ClientTelemetry:
     """Starts a client span, injects its trace context, and inherits the inbound deadline."""
 
     def __init__(self, default_timeout: float) -> None:
@@ -229,6 +224,8 @@ class ClientTelemetryInterceptor(
         call.add_done_callback(lambda done: asyncio.ensure_future(self._end_when_done(span, done)))
         return call
 
+
+class _UnaryUnaryTelemetry(_ClientTelemetry, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
@@ -245,12 +242,16 @@ class ClientTelemetryInterceptor(
         self._end(span, grpc.StatusCode.OK)
         return call
 
+
+class _UnaryStreamTelemetry(_ClientTelemetry, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(
         self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         span, details = self._begin(client_call_details)
         return self._track(span, await continuation(details, request))
 
+
+class _StreamUnaryTelemetry(_ClientTelemetry, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(
         self,
         continuation: Any,
@@ -260,6 +261,8 @@ class ClientTelemetryInterceptor(
         span, details = self._begin(client_call_details)
         return self._track(span, await continuation(details, request_iterator))
 
+
+class _StreamStreamTelemetry(_ClientTelemetry, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(
         self,
         continuation: Any,
@@ -268,3 +271,17 @@ class ClientTelemetryInterceptor(
     ) -> Any:
         span, details = self._begin(client_call_details)
         return self._track(span, await continuation(details, request_iterator))
+
+
+def client_interceptors(default_timeout: float) -> list[grpc.aio.ClientInterceptor]:
+    """One interceptor per call shape.
+
+    A grpc.aio channel files each interceptor under the first interface it implements, so one
+    object implementing all four would only ever see unary-unary calls.
+    """
+    return [
+        _UnaryUnaryTelemetry(default_timeout),
+        _UnaryStreamTelemetry(default_timeout),
+        _StreamUnaryTelemetry(default_timeout),
+        _StreamStreamTelemetry(default_timeout),
+    ]

@@ -13,6 +13,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from services.runtime import errors
@@ -59,6 +60,17 @@ async def _forward(request: bytes, context: Any) -> bytes:
         return reply
 
 
+async def _traceparent(request: Any, context: Any) -> bytes:
+    if not isinstance(request, bytes):
+        async for _ in request:
+            pass
+    return dict(context.invocation_metadata()).get("traceparent", "").encode()
+
+
+async def _traceparent_stream(request: Any, context: Any) -> AsyncIterator[bytes]:
+    yield await _traceparent(request, context)
+
+
 def _registration() -> ServiceRegistration:
     handler = grpc.method_handlers_generic_handler(
         SERVICE,
@@ -66,6 +78,10 @@ def _registration() -> ServiceRegistration:
             "Raise": grpc.unary_unary_rpc_method_handler(_raise),
             "Count": grpc.unary_stream_rpc_method_handler(_count),
             "Forward": grpc.unary_unary_rpc_method_handler(_forward),
+            "UnaryUnary": grpc.unary_unary_rpc_method_handler(_traceparent),
+            "UnaryStream": grpc.unary_stream_rpc_method_handler(_traceparent_stream),
+            "StreamUnary": grpc.stream_unary_rpc_method_handler(_traceparent),
+            "StreamStream": grpc.stream_stream_rpc_method_handler(_traceparent_stream),
         },
     )
     return ServiceRegistration(SERVICE, lambda server: server.add_generic_rpc_handlers((handler,)))
@@ -222,3 +238,21 @@ async def test_one_canonical_log_line_per_rpc(probe):
     assert lines[0]["job_id"] == "job_123"
     assert lines[1]["reason"] == "INSUFFICIENT_CREDITS"
     assert "job_id" not in lines[1]
+
+
+async def test_every_call_shape_carries_the_trace_context(probe, spans):
+    target, _ = probe
+    tracer = trace.get_tracer("tests")
+    async with open_channel(target, services=[SERVICE]) as channel:
+        with tracer.start_as_current_span("root") as root:
+            trace_id = format(root.get_span_context().trace_id, "032x")
+            headers = [
+                await channel.unary_unary(f"/{SERVICE}/UnaryUnary")(b"x"),
+                await channel.stream_unary(f"/{SERVICE}/StreamUnary")(iter([b"x"])),
+            ]
+            async for reply in channel.unary_stream(f"/{SERVICE}/UnaryStream")(b"x"):
+                headers.append(reply)
+            async for reply in channel.stream_stream(f"/{SERVICE}/StreamStream")(iter([b"x"])):
+                headers.append(reply)
+    assert len(headers) == 4
+    assert all(header.decode().split("-")[1] == trace_id for header in headers), headers
