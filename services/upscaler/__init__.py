@@ -1,0 +1,1 @@
+"""Upscaler service: enlarges images 1-4x with Lanczos, bicubic or detail-recovering enhancement."""

@@ -1,0 +1,390 @@
+"""The upscaler's gRPC edge: reads a streamed request, admits it, runs it on a worker, streams back.
+
+One `Upscale` call, as the server sees it:
+
+1. The first message must be the spec; it is validated (and the announced input size checked)
+   before any image byte is buffered. A request refused while the client is still sending is
+   read to its end first (see `_drain`), so asyncio clients see the refusal, not INTERNAL.
+2. Admission: a request takes one of `workers + queue_limit` job slots, or is refused with
+   RESOURCE_EXHAUSTED and a RetryInfo of about one job's time, when a slot frees.
+3. The chunks are assembled (in order, within `max_input_bytes`) and the job goes to the process
+   pool. While it runs, the worker's stage on the shared `JobBoard` becomes `progress` messages.
+4. `progress` "done", then `result`, then the output in 1 MiB chunks.
+
+When the call ends early (cancelled, deadline passed, client gone) the job's slot is flagged and
+its worker stops before its next tile; the slot is handed out again only once the worker has
+let go of it. A worker process that dies breaks the whole pool, so the pool is replaced and
+the requests it was running fail with UNAVAILABLE, which callers may retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor, Future
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import TypeAlias
+
+import grpc
+import structlog
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+from tiergen.common.v1 import common_pb2
+from tiergen.upscaler.v1 import upscaler_pb2
+
+from services.runtime.chunks import ChunkAssembler, split
+from services.runtime.errors import (
+    InvalidArgument,
+    ResourceExhausted,
+    TiergenError,
+    Unavailable,
+)
+from services.upscaler.pipeline import (
+    IMAGE_FIELD,
+    OutputFormat,
+    UpscaledImage,
+    UpscaleMethod,
+    UpscaleSpec,
+)
+from services.upscaler.settings import UpscalerSettings
+from services.upscaler.worker import Finished, JobBoard, Stage, Ticket, run_job
+
+__all__ = ["UpscalerService"]
+
+_tracer = trace.get_tracer("tiergen.upscaler")
+_log = structlog.get_logger("tiergen.upscaler")
+
+_Context: TypeAlias = (
+    "grpc.aio.ServicerContext[upscaler_pb2.UpscaleRequest, upscaler_pb2.UpscaleResponse]"
+)
+
+_SPEC_FIELD = "spec"
+_INPUT_SIZE_FIELD = "spec.input_size_bytes"
+
+#: How often a running job's progress is read from the board. Completion is not polled: the
+#: result is awaited directly, so this adds no latency, only progress granularity.
+_PROGRESS_SECONDS = 0.1
+#: Share of the whole job done when each stage starts and ends: encoding a 4K PNG costs about
+#: as much as decoding and upscaling it together.
+_STAGE_SHARES = {
+    Stage.QUEUED: (0.0, 0.0),
+    Stage.DECODING: (0.02, 0.05),
+    Stage.UPSCALING: (0.05, 0.6),
+    Stage.ENCODING: (0.6, 0.6),
+}
+_STAGE_NAMES = {
+    Stage.QUEUED: "queued",
+    Stage.DECODING: "decoding",
+    Stage.UPSCALING: "upscaling",
+    Stage.ENCODING: "encoding",
+}
+#: Job time assumed for the RetryInfo hint until a job has finished: a 4K PNG's.
+_FIRST_JOB_SECONDS = 1.0
+
+_FORMATS = {
+    OutputFormat.PNG: common_pb2.IMAGE_FORMAT_PNG,
+    OutputFormat.JPEG: common_pb2.IMAGE_FORMAT_JPEG,
+    OutputFormat.WEBP: common_pb2.IMAGE_FORMAT_WEBP,
+}
+_METHODS = {
+    UpscaleMethod.LANCZOS: common_pb2.UPSCALE_METHOD_LANCZOS,
+    UpscaleMethod.BICUBIC: common_pb2.UPSCALE_METHOD_BICUBIC,
+    UpscaleMethod.ENHANCE: common_pb2.UPSCALE_METHOD_ENHANCE,
+}
+
+
+class UpscalerService:
+    """`tiergen.upscaler.v1.UpscalerService` over a process pool and a job board.
+
+    `start_pool` makes a pool whose workers were started with `prepare_worker(board)`; it is
+    called now and again whenever a worker process dies.
+    """
+
+    def __init__(
+        self,
+        settings: UpscalerSettings,
+        board: JobBoard,
+        start_pool: Callable[[], Executor],
+    ) -> None:
+        if board.slots != settings.workers + settings.queue_limit:
+            raise ValueError(
+                f"the board has {board.slots} slots; the settings admit "
+                f"{settings.workers + settings.queue_limit} requests"
+            )
+        self._settings = settings
+        self._pipeline = settings.pipeline()
+        self._board = board
+        self._slots = _Slots(board)
+        self._start_pool = start_pool
+        self._pool = start_pool()
+        self._last_job_seconds = _FIRST_JOB_SECONDS
+
+    async def close(self) -> None:
+        """Stop every job at its next check and shut the pool down (a stop hook)."""
+        self._board.cancel_all()
+        await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
+
+    async def Upscale(
+        self, request_iterator: AsyncIterator[upscaler_pb2.UpscaleRequest], context: _Context
+    ) -> AsyncIterator[upscaler_pb2.UpscaleResponse]:
+        requests = aiter(request_iterator)
+        limit = self._settings.max_input_bytes
+        try:
+            spec, announced = self._read_spec(await anext(requests, None))
+            slot = self._admit()
+        except TiergenError:
+            await _drain(requests, limit)
+            raise
+        try:
+            data = await _receive_image(requests, announced, limit)
+            job = self._submit(data, spec, slot, context.time_remaining())
+        except BaseException as error:
+            self._slots.give_back(slot)
+            if isinstance(error, TiergenError):
+                await _drain(requests, limit)
+            raise
+        span = _tracer.start_span(
+            "upscale",
+            attributes={"tiergen.factor": spec.factor, "tiergen.method": spec.method.value},
+        )
+        try:
+            async for progress in self._progress(job):
+                yield upscaler_pb2.UpscaleResponse(progress=progress)
+            finished = self._outcome(job)
+            image = finished.image
+            span.set_attributes({"tiergen.width": image.width, "tiergen.height": image.height})
+        except BaseException as error:
+            span.set_status(Status(StatusCode.ERROR, str(error) or type(error).__name__))
+            raise
+        finally:
+            if not job.future.done():
+                # The call ended before the job did: free its worker at the next tile.
+                self._board.cancel(slot)
+                job.future.cancel()
+            span.end()
+        self._last_job_seconds = finished.seconds
+        yield upscaler_pb2.UpscaleResponse(progress=_progress("done", 1.0))
+        yield upscaler_pb2.UpscaleResponse(result=_result(finished))
+        for chunk in split(image.data):
+            yield upscaler_pb2.UpscaleResponse(chunk=chunk)
+
+    def _read_spec(self, first: upscaler_pb2.UpscaleRequest | None) -> tuple[UpscaleSpec, int]:
+        """The validated spec of the first message, and the input size it announces (0: none)."""
+        if first is None:
+            raise InvalidArgument(
+                "the request stream is empty: send the spec first, then the image in chunks",
+                field=_SPEC_FIELD,
+                reason="SPEC_MISSING",
+            )
+        if first.WhichOneof("payload") != "spec":
+            raise InvalidArgument(
+                "the first message must carry the spec; send the image chunks after it",
+                field=_SPEC_FIELD,
+                reason="SPEC_MISSING",
+            )
+        message = first.spec
+        if message.request_id:
+            structlog.contextvars.bind_contextvars(request_id=message.request_id)
+        spec = UpscaleSpec.parse(
+            factor=message.factor,
+            method=_enum_name(common_pb2.UpscaleMethod, message.method, "UPSCALE_METHOD_"),
+            output_format=_enum_name(
+                common_pb2.ImageFormat, message.output_format, "IMAGE_FORMAT_"
+            ),
+            quality=message.quality or None,
+            default_format=self._settings.default_output_format,
+        )
+        announced = message.input_size_bytes
+        limit = self._settings.max_input_bytes
+        if announced < 0:
+            raise InvalidArgument(
+                f"input_size_bytes is {announced}; give the image's size in bytes, or 0",
+                field=_INPUT_SIZE_FIELD,
+            )
+        if announced > limit:
+            raise InvalidArgument(
+                f"the image is {announced} bytes; the largest accepted input is {limit} bytes",
+                field=_INPUT_SIZE_FIELD,
+                reason="IMAGE_TOO_LARGE",
+                metadata={"size_bytes": str(announced), "max_bytes": str(limit)},
+            )
+        return spec, announced
+
+    def _admit(self) -> int:
+        slot = self._slots.take()
+        if slot is not None:
+            return slot
+        settings = self._settings
+        # A slot frees when a running job finishes: within about one job's time.
+        retry_after = max(0.1, round(self._last_job_seconds, 1))
+        raise ResourceExhausted(
+            f"the upscaler is busy: {settings.workers} running and {settings.queue_limit} "
+            f"waiting is the most it takes; retry in {retry_after:g} s",
+            retry_after=retry_after,
+            reason="QUEUE_FULL",
+            metadata={"workers": str(settings.workers), "queue_limit": str(settings.queue_limit)},
+        )
+
+    def _submit(self, data: bytes, spec: UpscaleSpec, slot: int, remaining: float | None) -> _Job:
+        deadline = None if remaining is None else time.monotonic() + remaining
+        pool = self._pool
+        try:
+            future = pool.submit(run_job, data, spec, self._pipeline, Ticket(slot, deadline))
+        except BrokenProcessPool:
+            raise self._replace(pool) from None
+        # Not when the call ends: a cancelled job's worker may still be busy until its next tile.
+        future.add_done_callback(lambda _: self._slots.give_back(slot))
+        return _Job(future, pool, slot)
+
+    async def _progress(self, job: _Job) -> AsyncIterator[common_pb2.Progress]:
+        """The job's progress whenever it changes, until the job is done."""
+        done = asyncio.wrap_future(job.future)
+        reported: common_pb2.Progress | None = None
+        try:
+            while True:
+                stage, fraction = self._board.progress(job.slot)
+                start, end = _STAGE_SHARES[stage]
+                progress = _progress(_STAGE_NAMES[stage], start + (end - start) * fraction)
+                if progress != reported:
+                    reported = progress
+                    yield progress
+                finished, _ = await asyncio.wait({done}, timeout=_PROGRESS_SECONDS)
+                if finished:
+                    return
+        finally:
+            # A job still running when the call ends finishes unobserved, not as an error
+            # logged for never having been retrieved.
+            done.cancel()
+
+    def _outcome(self, job: _Job) -> Finished:
+        try:
+            return job.future.result()
+        except BrokenProcessPool:
+            raise self._replace(job.pool) from None
+
+    def _replace(self, broken: Executor) -> Unavailable:
+        """Start a new pool in place of `broken` (once), and the error for its lost requests."""
+        if self._pool is broken:
+            _log.error("a worker process died; starting a new pool")
+            self._pool = self._start_pool()
+            broken.shutdown(wait=False, cancel_futures=True)
+        return Unavailable(
+            "the worker process running this upscale died; retry the request",
+            retry_after=1.0,
+            reason="WORKER_DIED",
+        )
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A request's job on the pool: its future, the pool running it, and its board slot."""
+
+    future: Future[Finished]
+    pool: Executor
+    slot: int
+
+
+class _Slots:
+    """The board's free job slots: taken on the event loop, given back from any thread."""
+
+    def __init__(self, board: JobBoard) -> None:
+        self._board = board
+        self._free = list(range(board.slots))
+        self._lock = threading.Lock()
+
+    def take(self) -> int | None:
+        with self._lock:
+            if not self._free:
+                return None
+            slot = self._free.pop()
+        self._board.reset(slot)
+        return slot
+
+    def give_back(self, slot: int) -> None:
+        with self._lock:
+            self._free.append(slot)
+
+
+async def _receive_image(
+    requests: AsyncIterator[upscaler_pb2.UpscaleRequest], announced: int, limit: int
+) -> bytes:
+    """The image sent in chunks after the spec, checked against its announced size if any."""
+    expected = common_pb2.ImageInfo(size_bytes=announced) if announced else None
+    assembler = ChunkAssembler(IMAGE_FIELD, limit, expected)
+    async for request in requests:
+        kind = request.WhichOneof("payload")
+        if kind == "chunk":
+            assembler.add(request.chunk)
+        elif kind == "spec":
+            raise InvalidArgument(
+                f"a second spec arrived after {len(assembler)} bytes of the image; send the "
+                "spec once, as the first message",
+                field=_SPEC_FIELD,
+                reason="SPEC_REPEATED",
+            )
+        else:
+            raise InvalidArgument(
+                "a message after the spec carries nothing; each must carry a chunk",
+                field="chunk",
+            )
+    if not len(assembler):
+        raise InvalidArgument(
+            "no image arrived after the spec: send the image bytes in chunks, then half-close",
+            field=IMAGE_FIELD,
+            reason="EMPTY_IMAGE",
+        )
+    return assembler.finish()
+
+
+async def _drain(requests: AsyncIterator[upscaler_pb2.UpscaleRequest], budget: int) -> None:
+    """Read and drop what the client still sends, up to `budget` bytes, before refusing it.
+
+    Works around grpc/grpc#36066: an asyncio client still writing when the server's status
+    arrives reports INTERNAL ("Internal error from Core") instead of that status, so a bad spec
+    or a full queue would reach such callers without its code, reason or RetryInfo.
+    """
+    async for request in requests:
+        budget -= request.ByteSize()
+        if budget < 0:
+            return
+
+
+def _enum_name(enum: EnumTypeWrapper, number: int, prefix: str) -> str:
+    """A protobuf enum value as the domain spells it: "enhance", "" when unspecified.
+
+    A number the contract does not define comes through as its digits, so the domain refuses it
+    by name ("unknown method '7'").
+    """
+    try:
+        name = enum.Name(number)
+    except ValueError:
+        return str(number)
+    if name.endswith("_UNSPECIFIED"):
+        return ""
+    return name.removeprefix(prefix).lower()
+
+
+def _progress(stage: str, fraction: float) -> common_pb2.Progress:
+    return common_pb2.Progress(stage=stage, fraction=round(fraction, 2))
+
+
+def _result(finished: Finished) -> upscaler_pb2.UpscaleResult:
+    image: UpscaledImage = finished.image
+    return upscaler_pb2.UpscaleResult(
+        image=common_pb2.ImageInfo(
+            width=image.width,
+            height=image.height,
+            format=_FORMATS[image.output_format],
+            media_type=image.media_type,
+            size_bytes=len(image.data),
+            sha256=image.sha256,
+        ),
+        input_width=image.source_width,
+        input_height=image.source_height,
+        method=_METHODS[image.method],
+        process_ms=round(finished.seconds * 1000),
+    )
