@@ -50,6 +50,7 @@ METHODS = _choices(common_pb2.UpscaleMethod, "UPSCALE_METHOD_")
 FORMATS = _choices(common_pb2.ImageFormat, "IMAGE_FORMAT_")
 FIDELITIES = _choices(router_pb2.Fidelity, "FIDELITY_")
 STATUSES = _choices(router_pb2.JobStatus, "JOB_STATUS_")
+BENCHMARKS = ("render", "upscale", "ledger", "router")
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 
@@ -344,6 +345,11 @@ def _serve(options: argparse.Namespace) -> None:
     runpy.run_module(f"services.{options.service}", run_name="__main__")
 
 
+def _bench(options: argparse.Namespace) -> None:
+    sys.argv = [f"tiergen bench {options.name}", *options.arguments]
+    runpy.run_module(f"bench.{options.name}", run_name="__main__")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tiergen", description="Tiered image generation: run the suite and call it."
@@ -458,6 +464,11 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run one service in the foreground")
     serve.add_argument("service", choices=SERVICES)
     serve.set_defaults(handler=_serve)
+
+    bench = commands.add_parser("bench", help="run a benchmark and print its figures")
+    bench.add_argument("name", choices=BENCHMARKS)
+    bench.add_argument("arguments", nargs=argparse.REMAINDER, help="passed on, e.g. --json")
+    bench.set_defaults(handler=_bench)
     return parser
 
 
@@ -480,7 +491,7 @@ def _describe(error: grpc.aio.AioRpcError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     options = _parser().parse_args(argv)
     # Client commands trace too: their spans are the roots of the suite's traces.
-    provider = configure_tracing("cli") if options.command not in ("up", "serve") else None
+    provider = configure_tracing("cli") if options.command not in ("up", "serve", "bench") else None
     try:
         options.handler(options)
     except grpc.aio.AioRpcError as error:

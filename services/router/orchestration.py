@@ -161,10 +161,10 @@ class RouterLimits:
 Work = Callable[[Job, ProgressSink], Awaitable[tuple[Image, float | None]]]
 
 
-def _fingerprint(operation: str, account_id: str, request: Any) -> str:
+def _fingerprint(operation: str, account_id: str, request: Any, **extra: Any) -> str:
     """Identifies a request, so an idempotency key reused for a different one is caught."""
     document = json.dumps(
-        {"operation": operation, "account_id": account_id, "request": asdict(request)},
+        {"operation": operation, "account_id": account_id, "request": asdict(request), **extra},
         sort_keys=True,
         default=str,
     )
@@ -257,7 +257,7 @@ class Router:
         """Generates `request.n` variations; variation i renders with seed + i."""
         _require_key(key)
         structlog.contextvars.bind_contextvars(account_id=account_id)
-        fingerprint = _fingerprint("generate", account_id, (request, seed))
+        fingerprint = _fingerprint("generate", account_id, request, seed=seed)
         existing = await self._jobs.find_batch(account_id, key)
         if existing is not None:
             async for event in self._replay(existing, fingerprint):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -76,11 +77,12 @@ async def test_one_pipeline_is_one_trace_across_every_service(
         "OTEL_BSP_SCHEDULE_DELAY": "100",
     }
     suite = Suite(tmp_path / "data", extra_env=env)
-    suite.start()
+    # Start and stop off the event loop: the collector answers the services' exports on it.
+    await asyncio.to_thread(suite.start)
     try:
         await run_demo(suite.router, tmp_path / "out", lambda _line: None, variations=2)
     finally:
-        codes = suite.stop()  # a graceful stop flushes every service's spans
+        codes = await asyncio.to_thread(suite.stop)  # a graceful stop flushes every span
     assert all(code == 0 for code in codes.values()), codes
 
     (root,) = [s for s in spans.get_finished_spans() if s.name == "tiergen.demo"]

@@ -1,0 +1,399 @@
+"""RouterService end to end over real gRPC: routing, credits, handovers, upscales, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import uuid
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from PIL import Image
+from tiergen.common.v1 import common_pb2
+from tiergen.router.v1 import router_pb2
+
+SQUARE_1K = common_pb2.Resolution(
+    size=common_pb2.IMAGE_SIZE_1K, aspect_ratio=common_pb2.ASPECT_RATIO_1_1
+)
+
+
+def spec(prompt: str = "a red fox in a snowy forest", **fields: Any) -> router_pb2.GenerationSpec:
+    return router_pb2.GenerationSpec(prompt=prompt, **fields)
+
+
+def key() -> str:
+    return uuid.uuid4().hex
+
+
+async def generate(suite, account: str, generation: router_pb2.GenerationSpec, idem: str = ""):
+    request = router_pb2.GenerateRequest(
+        account_id=account, idempotency_key=idem or key(), spec=generation
+    )
+    batch, finished, progress = None, [], 0
+    async for event in suite.router.Generate(request):
+        kind = event.WhichOneof("event")
+        if kind == "batch":
+            batch = event.batch
+        elif kind == "progress":
+            progress += 1
+        else:
+            finished.append(event.job)
+    return batch, finished, progress
+
+
+async def single(call) -> tuple[router_pb2.Job, router_pb2.Job]:
+    accepted = final = None
+    async for event in call:
+        kind = event.WhichOneof("event")
+        if kind == "accepted":
+            accepted = event.accepted
+        elif kind == "job":
+            final = event.job
+    return accepted, final
+
+
+def details(error: grpc.aio.AioRpcError) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    status = rpc_status.from_call(error)
+    for packed in status.details if status else ():
+        for name, cls in (
+            ("info", error_details_pb2.ErrorInfo),
+            ("bad_request", error_details_pb2.BadRequest),
+        ):
+            if packed.Is(cls.DESCRIPTOR):
+                message = cls()
+                packed.Unpack(message)
+                found[name] = message
+    return found
+
+
+async def download(suite, account: str, asset_id: str) -> bytes:
+    data = bytearray()
+    info = None
+    async for message in suite.router.GetAsset(
+        router_pb2.GetAssetRequest(account_id=account, asset_id=asset_id)
+    ):
+        if message.WhichOneof("payload") == "info":
+            info = message.info
+        else:
+            assert message.chunk.offset == len(data)
+            data += message.chunk.data
+    assert info is not None and hashlib.sha256(data).hexdigest() == info.sha256
+    return bytes(data)
+
+
+async def jobs_of(suite, account: str) -> list[router_pb2.Job]:
+    reply = await suite.router.ListJobs(router_pb2.ListJobsRequest(account_id=account))
+    return list(reply.jobs)
+
+
+async def test_generate_charges_per_image_and_stores_assets(suite):
+    account = await suite.open_account()
+    batch, jobs, progress = await generate(
+        suite, account, spec(tier="nano", n=3, resolution=SQUARE_1K, seed=7)
+    )
+    assert batch.decision.tier == "nano" and batch.decision.total_cost == 3 * 2
+    assert len(batch.jobs) == 3 and not batch.replayed
+    assert progress >= 3
+    assert {job.status for job in jobs} == {router_pb2.JOB_STATUS_SUCCEEDED}
+    assert sorted(job.seed for job in jobs) == [7, 8, 9]
+    balance = await suite.balance(account)
+    assert (balance.available, balance.held) == (400 - 6, 0)
+    for job in jobs:
+        data = await download(suite, account, job.asset.asset_id)
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.size == (1024, 1024)
+        assert job.cost == 2 and job.trace_id
+    assert len(await jobs_of(suite, account)) == 3
+
+
+async def test_auto_routing_by_stage_and_quote_without_charge(suite):
+    account = await suite.open_account()
+    explore = await suite.router.Quote(
+        router_pb2.QuoteRequest(account_id=account, spec=spec(stage=common_pb2.STAGE_EXPLORE))
+    )
+    assert explore.decision.tier == "nano" and explore.decision.reasons
+    refine = await suite.router.Quote(
+        router_pb2.QuoteRequest(
+            account_id=account,
+            spec=spec('a poster that says "OPEN"', stage=common_pb2.STAGE_REFINE),
+        )
+    )
+    assert refine.decision.tier in {"standard", "pro"} and refine.affordable
+    assert (await suite.balance(account)).available == 400
+    assert await jobs_of(suite, account) == []
+
+
+async def test_retry_with_the_same_key_replays_and_never_charges_twice(suite):
+    account = await suite.open_account()
+    generation = spec(tier="nano", n=2, resolution=SQUARE_1K)
+    first, first_jobs, _ = await generate(suite, account, generation, "retry-key")
+    again, again_jobs, _ = await generate(suite, account, generation, "retry-key")
+    assert again.replayed and again.batch_id == first.batch_id
+    assert sorted(j.job_id for j in again_jobs) == sorted(j.job_id for j in first_jobs)
+    assert (await suite.balance(account)).available == 400 - 4
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await generate(suite, account, spec("something else", tier="nano"), "retry-key")
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert details(caught.value)["info"].reason == "IDEMPOTENCY_KEY_REUSED"
+    assert (await suite.balance(account)).available == 400 - 4
+
+
+async def test_promote_hands_the_image_over_and_records_lineage(suite):
+    account = await suite.open_account()
+    _, (parent,), _ = await generate(suite, account, spec(tier="nano", resolution=SQUARE_1K))
+    accepted, child = await single(
+        suite.router.Promote(
+            router_pb2.PromoteRequest(
+                account_id=account,
+                idempotency_key=key(),
+                job_id=parent.job_id,
+                tier="standard",
+                resolution=common_pb2.Resolution(size=common_pb2.IMAGE_SIZE_2K),
+                prompt_addition=", brushed steel",
+            )
+        )
+    )
+    assert accepted.status == router_pb2.JOB_STATUS_QUEUED
+    assert child.status == router_pb2.JOB_STATUS_SUCCEEDED
+    assert (child.width, child.height, child.tier) == (2048, 2048, "standard")
+    assert child.parent_job_id == parent.job_id and child.seed == parent.seed
+    assert child.prompt == parent.prompt + ", brushed steel"
+    assert child.kind == router_pb2.JOB_KIND_PROMOTE
+    assert child.HasField("drift") and 0.0 <= child.drift < 0.5
+    reply = await suite.router.GetJob(
+        router_pb2.GetJobRequest(account_id=account, job_id=parent.job_id)
+    )
+    assert list(reply.job.child_job_ids) == [child.job_id]
+    assert (await suite.balance(account)).available == 400 - 2 - child.cost
+
+
+async def test_upscale_makes_a_linked_job(suite):
+    account = await suite.open_account()
+    _, (parent,), _ = await generate(suite, account, spec(tier="nano", resolution=SQUARE_1K))
+    _, upscaled = await single(
+        suite.router.Upscale(
+            router_pb2.UpscaleRequest(
+                account_id=account, idempotency_key=key(), job_id=parent.job_id, factor=2
+            )
+        )
+    )
+    assert upscaled.status == router_pb2.JOB_STATUS_SUCCEEDED
+    assert (upscaled.width, upscaled.height) == (2048, 2048)
+    assert upscaled.kind == router_pb2.JOB_KIND_UPSCALE and upscaled.parent_job_id == parent.job_id
+    data = await download(suite, account, upscaled.asset.asset_id)
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.size == (2048, 2048)
+    assert (await suite.balance(account)).available == 400 - 2 - upscaled.cost
+
+
+@pytest.mark.parametrize(
+    ("generation", "field"),
+    [
+        (spec(tier="ultra"), "spec.tier"),
+        (spec(tier="nano", n=-1), "spec.n"),
+        (spec(tier="nano", n=65), "spec.n"),
+        (spec(""), "spec.prompt"),
+        (spec("x" * 2001), "spec.prompt"),
+        (
+            spec(tier="nano", resolution=common_pb2.Resolution(size=common_pb2.IMAGE_SIZE_2K)),
+            "spec.resolution",
+        ),
+    ],
+)
+async def test_bad_generate_requests_change_nothing(suite, generation, field):
+    account = await suite.open_account()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await generate(suite, account, generation)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = [v.field for v in details(caught.value)["bad_request"].field_violations]
+    assert field in fields
+    balance = await suite.balance(account)
+    assert (balance.available, balance.held) == (400, 0)
+    assert await jobs_of(suite, account) == []
+
+
+async def test_missing_idempotency_key_is_invalid(suite):
+    account = await suite.open_account()
+    request = router_pb2.GenerateRequest(account_id=account, spec=spec(tier="nano"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in suite.router.Generate(request):
+            pass
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_unaffordable_request_is_failed_precondition_with_the_shortfall(suite):
+    account = await suite.open_account()
+    generation = spec(
+        tier="pro", n=64, resolution=common_pb2.Resolution(size=common_pb2.IMAGE_SIZE_4K)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await generate(suite, account, generation)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = details(caught.value)["info"]
+    assert info.reason == "INSUFFICIENT_CREDITS"
+    assert int(info.metadata["available"]) == 400
+    assert int(info.metadata["required"]) > 400
+    balance = await suite.balance(account)
+    assert (balance.available, balance.held) == (400, 0)
+    assert await jobs_of(suite, account) == []
+
+
+async def test_jobs_of_another_account_are_not_found(suite):
+    owner, stranger = await suite.open_account(), await suite.open_account()
+    _, (job,), _ = await generate(suite, owner, spec(tier="nano", resolution=SQUARE_1K))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await suite.router.GetJob(router_pb2.GetJobRequest(account_id=stranger, job_id=job.job_id))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await single(
+            suite.router.Promote(
+                router_pb2.PromoteRequest(
+                    account_id=stranger, idempotency_key=key(), job_id=job.job_id, tier="pro"
+                )
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await download(suite, stranger, job.asset.asset_id)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert (await suite.balance(stranger)).available == 400
+
+
+async def test_unknown_job_is_not_found(suite):
+    account = await suite.open_account()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await suite.router.GetJob(router_pb2.GetJobRequest(account_id=account, job_id="job_nope"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_bad_handovers_and_upscales_change_nothing(suite):
+    account = await suite.open_account()
+    _, (parent,), _ = await generate(suite, account, spec(tier="standard", resolution=SQUARE_1K))
+    spent = 400 - (await suite.balance(account)).available
+
+    async def promote(**fields: Any) -> grpc.aio.AioRpcError:
+        request = router_pb2.PromoteRequest(
+            account_id=account, idempotency_key=key(), job_id=parent.job_id, **fields
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await single(suite.router.Promote(request))
+        return caught.value
+
+    lower = await promote(tier="nano")
+    assert lower.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert details(lower)["info"].reason == "PROMOTE_NOT_HIGHER"
+    same = await promote(tier="standard")
+    assert same.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for strength in (-0.1, 1.5):
+        error = await promote(tier="pro", strength=strength)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert details(error)["bad_request"].field_violations[0].field == "strength"
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await single(
+            suite.router.Upscale(
+                router_pb2.UpscaleRequest(
+                    account_id=account, idempotency_key=key(), job_id=parent.job_id, factor=4.5
+                )
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    _, four_k = await single(
+        suite.router.Promote(
+            router_pb2.PromoteRequest(
+                account_id=account,
+                idempotency_key=key(),
+                job_id=parent.job_id,
+                tier="pro",
+                resolution=common_pb2.Resolution(size=common_pb2.IMAGE_SIZE_4K),
+            )
+        )
+    )
+    spent = 400 - (await suite.balance(account)).available
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await single(
+            suite.router.Upscale(
+                router_pb2.UpscaleRequest(
+                    account_id=account, idempotency_key=key(), job_id=four_k.job_id, factor=4
+                )
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert details(caught.value)["info"].reason == "OUTPUT_TOO_LARGE"
+    balance = await suite.balance(account)
+    assert (balance.available, balance.held) == (400 - spent, 0)
+    assert len(await jobs_of(suite, account)) == 2
+
+
+async def test_a_cancelled_job_cannot_be_promoted(suite):
+    account = await suite.open_account()
+    request = router_pb2.GenerateRequest(
+        account_id=account,
+        idempotency_key=key(),
+        spec=spec(tier="pro", n=4, resolution=common_pb2.Resolution(size=common_pb2.IMAGE_SIZE_2K)),
+    )
+    call = suite.router.Generate(request)
+    batch = (await call.read()).batch
+    last = batch.jobs[-1]
+    reply = await suite.router.CancelJob(
+        router_pb2.CancelJobRequest(account_id=account, job_id=last.job_id)
+    )
+    assert reply.jobs[0].status == router_pb2.JOB_STATUS_CANCELLED
+    while await call.read() != grpc.aio.EOF:
+        pass
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await single(
+            suite.router.Promote(
+                router_pb2.PromoteRequest(
+                    account_id=account, idempotency_key=key(), job_id=last.job_id, tier="pro"
+                )
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert details(caught.value)["info"].reason == "JOB_NOT_SUCCEEDED"
+    jobs = await jobs_of(suite, account)
+    delivered = sum(j.cost for j in jobs if j.status == router_pb2.JOB_STATUS_SUCCEEDED)
+    balance = await suite.balance(account)
+    assert (balance.available, balance.held) == (400 - delivered, 0)
+
+
+async def test_a_caller_going_away_stops_the_batch_and_charges_only_delivered(suite):
+    account = await suite.open_account()
+    request = router_pb2.GenerateRequest(
+        account_id=account,
+        idempotency_key=key(),
+        spec=spec(tier="pro", n=6, resolution=common_pb2.Resolution(size=common_pb2.IMAGE_SIZE_2K)),
+    )
+    call = suite.router.Generate(request)
+    assert (await call.read()).WhichOneof("event") == "batch"
+    call.cancel()
+    for _ in range(100):  # the router settles the hold once every job is final
+        balance = await suite.balance(account)
+        if balance.held == 0:
+            break
+        await asyncio.sleep(0.1)
+    jobs = await jobs_of(suite, account)
+    assert all(
+        j.status in (router_pb2.JOB_STATUS_SUCCEEDED, router_pb2.JOB_STATUS_CANCELLED) for j in jobs
+    )
+    assert any(j.status == router_pb2.JOB_STATUS_CANCELLED for j in jobs)
+    delivered = sum(j.cost for j in jobs if j.status == router_pb2.JOB_STATUS_SUCCEEDED)
+    assert (balance.available, balance.held) == (400 - delivered, 0)
+
+
+async def test_a_generator_outage_fails_the_job_and_releases_the_hold(suite):
+    account = await suite.open_account()
+    await suite.servers["generator"].stop(0)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await generate(suite, account, spec(tier="nano", resolution=SQUARE_1K))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    (job,) = await jobs_of(suite, account)
+    assert job.status == router_pb2.JOB_STATUS_FAILED and job.error.code == "UNAVAILABLE"
+    assert job.cost == 0
+    balance = await suite.balance(account)
+    assert (balance.available, balance.held) == (400, 0)
