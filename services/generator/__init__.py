@@ -1,0 +1,1 @@
+"""Generator service: the tier catalogue and the backends that render images for it."""

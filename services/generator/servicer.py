@@ -1,0 +1,279 @@
+"""The generator's gRPC edge: translates messages to the domain and back, and streams images.
+
+One `Render` call, as the server sees it:
+
+1. The first message carries the spec. A reference image or mask the spec announces (an
+   `ImageInfo` with its size or checksum) follows as `reference_chunk` / `mask_chunk` messages,
+   assembled in order, within the catalogue's reference limit, and checked against the
+   announcement when the client half-closes.
+2. The whole request is validated (tier, size, prompt, seed, strength, reference, mask) before
+   it queues, so a bad request never takes a place.
+3. It takes a place in its tier's queue, or is refused with RESOURCE_EXHAUSTED, a RetryInfo of
+   the tier's expected latency and a QuotaFailure naming the tier.
+4. Progress: "queued" (0.0) once placed, "rendering" (0.1) when the tier lets it run and it goes
+   to the worker pool, "done" (1.0) when the image is back. The renderer's own stages are not
+   forwarded: a callback cannot cross into a worker process cheaply, and even a 4K render takes
+   only seconds.
+5. `result`, then the PNG in 1 MiB chunks.
+
+When the call ends early (cancelled, deadline passed, client gone) its place in the tier is
+given back at once. A render a worker has already started runs to the end in the background
+(the renderer has no stopping points) and its image is dropped; one still waiting for a worker
+is withdrawn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
+import structlog
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+from tiergen.common.v1 import common_pb2
+from tiergen.generator.v1 import generator_pb2
+
+from services.generator.renderer import RenderSpec
+from services.generator.resolution import AspectRatio, ImageSize, Resolution
+from services.generator.scheduling import Rendered, RenderPool, TierQueue
+from services.generator.tiers import RenderRequest, Tier, TierCatalogue, validate_request
+from services.runtime.chunks import ChunkAssembler, image_info, split
+from services.runtime.errors import FieldViolation, InvalidArgument
+
+__all__ = ["GeneratorServicer"]
+
+_tracer = trace.get_tracer("tiergen.generator")
+
+_RenderContext: TypeAlias = (
+    "grpc.aio.ServicerContext[generator_pb2.RenderRequest, generator_pb2.RenderResponse]"
+)
+
+_SPEC_FIELD = "spec"
+
+_Member = TypeVar("_Member")
+
+_SIZES: dict[ImageSize, common_pb2.ImageSize] = {
+    ImageSize.K1: common_pb2.IMAGE_SIZE_1K,
+    ImageSize.K2: common_pb2.IMAGE_SIZE_2K,
+    ImageSize.K4: common_pb2.IMAGE_SIZE_4K,
+}
+_RATIOS: dict[AspectRatio, common_pb2.AspectRatio] = {
+    AspectRatio.R1_1: common_pb2.ASPECT_RATIO_1_1,
+    AspectRatio.R3_2: common_pb2.ASPECT_RATIO_3_2,
+    AspectRatio.R2_3: common_pb2.ASPECT_RATIO_2_3,
+    AspectRatio.R4_3: common_pb2.ASPECT_RATIO_4_3,
+    AspectRatio.R3_4: common_pb2.ASPECT_RATIO_3_4,
+    AspectRatio.R16_9: common_pb2.ASPECT_RATIO_16_9,
+    AspectRatio.R9_16: common_pb2.ASPECT_RATIO_9_16,
+    AspectRatio.R21_9: common_pb2.ASPECT_RATIO_21_9,
+}
+_SIZES_FROM_PROTO: dict[int, ImageSize] = {number: size for size, number in _SIZES.items()}
+_RATIOS_FROM_PROTO: dict[int, AspectRatio] = {number: ratio for ratio, number in _RATIOS.items()}
+
+#: The domain takes a list of references; this contract carries one, called `reference`.
+_CONTRACT_FIELDS = {"references": "reference", "references[0]": "reference"}
+
+
+class GeneratorServicer:
+    """`tiergen.generator.v1.GeneratorService` over a tier catalogue and a pool of workers."""
+
+    def __init__(self, catalogue: TierCatalogue, pool: RenderPool) -> None:
+        self._catalogue = catalogue
+        self._pool = pool
+        self._queues = {tier.name: TierQueue(tier) for tier in catalogue}
+
+    async def ListTiers(
+        self, request: generator_pb2.ListTiersRequest, context: Any
+    ) -> generator_pb2.ListTiersResponse:
+        return generator_pb2.ListTiersResponse(tiers=[_tier(tier) for tier in self._catalogue])
+
+    async def Render(
+        self,
+        request_iterator: AsyncIterator[generator_pb2.RenderRequest],
+        context: _RenderContext,
+    ) -> AsyncIterator[generator_pb2.RenderResponse]:
+        request = await self._receive(aiter(request_iterator))
+        # Off the event loop: checking a reference reads all of its (up to 64 MiB of) bytes.
+        tier = await asyncio.to_thread(self._validate, request)
+        structlog.contextvars.bind_contextvars(tier=tier.name)
+        spec = RenderSpec.for_request(tier, request)
+        queue = self._queues[tier.name]
+        with queue.place(request.resolution.size):
+            yield _progress("queued", 0.0)
+            async with queue.turn():
+                yield _progress("rendering", 0.1)
+                rendered = await self._render(tier, spec)
+        result = rendered.result
+        info = await asyncio.to_thread(
+            image_info, result.image, result.width, result.height, common_pb2.IMAGE_FORMAT_PNG
+        )
+        yield _progress("done", 1.0)
+        yield generator_pb2.RenderResponse(
+            result=generator_pb2.RenderResult(
+                image=info,
+                tier=tier.name,
+                backend=tier.backend,
+                seed=spec.seed,
+                render_ms=round(rendered.seconds * 1000),
+            )
+        )
+        for chunk in split(result.image):
+            yield generator_pb2.RenderResponse(chunk=chunk)
+
+    async def _render(self, tier: Tier, spec: RenderSpec) -> Rendered:
+        """Renders `spec` on a worker, in a span."""
+        span = _tracer.start_span(
+            "render",
+            attributes={
+                "tiergen.tier": tier.name,
+                "tiergen.width": spec.width,
+                "tiergen.height": spec.height,
+                # A uint64 seed does not fit an integer attribute (int64).
+                "tiergen.seed": str(spec.seed),
+            },
+        )
+        try:
+            return await self._pool.render(spec)
+        except BaseException as error:
+            span.set_status(Status(StatusCode.ERROR, str(error) or type(error).__name__))
+            raise
+        finally:
+            span.end()
+
+    async def _receive(self, requests: AsyncIterator[generator_pb2.RenderRequest]) -> RenderRequest:
+        """The spec of the first message and the images it announces, as a domain request."""
+        first = await anext(requests, None)
+        if first is None:
+            raise InvalidArgument(
+                "the request stream is empty: send the spec first",
+                field=_SPEC_FIELD,
+                reason="SPEC_MISSING",
+            )
+        if first.WhichOneof("payload") != "spec":
+            raise InvalidArgument(
+                "the first message must carry the spec; send reference and mask chunks after it",
+                field=_SPEC_FIELD,
+                reason="SPEC_MISSING",
+            )
+        spec = first.spec
+        if spec.request_id:
+            structlog.contextvars.bind_contextvars(request_id=spec.request_id)
+        resolution = self._resolution(spec)
+        limit = self._catalogue.reference_limits.max_bytes
+        # Keyed by the oneof case that carries each image's chunks.
+        images: dict[str, ChunkAssembler | None] = {
+            "reference_chunk": (
+                ChunkAssembler("reference", limit, expected=spec.reference)
+                if _announced(spec.reference)
+                else None
+            ),
+            "mask_chunk": (
+                ChunkAssembler("mask", limit, expected=spec.mask) if _announced(spec.mask) else None
+            ),
+        }
+        async for message in requests:
+            kind = message.WhichOneof("payload")
+            if kind == "spec":
+                raise InvalidArgument(
+                    "a second spec arrived; send the spec once, as the first message",
+                    field=_SPEC_FIELD,
+                    reason="SPEC_REPEATED",
+                )
+            if kind is None:
+                raise InvalidArgument(
+                    "a message after the spec carries nothing; each must carry a chunk",
+                    field="payload",
+                )
+            assembler = images[kind]
+            if assembler is None:
+                image = kind.removesuffix("_chunk")
+                raise InvalidArgument(
+                    f"{kind} arrived but the spec announces no {image}; set spec.{image} to the"
+                    " image's size_bytes and sha256 before sending its chunks",
+                    field=kind,
+                    reason="UNANNOUNCED_CHUNK",
+                )
+            assembler.add(getattr(message, kind))
+        # Off the event loop: finishing hashes the whole image.
+        reference, mask = [
+            None if assembler is None else await asyncio.to_thread(assembler.finish)
+            for assembler in images.values()
+        ]
+        return RenderRequest(
+            tier=spec.tier,
+            prompt=spec.prompt,
+            seed=spec.seed,
+            resolution=resolution,
+            references=() if reference is None else (reference,),
+            strength=spec.strength,
+            mask=mask,
+        )
+
+    def _resolution(self, spec: generator_pb2.RenderSpec) -> Resolution:
+        """The requested size: unspecified is the tier's smallest, and the ratio square."""
+        size_number = spec.resolution.size
+        ratio_number = spec.resolution.aspect_ratio
+        if size_number == common_pb2.IMAGE_SIZE_UNSPECIFIED:
+            tier = next((tier for tier in self._catalogue if tier.name == spec.tier), None)
+            # An unknown tier is refused by validation, which reports every bad field at once.
+            size = ImageSize.K1 if tier is None else tier.smallest_size
+        else:
+            size = _member(_SIZES_FROM_PROTO, size_number, "resolution.size")
+        if ratio_number == common_pb2.ASPECT_RATIO_UNSPECIFIED:
+            ratio = AspectRatio.R1_1
+        else:
+            ratio = _member(_RATIOS_FROM_PROTO, ratio_number, "resolution.aspect_ratio")
+        return Resolution(size, ratio)
+
+    def _validate(self, request: RenderRequest) -> Tier:
+        """The tier to render on; InvalidArgument naming the contract's fields otherwise."""
+        try:
+            return validate_request(self._catalogue, request)
+        except InvalidArgument as error:
+            raise InvalidArgument(
+                error.message,
+                violations=[
+                    FieldViolation(_CONTRACT_FIELDS.get(v.field, v.field), v.description)
+                    for v in error.violations
+                ],
+                reason=error.reason,
+                metadata=error.metadata,
+            ) from None
+
+
+def _announced(info: common_pb2.ImageInfo) -> bool:
+    """Whether an image announcement is present: chunks of it will follow."""
+    return info.size_bytes != 0 or bool(info.sha256)
+
+
+def _member(table: Mapping[int, _Member], number: int, field: str) -> _Member:
+    try:
+        return table[number]
+    except KeyError:
+        raise InvalidArgument(f"{field} has an unknown value {number}", field=field) from None
+
+
+def _progress(stage: str, fraction: float) -> generator_pb2.RenderResponse:
+    return generator_pb2.RenderResponse(
+        progress=common_pb2.Progress(stage=stage, fraction=fraction)
+    )
+
+
+def _tier(tier: Tier) -> generator_pb2.Tier:
+    return generator_pb2.Tier(
+        name=tier.name,
+        display_name=tier.display_name,
+        backend=tier.backend,
+        sizes=[_SIZES[size] for size in tier.sizes],
+        aspect_ratios=[_RATIOS[ratio] for ratio in tier.aspect_ratios],
+        max_reference_images=tier.capabilities.max_reference_images,
+        text_rendering=tier.capabilities.text_rendering,
+        inpainting=tier.capabilities.inpainting,
+        max_concurrency=tier.max_concurrency,
+        queue_limit=tier.queue_limit,
+        expected_latency_ms=[
+            round(tier.expected_latency_seconds[size] * 1000) for size in tier.sizes
+        ],
+    )

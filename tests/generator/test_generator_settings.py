@@ -1,0 +1,161 @@
+"""Generator settings and process: environment variables, the tiers file, the entry point."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from services.generator.settings import GeneratorSettings
+from services.generator.tiers import DEFAULT_CATALOGUE_TOML
+from services.runtime.settings import ConfigError, ServerSettings
+
+ONE_TIER = """\
+[tiers.solo]
+backend = "builtin"
+sizes = ["1K"]
+expected_latency_seconds = { "1K" = 0.1 }
+"""
+
+
+def with_tiers(tmp_path: Path, text: str) -> GeneratorSettings:
+    path = tmp_path / "tiers.toml"
+    path.write_text(text)
+    return GeneratorSettings(server=ServerSettings(service="generator"), tiers_file=path)
+
+
+def test_settings_from_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "tiers.toml"
+    loaded = GeneratorSettings.from_env(
+        {
+            "TIERGEN_GENERATOR_TIERS_FILE": str(path),
+            "TIERGEN_GENERATOR_WORKERS": "3",
+            "TIERGEN_PORT": "0",
+        }
+    )
+    assert (loaded.tiers_file, loaded.workers, loaded.server.port) == (path, 3, 0)
+    assert GeneratorSettings.from_env({}) == GeneratorSettings()
+    assert GeneratorSettings().workers == 2
+    assert GeneratorSettings().tiers_file is None
+
+
+@pytest.mark.parametrize("workers", ["0", "65", "two"])
+def test_a_bad_worker_count_names_the_variable(workers: str) -> None:
+    with pytest.raises(ConfigError, match="TIERGEN_GENERATOR_WORKERS"):
+        GeneratorSettings.from_env({"TIERGEN_GENERATOR_WORKERS": workers})
+
+
+def test_a_tiers_file_replaces_the_default_catalogue(tmp_path: Path) -> None:
+    catalogue = with_tiers(tmp_path, ONE_TIER).catalogue()
+    assert catalogue.names == ("solo",)
+
+
+def test_a_bad_tiers_file_is_a_config_error_naming_the_entry(tmp_path: Path) -> None:
+    settings = with_tiers(tmp_path, ONE_TIER.replace('"1K" = 0.1', '"1K" = -1'))
+    with pytest.raises(ConfigError) as caught:
+        settings.catalogue()
+    assert str(caught.value) == (
+        f"TIERGEN_GENERATOR_TIERS_FILE: {settings.tiers_file}:"
+        " tiers.solo.expected_latency_seconds.1K: must be seconds > 0, not -1"
+    )
+
+
+def test_a_tier_on_a_backend_this_process_lacks_is_refused(tmp_path: Path) -> None:
+    settings = with_tiers(tmp_path, ONE_TIER.replace('"builtin"', '"gemini"'))
+    with pytest.raises(ConfigError, match=r"tiers\.solo\.backend: unknown backend 'gemini'"):
+        settings.catalogue()
+
+
+def test_a_missing_tiers_file_is_a_config_error(tmp_path: Path) -> None:
+    settings = GeneratorSettings(tiers_file=tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match=r"TIERGEN_GENERATOR_TIERS_FILE: .*cannot read"):
+        settings.catalogue()
+
+
+def test_the_entry_point_exits_2_with_one_line_on_bad_config(tmp_path: Path) -> None:
+    environment = dict(
+        os.environ,
+        TIERGEN_PORT="0",
+        TIERGEN_GENERATOR_TIERS_FILE=str(tmp_path / "missing.toml"),
+    )
+    finished = subprocess.run(
+        [sys.executable, "-m", "services.generator"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert finished.returncode == 2
+    lines = finished.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("tiergen-generator: configuration error: ")
+    assert "TIERGEN_GENERATOR_TIERS_FILE" in lines[0]
+
+
+def test_the_default_catalogue_is_served_without_a_tiers_file() -> None:
+    assert GeneratorSettings().catalogue().names == ("nano", "standard", "pro")
+    # Its header tells an operator how to replace it.
+    assert "TIERGEN_GENERATOR_TIERS_FILE" in DEFAULT_CATALOGUE_TOML
+
+
+def _children(parent: int) -> set[int]:
+    """Live processes whose parent is `parent`, from /proc."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue
+        if int(ppid) == parent and state != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_workers_end_when_their_server_is_killed(tmp_path: Path) -> None:
+    ready_file = tmp_path / "generator.addr"
+    environment = dict(
+        os.environ,
+        TIERGEN_PORT="0",
+        TIERGEN_READY_FILE=str(ready_file),
+        TIERGEN_GENERATOR_WORKERS="2",
+    )
+    environment.pop("TIERGEN_GENERATOR_TIERS_FILE", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "services.generator"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        give_up = time.monotonic() + 60
+        while not ready_file.exists():
+            assert server.poll() is None, "the generator exited before it was ready"
+            assert time.monotonic() < give_up, "the generator did not start"
+            time.sleep(0.05)
+        # Its worker processes and the multiprocessing resource tracker.
+        children = _children(server.pid)
+        assert len(children) >= 3
+    finally:
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+    give_up = time.monotonic() + 30
+    while any(_alive(pid) for pid in children):
+        assert time.monotonic() < give_up, "worker processes outlived their server"
+        time.sleep(0.1)
