@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
+import structlog
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
 from services.router.assets import LocalAssetStore
@@ -21,11 +25,14 @@ from services.router.servicer import RouterServicer
 from services.router.settings import RouterSettings
 from services.router.toml_source import RouterConfigError
 from services.runtime.channels import open_channel
+from services.runtime.dependencies import Dependency, watch_dependencies
 from services.runtime.server import Server, ServiceRegistration
 from services.runtime.server import create_server as create_grpc_server
 from services.runtime.settings import ConfigError
 
 __all__ = ["SERVICE_NAME", "create_server"]
+
+_log = structlog.get_logger("tiergen.router")
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 
@@ -80,6 +87,38 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
         lambda server: router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server),
     )
     # Hooks run last-added first: stop the batches (settling their holds), then close.
-    return await create_grpc_server(
+    server, port = await create_grpc_server(
         settings.server, [registration], on_stop=[jobs.close, close_channels, router.close]
     )
+    # Without the ledger no credit can be held, so no request can be served.
+    ledger_dependency = Dependency("ledger", ledger_channel, LEDGER_SERVICE)
+    server.add_background(lambda: watch_dependencies(server, [ledger_dependency]))
+    server.add_background(lambda: reload_policy_on_change(router, settings))
+    return server, port
+
+
+def _modified(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+async def reload_policy_on_change(router: Router, settings: RouterSettings) -> None:
+    """Reloads the price table and policy when their files change; a bad file keeps the old."""
+    files = [f for f in (settings.prices_file, settings.policy_file) if f is not None]
+    if not files:
+        return
+    seen = [_modified(f) for f in files]
+    while True:
+        await asyncio.sleep(settings.reload_interval_seconds)
+        current = [_modified(f) for f in files]
+        if current == seen:
+            continue
+        seen = current
+        try:
+            router.use_policy(load_policy(settings))
+        except ConfigError as error:
+            _log.error("policy reload failed; the previous policy stays", error=str(error))
+        else:
+            _log.info("policy reloaded", files=[str(f) for f in files])

@@ -39,6 +39,7 @@ class RouterSettings:
     max_upscale_side: int = 8192
     call_timeout_seconds: float = 300.0
     max_image_bytes: int = 256 * 1024 * 1024
+    reload_interval_seconds: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> RouterSettings:
@@ -63,6 +64,9 @@ class RouterSettings:
             parallel_jobs=env.integer("TIERGEN_ROUTER_PARALLEL_JOBS", 4, minimum=1, maximum=64),
             max_upscale_side=env.integer(
                 "TIERGEN_ROUTER_MAX_UPSCALE_SIDE", 8192, minimum=1024, maximum=16384
+            ),
+            reload_interval_seconds=env.number(
+                "TIERGEN_ROUTER_RELOAD_INTERVAL_SECONDS", 5.0, minimum=0.1, maximum=3600.0
             ),
             call_timeout_seconds=env.number(
                 "TIERGEN_ROUTER_CALL_TIMEOUT_SECONDS", 300.0, minimum=1.0, maximum=3600.0

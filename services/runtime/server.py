@@ -7,9 +7,10 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
@@ -52,16 +53,23 @@ class Server:
         self.settings = settings
         self._services = list(services)
         self._on_stop = list(on_stop)
+        self._background: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
 
     def add_stop_hook(self, hook: StopHook) -> None:
         """Runs `hook` after the server stops (close stores, channels, pools); last added first."""
         self._on_stop.append(hook)
 
+    def add_background(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Runs `work` as a task from start until stop (watchers, sweepers, reloaders)."""
+        self._background.append(work)
+
     async def start(self) -> None:
         await self.grpc_server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.set_serving(True)
+        self._tasks = [asyncio.create_task(work()) for work in self._background]
 
     async def set_serving(self, serving: bool) -> None:
         """Flips the per-service health (readiness) while a hard dependency is down.
@@ -82,6 +90,9 @@ class Server:
         if self._stopped:
             return
         self._stopped = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(self.settings.grace_seconds if grace is None else grace)
         for hook in reversed(self._on_stop):

@@ -51,7 +51,13 @@ async def _start(factory: Any, settings: Any) -> tuple[Server, str]:
 
 
 @pytest.fixture
-async def suite(tmp_path: Path) -> AsyncIterator[InProcessSuite]:
+def router_env() -> dict[str, str]:
+    """Extra router settings; a test module overrides this fixture to change them."""
+    return {}
+
+
+@pytest.fixture
+async def suite(tmp_path: Path, router_env: dict[str, str]) -> AsyncIterator[InProcessSuite]:
     env = {"TIERGEN_PORT": "0", "TIERGEN_SHUTDOWN_GRACE_SECONDS": "0"}
     servers: dict[str, Server] = {}
     addresses: dict[str, str] = {}
@@ -79,6 +85,7 @@ async def suite(tmp_path: Path) -> AsyncIterator[InProcessSuite]:
                     "UPSCALER_ADDR": addresses["upscaler"],
                     "TIERGEN_ROUTER_DSN": f"sqlite:///{tmp_path / 'router.db'}",
                     "TIERGEN_ROUTER_ASSETS_DIR": str(tmp_path / "assets"),
+                    **router_env,
                 }
             ),
         )

@@ -1,0 +1,65 @@
+"""No race lets an account overspend: 100 concurrent generations against credits for 40."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from tiergen.common.v1 import common_pb2
+from tiergen.router.v1 import router_pb2
+
+from services.ledger.ledger import Ledger
+from services.ledger.settings import LedgerSettings
+from services.router.pricing import DEFAULT_PRICES_TOML
+
+pytestmark = pytest.mark.slow
+
+# Every call holds 10 credits of the 400 an account opens with: exactly 40 fit.
+PRICES = DEFAULT_PRICES_TOML.replace('[generate.nano]\n"1K" = 2', '[generate.nano]\n"1K" = 10')
+
+
+@pytest.fixture
+def router_env(tmp_path: Path) -> dict[str, str]:
+    prices = tmp_path / "prices.toml"
+    prices.write_text(PRICES)
+    assert PRICES != DEFAULT_PRICES_TOML
+    return {"TIERGEN_ROUTER_PRICES_FILE": str(prices)}
+
+
+async def test_100_concurrent_generations_deliver_exactly_what_the_credits_cover(suite):
+    account = await suite.open_account()
+    spec = router_pb2.GenerationSpec(
+        prompt="a lighthouse in fog",
+        tier="nano",
+        resolution=common_pb2.Resolution(size=common_pb2.IMAGE_SIZE_1K),
+    )
+
+    async def one() -> str:
+        request = router_pb2.GenerateRequest(
+            account_id=account, idempotency_key=uuid.uuid4().hex, spec=spec
+        )
+        outcome = "NO_RESULT"
+        try:
+            # Read to the end: the hold is settled before the stream closes.
+            async for event in suite.router.Generate(request):
+                if event.WhichOneof("event") == "job":
+                    outcome = router_pb2.JobStatus.Name(event.job.status)
+        except grpc.aio.AioRpcError as error:
+            return error.code().name
+        return outcome
+
+    outcomes = await asyncio.gather(*(one() for _ in range(100)))
+    assert outcomes.count("JOB_STATUS_SUCCEEDED") == 40, outcomes
+    assert outcomes.count("FAILED_PRECONDITION") == 60, outcomes
+    balance = await suite.balance(account)
+    assert (balance.available, balance.held, balance.consumed) == (0, 0, 400)
+
+    ledger = await Ledger.open(LedgerSettings(dsn=f"sqlite:///{suite.data_dir / 'ledger.db'}"))
+    try:
+        checks = await ledger.verify(sweep=False)
+    finally:
+        await ledger.close()
+    assert all(check.ok for check in checks), [c for c in checks if not c.ok]

@@ -1,0 +1,74 @@
+"""Operating the router: readiness follows the ledger, and the policy reloads without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tiergen.router.v1 import router_pb2
+
+from services.router.pricing import DEFAULT_PRICES_TOML
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@pytest.fixture
+def router_env(tmp_path: Path) -> dict[str, str]:
+    prices = tmp_path / "prices.toml"
+    prices.write_text(DEFAULT_PRICES_TOML)
+    return {
+        "TIERGEN_ROUTER_PRICES_FILE": str(prices),
+        "TIERGEN_ROUTER_RELOAD_INTERVAL_SECONDS": "0.1",
+    }
+
+
+async def _eventually(check, seconds: float = 15.0):
+    for _ in range(int(seconds / 0.1)):
+        if result := await check():
+            return result
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_readiness_is_not_serving_while_the_ledger_is_down(suite):
+    async with grpc.aio.insecure_channel(suite.addresses["router"]) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+
+        async def status(service: str) -> int:
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+            return reply.status
+
+        assert await status("tiergen.router.v1.RouterService") == SERVING
+        await suite.servers["ledger"].stop(0)
+
+        async def readiness_down() -> bool:
+            return await status("tiergen.router.v1.RouterService") == NOT_SERVING
+
+        await _eventually(readiness_down)
+        assert await status("") == SERVING  # liveness: restarting would not bring it back
+
+
+async def test_price_changes_apply_without_a_restart_and_a_bad_file_is_ignored(suite, tmp_path):
+    account = await suite.open_account()
+    request = router_pb2.QuoteRequest(
+        account_id=account, spec=router_pb2.GenerationSpec(prompt="a fox", tier="nano")
+    )
+    assert (await suite.router.Quote(request)).decision.unit_cost == 2
+    prices = tmp_path / "prices.toml"
+    repriced_table = DEFAULT_PRICES_TOML.replace(
+        '[generate.nano]\n"1K" = 2', '[generate.nano]\n"1K" = 3'
+    )
+    assert repriced_table != DEFAULT_PRICES_TOML
+    prices.write_text(repriced_table)
+
+    async def repriced() -> bool:
+        return (await suite.router.Quote(request)).decision.unit_cost == 3
+
+    await _eventually(repriced)
+    prices.write_text('[generate.nano]\n"1K" = -5\n')
+    await asyncio.sleep(0.5)
+    assert (await suite.router.Quote(request)).decision.unit_cost == 3
