@@ -243,7 +243,9 @@ class UpscalerService:
     async def _progress(self, job: _Job) -> AsyncIterator[common_pb2.Progress]:
         """The job's progress whenever it changes, until the job is done."""
         done = asyncio.wrap_future(job.future)
-        reported: common_pb2.Progress | None = None
+        # Announced at once: a fast job may be decoding before the board is first read.
+        reported = _progress("queued", 0.0)
+        yield reported
         try:
             while True:
                 stage, fraction = self._board.progress(job.slot)
