@@ -9,6 +9,7 @@ import structlog
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
 from services.router.assets import LocalAssetStore
+from services.router.breaker import BreakingRenderer, BreakingUpscaler, CircuitBreaker
 from services.router.clients import (
     GENERATOR_SERVICE,
     LEDGER_SERVICE,
@@ -62,12 +63,24 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
     settings.jobs_path.parent.mkdir(parents=True, exist_ok=True)
     jobs = await JobStore.open(settings.jobs_path)
     ledger = GrpcLedger(ledger_channel, timeout=30)
+
+    def breaker(name: str) -> CircuitBreaker:
+        return CircuitBreaker(
+            name,
+            threshold=settings.breaker_threshold,
+            cooldown_seconds=settings.breaker_cooldown_seconds,
+        )
+
     router = Router(
         jobs=jobs,
         assets=LocalAssetStore(settings.assets_dir),
         ledger=ledger,
-        renderer=GrpcRenderer(generator_channel, timeout, settings.max_image_bytes),
-        upscaler=GrpcUpscaler(upscaler_channel, timeout, settings.max_image_bytes),
+        renderer=BreakingRenderer(
+            GrpcRenderer(generator_channel, timeout, settings.max_image_bytes), breaker
+        ),
+        upscaler=BreakingUpscaler(
+            GrpcUpscaler(upscaler_channel, timeout, settings.max_image_bytes), breaker("upscaler")
+        ),
         policy=policy,
         limits=RouterLimits(
             hold_ttl_seconds=settings.hold_ttl_seconds,

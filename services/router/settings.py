@@ -40,6 +40,8 @@ class RouterSettings:
     call_timeout_seconds: float = 300.0
     max_image_bytes: int = 256 * 1024 * 1024
     reload_interval_seconds: float = 5.0
+    breaker_threshold: int = 5
+    breaker_cooldown_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> RouterSettings:
@@ -64,6 +66,12 @@ class RouterSettings:
             parallel_jobs=env.integer("TIERGEN_ROUTER_PARALLEL_JOBS", 4, minimum=1, maximum=64),
             max_upscale_side=env.integer(
                 "TIERGEN_ROUTER_MAX_UPSCALE_SIDE", 8192, minimum=1024, maximum=16384
+            ),
+            breaker_threshold=env.integer(
+                "TIERGEN_ROUTER_BREAKER_THRESHOLD", 5, minimum=1, maximum=1000
+            ),
+            breaker_cooldown_seconds=env.number(
+                "TIERGEN_ROUTER_BREAKER_COOLDOWN_SECONDS", 10.0, minimum=0.1, maximum=3600.0
             ),
             reload_interval_seconds=env.number(
                 "TIERGEN_ROUTER_RELOAD_INTERVAL_SECONDS", 5.0, minimum=0.1, maximum=3600.0

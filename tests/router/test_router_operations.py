@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tiergen.router.v1 import router_pb2
 
 from services.router.pricing import DEFAULT_PRICES_TOML
+from services.runtime.status import from_rpc_error
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -23,6 +24,8 @@ def router_env(tmp_path: Path) -> dict[str, str]:
     return {
         "TIERGEN_ROUTER_PRICES_FILE": str(prices),
         "TIERGEN_ROUTER_RELOAD_INTERVAL_SECONDS": "0.1",
+        "TIERGEN_ROUTER_BREAKER_THRESHOLD": "2",
+        "TIERGEN_ROUTER_BREAKER_COOLDOWN_SECONDS": "60",
     }
 
 
@@ -72,3 +75,23 @@ async def test_price_changes_apply_without_a_restart_and_a_bad_file_is_ignored(s
     prices.write_text('[generate.nano]\n"1K" = -5\n')
     await asyncio.sleep(0.5)
     assert (await suite.router.Quote(request)).decision.unit_cost == 3
+
+
+async def test_a_failing_backend_opens_its_circuit_and_later_calls_fail_fast(suite):
+    account = await suite.open_account()
+    await suite.servers["generator"].stop(0)
+    spec = router_pb2.GenerationSpec(prompt="a fox", tier="nano")
+    reasons = []
+    for index in range(3):
+        request = router_pb2.GenerateRequest(
+            account_id=account, idempotency_key=f"breaker-{index}", spec=spec
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in suite.router.Generate(request):
+                pass
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        reasons.append(from_rpc_error(caught.value).reason)
+    assert reasons[-1] == "CIRCUIT_OPEN"
+    assert "CIRCUIT_OPEN" not in reasons[:2]
+    balance = await suite.balance(account)
+    assert (balance.available, balance.held) == (400, 0)

@@ -1,0 +1,132 @@
+"""Circuit breakers: stop calling a backend that keeps failing, and try it again later.
+
+A breaker opens after `threshold` consecutive failures that say the backend itself is in
+trouble (UNAVAILABLE, DEADLINE_EXCEEDED). While open, calls fail at once with UNAVAILABLE
+(reason CIRCUIT_OPEN, retry after the rest of the cool-down) instead of each waiting out a
+timeout and holding credits meanwhile. After the cool-down one trial call goes through
+(half-open): its success closes the breaker, its failure opens it again. Errors that are the
+request's fault (INVALID_ARGUMENT, FAILED_PRECONDITION...) or overload (RESOURCE_EXHAUSTED,
+which already carries its own retry advice) neither open nor close it.
+
+The router keeps one breaker per tier (each tier is served by one generator backend) and one
+for the upscaler.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import structlog
+
+from services.router.ports import Image, ProgressSink, Renderer, RenderOrder, UpscaleOrder, Upscaler
+from services.runtime.errors import DeadlineExceeded, TiergenError, Unavailable
+
+__all__ = ["BreakingRenderer", "BreakingUpscaler", "CircuitBreaker"]
+
+_log = structlog.get_logger("tiergen.router")
+_T = TypeVar("_T")
+_TRIPPING = (Unavailable, DeadlineExceeded)
+
+
+class CircuitBreaker:
+    """Closed, open or half-open, for one backend."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        threshold: int = 5,
+        cooldown_seconds: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if threshold < 1:
+            raise ValueError("threshold must be at least 1")
+        self.name = name
+        self._threshold = threshold
+        self._cooldown = cooldown_seconds
+        self._clock = clock
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._trial_running = False
+
+    @property
+    def state(self) -> str:
+        if self._opened_at is None:
+            return "closed"
+        return "half-open" if self._clock() - self._opened_at >= self._cooldown else "open"
+
+    def _admit(self) -> bool:
+        """Whether a call may go through; True for the single trial of a half-open breaker."""
+        state = self.state
+        if state == "closed":
+            return False
+        if state == "open" or self._trial_running:
+            assert self._opened_at is not None
+            retry = max(0.0, self._cooldown - (self._clock() - self._opened_at))
+            raise Unavailable(
+                f"{self.name} is failing; calls are paused for {retry:.1f} s",
+                reason="CIRCUIT_OPEN",
+                retry_after=retry or self._cooldown,
+                metadata={"backend": self.name},
+            )
+        self._trial_running = True
+        return True
+
+    def _record(self, failed: bool) -> None:
+        if not failed:
+            if self._opened_at is not None:
+                _log.info("circuit closed", backend=self.name)
+            self._failures, self._opened_at = 0, None
+            return
+        self._failures += 1
+        if self._opened_at is not None or self._failures >= self._threshold:
+            if self._opened_at is None:
+                _log.warning("circuit opened", backend=self.name, failures=self._failures)
+            self._opened_at = self._clock()
+
+    async def call(self, work: Callable[[], Awaitable[_T]]) -> _T:
+        """Runs `work` through the breaker."""
+        trial = self._admit()
+        try:
+            result = await work()
+        except TiergenError as error:
+            if isinstance(error, _TRIPPING):
+                self._record(failed=True)
+            elif trial:
+                self._record(failed=False)
+            raise
+        finally:
+            if trial:
+                self._trial_running = False
+        self._record(failed=False)
+        return result
+
+
+class BreakingRenderer:
+    """A renderer behind one breaker per tier."""
+
+    def __init__(self, renderer: Renderer, breaker: Callable[[str], CircuitBreaker]) -> None:
+        self._renderer = renderer
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._new_breaker = breaker
+
+    def breaker(self, tier: str) -> CircuitBreaker:
+        if tier not in self._breakers:
+            self._breakers[tier] = self._new_breaker(f"generator/{tier}")
+        return self._breakers[tier]
+
+    async def render(self, order: RenderOrder, progress: ProgressSink) -> Image:
+        return await self.breaker(order.tier).call(lambda: self._renderer.render(order, progress))
+
+
+class BreakingUpscaler:
+    """An upscaler behind one breaker."""
+
+    def __init__(self, upscaler: Upscaler, breaker: CircuitBreaker) -> None:
+        self._upscaler = upscaler
+        self.breaker = breaker
+
+    async def upscale(self, order: UpscaleOrder, progress: ProgressSink) -> Image:
+        return await self.breaker.call(lambda: self._upscaler.upscale(order, progress))

@@ -1,0 +1,78 @@
+"""Circuit breakers: open after repeated backend failures, fail fast, try again after a pause."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.router.breaker import CircuitBreaker
+from services.runtime.errors import InvalidArgument, ResourceExhausted, Unavailable
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _fail(error: Exception) -> None:
+    raise error
+
+
+async def _succeed() -> str:
+    return "image"
+
+
+async def test_opens_after_the_threshold_and_fails_fast():
+    clock = Clock()
+    breaker = CircuitBreaker("generator/pro", threshold=3, cooldown_seconds=10, clock=clock)
+    for _ in range(3):
+        with pytest.raises(Unavailable):
+            await breaker.call(lambda: _fail(Unavailable("down")))
+    assert breaker.state == "open"
+    calls = []
+
+    async def counted() -> str:
+        calls.append(1)
+        return "image"
+
+    with pytest.raises(Unavailable) as caught:
+        await breaker.call(counted)
+    assert caught.value.reason == "CIRCUIT_OPEN"
+    assert caught.value.retry_after == pytest.approx(10)
+    assert calls == []
+
+
+async def test_half_open_trial_closes_on_success_and_reopens_on_failure():
+    clock = Clock()
+    breaker = CircuitBreaker("upscaler", threshold=1, cooldown_seconds=5, clock=clock)
+    with pytest.raises(Unavailable):
+        await breaker.call(lambda: _fail(Unavailable("down")))
+    clock.now += 5
+    assert breaker.state == "half-open"
+    with pytest.raises(Unavailable):
+        await breaker.call(lambda: _fail(Unavailable("still down")))
+    assert breaker.state == "open"
+    clock.now += 5
+    assert await breaker.call(_succeed) == "image"
+    assert breaker.state == "closed"
+
+
+async def test_request_errors_and_overload_do_not_trip_it():
+    breaker = CircuitBreaker("generator/nano", threshold=1, clock=Clock())
+    with pytest.raises(InvalidArgument):
+        await breaker.call(lambda: _fail(InvalidArgument("bad prompt")))
+    with pytest.raises(ResourceExhausted):
+        await breaker.call(lambda: _fail(ResourceExhausted("queue full", retry_after=1)))
+    assert breaker.state == "closed"
+
+
+async def test_a_success_resets_the_count():
+    breaker = CircuitBreaker("generator/standard", threshold=2, clock=Clock())
+    with pytest.raises(Unavailable):
+        await breaker.call(lambda: _fail(Unavailable("blip")))
+    await breaker.call(_succeed)
+    with pytest.raises(Unavailable):
+        await breaker.call(lambda: _fail(Unavailable("blip")))
+    assert breaker.state == "closed"
