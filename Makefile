@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(BUF): protos/package.json protos/package-lock.json
-	npm ci --prefix protos --no-audit --no-fund --loglevel=error
+	npm install --prefix protos --no-audit --no-fund --no-save --loglevel=error
 	touch $@
 
 ## Run the whole pipeline (explore, promote, upscale, check in) on a fresh local suite.

@@ -32,8 +32,8 @@ def _buf() -> str:
     if found:
         return found
     if os.environ.get("CI") == "true":
-        pytest.fail("buf is not installed: run `npm ci --prefix protos`")
-    pytest.skip("buf is not installed: run `npm ci --prefix protos` to lint the contracts")
+        pytest.fail("buf is not installed: run `make test` (npm install --prefix protos)")
+    pytest.skip("buf is not installed: `npm install --prefix protos` lints the contracts")
 
 
 def test_buf_lint_passes():
