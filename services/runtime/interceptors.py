@@ -50,11 +50,13 @@ def _split_method(method: str) -> tuple[str, str]:
 class _ServedRpc:
     """The telemetry of one inbound RPC: its span, timing and canonical log line."""
 
-    __slots__ = ("_context", "_method", "_span", "_start", "_token")
+    __slots__ = ("_context", "_method", "_peer", "_span", "_start", "_token")
 
     def __init__(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self._method = method
         self._context = context
+        # Read now: asking a cancelled call for its peer later can crash grpc's core.
+        self._peer = context.peer()
         self._start = time.perf_counter()
         carrier = {key: value for key, value in (context.invocation_metadata() or ())}
         parent = propagate.extract(carrier)
@@ -76,7 +78,7 @@ class _ServedRpc:
             "method": self._method,
             "code": code.name,
             "duration_ms": round((time.perf_counter() - self._start) * 1000, 3),
-            "peer": self._context.peer(),
+            "peer": self._peer,
         }
         if code is grpc.StatusCode.OK:
             self._span.set_status(Status(StatusCode.OK))
