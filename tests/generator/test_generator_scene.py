@@ -75,8 +75,19 @@ def test_the_seed_moves_things_but_keeps_the_look() -> None:
 def test_unknown_words_still_change_the_picture() -> None:
     first = compose_scene("zxq blorf", 1)
     second = compose_scene("zxq blorg", 1)
-    assert first.key != second.key
     assert first.palette.sky != second.palette.sky
+
+
+def test_mood_and_light_words_keep_the_composition() -> None:
+    # A handover that only changes the light must line up with its parent's image.
+    parent = compose_scene("a lighthouse on a rocky coast, storm clouds", 3)
+    child = compose_scene(
+        "a lighthouse on a rocky coast, storm clouds, golden hour, fine detail", 3
+    )
+    assert (child.horizon, child.focus, child.key) == (parent.horizon, parent.focus, parent.key)
+    assert child.lighting != parent.lighting
+    moved = compose_scene("a lighthouse on a rocky coast, storm clouds, palm trees", 3)
+    assert moved.key != parent.key
 
 
 def test_layout_words_move_the_horizon_and_focus() -> None:

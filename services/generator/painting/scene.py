@@ -447,6 +447,19 @@ _AERIAL = frozenset(["aerial", "overhead", "drone", "above"])
 _CENTRED = frozenset(["centered", "centred", "symmetric", "symmetrical", "portrait"])
 _CLOSE = frozenset(["close", "closeup", "close-up", "macro", "giant", "huge"])
 _MINIMAL = frozenset(["minimal", "minimalist", "simple", "lonely", "empty"])
+_FRAMING = _WIDE | _AERIAL | _CENTRED | _CLOSE | _MINIMAL
+# Sky and weather come with the light and mood; they do not say where things stand.
+_WEATHER = frozenset(
+    [
+        Subject.SUN,
+        Subject.MOON,
+        Subject.STARS,
+        Subject.CLOUDS,
+        Subject.RAIN,
+        Subject.SNOW,
+        Subject.LIGHTNING,
+    ]
+)
 
 # Subjects a prompt without any known subject word may get, by its hash.
 _FALLBACK_SUBJECTS = (
@@ -556,7 +569,17 @@ def compose_scene(prompt: str, seed: int) -> Scene:
     if _S.PALMS in subjects:
         subjects.add(_S.WATER)
 
-    rng = random.Random(_digest("layout", str(seed), *words))
+    # Where things stand depends on the seed and on the words that say what is there or how it
+    # is framed, not on mood or light: a handover that only adds "golden hour" keeps the
+    # parent's composition, so a reference blend lines up instead of doubling the subjects.
+    layout_words = sorted(
+        {
+            word
+            for word in words
+            if (word in _KEYWORDS and set(_KEYWORDS[word].subjects) - _WEATHER) or word in _FRAMING
+        }
+    )
+    rng = random.Random(_digest("layout", str(seed), *layout_words))
     horizon = 0.6 + rng.uniform(-0.05, 0.05)
     if any(word in _WIDE for word in words):
         horizon += 0.08
@@ -587,7 +610,7 @@ def compose_scene(prompt: str, seed: int) -> Scene:
         light_x=light_x,
         light_y=max(light_y, 0.1),
         subject_scale=scale,
-        key=_digest("scene", str(seed), *words),
+        key=_digest("scene", str(seed), *layout_words),
     )
 
 
