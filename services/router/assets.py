@@ -2,7 +2,8 @@
 
 An asset's id is the lower-case hex SHA-256 of its bytes, so storing the same image twice stores
 it once. The API is async: `LocalAssetStore` does its blocking file I/O in worker threads
-(`asyncio.to_thread`), so callers await it from the event loop directly.
+(`asyncio.to_thread`), so callers await it from the event loop directly. The object-storage
+store is `services.router.assets_s3.S3AssetStore`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ __all__ = [
     "AssetStore",
     "LocalAssetStore",
     "check_asset_id",
+    "check_digest",
+    "check_new_asset",
+    "info_mismatch",
 ]
 
 #: Chunk size of `read_chunks` unless told otherwise: the contracts' largest chunk, 1 MiB.
@@ -92,6 +96,34 @@ class AssetStore(Protocol):
         """Whether the asset is stored."""
         ...
 
+    async def close(self) -> None:
+        """Release the store's connections; it refuses work afterwards."""
+        ...
+
+
+def check_new_asset(data: bytes, width: int, height: int, media_type: str) -> None:
+    """InvalidArgument (on "data", "width" or "media_type") for an image no store accepts."""
+    if not data:
+        raise InvalidArgument("an asset needs at least one byte", field="data")
+    if width < 1 or height < 1:
+        raise InvalidArgument(f"image size {width}x{height} is not positive", field="width")
+    if not _MEDIA_TYPE.match(media_type):
+        raise InvalidArgument(f"{media_type!r} is not a media type", field="media_type")
+
+
+def check_digest(asset_id: str, digest: str) -> None:
+    """Internal when bytes read back hash to `digest` instead of their address."""
+    if digest != asset_id:
+        raise Internal(f"asset {asset_id} is corrupt: its bytes hash to {digest}")
+
+
+def info_mismatch(stored: AssetRef, info: AssetInfo) -> AlreadyExists:
+    """The error for storing the bytes of `stored` again with different info."""
+    return AlreadyExists(
+        f"asset {stored.asset_id} is stored with {stored.info}, not {info}",
+        reason="ASSET_INFO_MISMATCH",
+    )
+
 
 def check_asset_id(asset_id: str) -> None:
     """InvalidArgument on "asset_id" unless `asset_id` is 64 lower-case hex digits."""
@@ -117,7 +149,7 @@ class LocalAssetStore:
 
     async def put(self, data: bytes, *, width: int, height: int, media_type: str) -> AssetRef:
         """Store `data`; AlreadyExists if the same bytes were stored with different info."""
-        _check_put(data, width, height, media_type)
+        check_new_asset(data, width, height, media_type)
         return await asyncio.to_thread(
             self._put, data, AssetInfo(width, height, media_type, len(data))
         )
@@ -140,7 +172,7 @@ class LocalAssetStore:
             while chunk := await asyncio.to_thread(file.read, chunk_size):
                 digest.update(chunk)
                 yield chunk
-            _check_digest(asset_id, digest.hexdigest())
+            check_digest(asset_id, digest.hexdigest())
         finally:
             await asyncio.to_thread(file.close)
 
@@ -154,6 +186,9 @@ class LocalAssetStore:
         check_asset_id(asset_id)
         return await asyncio.to_thread(self._sidecar_path(asset_id).is_file)
 
+    async def close(self) -> None:
+        """Nothing to release: every call opens and closes its own files."""
+
     def _data_path(self, asset_id: str) -> Path:
         return self.root / asset_id[:2] / asset_id[2:4] / asset_id
 
@@ -165,10 +200,7 @@ class LocalAssetStore:
         if self._sidecar_path(asset_id).is_file():
             stored = self._info(asset_id)
             if stored.info != info:
-                raise AlreadyExists(
-                    f"asset {asset_id} is stored with {stored.info}, not {info}",
-                    reason="ASSET_INFO_MISMATCH",
-                )
+                raise info_mismatch(stored, info)
             return stored
         data_path = self._data_path(asset_id)
         _make_directories(data_path.parent)
@@ -203,22 +235,8 @@ class LocalAssetStore:
     def _read(self, asset_id: str) -> bytes:
         with self._open(asset_id) as file:
             data = file.read()
-        _check_digest(asset_id, hashlib.sha256(data).hexdigest())
+        check_digest(asset_id, hashlib.sha256(data).hexdigest())
         return data
-
-
-def _check_put(data: bytes, width: int, height: int, media_type: str) -> None:
-    if not data:
-        raise InvalidArgument("an asset needs at least one byte", field="data")
-    if width < 1 or height < 1:
-        raise InvalidArgument(f"image size {width}x{height} is not positive", field="width")
-    if not _MEDIA_TYPE.match(media_type):
-        raise InvalidArgument(f"{media_type!r} is not a media type", field="media_type")
-
-
-def _check_digest(asset_id: str, digest: str) -> None:
-    if digest != asset_id:
-        raise Internal(f"asset {asset_id} is corrupt: its bytes hash to {digest}")
 
 
 def _make_directories(directory: Path) -> None:

@@ -110,6 +110,8 @@ class TierSpec:
     name: str
     sizes: tuple[ImageSize, ...]
     expected_latency_seconds: Mapping[ImageSize, float]
+    #: Whether the tier re-renders a masked region of an image (Edit).
+    inpainting: bool = False
 
     @property
     def smallest_size(self) -> ImageSize:
@@ -175,11 +177,17 @@ class TierCatalogue:
 DEFAULT_CATALOGUE = TierCatalogue(
     tiers=(
         TierSpec("nano", (ImageSize.K1,), {ImageSize.K1: 0.05}),
-        TierSpec("standard", (ImageSize.K1, ImageSize.K2), {ImageSize.K1: 0.3, ImageSize.K2: 1.0}),
+        TierSpec(
+            "standard",
+            (ImageSize.K1, ImageSize.K2),
+            {ImageSize.K1: 0.3, ImageSize.K2: 1.0},
+            inpainting=True,
+        ),
         TierSpec(
             "pro",
             (ImageSize.K1, ImageSize.K2, ImageSize.K4),
             {ImageSize.K1: 0.6, ImageSize.K2: 1.5, ImageSize.K4: 5.0},
+            inpainting=True,
         ),
     )
 )

@@ -143,6 +143,8 @@ class GrpcRenderer:
         )
         if order.reference is not None:
             spec.reference.CopyFrom(image_info(order.reference, 0, 0, common_pb2.IMAGE_FORMAT_PNG))
+        if order.mask is not None:
+            spec.mask.CopyFrom(image_info(order.mask, 0, 0, common_pb2.IMAGE_FORMAT_PNG))
 
         def requests() -> list[generator_pb2.RenderRequest]:
             messages = [generator_pb2.RenderRequest(spec=spec)]
@@ -150,6 +152,8 @@ class GrpcRenderer:
                 messages += [
                     generator_pb2.RenderRequest(reference_chunk=c) for c in split(order.reference)
                 ]
+            if order.mask is not None:
+                messages += [generator_pb2.RenderRequest(mask_chunk=c) for c in split(order.mask)]
             return messages
 
         try:

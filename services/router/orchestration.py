@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
@@ -20,6 +21,7 @@ from typing import Any
 
 import structlog
 from opentelemetry import trace
+from PIL import Image as PILImage
 
 from services.router.assets import AssetRef, AssetStore, check_asset_id
 from services.router.catalogue import AspectRatio, ImageSize, Stage
@@ -52,6 +54,7 @@ from services.runtime.tracing import current_trace_id
 
 __all__ = [
     "BatchAccepted",
+    "EditRequest",
     "Handover",
     "JobFinished",
     "JobProgressed",
@@ -144,6 +147,16 @@ class UpscaleRequest:
 
 
 @dataclass(frozen=True)
+class EditRequest:
+    """An in-painting edit: re-render the region white in `mask` of a succeeded job's image."""
+
+    job_id: str
+    mask: bytes
+    prompt: str = ""
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
 class RouterLimits:
     """Operational limits of the orchestration."""
 
@@ -156,6 +169,8 @@ class RouterLimits:
     max_upscale_side: int = 8192
     #: How often a replayed call looks for the original call's progress.
     replay_poll_seconds: float = 0.2
+    #: Largest in-painting mask accepted in one message.
+    max_mask_bytes: int = 4 * 1024 * 1024
 
 
 Work = Callable[[Job, ProgressSink], Awaitable[tuple[Image, float | None]]]
@@ -193,6 +208,19 @@ def _derived_seed(account_id: str, key: str) -> int:
     # A retry with the same key renders the same images without the caller choosing a seed.
     digest = hashlib.sha256(f"{account_id}\0{key}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
+
+
+def _image_size(data: bytes) -> tuple[int, int]:
+    """The pixel size of an encoded image, read from its header only."""
+    try:
+        with PILImage.open(io.BytesIO(data)) as image:
+            return image.size
+    except (OSError, PILImage.DecompressionBombError, ValueError):
+        raise InvalidArgument(
+            "the mask is not an image; send a PNG (white = render again, black = keep)",
+            field="mask",
+            reason="MASK_NOT_AN_IMAGE",
+        ) from None
 
 
 def job_error(job: Job) -> TiergenError:
@@ -460,6 +488,113 @@ class Router:
 
         async for event in self._run(record, enlarge):
             yield event
+
+    async def edit(
+        self, account_id: str, key: str, request: EditRequest
+    ) -> AsyncGenerator[RouterEvent, None]:
+        """In-paints the masked region of a rendered job on its own tier and size."""
+        _require_key(key)
+        structlog.contextvars.bind_contextvars(account_id=account_id, parent_job_id=request.job_id)
+        if not request.mask:
+            raise InvalidArgument(
+                "mask is required: an image of the job's size, white where it is rendered again",
+                field="mask",
+            )
+        if len(request.mask) > self._limits.max_mask_bytes:
+            raise InvalidArgument(
+                f"the mask is {len(request.mask)} bytes; the limit is {self._limits.max_mask_bytes}"
+                " (save it as a two-tone PNG)",
+                field="mask",
+            )
+        fingerprint = _fingerprint(
+            "edit",
+            account_id,
+            replace(request, mask=b""),
+            mask_sha256=hashlib.sha256(request.mask).hexdigest(),
+        )
+        existing = await self._jobs.find_batch(account_id, key)
+        if existing is not None:
+            async for event in self._replay(existing, fingerprint):
+                yield event
+            return
+        parent = await self._jobs.get(account_id, request.job_id)
+        _require_succeeded(parent, "edited")
+        tier = self._policy.catalogue.find(parent.tier)
+        if tier is None or parent.size is None:
+            raise InvalidArgument(
+                f"job {parent.job_id} was not rendered by a tier (an upscale); edit the job it "
+                "was made from",
+                field="job_id",
+                reason="PARENT_NOT_EDITABLE",
+            )
+        if not tier.inpainting:
+            raise InvalidArgument(
+                f"tier {tier.name} cannot in-paint; promote the job to a tier that can, then edit",
+                field="job_id",
+                reason="TIER_CANNOT_INPAINT",
+            )
+        mask_size = await asyncio.to_thread(_image_size, request.mask)
+        if mask_size != (parent.width, parent.height):
+            raise InvalidArgument(
+                f"the mask is {mask_size[0]}x{mask_size[1]}; it must be the job's "
+                f"{parent.width}x{parent.height}",
+                field="mask",
+                reason="MASK_SIZE_MISMATCH",
+            )
+        prompt = request.prompt or parent.prompt
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise InvalidArgument(
+                f"the prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}",
+                field="prompt",
+                reason="PROMPT_TOO_LONG",
+            )
+        seed = parent.seed if request.seed is None else request.seed
+        size = parent.size
+        new_job = NewJob(
+            kind=JobKind.EDIT,
+            prompt=prompt,
+            seed=seed,
+            width=parent.width,
+            height=parent.height,
+            quoted_cost=self._policy.prices.price(tier.name, size),
+            tier=tier.name,
+            stage=Stage.REFINE,
+            size=size,
+            aspect_ratio=parent.aspect_ratio,
+            parent_job_id=parent.job_id,
+            reasons=(f"in-paint a region on {tier.name} at {size.value}",),
+            trace_id=current_trace_id(),
+        )
+        assert parent.asset is not None  # checked by _require_succeeded
+        source = await self._assets.read(parent.asset.asset_id)
+        record = await self._open_batch(account_id, key, fingerprint, [new_job], None)
+        if record.replayed:
+            async for event in self._replay(record, fingerprint):
+                yield event
+            return
+
+        async def inpaint(job: Job, progress: ProgressSink) -> tuple[Image, float | None]:
+            order = RenderOrder(
+                tier=tier.name,
+                size=size,
+                aspect_ratio=parent.aspect_ratio,
+                prompt=prompt,
+                seed=seed,
+                request_id=job.job_id,
+                reference=source,
+                mask=request.mask,
+            )
+            image = await self._renderer.render(order, progress)
+            with _step("drift", job_id=job.job_id):
+                drift = await asyncio.to_thread(style_drift, source, image.data)
+            return image, drift
+
+        async for event in self._run(record, inpaint):
+            yield event
+
+    async def set_shortlisted(self, account_id: str, job_id: str, shortlisted: bool) -> Job:
+        """Marks or unmarks one of the account's jobs as shortlisted."""
+        return await self._jobs.set_shortlisted(account_id, job_id, shortlisted)
 
     # Reads and cancellation ------------------------------------------------------------
 

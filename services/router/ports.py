@@ -48,6 +48,8 @@ class RenderOrder:
     request_id: str
     reference: bytes | None = None
     strength: float = 0.0
+    #: In-painting: white where `reference` (the image to edit) is rendered again.
+    mask: bytes | None = None
 
 
 @dataclass(frozen=True)

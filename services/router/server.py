@@ -8,7 +8,8 @@ from pathlib import Path
 import structlog
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
-from services.router.assets import LocalAssetStore
+from services.router.assets import AssetStore, LocalAssetStore
+from services.router.assets_s3 import S3AssetStore
 from services.router.breaker import BreakingRenderer, BreakingUpscaler, CircuitBreaker
 from services.router.clients import (
     GENERATOR_SERVICE,
@@ -19,6 +20,8 @@ from services.router.clients import (
     GrpcUpscaler,
 )
 from services.router.jobs import JobStore
+from services.router.jobs_postgres import PostgresJobStore
+from services.router.jobs_sqlite import SqliteJobStore
 from services.router.orchestration import Router, RouterLimits
 from services.router.policy import RoutingPolicy
 from services.router.pricing import PriceTable
@@ -27,11 +30,12 @@ from services.router.settings import RouterSettings
 from services.router.toml_source import RouterConfigError
 from services.runtime.channels import open_channel
 from services.runtime.dependencies import Dependency, watch_dependencies
+from services.runtime.errors import NotFound
 from services.runtime.server import Server, ServiceRegistration
 from services.runtime.server import create_server as create_grpc_server
 from services.runtime.settings import ConfigError
 
-__all__ = ["SERVICE_NAME", "create_server"]
+__all__ = ["SERVICE_NAME", "create_server", "open_asset_store", "open_job_store"]
 
 _log = structlog.get_logger("tiergen.router")
 
@@ -47,6 +51,38 @@ def load_policy(settings: RouterSettings) -> RoutingPolicy:
         raise ConfigError(str(error)) from None
 
 
+async def open_job_store(settings: RouterSettings) -> JobStore:
+    """SQLite for a `sqlite:///` DSN (creating the file's directory), PostgreSQL otherwise."""
+    path = settings.jobs_sqlite_path
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return await SqliteJobStore.open(path)
+    return await PostgresJobStore.open(
+        settings.jobs_dsn,
+        pool_size=settings.db_pool_size,
+        timeout_seconds=settings.db_timeout_seconds,
+    )
+
+
+async def open_asset_store(settings: RouterSettings) -> AssetStore:
+    """The S3 bucket of TIERGEN_ROUTER_ASSETS_URL if set, the local directory otherwise."""
+    s3 = settings.assets_s3
+    if s3 is None:
+        return LocalAssetStore(settings.assets_dir)
+    try:
+        return await S3AssetStore.open(
+            s3.bucket,
+            s3.prefix,
+            endpoint_url=s3.endpoint_url,
+            region=s3.region,
+            access_key_id=s3.access_key_id,
+            secret_access_key=s3.secret_access_key,
+            session_token=s3.session_token,
+        )
+    except NotFound as error:
+        raise ConfigError(f"TIERGEN_ROUTER_ASSETS_URL: {error.message}") from None
+
+
 async def create_server(settings: RouterSettings) -> tuple[Server, int]:
     """The router's server, with its job store recovered and its channels open; not started."""
     policy = load_policy(settings)
@@ -60,8 +96,9 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
     upscaler_channel = open_channel(
         settings.upscaler_addr, services=[UPSCALER_SERVICE], default_timeout=timeout
     )
-    settings.jobs_path.parent.mkdir(parents=True, exist_ok=True)
-    jobs = await JobStore.open(settings.jobs_path)
+    # Assets first: a job store left open by a failure would keep its pool's tasks running.
+    assets = await open_asset_store(settings)
+    jobs = await open_job_store(settings)
     ledger = GrpcLedger(ledger_channel, timeout=30)
 
     def breaker(name: str) -> CircuitBreaker:
@@ -73,7 +110,7 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
 
     router = Router(
         jobs=jobs,
-        assets=LocalAssetStore(settings.assets_dir),
+        assets=assets,
         ledger=ledger,
         renderer=BreakingRenderer(
             GrpcRenderer(generator_channel, timeout, settings.max_image_bytes), breaker
@@ -101,7 +138,9 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
     )
     # Hooks run last-added first: stop the batches (settling their holds), then close.
     server, port = await create_grpc_server(
-        settings.server, [registration], on_stop=[jobs.close, close_channels, router.close]
+        settings.server,
+        [registration],
+        on_stop=[jobs.close, assets.close, close_channels, router.close],
     )
     # Without the ledger no credit can be held, so no request can be served.
     ledger_dependency = Dependency("ledger", ledger_channel, LEDGER_SERVICE)

@@ -17,6 +17,7 @@ from services.router.catalogue import Fidelity
 from services.router.jobs import Job, JobFilter, JobKind, JobStatus, UpscaleMethod
 from services.router.orchestration import (
     BatchAccepted,
+    EditRequest,
     Handover,
     JobFinished,
     JobProgressed,
@@ -70,6 +71,7 @@ _KINDS = {
     JobKind.GENERATE: router_pb2.JOB_KIND_GENERATE,
     JobKind.PROMOTE: router_pb2.JOB_KIND_PROMOTE,
     JobKind.UPSCALE: router_pb2.JOB_KIND_UPSCALE,
+    JobKind.EDIT: router_pb2.JOB_KIND_EDIT,
 }
 _STATUSES = {
     JobStatus.QUEUED: router_pb2.JOB_STATUS_QUEUED,
@@ -127,6 +129,7 @@ def job_message(job: Job, children: tuple[Job, ...] = ()) -> router_pb2.Job:
         start_time=_timestamp(job.start_time),
         finish_time=_timestamp(job.finish_time),
         trace_id=job.trace_id,
+        shortlisted=job.shortlisted,
     )
     if job.drift is not None:
         message.drift = job.drift
@@ -332,6 +335,29 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         async for message in self._single(events, router_pb2.UpscaleResponse):
             yield message
 
+    async def Edit(
+        self, request: router_pb2.EditRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[router_pb2.EditResponse]:
+        if not request.job_id:
+            raise InvalidArgument("job_id is required: the job to edit", field="job_id")
+        edit = EditRequest(
+            job_id=request.job_id,
+            mask=request.mask,
+            prompt=request.prompt,
+            seed=request.seed if request.HasField("seed") else None,
+        )
+        events = self._router.edit(request.account_id, request.idempotency_key, edit)
+        async for message in self._single(events, router_pb2.EditResponse):
+            yield message
+
+    async def SetShortlist(
+        self, request: router_pb2.SetShortlistRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> router_pb2.SetShortlistResponse:
+        job = await self._router.set_shortlisted(
+            request.account_id, request.job_id, request.shortlisted
+        )
+        return router_pb2.SetShortlistResponse(job=job_message(job))
+
     async def GetJob(
         self, request: router_pb2.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> router_pb2.GetJobResponse:
@@ -351,6 +377,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             kind=_enum(_KINDS_BACK, request.kind, "kind") if request.kind else None,
             batch_id=request.batch_id or None,
             parent_job_id=request.parent_job_id or None,
+            shortlisted=request.shortlisted if request.HasField("shortlisted") else None,
         )
         page = await self._router.list_jobs(
             request.account_id, filters, request.page_size, request.page_token

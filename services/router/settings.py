@@ -2,24 +2,106 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from services.runtime.settings import ConfigError, Env, ServerSettings
 
-__all__ = ["RouterSettings", "sqlite_path"]
+__all__ = ["RouterSettings", "S3AssetSettings"]
+
+_SQLITE_PREFIX = "sqlite:///"
+_POSTGRES_PREFIXES = ("postgresql://", "postgres://")
+#: S3's rule for bucket names, which S3-compatible stores follow.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
-def sqlite_path(variable: str, dsn: str) -> Path:
-    """The file of a `sqlite:///path` DSN; ConfigError naming `variable` for anything else."""
-    prefix = "sqlite:///"
-    if not dsn.startswith(prefix) or len(dsn) == len(prefix):
-        raise ConfigError(
-            f"{variable}={dsn!r}: expected sqlite:///path/to/file.db (PostgreSQL job stores are "
-            "not supported yet)"
+def _job_store_dsn(variable: str, dsn: str) -> str:
+    """`dsn` if it names a SQLite file or a PostgreSQL database; ConfigError otherwise."""
+    if dsn.startswith(_POSTGRES_PREFIXES) or (
+        dsn.startswith(_SQLITE_PREFIX) and len(dsn) > len(_SQLITE_PREFIX)
+    ):
+        return dsn
+    raise ConfigError(
+        f"{variable}={dsn!r}: expected sqlite:///path/to/file.db (sqlite:////absolute/path.db)"
+        " or postgresql://user@host:port/database"
+    )
+
+
+@dataclass(frozen=True)
+class S3AssetSettings:
+    """Where the S3-compatible asset store is and how to sign in to it.
+
+    Credentials and region left None are found by boto3's own chain (its environment
+    variables, the shared config files, a web identity or instance role).
+    """
+
+    bucket: str
+    #: Key prefix of every asset, without leading or trailing slashes; may be empty.
+    prefix: str = ""
+    #: An S3-compatible endpoint (MinIO, Ceph, ...); None for AWS S3 itself.
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> S3AssetSettings | None:
+        """TIERGEN_ROUTER_ASSETS_URL (s3://bucket/prefix) and the standard AWS_* variables.
+
+        None when no assets URL is set (the router then keeps assets in a local directory).
+        """
+        env = Env(environ)
+        url = env.optional_str("TIERGEN_ROUTER_ASSETS_URL")
+        endpoint_url = env.optional_str("TIERGEN_ROUTER_S3_ENDPOINT_URL")
+        if url is None:
+            if endpoint_url is not None:
+                raise ConfigError(
+                    "TIERGEN_ROUTER_S3_ENDPOINT_URL is set but TIERGEN_ROUTER_ASSETS_URL is not;"
+                    " set it to s3://bucket/prefix to keep assets there"
+                )
+            return None
+        bucket, prefix = _s3_location("TIERGEN_ROUTER_ASSETS_URL", url)
+        if endpoint_url is not None:
+            endpoint = urlsplit(endpoint_url)
+            if endpoint.scheme not in ("http", "https") or not endpoint.netloc:
+                raise ConfigError(
+                    f"TIERGEN_ROUTER_S3_ENDPOINT_URL={endpoint_url!r}: expected http(s)://host:port"
+                )
+        access_key_id = env.optional_str("AWS_ACCESS_KEY_ID")
+        secret_access_key = env.optional_str("AWS_SECRET_ACCESS_KEY")
+        if (access_key_id is None) != (secret_access_key is None):
+            raise ConfigError(
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together, or neither"
+            )
+        return cls(
+            bucket=bucket,
+            prefix=prefix,
+            endpoint_url=endpoint_url,
+            region=env.optional_str("AWS_REGION") or env.optional_str("AWS_DEFAULT_REGION"),
+            access_key_id=access_key_id,
+            secret_access_key=secret_access_key,
+            session_token=env.optional_str("AWS_SESSION_TOKEN"),
         )
-    return Path(dsn.removeprefix(prefix)).expanduser()
+
+
+def _s3_location(variable: str, url: str) -> tuple[str, str]:
+    """The bucket and key prefix of an `s3://bucket/prefix` URL; ConfigError otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(f"{variable}={url!r}: expected s3://bucket or s3://bucket/prefix")
+    if not _BUCKET.match(parts.netloc):
+        raise ConfigError(
+            f"{variable}={url!r}: {parts.netloc!r} is not a bucket name (3 to 63 lower-case"
+            " letters, digits, dots and hyphens)"
+        )
+    prefix = parts.path.strip("/")
+    if prefix and any(segment in ("", ".", "..") for segment in prefix.split("/")):
+        raise ConfigError(f"{variable}={url!r}: the key prefix has an empty, . or .. segment")
+    return parts.netloc, prefix
 
 
 @dataclass(frozen=True)
@@ -30,8 +112,15 @@ class RouterSettings:
     ledger_addr: str
     generator_addr: str
     upscaler_addr: str
-    jobs_path: Path
+    #: The job store: `sqlite:///path` (one router) or `postgresql://...` (replicas).
+    jobs_dsn: str
+    #: The local asset directory, used unless `assets_s3` is set.
     assets_dir: Path
+    assets_s3: S3AssetSettings | None = None
+    #: Most PostgreSQL connections one router opens.
+    db_pool_size: int = 10
+    #: How long a job store call waits for a PostgreSQL connection or row lock.
+    db_timeout_seconds: float = 5.0
     prices_file: Path | None = None
     policy_file: Path | None = None
     hold_ttl_seconds: int = 900
@@ -43,6 +132,13 @@ class RouterSettings:
     breaker_threshold: int = 5
     breaker_cooldown_seconds: float = 10.0
 
+    @property
+    def jobs_sqlite_path(self) -> Path | None:
+        """The SQLite file `jobs_dsn` names, or None when it names a PostgreSQL database."""
+        if not self.jobs_dsn.startswith(_SQLITE_PREFIX):
+            return None
+        return Path(self.jobs_dsn.removeprefix(_SQLITE_PREFIX)).expanduser()
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> RouterSettings:
         env = Env(environ)
@@ -53,11 +149,16 @@ class RouterSettings:
             ledger_addr=env.address("LEDGER_ADDR", "127.0.0.1:50053"),
             generator_addr=env.address("GENERATOR_ADDR", "127.0.0.1:50052"),
             upscaler_addr=env.address("UPSCALER_ADDR", "127.0.0.1:50054"),
-            jobs_path=sqlite_path(
+            jobs_dsn=_job_store_dsn(
                 "TIERGEN_ROUTER_DSN",
                 env.string("TIERGEN_ROUTER_DSN", "sqlite:///tiergen-data/router.db"),
             ),
             assets_dir=env.path("TIERGEN_ROUTER_ASSETS_DIR", Path("tiergen-data/assets")),
+            assets_s3=S3AssetSettings.from_env(environ),
+            db_pool_size=env.integer("TIERGEN_ROUTER_DB_POOL_SIZE", 10, minimum=1, maximum=100),
+            db_timeout_seconds=env.number(
+                "TIERGEN_ROUTER_DB_TIMEOUT_SECONDS", 5.0, minimum=0.1, maximum=300.0
+            ),
             prices_file=Path(prices) if prices else None,
             policy_file=Path(policy) if policy else None,
             hold_ttl_seconds=env.integer(

@@ -1,16 +1,22 @@
-"""Tests of the SQLite job store: batches, idempotency, transitions, lineage, listing, recovery."""
+"""Tests of the job stores, each run on SQLite and on PostgreSQL: batches, idempotency,
+transitions, lineage, listing, recovery; then what only PostgreSQL has (replicas, outages)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
 import sqlite3
-from collections.abc import AsyncIterator
-from dataclasses import replace
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 
 from services.router.assets import AssetInfo, AssetRef
@@ -26,8 +32,19 @@ from services.router.jobs import (
     NewJob,
     UpscaleMethod,
 )
+from services.router.jobs_postgres import PostgresJobStore
+from services.router.jobs_sqlite import SqliteJobStore
 from services.router.policy import Decision
-from services.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.router.server import open_job_store
+from services.router.settings import RouterSettings
+from services.runtime.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 
 ULID = r"[0-9A-HJKMNP-TV-Z]{26}"
 ASSET = AssetRef("ab" * 32, AssetInfo(1024, 1024, "image/png", 12345))
@@ -41,6 +58,9 @@ DECISION = Decision(
     n=3,
     total_cost=6,
     reasons=("stage explore routes to nano",),
+)
+POSTGRES_DSN = os.environ.get(
+    "TIERGEN_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
 )
 
 
@@ -60,9 +80,112 @@ def clock() -> Clock:
     return Clock()
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The test server's DSN; skips (fails under CI=true) when it cannot be reached."""
+    try:
+        with psycopg.connect(POSTGRES_DSN, connect_timeout=3) as connection:
+            connection.execute("SELECT 1")
+    except psycopg.OperationalError as error:
+        message = (
+            f"PostgreSQL at {POSTGRES_DSN} is unreachable ({error}); "
+            "set TIERGEN_TEST_POSTGRES_DSN to run the PostgreSQL job store tests"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(f"SKIPPING POSTGRESQL JOB STORE TESTS: {message}")
+    return POSTGRES_DSN
+
+
+class PostgresSchemas:
+    """Throwaway schemas of this test session on the test server, dropped when it ends."""
+
+    def __init__(self, server_dsn: str) -> None:
+        self.server_dsn = server_dsn
+        self._session = uuid.uuid4().hex[:8]
+        self._created: list[str] = []
+
+    def create(self) -> str:
+        """A fresh, empty schema's name; its connections carry it as application name."""
+        name = f"router_jobs_{self._session}_{len(self._created)}"
+        with psycopg.connect(self.server_dsn, autocommit=True) as connection:
+            connection.execute(f'CREATE SCHEMA "{name}"')
+        self._created.append(name)
+        return name
+
+    def drop_all(self) -> None:
+        with psycopg.connect(self.server_dsn, autocommit=True) as connection:
+            for name in self._created:
+                connection.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture(scope="session")
+def postgres_schemas(postgres_server: str) -> Iterator[PostgresSchemas]:
+    schemas = PostgresSchemas(postgres_server)
+    yield schemas
+    schemas.drop_all()
+
+
+def with_schema(dsn: str, schema: str) -> str:
+    """`dsn` with `schema` first on the search path and as the application name."""
+    separator = "&" if "?" in dsn else "?"
+    return f"{dsn}{separator}options=-csearch_path%3D{schema}&application_name={schema}"
+
+
+@dataclass
+class Database:
+    """One fresh, empty job database on one store; tests open and reopen stores on it."""
+
+    kind: str
+    #: The SQLite file, or the PostgreSQL DSN using this database's own schema.
+    location: str
+    clock: Clock
+    #: PostgreSQL only: the schema, which is also its connections' application name.
+    schema: str = ""
+
+    async def open(self, **options: Any) -> JobStore:
+        clock = options.pop("clock", self.clock)
+        if self.kind == "sqlite":
+            return await SqliteJobStore.open(Path(self.location), clock=clock, **options)
+        options.setdefault("pool_size", 4)
+        return await PostgresJobStore.open(self.location, clock=clock, **options)
+
+    @property
+    def migrations_table(self) -> str:
+        return "schema_migrations" if self.kind == "sqlite" else "job_schema_migrations"
+
+    async def execute_raw(self, statement: str) -> list[tuple[Any, ...]]:
+        """Run SQL behind the store's back; the rows it returns."""
+        if self.kind == "sqlite":
+            with contextlib.closing(sqlite3.connect(self.location, isolation_level=None)) as db:
+                return [tuple(row) for row in db.execute(statement)]
+        async with await psycopg.AsyncConnection.connect(self.location, autocommit=True) as pg:
+            cursor = await pg.execute(statement)
+            return list(await cursor.fetchall()) if cursor.description else []
+
+
+def _postgres_database(schemas: PostgresSchemas, clock: Clock) -> Database:
+    schema = schemas.create()
+    return Database("postgres", with_schema(schemas.server_dsn, schema), clock, schema)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Database:
+    """A fresh job database on each store in turn."""
+    if request.param == "sqlite":
+        return Database("sqlite", str(tmp_path / "jobs.db"), clock)
+    return _postgres_database(request.getfixturevalue("postgres_schemas"), clock)
+
+
 @pytest.fixture
-async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[JobStore]:
-    store = await JobStore.open(tmp_path / "jobs.db", clock=clock)
+def postgres_database(postgres_schemas: PostgresSchemas, clock: Clock) -> Database:
+    """A fresh job database on PostgreSQL only."""
+    return _postgres_database(postgres_schemas, clock)
+
+
+@pytest.fixture
+async def store(database: Database) -> AsyncIterator[JobStore]:
+    store = await database.open()
     yield store
     await store.close()
 
@@ -198,7 +321,17 @@ class TestCreateBatch:
             await store.create_batch(account_id="a", idempotency_key="k", fingerprint="fp", jobs=[])
         with pytest.raises(ValueError, match="seed"):
             await batch_of(store, seed=2**64)
+        bad_texts: list[tuple[str, dict[str, Any]]] = [
+            ("account_id", {"account": "a\x00b"}),
+            ("idempotency_key", {"key": "k\x00"}),
+            ("prompt", {"prompt": "a\x00lighthouse"}),
+        ]
+        for field, changes in bad_texts:
+            with pytest.raises(InvalidArgument) as caught:
+                await batch_of(store, **changes)
+            assert caught.value.violations[0].field == field
         assert (await store.list("a")).jobs == ()
+        assert (await store.list("acct-1")).jobs == ()
 
     async def test_large_seeds_round_trip(self, store: JobStore) -> None:
         (job,) = await batch_of(store, seed=2**64 - 1)
@@ -514,9 +647,8 @@ class TestHolds:
 
 
 class TestDurability:
-    async def test_recovery_after_a_restart(self, tmp_path: Path) -> None:
-        path = tmp_path / "jobs.db"
-        store = await JobStore.open(path)
+    async def test_recovery_after_a_restart(self, database: Database) -> None:
+        store = await database.open()
         done, running, queued = (
             await store.create_batch(
                 account_id="a",
@@ -530,7 +662,7 @@ class TestDurability:
         await store.mark_running(running.job_id)
         await store.close()
 
-        reopened = await JobStore.open(path)
+        reopened = await database.open()
         try:
             unfinished = await reopened.unfinished()
             assert [(job.job_id, job.status) for job in unfinished] == [
@@ -545,28 +677,266 @@ class TestDurability:
         finally:
             await reopened.close()
 
-    async def test_migrations_are_recorded_once(self, tmp_path: Path) -> None:
-        path = tmp_path / "jobs.db"
+    async def test_migrations_are_recorded_once(self, database: Database) -> None:
         for _ in range(2):
-            await (await JobStore.open(path)).close()
-        with sqlite3.connect(path) as connection:
-            rows = connection.execute("SELECT version FROM schema_migrations").fetchall()
-            mode = connection.execute("PRAGMA journal_mode").fetchone()
-        connection.close()
-        assert rows == [(1,)]
-        assert mode == ("wal",)
+            await (await database.open()).close()
+        rows = await database.execute_raw(f"SELECT version FROM {database.migrations_table}")
+        assert rows == [(1,), (2,)]
 
-    async def test_a_newer_schema_is_refused(self, tmp_path: Path) -> None:
-        path = tmp_path / "jobs.db"
-        await (await JobStore.open(path)).close()
-        with sqlite3.connect(path) as connection:
-            connection.execute("INSERT INTO schema_migrations VALUES (99, 'future', 0)")
-        connection.close()
+    async def test_a_newer_schema_is_refused(self, database: Database) -> None:
+        await (await database.open()).close()
+        await database.execute_raw(
+            f"INSERT INTO {database.migrations_table} VALUES (99, 'future', 0)"
+        )
         with pytest.raises(RuntimeError, match="schema version 99"):
-            await JobStore.open(path)
+            await database.open()
 
-    async def test_a_closed_store_refuses_work(self, tmp_path: Path) -> None:
-        store = await JobStore.open(tmp_path / "jobs.db")
+    async def test_a_closed_store_refuses_work(self, database: Database) -> None:
+        store = await database.open()
         await store.close()
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match="closed"):
             await store.get("a", "job_x")
+
+    async def test_sqlite_runs_in_wal_mode(self, tmp_path: Path) -> None:
+        path = tmp_path / "jobs.db"
+        await (await SqliteJobStore.open(path)).close()
+        with contextlib.closing(sqlite3.connect(path)) as connection:
+            assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+class TestOpenJobStore:
+    """`open_job_store` picks the store the router's DSN names."""
+
+    async def test_a_sqlite_dsn_opens_sqlite_in_a_new_directory(self, tmp_path: Path) -> None:
+        path = tmp_path / "deep" / "er" / "router.db"
+        settings = RouterSettings.from_env({"TIERGEN_ROUTER_DSN": f"sqlite:///{path}"})
+        store = await open_job_store(settings)
+        try:
+            assert isinstance(store, SqliteJobStore)
+            await batch_of(store)
+        finally:
+            await store.close()
+        assert path.is_file()
+
+    @pytest.mark.postgres
+    async def test_a_postgresql_dsn_opens_postgresql(self, postgres_database: Database) -> None:
+        settings = RouterSettings.from_env(
+            {"TIERGEN_ROUTER_DSN": postgres_database.location, "TIERGEN_ROUTER_DB_POOL_SIZE": "2"}
+        )
+        store = await open_job_store(settings)
+        try:
+            assert isinstance(store, PostgresJobStore)
+            (job,) = await batch_of(store)
+        finally:
+            await store.close()
+        rows = await postgres_database.execute_raw("SELECT job_id FROM jobs")
+        assert rows == [(job.job_id,)]
+
+
+class TcpRelay:
+    """A TCP relay in front of the PostgreSQL server that a test can cut and restore."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._upstream = (host, port)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self) -> None:
+        """Listen on a free port the first time, on the same port after `cut`."""
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        """Stop listening and drop every relayed connection, as a dead server would."""
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+        for writer in self._writers:
+            writer.transport.abort()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.add(writer)
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self._upstream)
+        except OSError:
+            writer.close()
+            return
+        self._writers.add(upstream_writer)
+        await asyncio.gather(
+            _pipe(reader, upstream_writer), _pipe(upstream_reader, writer), return_exceptions=True
+        )
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+@pytest.mark.postgres
+class TestPostgres:
+    """What only the shared database has: replicas racing, and a database that goes away."""
+
+    async def test_replicas_starting_together_migrate_once(
+        self, postgres_database: Database
+    ) -> None:
+        stores = await asyncio.gather(*(postgres_database.open(pool_size=1) for _ in range(4)))
+        try:
+            records = await asyncio.gather(
+                *(batch_of(store, key=f"key-{i}") for i, store in enumerate(stores))
+            )
+        finally:
+            for store in stores:
+                await store.close()
+        assert len({jobs[0].batch_id for jobs in records}) == 4
+        rows = await postgres_database.execute_raw("SELECT version FROM job_schema_migrations")
+        assert rows == [(1,), (2,)]
+
+    async def test_replicas_racing_one_key_create_one_batch(
+        self, postgres_database: Database
+    ) -> None:
+        first, second = [await postgres_database.open(pool_size=3) for _ in range(2)]
+        try:
+            records = await asyncio.gather(
+                *(
+                    store.create_batch(
+                        account_id="a",
+                        idempotency_key="k",
+                        fingerprint="fp",
+                        jobs=[generation(i) for i in range(3)],
+                    )
+                    for store in [first, second] * 5
+                )
+            )
+            winners = [record for record in records if not record.replayed]
+            assert len(winners) == 1
+            assert all(record.jobs == winners[0].jobs for record in records)
+            assert len((await second.list("a")).jobs) == 3
+        finally:
+            await first.close()
+            await second.close()
+
+    async def test_racing_transitions_leave_one_winner(self, postgres_database: Database) -> None:
+        first, second = [await postgres_database.open(pool_size=2) for _ in range(2)]
+        try:
+            jobs = await batch_of(first, 8)
+            for job in jobs:
+                await first.mark_running(job.job_id)
+            outcomes = await asyncio.gather(
+                *(first.mark_succeeded(job.job_id, ASSET, 2) for job in jobs),
+                *(second.mark_cancelled(job.job_id) for job in jobs),
+                return_exceptions=True,
+            )
+            for job, success, cancel in zip(jobs, outcomes[:8], outcomes[8:], strict=True):
+                (won,) = [o for o in (success, cancel) if isinstance(o, Job)]
+                (lost,) = [o for o in (success, cancel) if not isinstance(o, Job)]
+                assert isinstance(lost, FailedPrecondition) and lost.reason == "JOB_FINAL"
+                assert await second.get("acct-1", job.job_id) == won
+        finally:
+            await first.close()
+            await second.close()
+
+    async def test_a_batch_that_fails_midway_leaves_nothing(
+        self, postgres_database: Database
+    ) -> None:
+        store = await postgres_database.open()
+        await postgres_database.execute_raw(
+            """CREATE FUNCTION refuse_third_job() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'disk full'; END $$"""
+        )
+        await postgres_database.execute_raw(
+            "CREATE TRIGGER refuse_third_job BEFORE INSERT ON jobs FOR EACH ROW"
+            " WHEN (NEW.variation = 2) EXECUTE FUNCTION refuse_third_job()"
+        )
+        try:
+            with pytest.raises(Internal, match="disk full"):
+                await batch_of(store, 4, account="a", key="k")
+            assert await store.find_batch("a", "k") is None
+        finally:
+            await store.close()
+        assert await postgres_database.execute_raw("SELECT count(*) FROM batches") == [(0,)]
+        assert await postgres_database.execute_raw("SELECT count(*) FROM jobs") == [(0,)]
+
+    async def test_a_value_postgresql_cannot_hold_is_invalid(
+        self, postgres_database: Database
+    ) -> None:
+        store = await postgres_database.open()
+        try:
+            with pytest.raises(InvalidArgument) as caught:
+                await store.get("acct-1", "job_\x00")
+            assert caught.value.reason == "UNSTORABLE_VALUE"
+        finally:
+            await store.close()
+
+    async def test_an_unreachable_database_is_unavailable(self) -> None:
+        with pytest.raises(Unavailable, match="cannot connect"):
+            await PostgresJobStore.open(
+                "postgresql://postgres@127.0.0.1:1/test?connect_timeout=1", timeout_seconds=0.5
+            )
+
+    async def test_dropped_connections_are_replaced(
+        self, postgres_database: Database, postgres_server: str
+    ) -> None:
+        store = await postgres_database.open(pool_size=2)
+        try:
+            (job,) = await batch_of(store)
+            async with await psycopg.AsyncConnection.connect(
+                postgres_server, autocommit=True
+            ) as admin:
+                cursor = await admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE application_name = %s",
+                    (postgres_database.schema,),
+                )
+                terminated = await cursor.fetchone()
+            assert terminated is not None and terminated[0] >= 1
+            # A transition is never retried, so it only works on a connection checked first.
+            assert (await store.mark_running(job.job_id)).status is JobStatus.RUNNING
+        finally:
+            await store.close()
+
+    async def test_unavailable_while_the_database_is_away(
+        self, postgres_database: Database
+    ) -> None:
+        upstream = urlsplit(postgres_database.location)
+        relay = TcpRelay(upstream.hostname or "127.0.0.1", upstream.port or 5432)
+        await relay.start()
+        relayed = postgres_database.location.replace(
+            f"{upstream.hostname}:{upstream.port or 5432}", f"127.0.0.1:{relay.port}"
+        )
+        relayed_database = replace(postgres_database, location=relayed)
+        store = await relayed_database.open(pool_size=2, timeout_seconds=0.5)
+        try:
+            (job,) = await batch_of(store)
+            await relay.cut()
+            with pytest.raises(Unavailable) as caught:
+                await store.get("acct-1", job.job_id)
+            assert caught.value.retry_after == 1.0
+            with pytest.raises(Unavailable):
+                await store.mark_running(job.job_id)
+
+            await relay.start()
+            assert (await until_available(lambda: store.mark_running(job.job_id))).status == (
+                JobStatus.RUNNING
+            )
+        finally:
+            await store.close()
+            await relay.cut()
+
+
+async def until_available(call: Callable[[], Any], attempts: int = 50) -> Any:
+    """The result of `call` once it stops raising Unavailable."""
+    for _ in range(attempts - 1):
+        with contextlib.suppress(Unavailable):
+            return await call()
+        await asyncio.sleep(0.2)
+    return await call()
