@@ -41,3 +41,22 @@ def test_buf_lint_passes():
         [_buf(), "lint"], cwd=PROTOS, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_contracts_make_no_breaking_change_against_main():
+    git = ROOT / ".git"
+    if not git.exists():
+        pytest.skip("not a git checkout: nothing to compare the contracts with")
+    branches = subprocess.run(
+        ["git", "branch", "--list", "main"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    if not branches.stdout.strip():
+        pytest.skip("no main branch to compare the contracts with")
+    result = subprocess.run(
+        [_buf(), "breaking", "--against", "../.git#branch=main,subdir=protos"],
+        cwd=PROTOS,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -25,6 +25,7 @@ class JobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_KIND_GENERATE: _ClassVar[JobKind]
     JOB_KIND_PROMOTE: _ClassVar[JobKind]
     JOB_KIND_UPSCALE: _ClassVar[JobKind]
+    JOB_KIND_EDIT: _ClassVar[JobKind]
 
 class JobStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -42,6 +43,7 @@ JOB_KIND_UNSPECIFIED: JobKind
 JOB_KIND_GENERATE: JobKind
 JOB_KIND_PROMOTE: JobKind
 JOB_KIND_UPSCALE: JobKind
+JOB_KIND_EDIT: JobKind
 JOB_STATUS_UNSPECIFIED: JobStatus
 JOB_STATUS_QUEUED: JobStatus
 JOB_STATUS_RUNNING: JobStatus
@@ -102,7 +104,7 @@ class JobError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "batch_id", "account_id", "kind", "status", "tier", "stage", "prompt", "seed", "variation", "resolution", "width", "height", "quoted_cost", "cost", "parent_job_id", "child_job_ids", "asset", "reasons", "strength", "drift", "upscale_factor", "upscale_method", "error", "create_time", "start_time", "finish_time", "trace_id")
+    __slots__ = ("job_id", "batch_id", "account_id", "kind", "status", "tier", "stage", "prompt", "seed", "variation", "resolution", "width", "height", "quoted_cost", "cost", "parent_job_id", "child_job_ids", "asset", "reasons", "strength", "drift", "upscale_factor", "upscale_method", "error", "create_time", "start_time", "finish_time", "trace_id", "shortlisted")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +133,7 @@ class Job(_message.Message):
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     FINISH_TIME_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    SHORTLISTED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     batch_id: str
     account_id: str
@@ -159,7 +162,8 @@ class Job(_message.Message):
     start_time: _timestamp_pb2.Timestamp
     finish_time: _timestamp_pb2.Timestamp
     trace_id: str
-    def __init__(self, job_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., account_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., status: _Optional[_Union[JobStatus, str]] = ..., tier: _Optional[str] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., prompt: _Optional[str] = ..., seed: _Optional[int] = ..., variation: _Optional[int] = ..., resolution: _Optional[_Union[_common_pb2.Resolution, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., quoted_cost: _Optional[int] = ..., cost: _Optional[int] = ..., parent_job_id: _Optional[str] = ..., child_job_ids: _Optional[_Iterable[str]] = ..., asset: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., reasons: _Optional[_Iterable[str]] = ..., strength: _Optional[float] = ..., drift: _Optional[float] = ..., upscale_factor: _Optional[float] = ..., upscale_method: _Optional[_Union[_common_pb2.UpscaleMethod, str]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ...) -> None: ...
+    shortlisted: bool
+    def __init__(self, job_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., account_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., status: _Optional[_Union[JobStatus, str]] = ..., tier: _Optional[str] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., prompt: _Optional[str] = ..., seed: _Optional[int] = ..., variation: _Optional[int] = ..., resolution: _Optional[_Union[_common_pb2.Resolution, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., quoted_cost: _Optional[int] = ..., cost: _Optional[int] = ..., parent_job_id: _Optional[str] = ..., child_job_ids: _Optional[_Iterable[str]] = ..., asset: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., reasons: _Optional[_Iterable[str]] = ..., strength: _Optional[float] = ..., drift: _Optional[float] = ..., upscale_factor: _Optional[float] = ..., upscale_method: _Optional[_Union[_common_pb2.UpscaleMethod, str]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ..., shortlisted: _Optional[bool] = ...) -> None: ...
 
 class JobProgress(_message.Message):
     __slots__ = ("job_id", "progress")
@@ -281,6 +285,48 @@ class UpscaleResponse(_message.Message):
     job: Job
     def __init__(self, accepted: _Optional[_Union[Job, _Mapping]] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
+class EditRequest(_message.Message):
+    __slots__ = ("account_id", "idempotency_key", "job_id", "prompt", "mask", "seed")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    idempotency_key: str
+    job_id: str
+    prompt: str
+    mask: bytes
+    seed: int
+    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., job_id: _Optional[str] = ..., prompt: _Optional[str] = ..., mask: _Optional[bytes] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class EditResponse(_message.Message):
+    __slots__ = ("accepted", "progress", "job")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    accepted: Job
+    progress: JobProgress
+    job: Job
+    def __init__(self, accepted: _Optional[_Union[Job, _Mapping]] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class SetShortlistRequest(_message.Message):
+    __slots__ = ("account_id", "job_id", "shortlisted")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SHORTLISTED_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    job_id: str
+    shortlisted: bool
+    def __init__(self, account_id: _Optional[str] = ..., job_id: _Optional[str] = ..., shortlisted: _Optional[bool] = ...) -> None: ...
+
+class SetShortlistResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
 class GetJobRequest(_message.Message):
     __slots__ = ("account_id", "job_id")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -296,7 +342,7 @@ class GetJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("account_id", "stage", "tier", "status", "kind", "batch_id", "parent_job_id", "page_size", "page_token")
+    __slots__ = ("account_id", "stage", "tier", "status", "kind", "batch_id", "parent_job_id", "page_size", "page_token", "shortlisted")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
@@ -306,6 +352,7 @@ class ListJobsRequest(_message.Message):
     PARENT_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SHORTLISTED_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     stage: _common_pb2.Stage
     tier: str
@@ -315,7 +362,8 @@ class ListJobsRequest(_message.Message):
     parent_job_id: str
     page_size: int
     page_token: str
-    def __init__(self, account_id: _Optional[str] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., tier: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., kind: _Optional[_Union[JobKind, str]] = ..., batch_id: _Optional[str] = ..., parent_job_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    shortlisted: bool
+    def __init__(self, account_id: _Optional[str] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., tier: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., kind: _Optional[_Union[JobKind, str]] = ..., batch_id: _Optional[str] = ..., parent_job_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., shortlisted: _Optional[bool] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("jobs", "next_page_token")

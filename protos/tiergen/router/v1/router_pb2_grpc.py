@@ -61,6 +61,16 @@ class RouterServiceStub:
                 request_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.UpscaleRequest.SerializeToString,
                 response_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.UpscaleResponse.FromString,
                 _registered_method=True)
+        self.Edit = channel.unary_stream(
+                '/tiergen.router.v1.RouterService/Edit',
+                request_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.EditRequest.SerializeToString,
+                response_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.EditResponse.FromString,
+                _registered_method=True)
+        self.SetShortlist = channel.unary_unary(
+                '/tiergen.router.v1.RouterService/SetShortlist',
+                request_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.SetShortlistRequest.SerializeToString,
+                response_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.SetShortlistResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/tiergen.router.v1.RouterService/GetJob',
                 request_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.GetJobRequest.SerializeToString,
@@ -138,6 +148,21 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Edit(self, request, context):
+        """In-paints a region of a finished job's image (the "final 5%" fix): the masked region is
+        rendered again from the prompt on the job's tier, the rest is kept. Streams like Promote.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetShortlist(self, request, context):
+        """Marks or unmarks a job as shortlisted: one of the handful of viable compositions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetJob(self, request, context):
         """Returns one job with its parent and children.
         """
@@ -209,6 +234,16 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.Upscale,
                     request_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.UpscaleRequest.FromString,
                     response_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.UpscaleResponse.SerializeToString,
+            ),
+            'Edit': grpc.unary_stream_rpc_method_handler(
+                    servicer.Edit,
+                    request_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.EditRequest.FromString,
+                    response_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.EditResponse.SerializeToString,
+            ),
+            'SetShortlist': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetShortlist,
+                    request_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.SetShortlistRequest.FromString,
+                    response_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.SetShortlistResponse.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
@@ -361,6 +396,60 @@ class RouterService:
             '/tiergen.router.v1.RouterService/Upscale',
             tiergen_dot_router_dot_v1_dot_router__pb2.UpscaleRequest.SerializeToString,
             tiergen_dot_router_dot_v1_dot_router__pb2.UpscaleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Edit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tiergen.router.v1.RouterService/Edit',
+            tiergen_dot_router_dot_v1_dot_router__pb2.EditRequest.SerializeToString,
+            tiergen_dot_router_dot_v1_dot_router__pb2.EditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetShortlist(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiergen.router.v1.RouterService/SetShortlist',
+            tiergen_dot_router_dot_v1_dot_router__pb2.SetShortlistRequest.SerializeToString,
+            tiergen_dot_router_dot_v1_dot_router__pb2.SetShortlistResponse.FromString,
             options,
             channel_credentials,
             insecure,
