@@ -144,6 +144,12 @@ class Suite:
         self._running.clear()
         return codes
 
+    def kill(self, name: str) -> None:
+        """SIGKILLs one service, as a crash would, and waits for it to go."""
+        process = self._running[name].process
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
     def dead(self) -> list[str]:
         """Services that exited on their own."""
         return [n for n, r in self._running.items() if r.process.poll() is not None]
