@@ -127,13 +127,31 @@ def check_charge(job: Job, charged: int | None) -> None:
         )
 
 
-def succeeded_changes(asset: AssetRef, cost: int, drift: float | None) -> dict[str, Any]:
-    """The columns a success sets; ValueError for a negative cost or a drift outside 0..1."""
+def succeeded_changes(
+    asset: AssetRef,
+    cost: int,
+    drift: float | None,
+    fallback: tuple[str, tuple[str, ...]] | None = None,
+) -> dict[str, Any]:
+    """The columns a success sets; ValueError for a negative cost or a drift outside 0..1.
+
+    `fallback` is the tier that rendered instead of the one routed to, and the job's reasons
+    with why.
+    """
     if drift is not None and not (math.isfinite(drift) and 0.0 <= drift <= 1.0):
         raise ValueError(f"drift {drift} is outside 0..1")
     if cost < 0:
         raise ValueError(f"cost {cost} is negative")
+    rendered_by = (
+        {}
+        if fallback is None
+        else {
+            "tier": fallback[0],
+            "reasons": json.dumps(list(fallback[1])),
+        }
+    )
     return {
+        **rendered_by,
         "cost": cost,
         "drift": drift,
         "asset_id": asset.asset_id,

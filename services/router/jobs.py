@@ -281,11 +281,18 @@ class JobStore(Protocol):
         ...
 
     async def mark_succeeded(
-        self, job_id: str, asset: AssetRef, cost: int, drift: float | None = None
+        self,
+        job_id: str,
+        asset: AssetRef,
+        cost: int,
+        drift: float | None = None,
+        fallback: tuple[str, tuple[str, ...]] | None = None,
     ) -> Job:
         """RUNNING -> SUCCEEDED with its asset, the credits charged and (for a handover) drift.
 
-        ValueError when `cost` is outside 0..quoted cost or `drift` outside 0..1.
+        `fallback` records the tier that rendered instead of the routed one, with the reasons
+        that now say why. ValueError when `cost` is outside 0..quoted cost or `drift` outside
+        0..1.
         """
         ...
 

@@ -228,9 +228,14 @@ class SqliteJobStore:
         return await self._transition(job_id, JobStatus.RUNNING, {}, start=True)
 
     async def mark_succeeded(
-        self, job_id: str, asset: AssetRef, cost: int, drift: float | None = None
+        self,
+        job_id: str,
+        asset: AssetRef,
+        cost: int,
+        drift: float | None = None,
+        fallback: tuple[str, tuple[str, ...]] | None = None,
     ) -> Job:
-        changes = job_rows.succeeded_changes(asset, cost, drift)
+        changes = job_rows.succeeded_changes(asset, cost, drift, fallback)
         return await self._transition(job_id, JobStatus.SUCCEEDED, changes, charged=cost)
 
     async def mark_failed(self, job_id: str, code: str, reason: str, message: str) -> Job:

@@ -173,7 +173,29 @@ class RouterLimits:
     max_mask_bytes: int = 4 * 1024 * 1024
 
 
-Work = Callable[[Job, ProgressSink], Awaitable[tuple[Image, float | None]]]
+@dataclass(frozen=True)
+class Delivery:
+    """What a job's work produced: the image, its drift from the parent, and, when a fallback
+    tier rendered it, that tier and why."""
+
+    image: Image
+    drift: float | None = None
+    fallback_tier: str | None = None
+    fallback_reason: str = ""
+
+
+Work = Callable[[Job, ProgressSink], Awaitable[Delivery]]
+
+
+def _worth_a_fallback(error: TiergenError) -> bool:
+    """Whether another tier may render after `error` without risking a double charge.
+
+    Overload and an unreachable backend are safe; a timeout is not, since the backend may
+    have rendered (and billed) the image anyway.
+    """
+    if isinstance(error, errors.ResourceExhausted):
+        return True
+    return isinstance(error, errors.Unavailable) and error.metadata.get("ambiguous") != "true"
 
 
 def _fingerprint(operation: str, account_id: str, request: Any, **extra: Any) -> str:
@@ -320,7 +342,9 @@ class Router:
                 yield event
             return
 
-        async def render(job: Job, progress: ProgressSink) -> tuple[Image, float | None]:
+        automatic = request.tier in ("", "auto")
+
+        async def render(job: Job, progress: ProgressSink) -> Delivery:
             order = RenderOrder(
                 tier=decision.tier,
                 size=decision.size,
@@ -329,7 +353,22 @@ class Router:
                 seed=job.seed,
                 request_id=job.job_id,
             )
-            return await self._renderer.render(order, progress), None
+            try:
+                return Delivery(await self._renderer.render(order, progress))
+            except TiergenError as error:
+                lower = self._policy.fallback_for(decision.tier, decision.size)
+                if not automatic or lower is None or not _worth_a_fallback(error):
+                    raise
+                _log.warning(
+                    "tier failed; falling back",
+                    job_id=job.job_id,
+                    tier=decision.tier,
+                    fallback=lower,
+                    reason=error.reason,
+                )
+                image = await self._renderer.render(replace(order, tier=lower), progress)
+                why = f"{decision.tier} failed ({error.reason}); rendered on {lower} by policy"
+                return Delivery(image, fallback_tier=lower, fallback_reason=why)
 
         async for event in self._run(record, render):
             yield event
@@ -399,7 +438,7 @@ class Router:
                 yield event
             return
 
-        async def render(job: Job, progress: ProgressSink) -> tuple[Image, float | None]:
+        async def render(job: Job, progress: ProgressSink) -> Delivery:
             order = RenderOrder(
                 tier=decision.tier,
                 size=decision.size,
@@ -413,7 +452,7 @@ class Router:
             image = await self._renderer.render(order, progress)
             with _step("drift", job_id=job.job_id):
                 drift = await asyncio.to_thread(style_drift, reference, image.data)
-            return image, drift
+            return Delivery(image, drift)
 
         async for event in self._run(record, render):
             yield event
@@ -474,7 +513,7 @@ class Router:
                 yield event
             return
 
-        async def enlarge(job: Job, progress: ProgressSink) -> tuple[Image, float | None]:
+        async def enlarge(job: Job, progress: ProgressSink) -> Delivery:
             order = UpscaleOrder(
                 data=source,
                 factor=factor,
@@ -484,7 +523,7 @@ class Router:
                 request_id=job.job_id,
             )
             with _step("upscale", job_id=job.job_id, factor=factor):
-                return await self._upscaler.upscale(order, progress), None
+                return Delivery(await self._upscaler.upscale(order, progress))
 
         async for event in self._run(record, enlarge):
             yield event
@@ -573,7 +612,7 @@ class Router:
                 yield event
             return
 
-        async def inpaint(job: Job, progress: ProgressSink) -> tuple[Image, float | None]:
+        async def inpaint(job: Job, progress: ProgressSink) -> Delivery:
             order = RenderOrder(
                 tier=tier.name,
                 size=size,
@@ -587,7 +626,7 @@ class Router:
             image = await self._renderer.render(order, progress)
             with _step("drift", job_id=job.job_id):
                 drift = await asyncio.to_thread(style_drift, source, image.data)
-            return image, drift
+            return Delivery(image, drift)
 
         async for event in self._run(record, inpaint):
             yield event
@@ -784,7 +823,8 @@ class Router:
             async with slots:
                 await self._jobs.mark_running(job.job_id)
                 progress("running", 0.0)
-                image, drift = await work(job, progress)
+                delivery = await work(job, progress)
+                image = delivery.image
                 with _step("store", job_id=job.job_id):
                     asset = await self._assets.put(
                         image.data,
@@ -792,7 +832,13 @@ class Router:
                         height=image.height,
                         media_type=image.media_type,
                     )
-                final = await self._jobs.mark_succeeded(job.job_id, asset, job.quoted_cost, drift)
+                cost, fallback = job.quoted_cost, None
+                if delivery.fallback_tier is not None and job.size is not None:
+                    cost = min(cost, self._policy.prices.price(delivery.fallback_tier, job.size))
+                    fallback = (delivery.fallback_tier, (*job.reasons, delivery.fallback_reason))
+                final = await self._jobs.mark_succeeded(
+                    job.job_id, asset, cost, delivery.drift, fallback
+                )
         except asyncio.CancelledError:
             with contextlib.suppress(FailedPrecondition):
                 await self._jobs.mark_cancelled(job.job_id)

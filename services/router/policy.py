@@ -111,6 +111,13 @@ many_subjects = [
   "flock of", "herd of", "army of", "dozens of", "hundreds of", "many people", "busy street",
 ]
 
+# When an automatically routed generation's tier fails retryably (its backend unavailable or
+# overloaded, never an ambiguous timeout that may already have been billed upstream), render
+# on a lower tier instead and charge that tier's price. Off unless listed:
+# [fallback]
+# pro = "standard"
+# standard = "nano"
+
 # Expected seconds per image, overriding the built-in renderer's figures for slower backends:
 # [latency.pro]
 # "4K" = 40.0
@@ -250,6 +257,15 @@ class RoutingPolicy:
     signals: PromptSignals
     prices: PriceTable
     catalogue: TierCatalogue = DEFAULT_CATALOGUE
+    #: For an automatically routed generation whose tier fails retryably: the tier to try
+    #: instead, always a lower (cheaper) one, so the credits held cover it.
+    fallback: Mapping[str, str] = field(default_factory=dict)
+
+    def fallback_for(self, tier: str, size: ImageSize) -> str | None:
+        """The tier to render on when `tier` fails retryably, if the policy names one for it."""
+        lower = self.fallback.get(tier)
+        spec = self.catalogue.find(lower) if lower else None
+        return lower if spec is not None and spec.offers(size) else None
 
     @classmethod
     def load(
@@ -586,7 +602,7 @@ class _PolicyParser:
 
     def policy(self, prices: PriceTable) -> RoutingPolicy:
         document = self.source.parse()
-        self._known_keys(document, (), frozenset({"stages", "signals", "latency"}))
+        self._known_keys(document, (), frozenset({"stages", "signals", "latency", "fallback"}))
         stages_table = self._table(document, ("stages",))
         for name in stages_table:
             if name == Stage.ENHANCE:
@@ -601,7 +617,31 @@ class _PolicyParser:
         stages = {stage: self._stage_rule(stages_table, stage) for stage in _ROUTED_STAGES}
         signals = self._signals(document.get("signals", {}))
         catalogue = self._latencies(document.get("latency", {}))
-        return RoutingPolicy(stages=stages, signals=signals, prices=prices, catalogue=catalogue)
+        fallback = self._fallback(document.get("fallback", {}))
+        return RoutingPolicy(
+            stages=stages, signals=signals, prices=prices, catalogue=catalogue, fallback=fallback
+        )
+
+    def _fallback(self, table: object) -> dict[str, str]:
+        path = ("fallback",)
+        if not isinstance(table, dict):
+            raise self.source.error(path, "must be a table of tier = lower tier")
+        fallback = {}
+        for name, lower in table.items():
+            tier = self._tier(name, (*path, name))
+            target = self._tier(lower, (*path, name))
+            ranks = [
+                self.catalogue.rank(self.catalogue.require(t, field="fallback"))
+                for t in (target, tier)
+            ]
+            if ranks[0] >= ranks[1]:
+                raise self.source.error(
+                    (*path, name),
+                    f"falls back to {target}, which does not rank below {tier}: the credits "
+                    "held for a tier must cover its fallback",
+                )
+            fallback[tier] = target
+        return fallback
 
     def _stage_rule(self, stages: Mapping[str, Any], stage: Stage) -> StageRule:
         path = ("stages", str(stage))

@@ -57,7 +57,15 @@ def router_env() -> dict[str, str]:
 
 
 @pytest.fixture
-async def suite(tmp_path: Path, router_env: dict[str, str]) -> AsyncIterator[InProcessSuite]:
+def generator_env() -> dict[str, str]:
+    """Extra generator settings; a test module overrides this fixture to change them."""
+    return {}
+
+
+@pytest.fixture
+async def suite(
+    tmp_path: Path, router_env: dict[str, str], generator_env: dict[str, str]
+) -> AsyncIterator[InProcessSuite]:
     env = {"TIERGEN_PORT": "0", "TIERGEN_SHUTDOWN_GRACE_SECONDS": "0"}
     servers: dict[str, Server] = {}
     addresses: dict[str, str] = {}
@@ -70,7 +78,7 @@ async def suite(tmp_path: Path, router_env: dict[str, str]) -> AsyncIterator[InP
             ),
         )
         servers["generator"], addresses["generator"] = await _start(
-            create_generator, GeneratorSettings.from_env(env)
+            create_generator, GeneratorSettings.from_env({**env, **generator_env})
         )
         servers["upscaler"], addresses["upscaler"] = await _start(
             create_upscaler, UpscalerSettings.from_env({**env, "TIERGEN_UPSCALER_WORKERS": "2"})
