@@ -21,6 +21,7 @@ from tiergen.common.v1 import common_pb2
 from tiergen.router.v1 import router_pb2
 
 from services.cli.demo import DEFAULT_PROMPT, DemoFailed, run_demo
+from services.cli.ledger import add_ledger_commands
 from services.cli.router_client import RouterClient, new_key
 from services.cli.suite import SERVICES, Suite, SuiteError
 from services.runtime.status import from_rpc_error
@@ -464,6 +465,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run one service in the foreground")
     serve.add_argument("service", choices=SERVICES)
     serve.set_defaults(handler=_serve)
+
+    add_ledger_commands(commands)
 
     bench = commands.add_parser("bench", help="run a benchmark and print its figures")
     bench.add_argument("name", choices=BENCHMARKS)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import json
 import re
@@ -26,6 +25,8 @@ import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TypeVar
+
+import structlog
 
 from services.ledger import rules
 from services.ledger.invariants import check_invariants
@@ -67,10 +68,13 @@ from services.runtime.errors import (
 __all__ = ["DEFAULT_PAGE_SIZE", "HOLD_ID_PATTERN", "MAX_PAGE_SIZE", "Ledger"]
 
 DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
+#: As the contract (ListEntriesRequest.page_size) promises.
+MAX_PAGE_SIZE = 500
 HOLD_ID_PATTERN = re.compile(r"hold_[0-9a-f]{32}")
 #: Accounts whose overdue holds one sweep round returns, concurrently.
 _SWEEP_ROUND = 64
+
+_log = structlog.get_logger("tiergen.ledger")
 
 _R = TypeVar("_R", OpenAccountResult, CheckInResult, HoldResult, GrantResult, ExpiryResult)
 
@@ -286,11 +290,22 @@ class Ledger:
 
     async def run_sweeper(self) -> None:
         """Sweep every `sweep_interval_seconds` until cancelled."""
+        interval = self._settings.sweep_interval_seconds
         while True:
-            await asyncio.sleep(self._settings.sweep_interval_seconds)
-            # The database being down or busy for a while only delays the sweep to the next round.
-            with contextlib.suppress(Unavailable, Aborted):
-                await self.sweep_expired()
+            await asyncio.sleep(interval)
+            try:
+                returned = await self.sweep_expired()
+            except (Unavailable, Aborted) as error:
+                # The database being down or busy only delays the sweep to the next round.
+                _log.warning(
+                    "expiry sweep skipped",
+                    error=error.message,
+                    code=error.code,
+                    next_sweep_in_seconds=interval,
+                )
+                continue
+            if returned:
+                _log.info("expired holds returned", holds=returned)
 
     async def verify(self, *, sweep: bool = True) -> list[InvariantCheck]:
         """Check every invariant of the whole ledger, after a sweep unless told not to."""

@@ -197,9 +197,16 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_pb2.ListEntriesResponse:
         kinds = []
         for value in request.kinds:
+            if value == ledger_pb2.ENTRY_KIND_UNSPECIFIED:
+                continue
             if value not in _ENTRY_KINDS_BACK:
                 raise InvalidArgument(f"kinds has an unknown value {value}", field="kinds")
             kinds.append(_ENTRY_KINDS_BACK[value])
+        if request.kinds and not kinds:
+            # The contract: ENTRY_KIND_UNSPECIFIED as a filter matches nothing. The account
+            # must still exist.
+            await self._ledger.get_balance(request.account_id)
+            return ledger_pb2.ListEntriesResponse()
         page = await self._ledger.list_entries(
             request.account_id,
             start=request.start_time.ToDatetime(tzinfo=UTC)

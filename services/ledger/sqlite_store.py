@@ -113,6 +113,9 @@ _MAX_BATCH = 128
 _READERS = 2
 
 
+_Answer = tuple[asyncio.Future[Decision], Decision | BaseException]
+
+
 @dataclass
 class _Job:
     lookup: Lookup
@@ -274,10 +277,15 @@ class SqliteStore:
                 with contextlib.suppress(sqlite3.Error):
                     connection.execute("ROLLBACK")
             results = [_translate(error)] * len(batch)
+        # One wake-up per event loop for the whole batch: each call_soon_threadsafe writes to
+        # the loop's self-pipe, a system call per caller otherwise.
+        answers: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
         for job, result in zip(batch, results, strict=True):
+            answers.setdefault(job.loop, []).append((job.future, result))
+        for loop, settled in answers.items():
             # A caller whose event loop has already closed no longer waits for an answer.
             with contextlib.suppress(RuntimeError):
-                job.loop.call_soon_threadsafe(_settle, job.future, result)
+                loop.call_soon_threadsafe(_settle_all, settled)
 
     async def _read(self, read: Callable[[sqlite3.Connection], _T]) -> _T:
         if self._closed:
@@ -403,10 +411,11 @@ def _translate(error: BaseException) -> BaseException:
     return error
 
 
-def _settle(future: asyncio.Future[Decision], result: Decision | BaseException) -> None:
-    if future.done():
-        return
-    if isinstance(result, BaseException):
-        future.set_exception(result)
-    else:
-        future.set_result(result)
+def _settle_all(settled: list[_Answer]) -> None:
+    for future, result in settled:
+        if future.done():
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)

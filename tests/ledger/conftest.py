@@ -1,12 +1,17 @@
-"""Ledger test fixtures: a clock tests can move, and a fresh ledger on SQLite and on PostgreSQL."""
+"""Ledger test fixtures: a clock tests can move, a fresh ledger on SQLite and on PostgreSQL, and
+the ledger service as a real child process."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import signal
 import sqlite3
+import sys
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -190,3 +195,103 @@ def _postgres_harness(schemas: PostgresSchemas, clock: ManualClock) -> LedgerHar
 @pytest.fixture
 async def ledger(harness: LedgerHarness) -> Ledger:
     return await harness.open()
+
+
+class LedgerProcess:
+    """The ledger service as a child process (`python -m services.ledger`) on a free port.
+
+    Each start gets a new port, so `address` changes across restarts.
+    """
+
+    #: Longest wait for the service to serve, and for it to exit after SIGTERM.
+    start_seconds = 30.0
+    stop_seconds = 20.0
+
+    def __init__(self, dsn: str, run_dir: Path, settings: dict[str, str]) -> None:
+        self.dsn = dsn
+        self.address = ""
+        self.starts = 0
+        self._run_dir = run_dir
+        self._log = run_dir / "ledger.log"
+        self._env = {
+            **os.environ,
+            "TIERGEN_HOST": "127.0.0.1",
+            "TIERGEN_PORT": "0",
+            "TIERGEN_LEDGER_DSN": dsn,
+            "TIERGEN_LOG_LEVEL": "warning",
+            **settings,
+        }
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    async def start(self) -> str:
+        """Start the service and wait until it serves; its address."""
+        assert not self.running, "already running"
+        ready = self._run_dir / f"ready-{self.starts}.addr"
+        self.starts += 1
+        with self._log.open("ab") as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "services.ledger",
+                env={**self._env, "TIERGEN_READY_FILE": str(ready)},
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        self._process = process
+        deadline = time.monotonic() + self.start_seconds
+        while not ready.exists():
+            if process.returncode is not None:
+                raise AssertionError(f"the ledger exited with {process.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the ledger did not serve in time:\n{self.log()}")
+            await asyncio.sleep(0.02)
+        self.address = ready.read_text().strip()
+        return self.address
+
+    async def kill(self) -> None:
+        """SIGKILL: no drain, no stop hooks; whatever was in flight is cut off."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGKILL)
+        await self._process.wait()
+
+    async def stop(self) -> int | None:
+        """SIGTERM and wait (then SIGKILL); the exit status, None if it never started."""
+        process = self._process
+        if process is None:
+            return None
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), self.stop_seconds)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        return process.returncode
+
+    def log(self) -> str:
+        return self._log.read_text(errors="replace")[-4000:] if self._log.exists() else ""
+
+
+LedgerProcesses = Callable[..., LedgerProcess]
+
+
+@pytest.fixture
+async def ledger_processes(tmp_path: Path) -> AsyncIterator[LedgerProcesses]:
+    """Makes ledger processes (`make(dsn, **TIERGEN_* settings)`); stops them all afterwards."""
+    made: list[LedgerProcess] = []
+
+    def make(dsn: str, **settings: str) -> LedgerProcess:
+        run_dir = tmp_path / f"ledger-process-{len(made)}"
+        run_dir.mkdir()
+        process = LedgerProcess(dsn, run_dir, settings)
+        made.append(process)
+        return process
+
+    yield make
+    for process in made:
+        await process.stop()
