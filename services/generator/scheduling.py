@@ -22,15 +22,20 @@ from dataclasses import dataclass
 
 import structlog
 
+from services.generator.picture import Picture
 from services.generator.renderer import RenderResult, RenderSpec, render
 from services.generator.resolution import ImageSize
-from services.generator.tiers import Quality, Tier
+from services.generator.tiers import Quality, RenderRequest, Tier
 from services.runtime.errors import QuotaViolation, ResourceExhausted, Unavailable
 
-__all__ = ["BACKENDS", "RenderPool", "Rendered", "TierQueue", "prepare_worker", "run_render"]
-
-#: Backends this process renders itself; a catalogue naming another one is refused at start.
-BACKENDS = frozenset({"builtin"})
+__all__ = [
+    "BuiltinBackend",
+    "RenderPool",
+    "Rendered",
+    "TierQueue",
+    "prepare_worker",
+    "run_render",
+]
 
 _log = structlog.get_logger("tiergen.generator")
 
@@ -124,6 +129,21 @@ class RenderPool:
             retry_after=1.0,
             reason="WORKER_DIED",
         )
+
+
+class BuiltinBackend:
+    """The built-in renderer as a backend: each request rendered on the pool's workers."""
+
+    def __init__(self, pool: RenderPool) -> None:
+        self.pool = pool
+
+    async def render(self, tier: Tier, request: RenderRequest) -> Picture:
+        rendered = await self.pool.render(RenderSpec.for_request(tier, request))
+        result = rendered.result
+        return Picture(result.image, result.width, result.height, rendered.seconds)
+
+    async def close(self) -> None:
+        await self.pool.close()
 
 
 class TierQueue:

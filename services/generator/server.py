@@ -1,4 +1,4 @@
-"""Assembles the generator: its tier catalogue, render worker processes and gRPC service."""
+"""Assembles the generator: its tier catalogue, the backends of its tiers and its gRPC service."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 from tiergen.generator.v1 import generator_pb2, generator_pb2_grpc
 
-from services.generator.scheduling import RenderPool, prepare_worker
+from services.generator.backends import open_backends
+from services.generator.scheduling import BuiltinBackend, RenderPool, prepare_worker
 from services.generator.servicer import GeneratorServicer
 from services.generator.settings import GeneratorSettings
 from services.runtime.server import Server, ServiceRegistration
@@ -19,24 +20,37 @@ SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].ful
 
 
 async def create_server(settings: GeneratorSettings) -> tuple[Server, int]:
-    """The generator's server with its worker processes started and warm; not started itself."""
+    """The generator's server with its backends open (worker processes started and warm, when a
+    tier renders with the built-in renderer); not started itself."""
     catalogue = settings.catalogue()
     # Spawned, not forked: a fork would copy the gRPC server's threads and locks mid-flight.
     context = multiprocessing.get_context("spawn")
-    pool = RenderPool(
-        lambda: ProcessPoolExecutor(
-            settings.workers, mp_context=context, initializer=prepare_worker
+
+    def start_builtin() -> BuiltinBackend:
+        return BuiltinBackend(
+            RenderPool(
+                lambda: ProcessPoolExecutor(
+                    settings.workers, mp_context=context, initializer=prepare_worker
+                )
+            )
         )
-    )
-    servicer = GeneratorServicer(catalogue, pool)
-    registration = ServiceRegistration(
-        SERVICE_NAME,
-        lambda server: generator_pb2_grpc.add_GeneratorServiceServicer_to_server(servicer, server),
-    )
-    server, port = await create_grpc_server(settings.server, [registration], on_stop=[pool.close])
+
+    backends = open_backends(catalogue, settings.providers, start_builtin)
+    closing = [backend.close for backend in backends.values()]
     try:
-        await pool.warm_up(settings.workers)
+        servicer = GeneratorServicer(catalogue, backends)
+        registration = ServiceRegistration(
+            SERVICE_NAME,
+            lambda server: generator_pb2_grpc.add_GeneratorServiceServicer_to_server(
+                servicer, server
+            ),
+        )
+        server, port = await create_grpc_server(settings.server, [registration], on_stop=closing)
+        builtin = backends.get("builtin")
+        if isinstance(builtin, BuiltinBackend):
+            await builtin.pool.warm_up(settings.workers)
     except BaseException:
-        await pool.close()
+        for close in closing:
+            await close()
         raise
     return server, port

@@ -11,15 +11,16 @@ One `Render` call, as the server sees it:
 3. It takes a place in its tier's queue, or is refused with RESOURCE_EXHAUSTED, a RetryInfo of
    the tier's expected latency and a QuotaFailure naming the tier.
 4. Progress: "queued" (0.0) once placed, "rendering" (0.1) when the tier lets it run and it goes
-   to the worker pool, "done" (1.0) when the image is back. The renderer's own stages are not
-   forwarded: a callback cannot cross into a worker process cheaply, and even a 4K render takes
-   only seconds.
-5. `result`, then the PNG in 1 MiB chunks.
+   to the tier's backend (the worker pool, or an HTTP provider), "done" (1.0) when the image is
+   back. The renderer's own stages are not forwarded: a callback cannot cross into a worker
+   process cheaply, and even a 4K render takes only seconds.
+5. `result`, then the PNG in 1 MiB chunks. A provider's failure arrives as the status its
+   domain error maps to (docs/providers.md lists them).
 
 When the call ends early (cancelled, deadline passed, client gone) its place in the tier is
 given back at once. A render a worker has already started runs to the end in the background
 (the renderer has no stopping points) and its image is dropped; one still waiting for a worker
-is withdrawn.
+is withdrawn. A provider's request is abandoned and its connection closed.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from opentelemetry.trace import Status, StatusCode
 from tiergen.common.v1 import common_pb2
 from tiergen.generator.v1 import generator_pb2
 
-from services.generator.renderer import RenderSpec
+from services.generator.picture import Backend, Picture
 from services.generator.resolution import AspectRatio, ImageSize, Resolution
-from services.generator.scheduling import Rendered, RenderPool, TierQueue
+from services.generator.scheduling import TierQueue
 from services.generator.tiers import RenderRequest, Tier, TierCatalogue, validate_request
 from services.runtime.chunks import ChunkAssembler, image_info, split
 from services.runtime.errors import FieldViolation, InvalidArgument
@@ -77,11 +78,11 @@ _CONTRACT_FIELDS = {"references": "reference", "references[0]": "reference"}
 
 
 class GeneratorServicer:
-    """`tiergen.generator.v1.GeneratorService` over a tier catalogue and a pool of workers."""
+    """`tiergen.generator.v1.GeneratorService` over a tier catalogue and its tiers' backends."""
 
-    def __init__(self, catalogue: TierCatalogue, pool: RenderPool) -> None:
+    def __init__(self, catalogue: TierCatalogue, backends: Mapping[str, Backend]) -> None:
         self._catalogue = catalogue
-        self._pool = pool
+        self._backends = {tier.name: backends[tier.backend] for tier in catalogue}
         self._queues = {tier.name: TierQueue(tier) for tier in catalogue}
 
     async def ListTiers(
@@ -97,17 +98,15 @@ class GeneratorServicer:
         request = await self._receive(aiter(request_iterator))
         # Off the event loop: checking a reference reads all of its (up to 64 MiB of) bytes.
         tier = await asyncio.to_thread(self._validate, request)
-        structlog.contextvars.bind_contextvars(tier=tier.name)
-        spec = RenderSpec.for_request(tier, request)
+        structlog.contextvars.bind_contextvars(tier=tier.name, backend=tier.backend)
         queue = self._queues[tier.name]
         with queue.place(request.resolution.size):
             yield _progress("queued", 0.0)
             async with queue.turn():
                 yield _progress("rendering", 0.1)
-                rendered = await self._render(tier, spec)
-        result = rendered.result
+                picture = await self._render(tier, request)
         info = await asyncio.to_thread(
-            image_info, result.image, result.width, result.height, common_pb2.IMAGE_FORMAT_PNG
+            image_info, picture.image, picture.width, picture.height, common_pb2.IMAGE_FORMAT_PNG
         )
         yield _progress("done", 1.0)
         yield generator_pb2.RenderResponse(
@@ -115,27 +114,28 @@ class GeneratorServicer:
                 image=info,
                 tier=tier.name,
                 backend=tier.backend,
-                seed=spec.seed,
-                render_ms=round(rendered.seconds * 1000),
+                seed=request.seed,
+                render_ms=round(picture.seconds * 1000),
             )
         )
-        for chunk in split(result.image):
+        for chunk in split(picture.image):
             yield generator_pb2.RenderResponse(chunk=chunk)
 
-    async def _render(self, tier: Tier, spec: RenderSpec) -> Rendered:
-        """Renders `spec` on a worker, in a span."""
+    async def _render(self, tier: Tier, request: RenderRequest) -> Picture:
+        """Renders `request` on the tier's backend, in a span."""
         span = _tracer.start_span(
             "render",
             attributes={
                 "tiergen.tier": tier.name,
-                "tiergen.width": spec.width,
-                "tiergen.height": spec.height,
+                "tiergen.backend": tier.backend,
+                "tiergen.width": request.resolution.width,
+                "tiergen.height": request.resolution.height,
                 # A uint64 seed does not fit an integer attribute (int64).
-                "tiergen.seed": str(spec.seed),
+                "tiergen.seed": str(request.seed),
             },
         )
         try:
-            return await self._pool.render(spec)
+            return await self._backends[tier.name].render(tier, request)
         except BaseException as error:
             span.set_status(Status(StatusCode.ERROR, str(error) or type(error).__name__))
             raise

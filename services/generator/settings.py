@@ -1,16 +1,29 @@
-"""Generator settings from the environment: where it listens, its tier catalogue, its workers."""
+"""Generator settings from the environment: where it listens, its tiers, workers and providers."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.generator.scheduling import BACKENDS
+from services.generator.backends import BACKEND_NAMES, check_backends
+from services.generator.providers.http import (
+    ApiKey,
+    ProviderSettings,
+    key_variable,
+    setting_variable,
+)
 from services.generator.tiers import TierCatalogue, TierConfigError, load_catalogue
 from services.runtime.settings import ConfigError, Env, ServerSettings
 
-__all__ = ["SERVICE", "TIERS_FILE_VARIABLE", "WORKERS_VARIABLE", "GeneratorSettings"]
+__all__ = [
+    "DEFAULT_BASE_URLS",
+    "SERVICE",
+    "TIERS_FILE_VARIABLE",
+    "WORKERS_VARIABLE",
+    "GeneratorSettings",
+    "provider_settings",
+]
 
 #: The service's short name: its default port, log and trace name.
 SERVICE = "generator"
@@ -20,10 +33,70 @@ WORKERS_VARIABLE = "TIERGEN_GENERATOR_WORKERS"
 
 _MOST_WORKERS = 64
 
+#: Where each HTTP provider's API lives unless TIERGEN_<PROVIDER>_BASE_URL says otherwise.
+DEFAULT_BASE_URLS = {
+    "gemini": "https://generativelanguage.googleapis.com",
+    "openai": "https://api.openai.com",
+}
+
 
 def _default_server() -> ServerSettings:
     # What an empty environment gives, so `from_env({})` equals `GeneratorSettings()`.
     return ServerSettings.from_env(SERVICE, {})
+
+
+def provider_settings(name: str, environ: Mapping[str, str]) -> ProviderSettings:
+    """The settings of HTTP provider `name` ("gemini" or "openai") from the environment.
+
+    Reads TIERGEN_<NAME>_BASE_URL, _TIMEOUT_SECONDS, _CONNECT_TIMEOUT_SECONDS, _MAX_ATTEMPTS,
+    _BACKOFF_SECONDS and _MAX_BACKOFF_SECONDS, and the API key from <NAME>_API_KEY or the file
+    named by <NAME>_API_KEY_FILE (a mounted secret). Raises ConfigError naming the variable.
+    """
+    env = Env(environ)
+    defaults = ProviderSettings(name=name, base_url=DEFAULT_BASE_URLS[name])
+
+    def number(setting: str, default: float) -> float:
+        return env.number(setting_variable(name, setting), default)
+
+    return ProviderSettings(
+        name=name,
+        base_url=env.string(setting_variable(name, "BASE_URL"), defaults.base_url).rstrip("/"),
+        api_key=_api_key(name, env),
+        connect_timeout_seconds=number("CONNECT_TIMEOUT_SECONDS", defaults.connect_timeout_seconds),
+        timeout_seconds=number("TIMEOUT_SECONDS", defaults.timeout_seconds),
+        max_attempts=env.integer(setting_variable(name, "MAX_ATTEMPTS"), defaults.max_attempts),
+        backoff_seconds=number("BACKOFF_SECONDS", defaults.backoff_seconds),
+        max_backoff_seconds=number("MAX_BACKOFF_SECONDS", defaults.max_backoff_seconds),
+    )
+
+
+def _api_key(name: str, env: Env) -> ApiKey | None:
+    """The key from <NAME>_API_KEY or from the file <NAME>_API_KEY_FILE names; never both.
+
+    Messages name the variable and the file, never what either holds.
+    """
+    variable = key_variable(name)
+    file_variable = f"{variable}_FILE"
+    value = env.optional_str(variable)
+    path = env.optional_str(file_variable)
+    if value is not None and path is not None:
+        raise ConfigError(f"{variable} and {file_variable} are both set; set one of them")
+    if path is not None:
+        try:
+            value = Path(path).expanduser().read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise ConfigError(
+                f"{file_variable}={path!r}: cannot read the key file: {error.strerror}"
+            ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{file_variable}={path!r}: the key file is not UTF-8 text") from None
+        if not value:
+            raise ConfigError(f"{file_variable}={path!r}: the key file is empty")
+    return None if value is None else ApiKey(value)
+
+
+def _default_provider(name: str) -> Callable[[], ProviderSettings]:
+    return lambda: provider_settings(name, {})
 
 
 @dataclass(frozen=True)
@@ -40,6 +113,10 @@ class GeneratorSettings:
     tiers_file: Path | None = None
     #: Worker processes rendering in parallel: one per core the generator may use.
     workers: int = 2
+    #: The Gemini image API (TIERGEN_GEMINI_*, GEMINI_API_KEY or GEMINI_API_KEY_FILE).
+    gemini: ProviderSettings = field(default_factory=_default_provider("gemini"))
+    #: The OpenAI Images API (TIERGEN_OPENAI_*, OPENAI_API_KEY or OPENAI_API_KEY_FILE).
+    openai: ProviderSettings = field(default_factory=_default_provider("openai"))
 
     def __post_init__(self) -> None:
         if not 1 <= self.workers <= _MOST_WORKERS:
@@ -57,12 +134,25 @@ class GeneratorSettings:
             server=ServerSettings.from_env(SERVICE, environ),
             tiers_file=Path(tiers_file).expanduser() if tiers_file else None,
             workers=env.integer(WORKERS_VARIABLE, cls.workers),
+            gemini=provider_settings("gemini", environ),
+            openai=provider_settings("openai", environ),
         )
 
+    @property
+    def providers(self) -> dict[str, ProviderSettings]:
+        """Settings of each HTTP provider, by backend name."""
+        return {"gemini": self.gemini, "openai": self.openai}
+
     def catalogue(self) -> TierCatalogue:
-        """The tier catalogue to serve; ConfigError naming the file and the bad entry."""
+        """The tier catalogue to serve, with every tier's backend able to serve it.
+
+        ConfigError naming the file and the bad entry, or the missing API key's variable.
+        """
+        source = "embedded tier catalogue" if self.tiers_file is None else str(self.tiers_file)
         try:
-            return load_catalogue(self.tiers_file, backends=BACKENDS)
+            catalogue = load_catalogue(self.tiers_file, backends=BACKEND_NAMES)
+            check_backends(catalogue, self.providers, source)
         except TierConfigError as error:
             where = f"{TIERS_FILE_VARIABLE}: " if self.tiers_file is not None else ""
             raise ConfigError(f"{where}{error}") from None
+        return catalogue

@@ -42,6 +42,9 @@ _Member = TypeVar("_Member", bound=enum.StrEnum)
 
 _TIER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
+# A model name goes into a provider's URL path, so it may not carry '/', ':' or '?'.
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
 # "auto" is how a caller asks the router to choose a tier by stage; a tier of that name
 # could never be asked for explicitly.
 _RESERVED_NAMES = frozenset({"auto"})
@@ -78,6 +81,8 @@ class Tier:
     max_concurrency: int
     queue_limit: int
     expected_latency_seconds: Mapping[ImageSize, float]
+    #: The provider's model for a tier on an HTTP backend, for example "gpt-image-2".
+    model: str | None = None
 
     @property
     def smallest_size(self) -> ImageSize:
@@ -136,6 +141,8 @@ class TierConfigError(ValueError):
 DEFAULT_CATALOGUE_TOML = """\
 # Tier catalogue of the generator. Each [tiers.<name>] table is one tier, cheapest first.
 # Point TIERGEN_GENERATOR_TIERS_FILE at a file in this format to replace these defaults.
+# `backend` is "builtin" (the default), "gemini", "openai" or "instant"; a tier on an HTTP
+# provider also names its `model` (docs/providers.md).
 
 [limits]
 max_reference_bytes = 67108864     # 64 MiB of encoded image
@@ -194,6 +201,7 @@ _TIER_KEYS = frozenset(
         "max_concurrency",
         "queue_limit",
         "expected_latency_seconds",
+        "model",
     }
 )
 _LIMIT_KEYS = frozenset({"max_reference_bytes", "max_reference_pixels"})
@@ -303,6 +311,7 @@ def _parse_tier(name: str, entry: Any, where: str, backends: Collection[str] | N
         max_concurrency=_positive_int(entry, "max_concurrency", where, 1),
         queue_limit=_int(entry, "queue_limit", where, 16, minimum=0),
         expected_latency_seconds=_latencies(entry, where, sizes),
+        model=_model(entry, where),
     )
 
 
@@ -319,6 +328,18 @@ def _string(table: Mapping[str, Any], key: str, where: str, default: str) -> str
     value = table.get(key, default)
     if not isinstance(value, str) or not value.strip():
         raise TierConfigError(f"{where}.{key}: must be a non-empty string, not {value!r}")
+    return value
+
+
+def _model(table: Mapping[str, Any], where: str) -> str | None:
+    value = table.get("model")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _MODEL_NAME.match(value):
+        raise TierConfigError(
+            f"{where}.model: must be a model name of letters, digits, '.', '-' or '_',"
+            f' for example "gemini-3-pro-image-preview", not {value!r}'
+        )
     return value
 
 

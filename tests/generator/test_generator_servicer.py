@@ -292,6 +292,7 @@ async def test_renders_come_at_the_asked_size_and_repeat_byte_for_byte(
     assert servers[rendered[0].parent.span_id].name.endswith("GeneratorService/Render")
     assert dict(rendered[0].attributes or {}) == {
         "tiergen.tier": tier,
+        "tiergen.backend": "builtin",
         "tiergen.width": width,
         "tiergen.height": height,
         "tiergen.seed": "7",

@@ -66,8 +66,12 @@ def test_a_bad_tiers_file_is_a_config_error_naming_the_entry(tmp_path: Path) -> 
 
 
 def test_a_tier_on_a_backend_this_process_lacks_is_refused(tmp_path: Path) -> None:
-    settings = with_tiers(tmp_path, ONE_TIER.replace('"builtin"', '"gemini"'))
-    with pytest.raises(ConfigError, match=r"tiers\.solo\.backend: unknown backend 'gemini'"):
+    settings = with_tiers(tmp_path, ONE_TIER.replace('"builtin"', '"midjourney"'))
+    with pytest.raises(
+        ConfigError,
+        match=r"tiers\.solo\.backend: unknown backend 'midjourney';"
+        r" available: builtin, gemini, instant, openai",
+    ):
         settings.catalogue()
 
 
