@@ -1,0 +1,100 @@
+"""Provider failures through the router: the right status, and the hold released every time."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from tiergen.common.v1 import common_pb2
+from tiergen.router.v1 import router_pb2
+
+from services.generator.tiers import DEFAULT_CATALOGUE_TOML
+from services.runtime.status import from_rpc_error
+from tests.generator.fake_providers import FakeGemini, Mode
+
+STANDARD_BUILTIN = 'backend = "builtin"\nquality = "medium"'
+STANDARD_GEMINI = 'backend = "gemini"\nmodel = "gemini-3-pro-image-preview"\nquality = "medium"'
+
+
+@pytest.fixture
+def gemini() -> Iterator[FakeGemini]:
+    with FakeGemini() as fake:
+        yield fake
+
+
+@pytest.fixture
+def generator_env(tmp_path: Path, gemini: FakeGemini) -> dict[str, str]:
+    # The standard tier renders on the Gemini image API (the fake); Gemini takes no mask.
+    standard = DEFAULT_CATALOGUE_TOML.index("[tiers.standard]")
+    head, tail = DEFAULT_CATALOGUE_TOML[:standard], DEFAULT_CATALOGUE_TOML[standard:]
+    tail = tail.replace(STANDARD_BUILTIN, STANDARD_GEMINI, 1).replace(
+        "inpainting = true", "inpainting = false", 1
+    )
+    tiers = tmp_path / "tiers.toml"
+    tiers.write_text(head + tail)
+    assert STANDARD_GEMINI in tiers.read_text()
+    return {
+        "TIERGEN_GENERATOR_TIERS_FILE": str(tiers),
+        "GEMINI_API_KEY": gemini.api_key,
+        "TIERGEN_GEMINI_BASE_URL": gemini.url,
+        "TIERGEN_GEMINI_TIMEOUT_SECONDS": "1.5",
+        "TIERGEN_GEMINI_MAX_ATTEMPTS": "2",
+        "TIERGEN_GEMINI_BACKOFF_SECONDS": "0.05",
+        "TIERGEN_GEMINI_MAX_BACKOFF_SECONDS": "0.2",
+    }
+
+
+async def _generate(suite, account: str) -> router_pb2.Job:
+    request = router_pb2.GenerateRequest(
+        account_id=account,
+        idempotency_key=uuid.uuid4().hex,
+        spec=router_pb2.GenerationSpec(
+            prompt="a lighthouse at dawn",
+            tier="standard",
+            resolution=common_pb2.Resolution(size=common_pb2.IMAGE_SIZE_1K),
+        ),
+    )
+    final = None
+    async for event in suite.router.Generate(request):
+        if event.WhichOneof("event") == "job":
+            final = event.job
+    assert final is not None
+    return final
+
+
+async def test_a_provider_render_is_charged_once(suite, gemini):
+    account = await suite.open_account()
+    job = await _generate(suite, account)
+    assert job.status == router_pb2.JOB_STATUS_SUCCEEDED
+    assert (job.width, job.height) == (1024, 1024)
+    assert gemini.hits == 1
+    balance = await suite.balance(account)
+    assert (balance.available, balance.held) == (400 - job.cost, 0)
+
+
+@pytest.mark.parametrize(
+    ("mode", "code", "reason"),
+    [
+        (Mode.RATE_LIMITED, grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED"),
+        (Mode.SERVER_ERROR, grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
+        (Mode.HANG, grpc.StatusCode.UNAVAILABLE, "PROVIDER_TIMEOUT"),
+        (Mode.SAFETY_BLOCK, grpc.StatusCode.FAILED_PRECONDITION, "CONTENT_BLOCKED"),
+        (Mode.NO_IMAGE, grpc.StatusCode.FAILED_PRECONDITION, "NO_IMAGE"),
+        (Mode.MALFORMED_BASE64, grpc.StatusCode.UNAVAILABLE, "PROVIDER_BAD_RESPONSE"),
+    ],
+)
+async def test_provider_failures_release_the_hold(suite, gemini, mode, code, reason):
+    account = await suite.open_account()
+    gemini.fail(mode, retry_after="0.1s" if mode is Mode.RATE_LIMITED else None)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _generate(suite, account)
+    assert caught.value.code() == code
+    assert from_rpc_error(caught.value).reason == reason
+    (job,) = (await suite.router.ListJobs(router_pb2.ListJobsRequest(account_id=account))).jobs
+    assert job.status == router_pb2.JOB_STATUS_FAILED and job.cost == 0
+    assert (job.error.code, job.error.reason) == (code.name, reason)
+    balance = await suite.balance(account)
+    assert (balance.available, balance.held) == (400, 0)
