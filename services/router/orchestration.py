@@ -73,22 +73,6 @@ DEFAULT_HANDOVER_STRENGTH = 0.6
 UPSCALE_FACTORS = tuple(1.0 + 0.5 * step for step in range(7))
 _SEED_LIMIT = 2**63  # seeds are stored as signed 64-bit integers
 _STORE_REASONS = frozenset({"JOB_FINAL", "ILLEGAL_TRANSITION"})
-_ERROR_CLASSES: dict[str, type[TiergenError]] = {
-    cls.code: cls
-    for cls in (
-        errors.InvalidArgument,
-        errors.NotFound,
-        errors.AlreadyExists,
-        errors.FailedPrecondition,
-        errors.Aborted,
-        errors.Unavailable,
-        errors.ResourceExhausted,
-        errors.DeadlineExceeded,
-        errors.Cancelled,
-        errors.PermissionDenied,
-        errors.Internal,
-    )
-}
 
 
 @dataclass(frozen=True)
@@ -249,7 +233,7 @@ def job_error(job: Job) -> TiergenError:
     """The error a failed job recorded, as the domain error a caller receives."""
     if job.error is None:
         return errors.Internal(f"job {job.job_id} failed without a recorded error")
-    cls = _ERROR_CLASSES.get(job.error.code, errors.Internal)
+    cls = errors.error_class(job.error.code)
     return cls(job.error.message, reason=job.error.reason, metadata={"job_id": job.job_id})
 
 
@@ -336,11 +320,6 @@ class Router:
             )
             for index in range(decision.n)
         ]
-        record = await self._open_batch(account_id, key, fingerprint, new_jobs, decision)
-        if record.replayed:
-            async for event in self._replay(record, fingerprint):
-                yield event
-            return
 
         automatic = request.tier in ("", "auto")
 
@@ -370,8 +349,10 @@ class Router:
                 why = f"{decision.tier} failed ({error.reason}); rendered on {lower} by policy"
                 return Delivery(image, fallback_tier=lower, fallback_reason=why)
 
-        async for event in self._run(record, render):
-            yield event
+        events = self._start(account_id, key, fingerprint, new_jobs, decision, render)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
 
     # Handovers and upscales ------------------------------------------------------------
 
@@ -432,11 +413,6 @@ class Router:
             strength=strength,
             trace_id=current_trace_id(),
         )
-        record = await self._open_batch(account_id, key, fingerprint, [new_job], decision)
-        if record.replayed:
-            async for event in self._replay(record, fingerprint):
-                yield event
-            return
 
         async def render(job: Job, progress: ProgressSink) -> Delivery:
             order = RenderOrder(
@@ -454,8 +430,10 @@ class Router:
                 drift = await asyncio.to_thread(style_drift, reference, image.data)
             return Delivery(image, drift)
 
-        async for event in self._run(record, render):
-            yield event
+        events = self._start(account_id, key, fingerprint, [new_job], decision, render)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
 
     async def upscale(
         self, account_id: str, key: str, request: UpscaleRequest
@@ -507,11 +485,6 @@ class Router:
         )
         assert parent.asset is not None  # checked by _require_succeeded
         source = await self._assets.read(parent.asset.asset_id)
-        record = await self._open_batch(account_id, key, fingerprint, [new_job], None)
-        if record.replayed:
-            async for event in self._replay(record, fingerprint):
-                yield event
-            return
 
         async def enlarge(job: Job, progress: ProgressSink) -> Delivery:
             order = UpscaleOrder(
@@ -525,8 +498,10 @@ class Router:
             with _step("upscale", job_id=job.job_id, factor=factor):
                 return Delivery(await self._upscaler.upscale(order, progress))
 
-        async for event in self._run(record, enlarge):
-            yield event
+        events = self._start(account_id, key, fingerprint, [new_job], None, enlarge)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
 
     async def edit(
         self, account_id: str, key: str, request: EditRequest
@@ -606,11 +581,6 @@ class Router:
         )
         assert parent.asset is not None  # checked by _require_succeeded
         source = await self._assets.read(parent.asset.asset_id)
-        record = await self._open_batch(account_id, key, fingerprint, [new_job], None)
-        if record.replayed:
-            async for event in self._replay(record, fingerprint):
-                yield event
-            return
 
         async def inpaint(job: Job, progress: ProgressSink) -> Delivery:
             order = RenderOrder(
@@ -628,8 +598,10 @@ class Router:
                 drift = await asyncio.to_thread(style_drift, source, image.data)
             return Delivery(image, drift)
 
-        async for event in self._run(record, inpaint):
-            yield event
+        events = self._start(account_id, key, fingerprint, [new_job], None, inpaint)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
 
     async def set_shortlisted(self, account_id: str, job_id: str, shortlisted: bool) -> Job:
         """Marks or unmarks one of the account's jobs as shortlisted."""
@@ -700,6 +672,22 @@ class Router:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # The one path every batch takes ----------------------------------------------------
+
+    async def _start(
+        self,
+        account_id: str,
+        key: str,
+        fingerprint: str,
+        new_jobs: list[NewJob],
+        decision: Decision | None,
+        work: Work,
+    ) -> AsyncGenerator[RouterEvent, None]:
+        """Opens the batch and runs it, or replays it when a racing call with the same key won."""
+        record = await self._open_batch(account_id, key, fingerprint, new_jobs, decision)
+        events = self._replay(record, fingerprint) if record.replayed else self._run(record, work)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
 
     async def _open_batch(
         self,

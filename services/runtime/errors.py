@@ -21,6 +21,7 @@ __all__ = [
     "TiergenError",
     "Unauthenticated",
     "Unavailable",
+    "error_class",
 ]
 
 #: The `ErrorInfo.domain` of every error Tiergen raises.
@@ -191,3 +192,27 @@ class Internal(TiergenError):
 
     code = "INTERNAL"
     default_reason = "INTERNAL"
+
+
+_BY_CODE: dict[str, type[TiergenError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        Aborted,
+        Unavailable,
+        ResourceExhausted,
+        DeadlineExceeded,
+        Cancelled,
+        PermissionDenied,
+        Unauthenticated,
+        Internal,
+    )
+}
+
+
+def error_class(code: str) -> type[TiergenError]:
+    """The error answering with the gRPC status code named `code`; Internal for any other."""
+    return _BY_CODE.get(code, Internal)

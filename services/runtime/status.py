@@ -15,23 +15,6 @@ from services.runtime.errors import ERROR_DOMAIN, FieldViolation, QuotaViolation
 
 __all__ = ["from_rpc_error", "grpc_code", "to_status"]
 
-_ERRORS: dict[grpc.StatusCode, type[TiergenError]] = {
-    grpc.StatusCode[cls.code]: cls
-    for cls in (
-        errors.InvalidArgument,
-        errors.NotFound,
-        errors.AlreadyExists,
-        errors.FailedPrecondition,
-        errors.Aborted,
-        errors.Unavailable,
-        errors.ResourceExhausted,
-        errors.DeadlineExceeded,
-        errors.Cancelled,
-        errors.PermissionDenied,
-        errors.Unauthenticated,
-        errors.Internal,
-    )
-}
 _DETAILS_KEY = "grpc-status-details-bin"
 
 
@@ -107,7 +90,7 @@ def from_rpc_error(error: grpc.RpcError) -> TiergenError:
     """
     code: grpc.StatusCode = error.code()
     message: str = error.details() or code.name
-    cls = _ERRORS.get(code, errors.Internal)
+    cls = errors.error_class(code.name)
     reason: str | None = None
     metadata: dict[str, str] = {}
     violations: list[FieldViolation] = []
