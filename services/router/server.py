@@ -125,7 +125,13 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
             max_upscale_side=settings.max_upscale_side,
         ),
     )
-    await router.recover()
+    if settings.jobs_sqlite_path is not None:
+        # A SQLite job store has one router: whatever it left unfinished was abandoned. Over a
+        # shared PostgreSQL store the other replicas' running jobs would look the same, so
+        # there the ledger's hold expiry returns a dead replica's credits instead.
+        await router.recover()
+    else:
+        _log.info("job store shared by replicas: start-up recovery left to hold expiry")
     servicer = RouterServicer(router, ledger.stub, ledger_timeout=30)
 
     async def close_channels() -> None:
