@@ -2,6 +2,14 @@
 
 The API is async. SQLite calls block, so they all run on one dedicated thread that owns the
 connection; calls are serialized there, and each write is one `BEGIN IMMEDIATE` transaction.
+
+Only marking a job succeeded waits for the disk (`synchronous=FULL`): it must survive a power
+loss because the ledger charges for the job next. Every other commit is `synchronous=NORMAL`,
+atomic and kept through a crash of the process, and made durable by the next FULL commit; after
+a power loss it may be lost, which costs nothing: an unrecorded batch's hold expires in the
+ledger, a retried request finds the same hold by its key, an unrecorded start or failure leaves
+the job unfinished for `recover`, and an unrecorded settlement is settled again by `recover`
+with the same idempotency keys. A FULL commit is an fsync: up to several ms on a shared disk.
 """
 
 from __future__ import annotations
@@ -361,7 +369,7 @@ class SqliteJobStore:
         connection.row_factory = sqlite3.Row
         try:
             connection.execute("PRAGMA journal_mode = WAL")
-            connection.execute("PRAGMA synchronous = FULL")
+            connection.execute("PRAGMA synchronous = NORMAL")
             connection.execute("PRAGMA foreign_keys = ON")
             connection.execute("PRAGMA busy_timeout = 5000")
             self._connection = connection
@@ -405,8 +413,8 @@ class SqliteJobStore:
                     (version, description, self._now_us()),
                 )
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    def _transaction(self, *, durable: bool = False) -> _Transaction:
+        return _Transaction(self._db, durable)
 
     def _now_us(self) -> int:
         return job_rows.to_us(self._clock())
@@ -526,7 +534,7 @@ class SqliteJobStore:
         charged: int | None = None,
     ) -> Job:
         def move() -> Job:
-            with self._transaction():
+            with self._transaction(durable=target is JobStatus.SUCCEEDED):
                 job = self._job(None, job_id)
                 if job.status not in job_rows.SOURCES[target]:
                     raise job_rows.refusal(job, target)
@@ -545,12 +553,20 @@ class SqliteJobStore:
 
 @dataclass(frozen=True)
 class _Transaction:
-    """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` when the block raises."""
+    """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` when the block raises; a `durable` one
+    commits with `synchronous=FULL`."""
 
     connection: sqlite3.Connection
+    durable: bool = False
 
     def __enter__(self) -> None:
+        if self.durable:
+            self.connection.execute("PRAGMA synchronous = FULL")
         self.connection.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        self.connection.execute("COMMIT" if kind is None else "ROLLBACK")
+        try:
+            self.connection.execute("COMMIT" if kind is None else "ROLLBACK")
+        finally:
+            if self.durable:
+                self.connection.execute("PRAGMA synchronous = NORMAL")

@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import contextvars
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -33,6 +34,9 @@ _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 #: Methods served without spans or log lines: probes would drown the real traffic.
 _QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
+_STATUS_CODE = "rpc.grpc.status_code"
+_OK = Status(StatusCode.OK)
+
 
 def remaining_deadline(default: float) -> float:
     """Seconds a downstream call may take: the inbound RPC's remaining time, capped by `default`."""
@@ -47,12 +51,30 @@ def _split_method(method: str) -> tuple[str, str]:
     return service, name
 
 
+@dataclass(frozen=True)
+class _Method:
+    """What every span and log line of one method shares, worked out once per method."""
+
+    path: str
+    span_name: str
+    attributes: Mapping[str, str]
+
+    @classmethod
+    def of(cls, path: str) -> _Method:
+        service, _, name = path.lstrip("/").partition("/")
+        return cls(
+            path,
+            path.lstrip("/"),
+            {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+        )
+
+
 class _ServedRpc:
     """The telemetry of one inbound RPC: its span, timing and canonical log line."""
 
     __slots__ = ("_context", "_method", "_peer", "_span", "_start", "_token")
 
-    def __init__(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def __init__(self, method: _Method, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self._method = method
         self._context = context
         # Read now: asking a cancelled call for its peer later can crash grpc's core.
@@ -60,12 +82,8 @@ class _ServedRpc:
         self._start = time.perf_counter()
         carrier = {key: value for key, value in (context.invocation_metadata() or ())}
         parent = propagate.extract(carrier)
-        service, name = _split_method(method)
         self._span = _tracer.start_span(
-            method.lstrip("/"),
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+            method.span_name, context=parent, kind=SpanKind.SERVER, attributes=method.attributes
         )
         self._token = otel_context.attach(trace.set_span_in_context(self._span, parent))
         structlog.contextvars.clear_contextvars()
@@ -73,17 +91,18 @@ class _ServedRpc:
         _deadline.set(None if remaining is None else time.monotonic() + remaining)
 
     def end(self, code: grpc.StatusCode, error: BaseException | None = None) -> None:
-        self._span.set_attribute("rpc.grpc.status_code", code.value[0])
+        span = self._span
         fields: dict[str, Any] = {
-            "method": self._method,
+            "method": self._method.path,
             "code": code.name,
             "duration_ms": round((time.perf_counter() - self._start) * 1000, 3),
             "peer": self._peer,
         }
+        span.set_attribute(_STATUS_CODE, code.value[0])
         if code is grpc.StatusCode.OK:
-            self._span.set_status(Status(StatusCode.OK))
+            span.set_status(_OK)
         else:
-            self._span.set_status(Status(StatusCode.ERROR, str(error or code.name)))
+            span.set_status(Status(StatusCode.ERROR, str(error or code.name)))
             if error is not None:
                 fields["error"] = str(error)
             if isinstance(error, TiergenError):
@@ -92,7 +111,7 @@ class _ServedRpc:
             _log.error("rpc", **fields)
         else:
             _log.info("rpc", **fields)
-        self._span.end()
+        span.end()
         # A streaming handler closed from another context cannot detach; the span is ended.
         with contextlib.suppress(ValueError):
             otel_context.detach(self._token)
@@ -110,7 +129,7 @@ class _ServedRpc:
             self.end(self._context.code() or grpc.StatusCode.UNKNOWN, exc)
             return
         self._span.record_exception(exc)
-        _log.exception("unhandled error", method=self._method)
+        _log.exception("unhandled error", method=self._method.path)
         self.end(grpc.StatusCode.INTERNAL, exc)
         await self._context.abort(
             grpc.StatusCode.INTERNAL, f"internal error (trace {current_trace_id() or 'none'})"
@@ -118,7 +137,17 @@ class _ServedRpc:
 
 
 class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every handler so each RPC gets a span, a log line and mapped errors."""
+    """Wraps every handler so each RPC gets a span, a log line and mapped errors.
+
+    A method's handler is wrapped once, on its first call, not again for every call.
+    """
+
+    def __init__(self) -> None:
+        # Method -> (its handler as registered, that handler wrapped). A handler that differs
+        # from the one wrapped (a service registered anew) is wrapped anew.
+        self._wrapped: dict[
+            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
+        ] = {}
 
     async def intercept_service(
         self,
@@ -131,34 +160,43 @@ class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
         method: str = handler_call_details.method
         if handler is None or method.startswith(_QUIET_PREFIXES):
             return handler
-        if handler.response_streaming:
-            behavior = handler.unary_stream or handler.stream_stream
-            wrapped_stream = _wrap_streaming(behavior, method)
-            factory = (
-                grpc.unary_stream_rpc_method_handler
-                if handler.unary_stream
-                else grpc.stream_stream_rpc_method_handler
-            )
-            return factory(
-                wrapped_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        behavior = handler.unary_unary or handler.stream_unary
-        wrapped = _wrap_unary(behavior, method)
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = _wrap_handler(handler, _Method.of(method))
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
+def _wrap_handler(
+    handler: grpc.RpcMethodHandler[Any, Any], method: _Method
+) -> grpc.RpcMethodHandler[Any, Any]:
+    if handler.response_streaming:
+        behavior = handler.unary_stream or handler.stream_stream
         factory = (
-            grpc.unary_unary_rpc_method_handler
-            if handler.unary_unary
-            else grpc.stream_unary_rpc_method_handler
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream
+            else grpc.stream_stream_rpc_method_handler
         )
         return factory(
-            wrapped,
+            _wrap_streaming(behavior, method),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+    behavior = handler.unary_unary or handler.stream_unary
+    factory = (
+        grpc.unary_unary_rpc_method_handler
+        if handler.unary_unary
+        else grpc.stream_unary_rpc_method_handler
+    )
+    return factory(
+        _wrap_unary(behavior, method),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
-def _wrap_unary(behavior: Any, method: str) -> Callable[..., Awaitable[Any]]:
+def _wrap_unary(behavior: Any, method: _Method) -> Callable[..., Awaitable[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         rpc = _ServedRpc(method, context)
         try:
@@ -172,7 +210,7 @@ def _wrap_unary(behavior: Any, method: str) -> Callable[..., Awaitable[Any]]:
     return handle
 
 
-def _wrap_streaming(behavior: Any, method: str) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_streaming(behavior: Any, method: _Method) -> Callable[..., AsyncIterator[Any]]:
     async def handle(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:

@@ -190,4 +190,5 @@ def serve_forever(service: str, factory: Callable[[], Awaitable[tuple[Server, in
         print(f"tiergen-{service}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
-        provider.shutdown()
+        if provider is not None:
+            provider.shutdown()

@@ -1,0 +1,620 @@
+"""Benchmarks the router's Generate against a bare chain of three gRPC hops, traced and untraced.
+
+Run from the repository root: `python -m bench.router --json` (or `tiergen bench router --json`).
+One run starts every process below on loopback, its files in a fresh temporary directory (under
+`--data-dir`, default the system's), and stops them all at the end, also on failure, Ctrl-C or
+SIGTERM:
+
+- chain: three `python -m bench.chain` processes, A calling B and then C for each request:
+  empty RPCs on the runtime's server and channels, so with the same interceptors as the suite.
+- shape: three more `bench.chain` processes with the router's call shape and no work: a stream
+  of six messages to the caller, Balance, Reserve, a stream of five from a generator-shaped
+  process, and Capture. It is the floor under the router: what its RPCs alone cost.
+- router: the suite (ledger on SQLite, generator, upscaler, router on SQLite and a local asset
+  directory), the generator's tiers all on the `instant` backend, which returns a solid-colour
+  PNG of the requested size at no cost; one request is a Generate of one nano 1K image, so what
+  is measured is the routing, the ledger's balance, hold and capture, the job store and the asset
+  store, and the gRPC hops between them.
+- router_untraced: a second suite, identical but with TIERGEN_TRACING=off in every process.
+
+Everything but router_untraced has the same telemetry: tracing on, spans recorded and exported
+nowhere (OTEL_TRACES_EXPORTER=none), one canonical log line per RPC at level info into a file.
+Each variant is driven from this process over one channel with 1 and with 16 concurrent
+clients, each router client on its own funded account; within each round the variants
+alternate, their order rotating, so a slow moment of the shared machine spreads over all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from tiergen.common.v1 import common_pb2
+from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from tiergen.router.v1 import router_pb2, router_pb2_grpc
+
+from bench.chain import generate_callable, hop_callable
+from services.generator.tiers import DEFAULT_CATALOGUE_TOML
+
+__all__ = ["main", "run"]
+
+CONCURRENCY = (1, 16)
+VARIANTS = ("chain", "shape", "router", "router_untraced")
+#: Router Generates per second at 16 clients, as a share of the chain's requests: at least this.
+RPS_TARGET_RATIO = 0.6
+#: Router p50 at 1 client: at most the chain's p50 plus this.
+P50_TARGET_EXTRA_MS = 3.0
+#: Traced router throughput at 16 clients, as a share of the untraced one: at least this.
+TRACING_TARGET_RATIO = 0.75
+
+_START_SECONDS = 60.0
+_STOP_SECONDS = 20.0
+_CALL_TIMEOUT = 10.0
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_TIER = "nano"
+
+
+@dataclass
+class _Process:
+    """A server process of the benchmark, in its own session so a terminal's Ctrl-C reaches only
+    this process, which then stops it in order."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    ready_file: Path
+    log_path: Path
+    address: str = ""
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) the process has used; None where /proc is missing."""
+        try:
+            stat = Path(f"/proc/{self.popen.pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+    async def wait_ready(self) -> str:
+        deadline = time.monotonic() + _START_SECONDS
+        while not self.ready_file.exists():
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                tail = self.log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(
+                    f"{self.name} did not start (exit {self.popen.poll()}); its log ends:\n{tail}"
+                )
+            await asyncio.sleep(0.05)
+        self.address = self.ready_file.read_text().strip()
+        return self.address
+
+    def terminate(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self) -> None:
+        try:
+            self.popen.wait(_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
+@dataclass
+class _Processes:
+    """Every process the benchmark started, stopped in reverse start order."""
+
+    run_dir: Path
+    started: list[_Process] = field(default_factory=list)
+
+    def spawn(self, name: str, arguments: Sequence[str], environ: dict[str, str]) -> _Process:
+        ready_file = self.run_dir / f"{name}.addr"
+        log_path = self.run_dir / f"{name}.log"
+        environ = {
+            **os.environ,
+            "TIERGEN_HOST": "127.0.0.1",
+            "TIERGEN_PORT": "0",
+            "TIERGEN_READY_FILE": str(ready_file),
+            "TIERGEN_LOG_LEVEL": "info",
+            "OTEL_TRACES_EXPORTER": "none",
+            **environ,
+        }
+        with log_path.open("wb") as log:
+            popen = subprocess.Popen(
+                [sys.executable, *arguments],
+                env=environ,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        process = _Process(name, popen, ready_file, log_path)
+        self.started.append(process)
+        return process
+
+    def stop(self) -> None:
+        # The router first, so it settles its holds while the ledger still runs.
+        for process in reversed(self.started):
+            process.terminate()
+            process.wait_stopped()
+
+
+@dataclass
+class _Variant:
+    """One thing measured: the processes that serve it and the client loop that drives it."""
+
+    name: str
+    processes: list[_Process]
+    client: _Client
+
+    def cpu_seconds(self) -> float | None:
+        total = 0.0
+        for process in self.processes:
+            seconds = process.cpu_seconds()
+            if seconds is None:
+                return None
+            total += seconds
+        return total
+
+
+@dataclass
+class _Sample:
+    """What one variant measured, pooled over the rounds."""
+
+    requests: int = 0
+    seconds: float = 0.0
+    server_cpu_seconds: float | None = 0.0
+    client_cpu_seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def add(self, other: _Sample) -> None:
+        self.requests += other.requests
+        self.seconds += other.seconds
+        if self.server_cpu_seconds is None or other.server_cpu_seconds is None:
+            self.server_cpu_seconds = None
+        else:
+            self.server_cpu_seconds += other.server_cpu_seconds
+        self.client_cpu_seconds += other.client_cpu_seconds
+        self.latencies_ms.extend(other.latencies_ms)
+
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def p50_ms(self) -> float:
+        return statistics.median(self.latencies_ms)
+
+    def p99_ms(self) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+    def server_cpu_ms(self) -> float | None:
+        if self.server_cpu_seconds is None:
+            return None
+        return self.server_cpu_seconds / self.requests * 1000
+
+    def client_cpu_ms(self) -> float:
+        return self.client_cpu_seconds / self.requests * 1000
+
+
+@dataclass
+class _Budget:
+    """When a measurement stops: at `stop_at` or after `requests` requests, whichever is first."""
+
+    stop_at: float
+    requests: int
+
+    def take(self) -> bool:
+        if self.requests <= 0 or time.perf_counter() >= self.stop_at:
+            return False
+        self.requests -= 1
+        return True
+
+
+#: One client's loop: requests while the budget lasts, each latency appended; how many it made.
+_Client = Callable[[int, _Budget, list[float]], Awaitable[int]]
+
+
+def _chain_client(channel: grpc.aio.Channel) -> _Client:
+    hop = hop_callable(channel)
+
+    async def run(client: int, budget: _Budget, latencies: list[float]) -> int:
+        calls = 0
+        while budget.take():
+            started = time.perf_counter()
+            await hop(b"", timeout=_CALL_TIMEOUT)
+            latencies.append((time.perf_counter() - started) * 1000)
+            calls += 1
+        return calls
+
+    return run
+
+
+def _shape_client(channel: grpc.aio.Channel) -> _Client:
+    generate = generate_callable(channel)
+
+    async def run(client: int, budget: _Budget, latencies: list[float]) -> int:
+        calls = 0
+        while budget.take():
+            started = time.perf_counter()
+            async for _ in generate(b"g" * 66, timeout=_CALL_TIMEOUT):
+                pass
+            latencies.append((time.perf_counter() - started) * 1000)
+            calls += 1
+        return calls
+
+    return run
+
+
+def _router_client(channel: grpc.aio.Channel, variant: str) -> _Client:
+    stub = router_pb2_grpc.RouterServiceStub(channel)  # type: ignore[no-untyped-call]
+    run_id = uuid.uuid4().hex[:8]
+    sequence = iter(range(sys.maxsize))
+    spec = router_pb2.GenerationSpec(
+        prompt="a lighthouse at dusk, benchmark",
+        tier=_TIER,
+        stage=common_pb2.STAGE_EXPLORE,
+        resolution=common_pb2.Resolution(
+            size=common_pb2.IMAGE_SIZE_1K, aspect_ratio=common_pb2.ASPECT_RATIO_1_1
+        ),
+        n=1,
+    )
+
+    async def run(client: int, budget: _Budget, latencies: list[float]) -> int:
+        calls = 0
+        while budget.take():
+            request = router_pb2.GenerateRequest(
+                account_id=_account(variant, client),
+                idempotency_key=f"{run_id}-{next(sequence)}",
+                spec=spec,
+            )
+            started = time.perf_counter()
+            final = None
+            async for response in stub.Generate(request, timeout=_CALL_TIMEOUT):
+                final = response
+            latencies.append((time.perf_counter() - started) * 1000)
+            if final is None or final.job.status != router_pb2.JOB_STATUS_SUCCEEDED:
+                raise RuntimeError(f"{variant}: a Generate did not succeed; it ended with {final}")
+            calls += 1
+        return calls
+
+    return run
+
+
+def _account(variant: str, client: int) -> str:
+    return f"bench-{variant}-{client}"
+
+
+async def _fund_accounts(router: grpc.aio.Channel, ledger: grpc.aio.Channel, variant: str) -> None:
+    """One account per client, funded far beyond what a run spends."""
+    router_stub = router_pb2_grpc.RouterServiceStub(router)  # type: ignore[no-untyped-call]
+    ledger_stub = ledger_pb2_grpc.LedgerServiceStub(ledger)  # type: ignore[no-untyped-call]
+    for client in range(max(CONCURRENCY)):
+        account_id = _account(variant, client)
+        await router_stub.OpenAccount(
+            router_pb2.OpenAccountRequest(account_id=account_id, idempotency_key="open"),
+            timeout=_CALL_TIMEOUT,
+        )
+        await ledger_stub.Grant(
+            ledger_pb2.GrantRequest(
+                account_id=account_id,
+                amount=10**9,
+                kind=ledger_pb2.GRANT_KIND_PURCHASE,
+                reason="benchmark",
+                idempotency_key="fund",
+            ),
+            timeout=_CALL_TIMEOUT,
+        )
+
+
+def _instant_tiers() -> str:
+    """The default tier catalogue with every tier on the zero-cost `instant` backend."""
+    text = DEFAULT_CATALOGUE_TOML.replace('backend = "builtin"', 'backend = "instant"')
+    if 'backend = "instant"' not in text:
+        raise RuntimeError("the default tier catalogue names no builtin backend to replace")
+    return text
+
+
+def _spawn_suite(processes: _Processes, variant: str, tracing: str) -> list[_Process]:
+    """The ledger, generator and upscaler of one suite; the router comes once they listen."""
+    data = processes.run_dir / variant
+    data.mkdir()
+    tiers = data / "tiers.toml"
+    tiers.write_text(_instant_tiers())
+    common = {"TIERGEN_TRACING": tracing}
+    return [
+        processes.spawn(
+            f"{variant}-ledger",
+            ["-m", "services.ledger"],
+            {**common, "TIERGEN_LEDGER_DSN": f"sqlite:///{data / 'ledger.db'}"},
+        ),
+        processes.spawn(
+            f"{variant}-generator",
+            ["-m", "services.generator"],
+            {
+                **common,
+                "TIERGEN_GENERATOR_TIERS_FILE": str(tiers),
+                "TIERGEN_GENERATOR_WORKERS": "1",
+            },
+        ),
+        processes.spawn(
+            f"{variant}-upscaler",
+            ["-m", "services.upscaler"],
+            {**common, "TIERGEN_UPSCALER_WORKERS": "1"},
+        ),
+    ]
+
+
+def _spawn_router(
+    processes: _Processes, variant: str, tracing: str, ledger: str, generator: str, upscaler: str
+) -> _Process:
+    data = processes.run_dir / variant
+    return processes.spawn(
+        f"{variant}-router",
+        ["-m", "services.router"],
+        {
+            "TIERGEN_TRACING": tracing,
+            "TIERGEN_ROUTER_DSN": f"sqlite:///{data / 'router.db'}",
+            "TIERGEN_ROUTER_ASSETS_DIR": str(data / "assets"),
+            "LEDGER_ADDR": ledger,
+            "GENERATOR_ADDR": generator,
+            "UPSCALER_ADDR": upscaler,
+        },
+    )
+
+
+async def _measure(variant: _Variant, clients: int, seconds: float, requests: int) -> _Sample:
+    latencies: list[float] = []
+    budget = _Budget(time.perf_counter() + seconds, requests)
+    server_before = variant.cpu_seconds()
+    client_before = time.process_time()
+    started = time.perf_counter()
+    calls = await asyncio.gather(*(variant.client(n, budget, latencies) for n in range(clients)))
+    elapsed = time.perf_counter() - started
+    client_cpu = time.process_time() - client_before
+    server_after = variant.cpu_seconds()
+    server_cpu = (
+        None if server_before is None or server_after is None else server_after - server_before
+    )
+    return _Sample(sum(calls), elapsed, server_cpu, client_cpu, latencies)
+
+
+def _rotated(names: Sequence[str], shift: int) -> Iterator[str]:
+    shift %= len(names)
+    yield from [*names[shift:], *names[:shift]]
+
+
+async def _run(
+    processes: _Processes, rounds: int, seconds: float, warmup: float, requests: int
+) -> dict[tuple[str, int], _Sample]:
+    chain_b = processes.spawn("chain-b", ["-m", "bench.chain"], {})
+    chain_c = processes.spawn("chain-c", ["-m", "bench.chain"], {})
+    shape_ledger = processes.spawn("shape-ledger", ["-m", "bench.chain"], {})
+    shape_generator = processes.spawn("shape-generator", ["-m", "bench.chain"], {})
+    suites = {
+        "router": _spawn_suite(processes, "router", "on"),
+        "router_untraced": _spawn_suite(processes, "router_untraced", "off"),
+    }
+    first = [chain_b, chain_c, shape_ledger, shape_generator, *suites["router"]]
+    await asyncio.gather(*(p.wait_ready() for p in [*first, *suites["router_untraced"]]))
+    chain_a = processes.spawn(
+        "chain-a",
+        ["-m", "bench.chain"],
+        {"CHAIN_NEXT_ADDRS": f"{chain_b.address},{chain_c.address}"},
+    )
+    shape_router = processes.spawn(
+        "shape-router",
+        ["-m", "bench.chain"],
+        {
+            "SHAPE_LEDGER_ADDR": shape_ledger.address,
+            "SHAPE_GENERATOR_ADDR": shape_generator.address,
+        },
+    )
+    routers = {
+        name: _spawn_router(
+            processes, name, "on" if name == "router" else "off", *(p.address for p in suite)
+        )
+        for name, suite in suites.items()
+    }
+    await asyncio.gather(
+        chain_a.wait_ready(), shape_router.wait_ready(), *(r.wait_ready() for r in routers.values())
+    )
+    async with contextlib.AsyncExitStack() as channels:
+        chain_channel = grpc.aio.insecure_channel(chain_a.address)
+        channels.push_async_callback(chain_channel.close)
+        shape_channel = grpc.aio.insecure_channel(shape_router.address)
+        channels.push_async_callback(shape_channel.close)
+        variants = {
+            "chain": _Variant("chain", [chain_a, chain_b, chain_c], _chain_client(chain_channel)),
+            "shape": _Variant(
+                "shape",
+                [shape_router, shape_ledger, shape_generator],
+                _shape_client(shape_channel),
+            ),
+        }
+        for name, router in routers.items():
+            router_channel = grpc.aio.insecure_channel(router.address)
+            ledger_channel = grpc.aio.insecure_channel(suites[name][0].address)
+            channels.push_async_callback(router_channel.close)
+            channels.push_async_callback(ledger_channel.close)
+            await _fund_accounts(router_channel, ledger_channel, name)
+            variants[name] = _Variant(
+                name, [router, *suites[name]], _router_client(router_channel, name)
+            )
+        for variant in variants.values():
+            await _measure(variant, max(CONCURRENCY), warmup, requests)
+        samples = {(name, count): _Sample() for name in VARIANTS for count in CONCURRENCY}
+        for round_number in range(rounds):
+            for count in CONCURRENCY:
+                for name in _rotated(VARIANTS, round_number):
+                    sample = await _measure(variants[name], count, seconds, requests)
+                    samples[(name, count)].add(sample)
+    return samples
+
+
+async def run(
+    rounds: int, seconds: float, warmup: float, requests: int, data_dir: Path | None = None
+) -> dict[str, Any]:
+    """Start the processes, measure every variant `rounds` times, stop them; the figures.
+
+    The processes keep their files in a fresh directory under `data_dir` (the system's
+    temporary directory when None), removed at the end.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    # SIGTERM stops the benchmark as Ctrl-C does: through the `finally` that stops the servers.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    with tempfile.TemporaryDirectory(prefix="bench-router-", dir=data_dir) as run_dir:
+        processes = _Processes(Path(run_dir))
+        try:
+            samples = await _run(processes, rounds, seconds, warmup, requests)
+        finally:
+            await asyncio.to_thread(processes.stop)
+    figures = _figures(samples, rounds, seconds, requests)
+    figures["method"]["data_dir"] = str(data_dir or tempfile.gettempdir())
+    return figures
+
+
+def _figures(
+    samples: dict[tuple[str, int], _Sample], rounds: int, seconds: float, requests: int
+) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    for name in VARIANTS:
+        suffix = "_untraced" if name.endswith("_untraced") else ""
+        prefix = name.removesuffix("_untraced")
+        for count in CONCURRENCY:
+            sample = samples[(name, count)]
+            figures[f"{prefix}_rps_{count}{suffix}"] = round(sample.rps(), 1)
+            figures[f"{prefix}_p50_ms_{count}{suffix}"] = round(sample.p50_ms(), 3)
+            figures[f"{prefix}_p99_ms_{count}{suffix}"] = round(sample.p99_ms(), 3)
+            server_cpu = sample.server_cpu_ms()
+            figures[f"{prefix}_server_cpu_ms_per_request_{count}{suffix}"] = (
+                None if server_cpu is None else round(server_cpu, 3)
+            )
+            figures[f"{prefix}_client_cpu_ms_per_request_{count}{suffix}"] = round(
+                sample.client_cpu_ms(), 3
+            )
+    rps_ratio = figures["router_rps_16"] / figures["chain_rps_16"]
+    p50_extra = figures["router_p50_ms_1"] - figures["chain_p50_ms_1"]
+    tracing_ratio = figures["router_rps_16"] / figures["router_rps_16_untraced"]
+    figures["router_rps_ratio_16"] = round(rps_ratio, 3)
+    figures["router_p50_extra_ms_1"] = round(p50_extra, 3)
+    figures["tracing_rps_ratio_16"] = round(tracing_ratio, 3)
+    figures["shape_rps_ratio_16"] = round(figures["shape_rps_16"] / figures["chain_rps_16"], 3)
+    figures["shape_p50_extra_ms_1"] = round(
+        figures["shape_p50_ms_1"] - figures["chain_p50_ms_1"], 3
+    )
+    figures["router_rps_ratio_to_shape_16"] = round(
+        figures["router_rps_16"] / figures["shape_rps_16"], 3
+    )
+    targets = {
+        f"router_rps_16_at_least_{RPS_TARGET_RATIO:g}_of_chain": rps_ratio >= RPS_TARGET_RATIO,
+        f"router_p50_1_at_most_chain_plus_{P50_TARGET_EXTRA_MS:g}_ms": (
+            p50_extra <= P50_TARGET_EXTRA_MS
+        ),
+        f"router_rps_16_at_least_{TRACING_TARGET_RATIO:g}_of_untraced": (
+            tracing_ratio >= TRACING_TARGET_RATIO
+        ),
+    }
+    figures["targets"] = targets
+    figures["targets_met"] = all(targets.values())
+    figures["method"] = {
+        "chain": "client -> A, A -> B then A -> C: empty unary RPCs on the runtime's server "
+        "and channels; one request is one call to A",
+        "shape": "the router's RPCs and messages with no work behind them: a Generate stream of "
+        "6 messages calling Balance, Reserve, a Render stream of 5 messages, and Capture",
+        "router": "Generate of one nano 1K image, generator on the instant backend, ledger and "
+        "job store on SQLite, local assets; one request is one whole Generate stream",
+        "telemetry": "chain, shape and router: tracing on, OTEL_TRACES_EXPORTER=none (spans "
+        "recorded, exported nowhere), log level info; router_untraced: TIERGEN_TRACING=off "
+        "everywhere",
+        "server_cpu": "user + system CPU of the variant's main processes per request",
+        "rounds": rounds,
+        "seconds_per_measurement": seconds,
+        "max_requests_per_measurement": requests,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+    }
+    return figures
+
+
+def _table(figures: dict[str, Any]) -> str:
+    lines = [
+        f"{'variant':<16} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'server cpu/req':>15}"
+    ]
+    for name in VARIANTS:
+        suffix = "_untraced" if name.endswith("_untraced") else ""
+        prefix = name.removesuffix("_untraced")
+        for count in CONCURRENCY:
+            lines.append(
+                f"{name:<16} {count:>7} {figures[f'{prefix}_rps_{count}{suffix}']:>8} "
+                f"{figures[f'{prefix}_p50_ms_{count}{suffix}']:>8} "
+                f"{figures[f'{prefix}_p99_ms_{count}{suffix}']:>8} "
+                f"{figures[f'{prefix}_server_cpu_ms_per_request_{count}{suffix}']!s:>12} ms"
+            )
+    lines.append(
+        f"router/chain req/s at 16: {figures['router_rps_ratio_16']}; router p50 at 1 minus "
+        f"chain's: {figures['router_p50_extra_ms_1']} ms; traced/untraced req/s at 16: "
+        f"{figures['tracing_rps_ratio_16']}; shape/chain req/s at 16: "
+        f"{figures['shape_rps_ratio_16']}"
+    )
+    for name, met in figures["targets"].items():
+        lines.append(f"{'met' if met else 'MISSED':<7} {name}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print its figures (`targets_met` says whether the targets hold)."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=2.0, help="per variant, count and round")
+    parser.add_argument("--warmup", type=float, default=1.0, help="untimed, per variant")
+    parser.add_argument(
+        "--max-requests", type=int, default=10_000, help="most requests of one measurement"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where the databases, assets and logs go (default: the system's temporary "
+        "directory); /dev/shm takes the disk's fsync time out of the figures",
+    )
+    arguments = parser.parse_args(argv)
+    if arguments.rounds < 1 or arguments.seconds <= 0 or arguments.max_requests < 1:
+        parser.error("--rounds, --seconds and --max-requests must be positive")
+    if arguments.data_dir is not None and not arguments.data_dir.is_dir():
+        parser.error(f"--data-dir {arguments.data_dir} is not a directory")
+    try:
+        figures = asyncio.run(
+            run(
+                arguments.rounds,
+                arguments.seconds,
+                arguments.warmup,
+                arguments.max_requests,
+                arguments.data_dir,
+            )
+        )
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted; every process the benchmark started is stopped", file=sys.stderr)
+        return 130
+    print(json.dumps(figures, indent=2) if arguments.json else _table(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
