@@ -40,8 +40,8 @@ from services.generator.picture import Backend, Picture
 from services.generator.resolution import AspectRatio, ImageSize, Resolution
 from services.generator.scheduling import TierQueue
 from services.generator.tiers import RenderRequest, Tier, TierCatalogue, validate_request
-from services.runtime.chunks import ChunkAssembler, image_info, split
-from services.runtime.errors import FieldViolation, InvalidArgument
+from services.runtime.chunks import ChunkAssembler, drain, image_info, split
+from services.runtime.errors import FieldViolation, InvalidArgument, TiergenError
 
 __all__ = ["GeneratorServicer"]
 
@@ -95,7 +95,12 @@ class GeneratorServicer:
         request_iterator: AsyncIterator[generator_pb2.RenderRequest],
         context: _RenderContext,
     ) -> AsyncIterator[generator_pb2.RenderResponse]:
-        request = await self._receive(aiter(request_iterator))
+        requests = aiter(request_iterator)
+        try:
+            request = await self._receive(requests)
+        except TiergenError:
+            await drain(requests, self._catalogue.reference_limits.max_bytes)
+            raise
         # Off the event loop: checking a reference reads all of its (up to 64 MiB of) bytes.
         tier = await asyncio.to_thread(self._validate, request)
         structlog.contextvars.bind_contextvars(tier=tier.name, backend=tier.backend)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from tiergen.common.v1 import common_pb2
 
 from services.runtime.errors import InvalidArgument
 
-__all__ = ["CHUNK_BYTES", "ChunkAssembler", "image_info", "split"]
+__all__ = ["CHUNK_BYTES", "ChunkAssembler", "drain", "image_info", "split"]
 
 #: Bytes per chunk: small enough for any message limit, large enough to keep overhead low.
 CHUNK_BYTES = 1024 * 1024
@@ -94,3 +95,16 @@ class ChunkAssembler:
                     f"{self._field} does not match its announced sha256", field=self._field
                 )
         return data
+
+
+async def drain(requests: AsyncIterator[Any], budget: int) -> None:
+    """Reads and drops what the client still sends, up to `budget` bytes, before refusing it.
+
+    Works around grpc/grpc#36066: an asyncio client still writing when the server's status
+    arrives reports INTERNAL ("Internal error from Core") instead of that status, so a refused
+    upload would reach such callers without its code, reason or RetryInfo.
+    """
+    async for request in requests:
+        budget -= request.ByteSize()
+        if budget < 0:
+            return

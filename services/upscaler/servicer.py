@@ -36,7 +36,7 @@ from opentelemetry.trace import Status, StatusCode
 from tiergen.common.v1 import common_pb2
 from tiergen.upscaler.v1 import upscaler_pb2
 
-from services.runtime.chunks import ChunkAssembler, split
+from services.runtime.chunks import ChunkAssembler, drain, split
 from services.runtime.errors import (
     InvalidArgument,
     ResourceExhausted,
@@ -137,7 +137,7 @@ class UpscalerService:
             spec, announced = self._read_spec(await anext(requests, None))
             slot = self._admit()
         except TiergenError:
-            await _drain(requests, limit)
+            await drain(requests, limit)
             raise
         try:
             data = await _receive_image(requests, announced, limit)
@@ -145,7 +145,7 @@ class UpscalerService:
         except BaseException as error:
             self._slots.give_back(slot)
             if isinstance(error, TiergenError):
-                await _drain(requests, limit)
+                await drain(requests, limit)
             raise
         span = _tracer.start_span(
             "upscale",
@@ -340,19 +340,6 @@ async def _receive_image(
             reason="EMPTY_IMAGE",
         )
     return assembler.finish()
-
-
-async def _drain(requests: AsyncIterator[upscaler_pb2.UpscaleRequest], budget: int) -> None:
-    """Read and drop what the client still sends, up to `budget` bytes, before refusing it.
-
-    Works around grpc/grpc#36066: an asyncio client still writing when the server's status
-    arrives reports INTERNAL ("Internal error from Core") instead of that status, so a bad spec
-    or a full queue would reach such callers without its code, reason or RetryInfo.
-    """
-    async for request in requests:
-        budget -= request.ByteSize()
-        if budget < 0:
-            return
 
 
 def _enum_name(enum: EnumTypeWrapper, number: int, prefix: str) -> str:

@@ -622,3 +622,24 @@ async def test_a_bad_tiers_file_stops_the_start_naming_the_entry(tmp_path: Path)
     assert message.startswith("TIERGEN_GENERATOR_TIERS_FILE: ")
     assert f"{path}: tiers.quick.sizes" in message
     assert "'8K'" in message
+
+
+async def test_an_upload_refused_midway_still_gets_its_status(stub: Any) -> None:
+    # The reference is announced over the limit and refused at once, while the client is still
+    # streaming megabytes of it: the client must see INVALID_ARGUMENT, not grpc's INTERNAL.
+    chunk = b"\0" * (1 << 20)
+    announced = common_pb2.ImageInfo(size_bytes=100 << 20)
+    requests = [
+        generator_pb2.RenderRequest(spec=spec("nano", reference=announced)),
+        *(
+            generator_pb2.RenderRequest(
+                reference_chunk=common_pb2.ImageChunk(offset=i << 20, data=chunk)
+            )
+            for i in range(24)
+        ),
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in stub.Render(iter(requests)):
+            pass
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(caught.value) == ["reference"]
