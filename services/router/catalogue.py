@@ -1,7 +1,8 @@
 """What the router knows of the tiers: their rank, the sizes they offer and how long they take.
 
-The generator owns the full catalogue; the router keeps only what routing needs, so each service
-deploys alone. The names and sizes here must match the generator's tiers.
+The generator owns the full catalogue; the router keeps only what routing needs. Sizes, aspect
+ratios and their pixel sizes are the generator's own (`services.generator.resolution`), so a
+decision's width and height are always those of the image the generator returns.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from services.generator.resolution import AspectRatio, ImageSize, pixel_size
 from services.runtime.errors import InvalidArgument
 
 __all__ = [
@@ -41,54 +43,6 @@ class Fidelity(enum.StrEnum):
     DRAFT = "draft"
     BALANCED = "balanced"
     HIGH = "high"
-
-
-class ImageSize(enum.StrEnum):
-    """Nominal size class of an image; the exact pixel size also depends on the aspect ratio."""
-
-    K1 = "1K"
-    K2 = "2K"
-    K4 = "4K"
-
-    @property
-    def scale(self) -> int:
-        """How many times each side of the 1K size this class is."""
-        return _SCALE[self]
-
-
-class AspectRatio(enum.StrEnum):
-    """Width to height ratio of an image."""
-
-    R1_1 = "1:1"
-    R3_2 = "3:2"
-    R2_3 = "2:3"
-    R4_3 = "4:3"
-    R3_4 = "3:4"
-    R16_9 = "16:9"
-    R9_16 = "9:16"
-    R21_9 = "21:9"
-
-
-_SCALE = {ImageSize.K1: 1, ImageSize.K2: 2, ImageSize.K4: 4}
-
-# The Gemini image API's 1K table, the same as the generator's, so a decision's width and height
-# are the size of the image the generator returns.
-_PIXELS_1K: Mapping[AspectRatio, tuple[int, int]] = {
-    AspectRatio.R1_1: (1024, 1024),
-    AspectRatio.R2_3: (848, 1264),
-    AspectRatio.R3_2: (1264, 848),
-    AspectRatio.R3_4: (896, 1200),
-    AspectRatio.R4_3: (1200, 896),
-    AspectRatio.R9_16: (768, 1376),
-    AspectRatio.R16_9: (1376, 768),
-    AspectRatio.R21_9: (1584, 672),
-}
-
-
-def pixel_size(size: ImageSize, aspect_ratio: AspectRatio) -> tuple[int, int]:
-    """Width and height in pixels: the 1K size of the aspect ratio, times the size's scale."""
-    width, height = _PIXELS_1K[aspect_ratio]
-    return width * size.scale, height * size.scale
 
 
 def size_class(width: int, height: int) -> ImageSize | None:

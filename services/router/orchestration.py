@@ -425,10 +425,7 @@ class Router:
                 reference=reference,
                 strength=strength,
             )
-            image = await self._renderer.render(order, progress)
-            with _step("drift", job_id=job.job_id):
-                drift = await asyncio.to_thread(style_drift, reference, image.data)
-            return Delivery(image, drift)
+            return await self._render_from(reference, order, progress)
 
         events = self._start(account_id, key, fingerprint, [new_job], decision, render)
         async with contextlib.aclosing(events):
@@ -593,10 +590,7 @@ class Router:
                 reference=source,
                 mask=request.mask,
             )
-            image = await self._renderer.render(order, progress)
-            with _step("drift", job_id=job.job_id):
-                drift = await asyncio.to_thread(style_drift, source, image.data)
-            return Delivery(image, drift)
+            return await self._render_from(source, order, progress)
 
         events = self._start(account_id, key, fingerprint, [new_job], None, inpaint)
         async with contextlib.aclosing(events):
@@ -672,6 +666,15 @@ class Router:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # The one path every batch takes ----------------------------------------------------
+
+    async def _render_from(
+        self, parent_image: bytes, order: RenderOrder, progress: ProgressSink
+    ) -> Delivery:
+        """Renders a job made from a parent's image, and measures how far it drifted from it."""
+        image = await self._renderer.render(order, progress)
+        with _step("drift", job_id=order.request_id):
+            drift = await asyncio.to_thread(style_drift, parent_image, image.data)
+        return Delivery(image, drift)
 
     async def _start(
         self,
