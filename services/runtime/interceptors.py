@@ -35,7 +35,6 @@ _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 _QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 _STATUS_CODE = "rpc.grpc.status_code"
-_OK = Status(StatusCode.OK)
 
 
 def remaining_deadline(default: float) -> float:
@@ -99,9 +98,8 @@ class _ServedRpc:
             "peer": self._peer,
         }
         span.set_attribute(_STATUS_CODE, code.value[0])
-        if code is grpc.StatusCode.OK:
-            span.set_status(_OK)
-        else:
+        # A successful RPC leaves the span's status unset, as OpenTelemetry's conventions ask.
+        if code is not grpc.StatusCode.OK:
             span.set_status(Status(StatusCode.ERROR, str(error or code.name)))
             if error is not None:
                 fields["error"] = str(error)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import Any
 
+import orjson
 import structlog
 from opentelemetry import trace
 
@@ -45,17 +46,21 @@ def configure_logging(service: str, level: str = "info", *, json: bool | None = 
         add_service,
         add_trace_context,
     ]
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if use_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
+    if use_json:
+        # orjson renders a line in a third of the time the json module takes; structlog's own
+        # lines go out as bytes, the stdlib's through ProcessorFormatter as text.
+        renderer: Any = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+        stdlib_renderer: Any = structlog.processors.JSONRenderer(serializer=_dumps_text)
+        factory: Any = _NamedWriterFactory(sys.stderr.buffer, structlog.BytesLogger)
+    else:
+        renderer = stdlib_renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        factory = _NamedWriterFactory(sys.stderr, structlog.WriteLogger)
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info if use_json else _identity,
-            renderer,
+            stdlib_renderer,
         ],
     )
     handler = logging.StreamHandler(sys.stderr)
@@ -65,35 +70,39 @@ def configure_logging(service: str, level: str = "info", *, json: bool | None = 
     root.setLevel(level.upper())
 
     # structlog's own lines skip the stdlib: a LogRecord, its copy in ProcessorFormatter and
-    # the caller lookup cost about half of each canonical line (docs/performance-router.md).
+    # the caller lookup cost about half of each canonical line.
     structlog.configure(
         processors=[
             *shared,
             structlog.processors.format_exc_info if use_json else _identity,
             renderer,
         ],
-        logger_factory=_NamedWriterFactory(sys.stderr),
+        logger_factory=factory,
         wrapper_class=structlog.make_filtering_bound_logger(root.level),
         cache_logger_on_first_use=True,
     )
 
 
-class _NamedWriter(structlog.WriteLogger):
-    """Writes rendered lines to a file; carries its name for `add_logger_name`."""
-
-    def __init__(self, file: TextIO, name: str) -> None:
-        super().__init__(file)
-        self.name = name
+def _dumps_text(value: Any, **options: Any) -> str:
+    return orjson.dumps(value, **options).decode()
 
 
 class _NamedWriterFactory:
-    """`structlog.get_logger(name)` gets a `_NamedWriter` called `name`, all on one file."""
+    """`structlog.get_logger(name)` gets a writer of `kind` called `name`, all on one file.
 
-    def __init__(self, file: TextIO) -> None:
+    The name is what `add_logger_name` reads.
+    """
+
+    def __init__(
+        self, file: Any, kind: type[structlog.WriteLogger | structlog.BytesLogger]
+    ) -> None:
         self._file = file
+        self._kind = kind
 
-    def __call__(self, *args: Any) -> _NamedWriter:
-        return _NamedWriter(self._file, str(args[0]) if args else "")
+    def __call__(self, *args: Any) -> Any:
+        writer: Any = self._kind(self._file)
+        writer.name = str(args[0]) if args else ""
+        return writer
 
 
 def _identity(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
