@@ -53,6 +53,7 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 256
 MAX_TEXT_LENGTH = 500
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class Clock(Protocol):
@@ -273,11 +274,11 @@ def to_micros(moment: datetime) -> int:
     """A timezone-aware moment as whole microseconds since the Unix epoch (how stores keep time)."""
     if moment.tzinfo is None:
         raise ValueError("the ledger only handles timezone-aware datetimes")
-    return (moment - _EPOCH) // timedelta(microseconds=1)
+    return (moment - _EPOCH) // _MICROSECOND
 
 
 def from_micros(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
+    return _EPOCH + _MICROSECOND * micros
 
 
 def iso_week(moment: datetime) -> str:

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+import orjson
+
 from services.ledger.model import (
     Balance,
     CheckInResult,
@@ -41,7 +43,11 @@ def is_recorded(outcome: Outcome | TiergenError) -> bool:
 
 
 def fingerprint(operation: str, fields: Mapping[str, object]) -> str:
-    """A digest of everything a request asks for, so a reused key with other fields is caught."""
+    """A digest of everything a request asks for, so a reused key with other fields is caught.
+
+    Its text is the json module's, ASCII only: records written by every earlier version keep
+    matching their retries.
+    """
     canonical = json.dumps(
         {"operation": operation, "fields": fields}, sort_keys=True, separators=(",", ":")
     )
@@ -89,12 +95,12 @@ def encode_outcome(outcome: Outcome | TiergenError) -> str:
         }
     else:
         raise TypeError(f"{type(outcome).__name__} answers are not replayed")
-    return json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def decode_outcome(text: str) -> Outcome | TiergenError:
     """The recorded answer, marked as a replay, or the recorded failure to raise again."""
-    body = json.loads(text)
+    body = orjson.loads(text)
     if "error" in body:
         error_type = _RECORDED_ERRORS[body["error"]]
         return error_type(body["message"], reason=body["reason"], metadata=body["metadata"])

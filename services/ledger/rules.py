@@ -446,30 +446,50 @@ def _books(kind: EntryKind, account_id: str) -> tuple[str, str]:
 
 
 def _apply(account: Account, kind: EntryKind, amount: int) -> Account:
+    """The account after an entry of `kind` moved `amount` credits, with its next sequence."""
+    sequence = account.last_sequence + 1
     match kind:
         case EntryKind.SIGNUP_BONUS | EntryKind.CHECK_IN:
             return replace(
                 account,
                 available=account.available + amount,
                 promotional_granted=account.promotional_granted + amount,
+                last_sequence=sequence,
             )
         case EntryKind.PURCHASE:
             return replace(
-                account, available=account.available + amount, purchased=account.purchased + amount
+                account,
+                available=account.available + amount,
+                purchased=account.purchased + amount,
+                last_sequence=sequence,
             )
         case EntryKind.ADJUSTMENT:
             return replace(
-                account, available=account.available + amount, adjusted=account.adjusted + amount
+                account,
+                available=account.available + amount,
+                adjusted=account.adjusted + amount,
+                last_sequence=sequence,
             )
         case EntryKind.RESERVE:
             return replace(
-                account, available=account.available - amount, held=account.held + amount
+                account,
+                available=account.available - amount,
+                held=account.held + amount,
+                last_sequence=sequence,
             )
         case EntryKind.CAPTURE:
-            return replace(account, held=account.held - amount, consumed=account.consumed + amount)
+            return replace(
+                account,
+                held=account.held - amount,
+                consumed=account.consumed + amount,
+                last_sequence=sequence,
+            )
         case EntryKind.RELEASE | EntryKind.EXPIRE:
             return replace(
-                account, held=account.held - amount, available=account.available + amount
+                account,
+                held=account.held - amount,
+                available=account.available + amount,
+                last_sequence=sequence,
             )
 
 
@@ -509,7 +529,6 @@ class _Draft:
         if self.account is None:
             raise RuntimeError("the draft has no account")
         account = _apply(self.account, kind, amount)
-        account = replace(account, last_sequence=account.last_sequence + 1)
         source, destination = _books(kind, account.account_id)
         entry = Entry(
             account_id=account.account_id,

@@ -2,9 +2,11 @@
 
 Every command goes through a single writer thread. SQLite allows one writer at a time anyway, and
 several writer threads only add lock retries that can starve a writer for seconds; one thread
-that takes whatever commands are queued and commits them together (each in its own savepoint)
-gives the throughput of group commit with `synchronous=FULL` durability. Callers are answered
-only after the commit that holds their command. Reads use their own read-only connections.
+that takes whatever commands are queued and commits them together gives the throughput of group
+commit with `synchronous=FULL` durability. Callers are answered only after the commit that holds
+their command. Should one command of a group fail to write (a constraint the rules should never
+break), the group is rolled back and each of its commands runs again in a transaction of its
+own, so that the failure stays that command's. Reads use their own read-only connections.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import contextlib
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -258,25 +260,10 @@ class SqliteStore:
             connection.close()
 
     def _commit(self, connection: sqlite3.Connection, batch: list[_Job]) -> None:
-        results: list[Decision | BaseException] = []
         try:
-            connection.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                connection.execute("SAVEPOINT command")
-                try:
-                    decision = _run(connection, job.lookup, job.decide)
-                except Exception as error:
-                    connection.execute("ROLLBACK TO command")
-                    results.append(_translate(error))
-                else:
-                    results.append(decision)
-                connection.execute("RELEASE command")
-            connection.execute("COMMIT")
-        except sqlite3.Error as error:
-            if connection.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    connection.execute("ROLLBACK")
-            results = [_translate(error)] * len(batch)
+            results = _run_in_one_transaction(connection, batch)
+        except _GroupFailed:
+            results = [_run_in_one_transaction(connection, [job])[0] for job in batch]
         # One wake-up per event loop for the whole batch: each call_soon_threadsafe writes to
         # the loop's self-pipe, a system call per caller otherwise.
         answers: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
@@ -335,6 +322,34 @@ def _migrate(connection: sqlite3.Connection, now_us: int) -> None:
         raise
 
 
+class _GroupFailed(Exception):
+    """One command of a group failed to write; nothing of the group was committed."""
+
+
+def _run_in_one_transaction(
+    connection: sqlite3.Connection, batch: list[_Job]
+) -> list[Decision | BaseException]:
+    """Run `batch` in one transaction; each command's answer, in order.
+
+    Raises _GroupFailed when one command of several failed to write. A database that cannot be
+    used fails every command.
+    """
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        decisions: list[Decision | BaseException] = [
+            _run(connection, job.lookup, job.decide) for job in batch
+        ]
+        connection.execute("COMMIT")
+    except Exception as error:
+        if connection.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+        if len(batch) > 1 and not isinstance(error, sqlite3.OperationalError):
+            raise _GroupFailed from error
+        return [_translate(error)] * len(batch)
+    return decisions
+
+
 def _run(connection: sqlite3.Connection, lookup: Lookup, decide: Decide) -> Decision:
     decision = decide(_load(connection, lookup))
     _apply(connection, decision.changes)
@@ -352,13 +367,13 @@ def _load(connection: sqlite3.Connection, lookup: Lookup) -> Snapshot:
     account: Account | None = None
     expired: tuple[Hold, ...] = ()
     if account_id is not None:
-        row = connection.execute(tables.SELECT_ACCOUNT, (account_id,)).fetchone()
+        now_us = to_micros(lookup.now)
+        row = connection.execute(tables.SELECT_ACCOUNT_WITH_EXPIRY, (now_us, account_id)).fetchone()
         if row is not None:
             account = tables.account_from_row(row)
-            rows = connection.execute(
-                tables.SELECT_EXPIRED_HOLDS, (account_id, to_micros(lookup.now))
-            )
-            expired = tuple(tables.hold_from_row(row) for row in rows)
+            if row[-1]:
+                rows = connection.execute(tables.SELECT_EXPIRED_HOLDS, (account_id, now_us))
+                expired = tuple(tables.hold_from_row(row) for row in rows)
     records = {}
     if lookup.record_keys:
         sql, params = tables.records_statement(lookup.record_keys)
@@ -376,23 +391,13 @@ def _apply(connection: sqlite3.Connection, changes: Changes) -> None:
             params = tables.account_update_params(changes.account, changes.previous_sequence)
             if connection.execute(tables.UPDATE_ACCOUNT, params).rowcount != 1:
                 raise WriteConflict(changes.account.account_id)
-    _execute_many(connection, tables.UPSERT_HOLD, [tables.hold_params(h) for h in changes.holds])
-    _execute_many(
-        connection, tables.INSERT_ENTRY, [tables.entry_params(e) for e in changes.entries]
-    )
+    for hold in changes.holds:
+        connection.execute(tables.UPSERT_HOLD, tables.hold_params(hold))
+    for entry in changes.entries:
+        connection.execute(tables.INSERT_ENTRY, tables.entry_params(entry))
     now_us = to_micros(changes.now)
-    _execute_many(
-        connection,
-        tables.INSERT_RECORD,
-        [tables.record_params(record, now_us) for record in changes.records],
-    )
-
-
-def _execute_many(
-    connection: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]
-) -> None:
-    if rows:
-        connection.executemany(sql, rows)
+    for record in changes.records:
+        connection.execute(tables.INSERT_RECORD, tables.record_params(record, now_us))
 
 
 def _translate(error: BaseException) -> BaseException:
