@@ -326,11 +326,19 @@ def _up(options: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     options.data_dir.mkdir(parents=True, exist_ok=True)
-    suite = Suite(options.data_dir.resolve(), host=options.host, port_base=options.port_base)
+    suite = Suite(
+        options.data_dir.resolve(),
+        host=options.host,
+        port_base=options.port_base,
+        metrics_port_base=options.metrics_port_base,
+    )
     try:
         addresses = suite.start()
         for name in ("router", "generator", "ledger", "upscaler"):
             print(f"{name} {addresses[name]}", flush=True)
+        if options.metrics_port_base is not None:
+            first = options.metrics_port_base
+            _say(f"metrics at http://{options.host}:{first}..{first + 3}/metrics, in that order")
         _say(f"logs in {options.data_dir / 'logs'}; Ctrl-C stops the suite")
         while not stop:
             dead = suite.dead()
@@ -404,6 +412,11 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=50051,
         help="router port; the others follow (0: any free ports)",
+    )
+    up.add_argument(
+        "--metrics-port-base",
+        type=int,
+        help="serve Prometheus metrics: the router's port; the others follow (default: none)",
     )
     up.set_defaults(handler=_up)
 

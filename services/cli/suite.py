@@ -38,11 +38,14 @@ class Suite:
 
     `port_base` 0 lets every service pick a free port; otherwise the router listens on
     `port_base`, the generator on +1, the ledger on +2 and the upscaler on +3.
+    `metrics_port_base`, when given, places the services' Prometheus endpoints the same way;
+    otherwise none is served (one inherited TIERGEN_METRICS_PORT cannot serve four processes).
     """
 
     data_dir: Path
     host: str = "127.0.0.1"
     port_base: int = 0
+    metrics_port_base: int | None = None
     start_timeout: float = 60.0
     extra_env: Mapping[str, str] = field(default_factory=dict)
     _running: dict[str, _Running] = field(default_factory=dict, init=False)
@@ -66,6 +69,9 @@ class Suite:
                 "TIERGEN_READY_FILE": str(self.data_dir / "run" / f"{name}.addr"),
             }
         )
+        env.pop("TIERGEN_METRICS_PORT", None)
+        if self.metrics_port_base is not None:
+            env["TIERGEN_METRICS_PORT"] = str(self.metrics_port_base + _PORT_OFFSETS[name])
         if name == "ledger":
             env.setdefault("TIERGEN_LEDGER_DSN", f"sqlite:///{self.data_dir / 'ledger.db'}")
         if name == "router":

@@ -21,6 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import structlog
+from prometheus_client import Gauge
 
 from services.generator.picture import Picture
 from services.generator.renderer import RenderResult, RenderSpec, render
@@ -38,6 +39,12 @@ __all__ = [
 ]
 
 _log = structlog.get_logger("tiergen.generator")
+
+_RENDERS = Gauge(
+    "tiergen_generator_renders",
+    "Renders admitted to a tier, by state: running, or waiting for a turn (the queue depth).",
+    ["tier", "state"],
+)
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,9 @@ class TierQueue:
         self.tier = tier
         self._turns = asyncio.Semaphore(tier.max_concurrency)
         self._admitted = 0
+        self._running = 0
+        _RENDERS.labels(tier.name, "running").set_function(lambda: self._running)
+        _RENDERS.labels(tier.name, "waiting").set_function(lambda: self._admitted - self._running)
 
     @property
     def capacity(self) -> int:
@@ -194,4 +204,8 @@ class TierQueue:
     async def turn(self) -> AsyncIterator[None]:
         """Waits until a placed render may run, and holds its running slot."""
         async with self._turns:
-            yield
+            self._running += 1
+            try:
+                yield
+            finally:
+                self._running -= 1

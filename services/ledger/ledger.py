@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 import structlog
+from prometheus_client import Counter
 
 from services.ledger import rules
 from services.ledger.invariants import check_invariants
@@ -75,6 +76,13 @@ HOLD_ID_PATTERN = re.compile(r"hold_[0-9a-f]{32}")
 _SWEEP_ROUND = 64
 
 _log = structlog.get_logger("tiergen.ledger")
+
+_CREDITS = Counter(
+    "tiergen_ledger_credits_total",
+    "Credits moved by committed entries, by entry kind (capture: credits spent).",
+    ["kind"],
+)
+_CREDITS_BY_KIND = {kind: _CREDITS.labels(kind.value.lower()) for kind in EntryKind}
 
 _R = TypeVar("_R", OpenAccountResult, CheckInResult, HoldResult, GrantResult, ExpiryResult)
 
@@ -332,6 +340,8 @@ class Ledger:
             rules.lookup(command),
             lambda snapshot: rules.decide(command, snapshot, self._promotions),
         )
+        for entry in decision.changes.entries:
+            _CREDITS_BY_KIND[entry.kind].inc(entry.amount)
         return _expect(decision.outcome, answer)
 
 

@@ -18,6 +18,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.runtime.errors import TiergenError
+from services.runtime.metrics import RpcMetrics
 from services.runtime.status import grpc_code, to_status
 from services.runtime.tracing import current_trace_id
 
@@ -52,11 +53,12 @@ def _split_method(method: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class _Method:
-    """What every span and log line of one method shares, worked out once per method."""
+    """What every span, log line and metric of one method shares, worked out once per method."""
 
     path: str
     span_name: str
     attributes: Mapping[str, str]
+    metrics: RpcMetrics
 
     @classmethod
     def of(cls, path: str) -> _Method:
@@ -65,6 +67,7 @@ class _Method:
             path,
             path.lstrip("/"),
             {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+            RpcMetrics(service, name),
         )
 
 
@@ -91,10 +94,12 @@ class _ServedRpc:
 
     def end(self, code: grpc.StatusCode, error: BaseException | None = None) -> None:
         span = self._span
+        seconds = time.perf_counter() - self._start
+        self._method.metrics.observe(code, seconds)
         fields: dict[str, Any] = {
             "method": self._method.path,
             "code": code.name,
-            "duration_ms": round((time.perf_counter() - self._start) * 1000, 3),
+            "duration_ms": round(seconds * 1000, 3),
             "peer": self._peer,
         }
         span.set_attribute(_STATUS_CODE, code.value[0])

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.runtime.interceptors import ServerTelemetryInterceptor
 from services.runtime.logging import configure_logging
+from services.runtime.metrics import MetricsEndpoint
 from services.runtime.settings import ConfigError, ServerSettings
 from services.runtime.tracing import configure_tracing
 
@@ -55,7 +56,13 @@ class Server:
         self._on_stop = list(on_stop)
         self._background: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._metrics: MetricsEndpoint | None = None
         self._stopped = False
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port of the Prometheus endpoint once started; None when metrics are off."""
+        return None if self._metrics is None else self._metrics.port
 
     def add_stop_hook(self, hook: StopHook) -> None:
         """Runs `hook` after the server stops (close stores, channels, pools); last added first."""
@@ -66,6 +73,16 @@ class Server:
         self._background.append(work)
 
     async def start(self) -> None:
+        """Serve gRPC, and the metrics endpoint when configured; ConfigError if it cannot listen."""
+        port = self.settings.metrics_port
+        if port is not None:
+            try:
+                self._metrics = MetricsEndpoint.start(self.settings.host, port)
+            except OSError as exc:
+                raise ConfigError(
+                    f"TIERGEN_METRICS_PORT={port}: cannot listen on {self.settings.host}: {exc}"
+                ) from None
+            _log.info("metrics listening", host=self.settings.host, port=self._metrics.port)
         await self.grpc_server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.set_serving(True)
@@ -95,6 +112,8 @@ class Server:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(self.settings.grace_seconds if grace is None else grace)
+        if self._metrics is not None:
+            await self._metrics.stop()
         for hook in reversed(self._on_stop):
             try:
                 await hook()

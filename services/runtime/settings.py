@@ -122,6 +122,8 @@ class ServerSettings:
     port: int = 0
     grace_seconds: float = 10.0
     max_message_bytes: int = 8 * 1024 * 1024
+    #: Port of the Prometheus endpoint on `host`; None serves no metrics, 0 any free port.
+    metrics_port: int | None = None
 
     @property
     def address(self) -> str:
@@ -142,5 +144,10 @@ class ServerSettings:
             ),
             max_message_bytes=env.integer(
                 "TIERGEN_MAX_MESSAGE_BYTES", 8 * 1024 * 1024, minimum=2 * 1024 * 1024
+            ),
+            metrics_port=(
+                env.integer("TIERGEN_METRICS_PORT", 0, minimum=0, maximum=65535)
+                if env.optional_str("TIERGEN_METRICS_PORT") is not None
+                else None
             ),
         )

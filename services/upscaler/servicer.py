@@ -33,6 +33,7 @@ import structlog
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
+from prometheus_client import Gauge
 from tiergen.common.v1 import common_pb2
 from tiergen.upscaler.v1 import upscaler_pb2
 
@@ -57,6 +58,11 @@ __all__ = ["UpscalerService"]
 
 _tracer = trace.get_tracer("tiergen.upscaler")
 _log = structlog.get_logger("tiergen.upscaler")
+
+_JOBS = Gauge(
+    "tiergen_upscaler_jobs",
+    "Upscale jobs admitted, running on a worker or waiting for one (the queue depth and load).",
+)
 
 _Context: TypeAlias = (
     "grpc.aio.ServicerContext[upscaler_pb2.UpscaleRequest, upscaler_pb2.UpscaleResponse]"
@@ -297,6 +303,7 @@ class _Slots:
         self._board = board
         self._free = list(range(board.slots))
         self._lock = threading.Lock()
+        _JOBS.set_function(lambda: board.slots - len(self._free))
 
     def take(self) -> int | None:
         with self._lock:

@@ -737,6 +737,19 @@ def test_dev_exports_no_traces_and_production_exports_to_the_collector() -> None
     assert re.fullmatch(r"https?://[a-z0-9.-]+:\d+", production["OTEL_EXPORTER_OTLP_ENDPOINT"])
 
 
+def test_every_pod_serves_metrics_where_its_scrape_annotations_point(overlay: Rendering) -> None:
+    for name, deployment in overlay.deployments.items():
+        container = main_container(deployment)
+        settings = ServerSettings.from_env(
+            name, {k: e.get("value", "") for k, e in env_of(container).items()}
+        )
+        annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+        ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+        assert annotations.get("prometheus.io/scrape") == "true", name
+        assert settings.metrics_port == int(annotations["prometheus.io/port"]) == ports["metrics"]
+        assert annotations["prometheus.io/path"] == "/metrics"
+
+
 def test_no_secret_value_is_rendered(overlay: Rendering) -> None:
     assert secret_problems(overlay.objects) == []
 

@@ -7,6 +7,7 @@ import contextlib
 from datetime import timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.ledger.ledger import Ledger
 from services.ledger.model import EntryKind, HoldResult, HoldStatus
@@ -313,3 +314,22 @@ async def test_the_background_sweeper_returns_overdue_holds_on_its_own(harness, 
 
     assert await harness.execute_raw("SELECT status FROM holds") == [("expired",)]
     assert (await ledger.get_hold(hold.hold_id)).resolved_at == clock.now()
+
+
+def _credits(kind: str) -> float:
+    return REGISTRY.get_sample_value("tiergen_ledger_credits_total", {"kind": kind}) or 0.0
+
+
+async def test_committed_movements_are_counted_once_by_kind(alice):
+    kinds = ("reserve", "capture", "release")
+    before = {kind: _credits(kind) for kind in kinds}
+
+    reserved = await alice.reserve("alice", 7, "job-metrics")
+    await alice.capture(reserved.hold.hold_id, 5, "settle")
+    await alice.capture(reserved.hold.hold_id, 5, "settle")  # a replay moves nothing
+    await alice.reserve("alice", 7, "job-metrics")  # neither does this one
+    with pytest.raises(FailedPrecondition):
+        await alice.reserve("alice", 10_000, "too-much")
+
+    moved = {kind: _credits(kind) - before[kind] for kind in kinds}
+    assert moved == {"reserve": 7, "capture": 5, "release": 2}
