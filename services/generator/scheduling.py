@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
@@ -28,6 +27,7 @@ from services.generator.renderer import RenderResult, RenderSpec, render
 from services.generator.resolution import ImageSize
 from services.generator.tiers import Quality, RenderRequest, Tier
 from services.runtime.errors import QuotaViolation, ResourceExhausted, Unavailable
+from services.runtime.workers import end_with_server
 
 __all__ = [
     "BuiltinBackend",
@@ -55,32 +55,18 @@ class Rendered:
     seconds: float
 
 
-def prepare_worker() -> None:
-    """Initializer of each worker process: ignores Ctrl-C, ends with its server, and pays a first
-    render's one-off costs before any caller does.
+def prepare_worker(server_pid: int) -> None:
+    """Initializer of each worker process: ignores Ctrl-C, ends with its server `server_pid`, and
+    pays a first render's one-off costs before any caller does.
 
     A fresh process spends about 60 ms more on its first render (fonts, numpy, Pillow plugins);
     a tiny picture at every quality moves that cost to start-up.
     """
     # Ctrl-C reaches the whole process group; the server drains and stops its workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(
-        target=_exit_when_orphaned, args=(os.getppid(),), name="orphan-watch", daemon=True
-    ).start()
+    end_with_server(server_pid)
     for quality in Quality:
         render(RenderSpec('warm "up"', 0, 64, 64, quality, draw_text=True))
-
-
-def _exit_when_orphaned(server: int) -> None:
-    """Ends this worker once the server that started it is gone.
-
-    A server killed outright (SIGKILL, the OOM killer) cannot stop its workers, and a worker
-    waiting for a task never notices: it holds a write end of its own task queue's pipe, so it
-    never reads end-of-file.
-    """
-    while os.getppid() == server:
-        time.sleep(1.0)
-    os._exit(1)
 
 
 def run_render(spec: RenderSpec) -> Rendered:

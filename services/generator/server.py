@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 
 from tiergen.generator.v1 import generator_pb2, generator_pb2_grpc
@@ -30,7 +31,10 @@ async def create_server(settings: GeneratorSettings) -> tuple[Server, int]:
         return BuiltinBackend(
             RenderPool(
                 lambda: ProcessPoolExecutor(
-                    settings.workers, mp_context=context, initializer=prepare_worker
+                    settings.workers,
+                    mp_context=context,
+                    initializer=prepare_worker,
+                    initargs=(os.getpid(),),
                 )
             )
         )

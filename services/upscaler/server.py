@@ -34,7 +34,7 @@ async def create_server(settings: UpscalerSettings) -> tuple[runtime.Server, int
             max_workers=settings.workers,
             mp_context=context,
             initializer=prepare_worker,
-            initargs=(board,),
+            initargs=(board, os.getpid()),
         )
         # A spawn pool starts a process per submission while none is idle: one trivial task
         # per worker starts them all now instead of on the first requests.

@@ -22,6 +22,7 @@ from multiprocessing.context import BaseContext
 from PIL import Image
 
 from services.runtime.errors import Cancelled, DeadlineExceeded
+from services.runtime.workers import end_with_server
 from services.upscaler.pipeline import PipelineSettings, UpscaledImage, UpscaleSpec, upscale_image
 
 __all__ = ["Finished", "JobBoard", "Stage", "Ticket", "prepare_worker", "run_job"]
@@ -101,10 +102,12 @@ class Finished:
 _board: JobBoard | None = None
 
 
-def prepare_worker(board: JobBoard) -> None:
-    """Initializer of each worker process (`ProcessPoolExecutor(initializer=...)`)."""
+def prepare_worker(board: JobBoard, server_pid: int) -> None:
+    """Initializer of each worker process (`ProcessPoolExecutor(initializer=...)`); the worker
+    ends with its server `server_pid`."""
     global _board
     _board = board
+    end_with_server(server_pid)
     # Pillow only warns about images between MAX_IMAGE_PIXELS and twice that; as an error the
     # decoder refuses them from the header, before allocating pixel memory for a likely bomb.
     warnings.simplefilter("error", Image.DecompressionBombWarning)

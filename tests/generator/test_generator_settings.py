@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -107,59 +105,3 @@ def test_the_default_catalogue_is_served_without_a_tiers_file() -> None:
     assert GeneratorSettings().catalogue().names == ("nano", "standard", "pro")
     # Its header tells an operator how to replace it.
     assert "TIERGEN_GENERATOR_TIERS_FILE" in DEFAULT_CATALOGUE_TOML
-
-
-def _children(parent: int) -> set[int]:
-    """Live processes whose parent is `parent`, from /proc."""
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
-        except (OSError, ValueError):
-            continue
-        if int(ppid) == parent and state != "Z":
-            found.add(int(stat.parent.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
-def test_workers_end_when_their_server_is_killed(tmp_path: Path) -> None:
-    ready_file = tmp_path / "generator.addr"
-    environment = dict(
-        os.environ,
-        TIERGEN_PORT="0",
-        TIERGEN_READY_FILE=str(ready_file),
-        TIERGEN_GENERATOR_WORKERS="2",
-    )
-    environment.pop("TIERGEN_GENERATOR_TIERS_FILE", None)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "services.generator"],
-        cwd=Path(__file__).resolve().parents[2],
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        give_up = time.monotonic() + 60
-        while not ready_file.exists():
-            assert server.poll() is None, "the generator exited before it was ready"
-            assert time.monotonic() < give_up, "the generator did not start"
-            time.sleep(0.05)
-        # Its worker processes and the multiprocessing resource tracker.
-        children = _children(server.pid)
-        assert len(children) >= 3
-    finally:
-        server.send_signal(signal.SIGKILL)
-        server.wait()
-    give_up = time.monotonic() + 30
-    while any(_alive(pid) for pid in children):
-        assert time.monotonic() < give_up, "worker processes outlived their server"
-        time.sleep(0.1)
