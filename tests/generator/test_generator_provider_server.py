@@ -15,7 +15,6 @@ import pytest
 import pytest_asyncio
 import structlog
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from PIL import Image
 from tiergen.common.v1 import common_pb2
@@ -28,6 +27,7 @@ from services.generator.settings import GeneratorSettings
 from services.runtime.chunks import image_info, split
 from services.runtime.settings import ServerSettings
 from tests.generator.fake_providers import FakeGemini, FakeOpenAI, FakeProvider, Mode, colour_for
+from tests.rich_errors import details
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -173,23 +173,6 @@ async def refused(stub: Any, sent: list[generator_pb2.RenderRequest]) -> grpc.ai
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await render(stub, sent)
     return caught.value
-
-
-def details(error: grpc.aio.AioRpcError) -> dict[type, Any]:
-    status = rpc_status.from_call(error)
-    assert status is not None
-    found: dict[type, Any] = {}
-    for packed in status.details:
-        for kind in (
-            error_details_pb2.ErrorInfo,
-            error_details_pb2.BadRequest,
-            error_details_pb2.RetryInfo,
-        ):
-            if packed.Is(kind.DESCRIPTOR):
-                message = kind()
-                packed.Unpack(message)
-                found[kind] = message
-    return found
 
 
 def png(colour: tuple[int, int, int], size: tuple[int, int], mode: str = "RGB") -> bytes:

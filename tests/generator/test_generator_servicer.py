@@ -20,7 +20,6 @@ import pytest_asyncio
 import structlog
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from PIL import Image
@@ -33,6 +32,7 @@ from services.generator.settings import GeneratorSettings
 from services.generator.tiers import MAX_PROMPT_CHARS, Quality
 from services.runtime.chunks import CHUNK_BYTES, image_info, split
 from services.runtime.settings import ConfigError, ServerSettings
+from tests.rich_errors import bad_fields, details
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -205,30 +205,6 @@ def reference_picture(width: int = 256, height: int = 256) -> bytes:
     image = Image.new("RGB", (width, height), (220, 30, 30))
     image.paste((20, 40, 230), (0, height // 2, width, height))
     return png(image)
-
-
-def details(error: grpc.aio.AioRpcError) -> dict[type, Any]:
-    status = rpc_status.from_call(error)
-    assert status is not None
-    found: dict[type, Any] = {}
-    for packed in status.details:
-        for kind in (
-            error_details_pb2.ErrorInfo,
-            error_details_pb2.BadRequest,
-            error_details_pb2.RetryInfo,
-            error_details_pb2.QuotaFailure,
-        ):
-            if packed.Is(kind.DESCRIPTOR):
-                message = kind()
-                packed.Unpack(message)
-                found[kind] = message
-    return found
-
-
-def bad_fields(error: grpc.aio.AioRpcError) -> list[str]:
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
-    bad_request = details(error)[error_details_pb2.BadRequest]
-    return [violation.field for violation in bad_request.field_violations]
 
 
 async def test_list_tiers_describes_the_catalogue(stub: Any) -> None:

@@ -12,7 +12,6 @@ import structlog
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
@@ -22,6 +21,7 @@ from services.runtime.interceptors import remaining_deadline
 from services.runtime.server import ServiceRegistration, create_server
 from services.runtime.settings import ServerSettings
 from services.runtime.status import from_rpc_error
+from tests.rich_errors import bad_fields, details
 
 SERVICE = "tiergen.test.ProbeService"
 
@@ -100,30 +100,13 @@ async def probe() -> AsyncIterator[tuple[str, grpc.aio.Channel]]:
         await server.stop(0)
 
 
-def _details(error: grpc.aio.AioRpcError) -> list[Any]:
-    status = rpc_status.from_call(error)
-    assert status is not None
-    found = []
-    for packed in status.details:
-        for cls in (
-            error_details_pb2.ErrorInfo,
-            error_details_pb2.BadRequest,
-            error_details_pb2.RetryInfo,
-        ):
-            if packed.Is(cls.DESCRIPTOR):
-                message = cls()
-                packed.Unpack(message)
-                found.append(message)
-    return found
-
-
 async def test_failed_precondition_carries_error_info(probe):
     _, channel = probe
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await channel.unary_unary(f"/{SERVICE}/Raise")(b"precondition")
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert caught.value.details() == "not enough credits"
-    (info,) = _details(caught.value)
+    info = details(caught.value)[error_details_pb2.ErrorInfo]
     assert info.reason == "INSUFFICIENT_CREDITS"
     assert info.domain == "tiergen"
     assert dict(info.metadata) == {"available": "3", "required": "7"}
@@ -138,8 +121,7 @@ async def test_invalid_argument_names_the_field(probe):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await channel.unary_unary(f"/{SERVICE}/Raise")(b"invalid")
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    bad = [d for d in _details(caught.value) if isinstance(d, error_details_pb2.BadRequest)]
-    assert [v.field for v in bad[0].field_violations] == ["spec.prompt"]
+    assert bad_fields(caught.value) == ["spec.prompt"]
     rebuilt = from_rpc_error(caught.value)
     assert isinstance(rebuilt, errors.InvalidArgument)
     assert rebuilt.violations[0].field == "spec.prompt"

@@ -23,7 +23,6 @@ import pytest
 import pytest_asyncio
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from PIL import Image, ImageDraw
@@ -35,6 +34,7 @@ from services.runtime.settings import ServerSettings
 from services.upscaler.pipeline import OutputFormat, UpscaleMethod, UpscaleSpec, upscale_image
 from services.upscaler.server import SERVICE_NAME, create_server
 from services.upscaler.settings import UpscalerSettings
+from tests.rich_errors import details
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -156,24 +156,6 @@ async def refusal(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await upscale(stub, messages)
     return caught.value
-
-
-def details(error: grpc.aio.AioRpcError) -> dict[type, Any]:
-    """The google.rpc details of `error`, by type."""
-    status = rpc_status.from_call(error)
-    assert status is not None
-    found: dict[type, Any] = {}
-    for packed in status.details:
-        for kind in (
-            error_details_pb2.ErrorInfo,
-            error_details_pb2.BadRequest,
-            error_details_pb2.RetryInfo,
-        ):
-            if packed.Is(kind.DESCRIPTOR):
-                message = kind()
-                packed.Unpack(message)
-                found[kind] = message
-    return found
 
 
 def assert_invalid(error: grpc.aio.AioRpcError, field_path: str, reason: str | None = None) -> str:
