@@ -143,7 +143,8 @@ async def test_a_hop_with_tracing_off_hands_the_callers_trace_on(hop_processes, 
 
     def rpc_lines(name: str) -> list[dict[str, str]]:
         lines = (tmp_path / f"{name}.log").read_text().splitlines()
-        return [json.loads(line) for line in lines if '"event": "rpc"' in line]
+        records = [json.loads(line) for line in lines if line.startswith("{")]
+        return [record for record in records if record["event"] == "rpc"]
 
     first, second = rpc_lines("untraced")
     assert first["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
