@@ -71,7 +71,10 @@ class AssetStore(Protocol):
     """
 
     async def put(self, data: bytes, *, width: int, height: int, media_type: str) -> AssetRef:
-        """Store `data` durably and return its reference; storing it again changes nothing."""
+        """Store `data` durably and return its reference; storing it again changes nothing.
+
+        An asset is visible whole or not at all, also after a crash mid-put.
+        """
         ...
 
     async def get_info(self, asset_id: str) -> AssetRef:
@@ -138,9 +141,12 @@ def check_asset_id(asset_id: str) -> None:
 class LocalAssetStore:
     """Assets in a directory: `root/ab/cd/<sha256>` and a sidecar `root/ab/cd/<sha256>.json`.
 
-    The sidecar holds the `AssetInfo`. Both files are written to a temporary file, fsynced and
-    renamed into place, bytes first: the sidecar marks a complete asset, so a crash mid-`put`
-    leaves at worst an orphaned byte file that the next `put` of the same image replaces.
+    The sidecar holds the `AssetInfo`; an asset exists when both files do. A `put` writes both
+    to temporary files and fsyncs them, renames them into place, bytes first, and then fsyncs
+    the directory once, which makes both renames durable. A crash before that fsync may keep
+    either rename without the other, but each file is complete once renamed: bytes without a
+    sidecar, or a sidecar without bytes, are not an asset, and the next `put` of the same image
+    replaces them.
     """
 
     def __init__(self, root: Path) -> None:
@@ -182,9 +188,9 @@ class LocalAssetStore:
         return await asyncio.to_thread(self._read, asset_id)
 
     async def exists(self, asset_id: str) -> bool:
-        """Whether the asset is stored (its sidecar is in place)."""
+        """Whether the asset is stored (its bytes and its sidecar are in place)."""
         check_asset_id(asset_id)
-        return await asyncio.to_thread(self._sidecar_path(asset_id).is_file)
+        return await asyncio.to_thread(self._complete, asset_id)
 
     async def close(self) -> None:
         """Nothing to release: every call opens and closes its own files."""
@@ -195,24 +201,41 @@ class LocalAssetStore:
     def _sidecar_path(self, asset_id: str) -> Path:
         return self._data_path(asset_id).with_suffix(".json")
 
+    def _complete(self, asset_id: str) -> bool:
+        return self._sidecar_path(asset_id).is_file() and self._data_path(asset_id).is_file()
+
     def _put(self, data: bytes, info: AssetInfo) -> AssetRef:
         asset_id = hashlib.sha256(data).hexdigest()
-        if self._sidecar_path(asset_id).is_file():
+        if self._complete(asset_id):
             stored = self._info(asset_id)
             if stored.info != info:
                 raise info_mismatch(stored, info)
             return stored
         data_path = self._data_path(asset_id)
-        _make_directories(data_path.parent)
-        _write_atomically(data_path, data)
-        _write_atomically(self._sidecar_path(asset_id), json.dumps(asdict(info)).encode())
+        directory = data_path.parent
+        _make_directories(directory)
+        temporaries: list[Path] = []
+        try:
+            temporaries.append(_write_synced(directory, data))
+            temporaries.append(_write_synced(directory, json.dumps(asdict(info)).encode()))
+            os.replace(temporaries[0], data_path)
+            os.replace(temporaries[1], self._sidecar_path(asset_id))
+        except BaseException:
+            for temporary in temporaries:
+                temporary.unlink(missing_ok=True)
+            raise
+        # One fsync of the directory makes both renames durable.
+        _fsync_directory(directory)
         return AssetRef(asset_id, info)
 
     def _info(self, asset_id: str) -> AssetRef:
         try:
             text = self._sidecar_path(asset_id).read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise NotFound(f"asset {asset_id} not found", reason="ASSET_NOT_FOUND") from None
+            raise _not_found(asset_id) from None
+        if not self._data_path(asset_id).is_file():
+            # The sidecar's rename outlived the bytes' in a crash: no asset.
+            raise _not_found(asset_id)
         try:
             fields = json.loads(text)
             info = AssetInfo(
@@ -230,7 +253,7 @@ class LocalAssetStore:
         try:
             return self._data_path(asset_id).open("rb")
         except FileNotFoundError:
-            raise Internal(f"asset {asset_id} has a sidecar but no bytes") from None
+            raise _not_found(asset_id) from None
 
     def _read(self, asset_id: str) -> bytes:
         with self._open(asset_id) as file:
@@ -248,20 +271,22 @@ def _make_directories(directory: Path) -> None:
     _fsync_directory(directory.parent)
 
 
-def _write_atomically(path: Path, content: bytes) -> None:
-    """Write `content` to `path` so that readers see the old file or the whole new one."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+def _not_found(asset_id: str) -> NotFound:
+    return NotFound(f"asset {asset_id} not found", reason="ASSET_NOT_FOUND")
+
+
+def _write_synced(directory: Path, content: bytes) -> Path:
+    """A new temporary file in `directory` holding `content`, on disk; rename it into place."""
+    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
         with os.fdopen(descriptor, "wb") as file:
             file.write(content)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    # The rename is durable only once the directory entry is.
-    _fsync_directory(path.parent)
+    return Path(temporary)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import socket
 import uuid
 from collections.abc import Iterator
@@ -300,6 +301,76 @@ class TestLocal:
             await store.read(digest)
         ref = await store.put(data, width=32, height=24, media_type="image/png")
         assert await store.read(ref.asset_id) == data
+
+    async def test_a_crash_between_the_renames_leaves_no_asset(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        store = LocalAssetStore(tmp_path / "assets")
+        data = png((4, 5, 6))
+        digest = hashlib.sha256(data).hexdigest()
+        renames = []
+        real_replace = os.replace
+
+        def replace_then_crash(source: Any, target: Any) -> None:
+            if renames:
+                raise OSError("the process stopped here")
+            renames.append(target)
+            real_replace(source, target)
+
+        monkeypatch.setattr(os, "replace", replace_then_crash)
+        with pytest.raises(OSError, match="stopped here"):
+            await store.put(data, width=32, height=24, media_type="image/png")
+        monkeypatch.setattr(os, "replace", real_replace)
+        assert [Path(target).name for target in renames] == [digest]
+        for reader in (store, LocalAssetStore(store.root)):
+            assert not await reader.exists(digest)
+            with pytest.raises(NotFound):
+                await reader.get_info(digest)
+            with pytest.raises(NotFound):
+                await reader.read(digest)
+        ref = await store.put(data, width=32, height=24, media_type="image/png")
+        assert await store.read(ref.asset_id) == data
+
+    async def test_a_sidecar_without_its_bytes_is_no_asset(self, tmp_path: Path) -> None:
+        store = LocalAssetStore(tmp_path / "assets")
+        data = png((7, 8, 9))
+        digest = hashlib.sha256(data).hexdigest()
+        # Renamed in order, but a crash before the directory's fsync may keep only the
+        # sidecar's rename.
+        sidecar = store.root / digest[:2] / digest[2:4] / f"{digest}.json"
+        sidecar.parent.mkdir(parents=True)
+        info = {"width": 32, "height": 24, "media_type": "image/png", "size_bytes": len(data)}
+        sidecar.write_text(json.dumps(info))
+        assert not await store.exists(digest)
+        with pytest.raises(NotFound):
+            await store.get_info(digest)
+        with pytest.raises(NotFound):
+            await store.read(digest)
+        ref = await store.put(data, width=32, height=24, media_type="image/png")
+        assert (await store.get_info(digest)).info.size_bytes == len(data)
+        assert await store.read(ref.asset_id) == data
+
+    async def test_a_new_asset_costs_one_directory_fsync(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        store = LocalAssetStore(tmp_path / "assets")
+        data = png((10, 11, 12))
+        digest = hashlib.sha256(data).hexdigest()
+        directory = store.root / digest[:2] / digest[2:4]
+        # Its fan-out directory exists already, as it does for most assets of a large store.
+        directory.mkdir(parents=True)
+        synced: list[str] = []
+        real_fsync = os.fsync
+
+        def recording_fsync(descriptor: int) -> None:
+            synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+            real_fsync(descriptor)
+
+        monkeypatch.setattr(os, "fsync", recording_fsync)
+        await store.put(data, width=32, height=24, media_type="image/png")
+        # The two files (as temporary files) and then the directory, once.
+        assert len(synced) == 3
+        assert synced[-1] == str(directory)
 
 
 class TestS3:
