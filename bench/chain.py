@@ -13,6 +13,9 @@ as the router's channels):
   calls Balance and Reserve on the ledger's address, streams Render from the generator's, and
   calls Capture, sending the caller the router's six messages of about their sizes on the way.
   It shows what the router's RPCs and messages cost before any routing, credits or storage.
+  It keeps the call shape the benchmark was defined with; the router now skips the Balance call
+  when a request cannot be downgraded and sends no progress for a job that finishes quickly, so
+  a one-image Generate makes one RPC and streams four messages fewer than this.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ SIGTERM:
   empty RPCs on the runtime's server and channels, so with the same interceptors as the suite.
 - shape: three more `bench.chain` processes with the router's call shape and no work: a stream
   of six messages to the caller, Balance, Reserve, a stream of five from a generator-shaped
-  process, and Capture. It is the floor under the router: what its RPCs alone cost.
+  process, and Capture: the call shape the benchmark was defined with, which the router has
+  since made smaller (no Balance, no progress for a quick job; see `bench.chain`).
 - router: the suite (ledger on SQLite, generator, upscaler, router on SQLite and a local asset
   directory), the generator's tiers all on the `instant` backend, which returns a solid-colour
   PNG of the requested size at no cost; one request is a Generate of one nano 1K image, so what

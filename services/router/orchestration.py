@@ -27,6 +27,7 @@ from services.router.assets import AssetRef, AssetStore, check_asset_id
 from services.router.catalogue import AspectRatio, ImageSize, Stage
 from services.router.drift import style_drift
 from services.router.jobs import (
+    Batch,
     BatchRecord,
     HoldState,
     Job,
@@ -38,7 +39,14 @@ from services.router.jobs import (
     NewJob,
     UpscaleMethod,
 )
-from services.router.policy import MAX_PROMPT_CHARS, Decision, Quote, RouteRequest, RoutingPolicy
+from services.router.policy import (
+    MAX_PROMPT_CHARS,
+    Decision,
+    Quote,
+    RouteRequest,
+    RoutingPolicy,
+    insufficient_credits,
+)
 from services.router.ports import (
     CreditLedger,
     Image,
@@ -155,6 +163,9 @@ class RouterLimits:
     replay_poll_seconds: float = 0.2
     #: Largest in-painting mask accepted in one message.
     max_mask_bytes: int = 4 * 1024 * 1024
+    #: Progress of a job reaches the caller at most this often, its latest stage only, and
+    #: not at all once the job has finished; 0 sends every progress event as it happens.
+    progress_interval_seconds: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -237,6 +248,15 @@ def job_error(job: Job) -> TiergenError:
     return cls(job.error.message, reason=job.error.reason, metadata={"job_id": job.job_id})
 
 
+def _refusal(error: FailedPrecondition, decision: Decision | None) -> FailedPrecondition:
+    """The ledger's refusal of a hold, told as the routing decision it refuses when there is one
+    (the tier, and the shortfall next to the available and required credits)."""
+    available = error.metadata.get("available", "")
+    if decision is None or error.reason != "INSUFFICIENT_CREDITS" or not available.isdigit():
+        return error
+    return insufficient_credits(decision, int(available))
+
+
 @contextlib.contextmanager
 def _step(name: str, **attributes: Any) -> Iterator[None]:
     """A span for one domain step, with `tiergen.*` attributes."""
@@ -244,6 +264,47 @@ def _step(name: str, **attributes: Any) -> Iterator[None]:
         name, attributes={f"tiergen.{k}": v for k, v in attributes.items() if v is not None}
     ):
         yield
+
+
+class _BatchEvents:
+    """A running batch's events on their way to the caller, progress coalesced.
+
+    A job's progress waits up to `interval` seconds, replaced by any newer progress of the same
+    job meanwhile, and is dropped once the job finishes: the final job says more. A batch of
+    quick jobs then streams its jobs alone, and a long one a few progress events a second.
+    """
+
+    def __init__(self, emit: Callable[[RouterEvent | None], None], interval: float) -> None:
+        self._emit = emit
+        self._interval = interval
+        self._pending: dict[str, JobProgressed] = {}
+        self._flush_handle: asyncio.TimerHandle | None = None
+
+    def progress(self, job_id: str, stage: str, fraction: float) -> None:
+        event = JobProgressed(job_id, stage, fraction)
+        if self._interval <= 0:
+            self._emit(event)
+            return
+        self._pending[job_id] = event
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(self._interval, self._flush)
+
+    def finished(self, job: Job) -> None:
+        self._pending.pop(job.job_id, None)
+        self._emit(JobFinished(job))
+
+    def close(self) -> None:
+        """Drops what is still pending; every job has finished."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._pending.clear()
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        pending, self._pending = self._pending, {}
+        for event in pending.values():
+            self._emit(event)
 
 
 class Router:
@@ -297,7 +358,9 @@ class Router:
             async for event in self._replay(existing, fingerprint):
                 yield event
             return
-        available = await self._ledger.available(account_id)
+        # The balance matters only to a request that may be downgraded to fit it; any other
+        # learns that it is unaffordable from the hold's refusal.
+        available = await self._ledger.available(account_id) if request.allow_downgrade else None
         with _step("route", account_id=account_id, stage=request.stage.value):
             decision = self._policy.decide(replace(request, available=available))
         base = _derived_seed(account_id, key) if seed is None else seed
@@ -385,14 +448,13 @@ class Router:
                 field="prompt",
                 reason="PROMPT_TOO_LONG",
             )
-        available = await self._ledger.available(account_id)
+        # No balance read: an unaffordable promote learns it from the hold's refusal.
         with _step("route", account_id=account_id, stage=Stage.REFINE.value):
             decision = self._policy.promotion(
                 parent.tier,
                 handover.tier,
                 handover.size,
                 handover.aspect_ratio or parent.aspect_ratio,
-                available=available,
             )
         assert parent.asset is not None  # checked by _require_succeeded
         reference = await self._assets.read(parent.asset.asset_id)
@@ -706,13 +768,16 @@ class Router:
         # reaches, and so never releases, the hold of the request that first used it.
         hold_key = f"router:{account_id}:{key}:{fingerprint[:24]}"
         with _step("reserve", account_id=account_id, cost=total):
-            hold_id = await self._ledger.reserve(
-                account_id,
-                total,
-                hold_key,
-                f"{new_jobs[0].kind.value} x{len(new_jobs)} ({key})",
-                self._limits.hold_ttl_seconds,
-            )
+            try:
+                hold_id = await self._ledger.reserve(
+                    account_id,
+                    total,
+                    hold_key,
+                    f"{new_jobs[0].kind.value} x{len(new_jobs)} ({key})",
+                    self._limits.hold_ttl_seconds,
+                )
+            except FailedPrecondition as error:
+                raise _refusal(error, decision) from None
         try:
             record = await self._jobs.create_batch(
                 account_id=account_id,
@@ -780,35 +845,37 @@ class Router:
     ) -> None:
         batch = record.batch
         slots = asyncio.Semaphore(self._limits.parallel_jobs)
+        events = _BatchEvents(emit, self._limits.progress_interval_seconds)
         tasks = []
         for job in record.jobs:
-            task = asyncio.create_task(self._run_job(job, work, slots, emit))
+            task = asyncio.create_task(self._run_job(job, work, slots, events))
             self._job_tasks[job.job_id] = task
             tasks.append(task)
+        outcomes: list[Job | BaseException] = []
         try:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         except asyncio.CancelledError:
             # The caller went away or the router is stopping: wait for every job to record
             # its cancellation, then settle below, charging only what was delivered.
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         finally:
+            events.close()
             for job in record.jobs:
                 self._job_tasks.pop(job.job_id, None)
+            # Every job's final state is known when each returned one; otherwise read them.
+            finals = [o for o in outcomes if isinstance(o, Job)]
+            known = batch if len(finals) == len(record.jobs) else None
             try:
-                await self._settle(batch.account_id, batch.batch_id)
+                await self._settle(batch.account_id, batch.batch_id, known, tuple(finals))
             finally:
                 emit(None)
 
     async def _run_job(
-        self,
-        job: Job,
-        work: Work,
-        slots: asyncio.Semaphore,
-        emit: Callable[[RouterEvent | None], None],
+        self, job: Job, work: Work, slots: asyncio.Semaphore, events: _BatchEvents
     ) -> Job:
         def progress(stage: str, fraction: float) -> None:
-            emit(JobProgressed(job.job_id, stage, fraction))
+            events.progress(job.job_id, stage, fraction)
 
         try:
             async with slots:
@@ -833,7 +900,7 @@ class Router:
         except asyncio.CancelledError:
             with contextlib.suppress(FailedPrecondition):
                 await self._jobs.mark_cancelled(job.job_id)
-            emit(JobFinished(await self._jobs.get(job.account_id, job.job_id)))
+            events.finished(await self._jobs.get(job.account_id, job.job_id))
             raise
         except FailedPrecondition as error:
             if error.reason not in _STORE_REASONS:
@@ -848,7 +915,7 @@ class Router:
             final = await self._fail(
                 job, errors.Internal(f"internal error (trace {current_trace_id() or 'none'})")
             )
-        emit(JobFinished(final))
+        events.finished(final)
         return final
 
     async def _fail(self, job: Job, error: TiergenError) -> Job:
@@ -864,13 +931,24 @@ class Router:
         except FailedPrecondition:
             return await self._jobs.get(job.account_id, job.job_id)
 
-    async def _settle(self, account_id: str, batch_id: str) -> None:
-        """Captures the credits of the delivered jobs (the rest returns) or releases them all."""
-        record = await self._jobs.batch(account_id, batch_id)
-        hold_id = record.batch.hold_id
-        if hold_id is None or record.batch.hold_state is not HoldState.OPEN:
+    async def _settle(
+        self,
+        account_id: str,
+        batch_id: str,
+        batch: Batch | None = None,
+        jobs: tuple[Job, ...] = (),
+    ) -> None:
+        """Captures the credits of the delivered jobs (the rest returns) or releases them all.
+
+        `batch` and its final `jobs`, when the caller has them, spare reading them back.
+        """
+        if batch is None:
+            record = await self._jobs.batch(account_id, batch_id)
+            batch, jobs = record.batch, record.jobs
+        hold_id = batch.hold_id
+        if hold_id is None or batch.hold_state is not HoldState.OPEN:
             return
-        charged = sum(job.cost for job in record.jobs if job.status is JobStatus.SUCCEEDED)
+        charged = sum(job.cost for job in jobs if job.status is JobStatus.SUCCEEDED)
         try:
             if charged:
                 with _step("capture", account_id=account_id, cost=charged):

@@ -59,6 +59,7 @@ __all__ = [
     "RouterConfigError",
     "RoutingPolicy",
     "StageRule",
+    "insufficient_credits",
 ]
 
 #: Longest prompt accepted, in characters.
@@ -323,7 +324,7 @@ class RoutingPolicy:
         quote = self.quote(request)
         if not quote.affordable:
             assert quote.available is not None, "a quote without a budget is always affordable"
-            raise _insufficient(quote.decision, quote.available)
+            raise insufficient_credits(quote.decision, quote.available)
         return quote.decision
 
     def promotion(
@@ -332,16 +333,14 @@ class RoutingPolicy:
         target_tier: str,
         size: ImageSize | None = None,
         aspect_ratio: AspectRatio = AspectRatio.R1_1,
-        *,
-        available: int | None = None,
     ) -> Decision:
         """The decision for promoting a job rendered on `parent_tier` to `target_tier`.
 
         The target must rank above the parent (InvalidArgument on "tier", reason
         PROMOTE_NOT_HIGHER); a size it does not offer is InvalidArgument on "resolution"; no
         size means the target's largest up to `PROMOTE_SIZE_LIMIT`. A parent that was not
-        rendered by a tier (an upscale) is InvalidArgument on "job_id". With `available`
-        known, an unaffordable promote is FailedPrecondition as in `decide`.
+        rendered by a tier (an upscale) is InvalidArgument on "job_id". Whether it is
+        affordable is for the hold to tell (see `insufficient_credits`).
         """
         parent = self.catalogue.find(parent_tier)
         if parent is None:
@@ -367,10 +366,7 @@ class RoutingPolicy:
             )
         elif not target.offers(size):
             raise _size_not_offered(target, size, "resolution")
-        decision = self._priced(target, size, aspect_ratio, 1, reasons)
-        if available is not None and decision.total_cost > available:
-            raise _insufficient(decision, available)
-        return decision
+        return self._priced(target, size, aspect_ratio, 1, reasons)
 
     def _check(self, request: RouteRequest) -> None:
         violations: list[tuple[FieldViolation, str]] = []
@@ -573,7 +569,8 @@ def _size_not_offered(tier: TierSpec, size: ImageSize, field_path: str) -> Inval
     )
 
 
-def _insufficient(decision: Decision, available: int) -> FailedPrecondition:
+def insufficient_credits(decision: Decision, available: int) -> FailedPrecondition:
+    """The refusal of `decision` when only `available` credits are there (INSUFFICIENT_CREDITS)."""
     shortfall = decision.total_cost - available
     return FailedPrecondition(
         f"{decision.n} {decision.tier} image(s) at {decision.size} cost {decision.total_cost}"

@@ -13,6 +13,7 @@ from services.router.policy import (
     RouterConfigError,
     RouteRequest,
     RoutingPolicy,
+    insufficient_credits,
 )
 from services.router.pricing import PriceTable
 from services.runtime.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
@@ -347,15 +348,14 @@ class TestPromotion:
         assert (fields(caught.value), caught.value.reason) == (["job_id"], "PARENT_NOT_PROMOTABLE")
 
     def test_unaffordable(self, policy: RoutingPolicy) -> None:
-        with pytest.raises(FailedPrecondition) as caught:
-            policy.promotion("nano", "pro", available=20)
-        assert caught.value.metadata == {
+        refusal = insufficient_credits(policy.promotion("nano", "pro"), 20)
+        assert refusal.reason == "INSUFFICIENT_CREDITS"
+        assert refusal.metadata == {
             "available": "20",
             "required": "24",
             "shortfall": "4",
             "tier": "pro",
         }
-        assert policy.promotion("nano", "pro", available=24).total_cost == 24
 
 
 class TestPolicyFile:

@@ -127,7 +127,9 @@ class RouterServiceServicer:
 
     def Generate(self, request, context):
         """Generates `n` variations of a prompt. Streams the accepted batch, progress, then each job as
-        it finishes. Credits are held before any work and charged per image delivered.
+        it finishes. Progress is coalesced: each job's latest stage at most five times a second,
+        none once the job has finished, so a quick job streams no progress at all. Credits are held
+        before any work and charged per image delivered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
