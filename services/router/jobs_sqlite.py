@@ -128,6 +128,30 @@ _JOB_SELECT = """
 """
 
 
+#: The columns of a new job that its INSERT leaves to their defaults, with those defaults.
+_NEW_JOB_DEFAULTS: dict[str, Any] = {
+    "cost": 0,
+    "asset_id": None,
+    "asset_width": None,
+    "asset_height": None,
+    "asset_media_type": None,
+    "asset_size_bytes": None,
+    "drift": None,
+    "error_code": None,
+    "error_reason": None,
+    "error_message": None,
+    "start_us": None,
+    "finish_us": None,
+    "shortlisted": 0,
+}
+
+
+def _insert(db: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
+    columns = ", ".join(row)
+    marks = ", ".join("?" * len(row))
+    db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", tuple(row.values()))
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -441,64 +465,56 @@ class SqliteJobStore:
                 if new.parent_job_id is not None:
                     self._job(account_id, new.parent_job_id)
             now_us = self._now_us()
-            batch_id = job_rows.new_id("bat_", now_us)
-            self._db.execute(
-                """
-                INSERT INTO batches (batch_id, account_id, idempotency_key, fingerprint,
-                    decision, hold_id, hold_state, create_us)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                """,
-                (
-                    batch_id,
-                    account_id,
-                    idempotency_key,
-                    fingerprint,
-                    None if decision is None else job_rows.encode_decision(decision),
-                    hold_id,
-                    HoldState.NONE if hold_id is None else HoldState.OPEN,
-                    now_us,
-                ),
-            )
-            for new in jobs:
-                self._insert_job(new, job_rows.new_id("job_", now_us), batch_id, account_id, now_us)
-            return self._record(self._batch_row(account_id, batch_id))
+            batch = {
+                "batch_id": job_rows.new_id("bat_", now_us),
+                "account_id": account_id,
+                "idempotency_key": idempotency_key,
+                "fingerprint": fingerprint,
+                "decision": None if decision is None else job_rows.encode_decision(decision),
+                "hold_id": hold_id,
+                "hold_state": HoldState.NONE if hold_id is None else HoldState.OPEN,
+                "captured": 0,
+                "create_us": now_us,
+            }
+            _insert(self._db, "batches", batch)
+            rows = [
+                self._insert_job(new, job_rows.new_id("job_", now_us), batch, now_us)
+                for new in jobs
+            ]
+            # The records as inserted, without reading them back.
+            rows.sort(key=lambda row: int(row["variation"]))
+            return BatchRecord(batch_from_row(batch), tuple(job_from_row(row) for row in rows))
 
     def _insert_job(
-        self, new: NewJob, job_id: str, batch_id: str, account_id: str, now_us: int
-    ) -> None:
-        self._db.execute(
-            """
-            INSERT INTO jobs (job_id, batch_id, account_id, kind, status, tier, stage, prompt,
-                seed, variation, size, aspect_ratio, width, height, quoted_cost,
-                parent_job_id, reasons, strength, upscale_factor, upscale_method, create_us,
-                trace_id)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """,
-            (
-                job_id,
-                batch_id,
-                account_id,
-                new.kind,
-                JobStatus.QUEUED,
-                new.tier,
-                new.stage,
-                new.prompt,
-                str(new.seed),
-                new.variation,
-                new.size,
-                new.aspect_ratio,
-                new.width,
-                new.height,
-                new.quoted_cost,
-                new.parent_job_id,
-                job_rows.encode_reasons(new.reasons),
-                new.strength,
-                new.upscale_factor,
-                new.upscale_method,
-                now_us,
-                new.trace_id,
-            ),
-        )
+        self, new: NewJob, job_id: str, batch: dict[str, Any], now_us: int
+    ) -> dict[str, Any]:
+        """Inserts a queued job; returns its row, as `_JOB_SELECT` would read it."""
+        row = {
+            "job_id": job_id,
+            "batch_id": batch["batch_id"],
+            "account_id": batch["account_id"],
+            "kind": new.kind,
+            "status": JobStatus.QUEUED,
+            "tier": new.tier,
+            "stage": new.stage,
+            "prompt": new.prompt,
+            "seed": str(new.seed),
+            "variation": new.variation,
+            "size": new.size,
+            "aspect_ratio": new.aspect_ratio,
+            "width": new.width,
+            "height": new.height,
+            "quoted_cost": new.quoted_cost,
+            "parent_job_id": new.parent_job_id,
+            "reasons": job_rows.encode_reasons(new.reasons),
+            "strength": new.strength,
+            "upscale_factor": new.upscale_factor,
+            "upscale_method": new.upscale_method,
+            "create_us": now_us,
+            "trace_id": new.trace_id,
+        }
+        _insert(self._db, "jobs", row)
+        return {**_NEW_JOB_DEFAULTS, **row, "hold_id": batch["hold_id"]}
 
     def _batch_row(self, account_id: str | None, batch_id: str) -> sqlite3.Row:
         row: sqlite3.Row | None = self._db.execute(
@@ -519,10 +535,18 @@ class SqliteJobStore:
         return BatchRecord(batch_from_row(row), self._batch_jobs(row["batch_id"]), replayed)
 
     def _job(self, account_id: str | None, job_id: str) -> Job:
-        row = self._db.execute(_JOB_SELECT + " WHERE jobs.job_id = ?", (job_id,)).fetchone()
-        if row is None or (account_id is not None and row["account_id"] != account_id):
+        row = self._job_row(job_id)
+        if account_id is not None and row["account_id"] != account_id:
             raise job_rows.job_not_found(job_id)
         return job_from_row(row)
+
+    def _job_row(self, job_id: str) -> sqlite3.Row:
+        row: sqlite3.Row | None = self._db.execute(
+            _JOB_SELECT + " WHERE jobs.job_id = ?", (job_id,)
+        ).fetchone()
+        if row is None:
+            raise job_rows.job_not_found(job_id)
+        return row
 
     async def _transition(
         self,
@@ -535,7 +559,8 @@ class SqliteJobStore:
     ) -> Job:
         def move() -> Job:
             with self._transaction(durable=target is JobStatus.SUCCEEDED):
-                job = self._job(None, job_id)
+                row = self._job_row(job_id)
+                job = job_from_row(row)
                 if job.status not in job_rows.SOURCES[target]:
                     raise job_rows.refusal(job, target)
                 job_rows.check_charge(job, charged)
@@ -546,7 +571,8 @@ class SqliteJobStore:
                     f"UPDATE jobs SET {assignments} WHERE job_id = ?",
                     (*columns.values(), job_id),
                 )
-                return self._job(None, job_id)
+                # The row as updated, without reading it back.
+                return job_from_row({**dict(row), **columns})
 
         return await self._call(move)
 
