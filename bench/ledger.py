@@ -1,7 +1,7 @@
 """Benchmarks the ledger's Reserve+Capture through gRPC against the bare gRPC round trip.
 
 Run from the repository root: `python -m bench.ledger --json` (or `tiergen bench ledger --json`).
-One run starts three server processes and stops them at the end:
+One run starts four server processes and stops them at the end:
 
 - echo: a server from the runtime's `create_server` with no services at all, called with
   grpc.health.v1 Health/Check. The runtime's telemetry interceptor skips health, so this is the
@@ -41,6 +41,7 @@ import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 
+from bench.processes import ProcessGroup, ServerProcess
 from services.runtime.server import ServiceRegistration, create_server, serve_forever
 from services.runtime.settings import ServerSettings
 
@@ -53,9 +54,7 @@ RPS_TARGET_RATIO = 0.6
 #: Ledger p50 at 1 client: at most the echo p50 plus this.
 P50_TARGET_EXTRA_MS = 1.0
 
-_START_SECONDS = 60.0
 _CALL_TIMEOUT = 10.0
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 ECHO_SERVICE = "tiergen.bench.v1.EchoService"
@@ -90,16 +89,11 @@ class _Server:
     """A server process of the benchmark and the channel that drives it."""
 
     name: str
-    process: asyncio.subprocess.Process
+    process: ServerProcess
     channel: grpc.aio.Channel
 
     def cpu_seconds(self) -> float | None:
-        """CPU time (user + system) the process has used; None where /proc is missing."""
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        return self.process.cpu_seconds()
 
 
 @dataclass
@@ -141,48 +135,11 @@ _Client = Callable[[int, float, dict[str, list[float]]], Awaitable[int]]
 
 
 async def _start_server(
-    name: str, arguments: Sequence[str], environ: dict[str, str], run_dir: Path
+    processes: ProcessGroup, name: str, arguments: Sequence[str], environ: dict[str, str]
 ) -> _Server:
-    ready = run_dir / f"{name}.addr"
-    log_path = run_dir / f"{name}.log"
-    environ = {
-        **os.environ,
-        "TIERGEN_HOST": "127.0.0.1",
-        "TIERGEN_PORT": "0",
-        "TIERGEN_READY_FILE": str(ready),
-        **environ,
-    }
-    with log_path.open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *arguments,
-            env=environ,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + _START_SECONDS
-    while not ready.exists():
-        if process.returncode is not None or time.monotonic() > deadline:
-            if process.returncode is None:
-                process.kill()
-            await process.wait()
-            tail = log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{name} did not start (exit {process.returncode}):\n{tail}")
-        await asyncio.sleep(0.02)
-    channel = grpc.aio.insecure_channel(ready.read_text().strip())
-    return _Server(name, process, channel)
-
-
-async def _stop_server(server: _Server) -> None:
-    await server.channel.close()
-    if server.process.returncode is None:
-        server.process.terminate()
-        try:
-            await asyncio.wait_for(server.process.wait(), 20)
-        except TimeoutError:
-            server.process.kill()
-            await server.process.wait()
+    process = processes.spawn(name, arguments, environ)
+    address = await process.ready()
+    return _Server(name, process, grpc.aio.insecure_channel(address))
 
 
 def _echo_client(channel: grpc.aio.Channel) -> _Client:
@@ -309,55 +266,51 @@ async def run(postgres_dsn: str, rounds: int, seconds: float, warmup: float) -> 
     async with contextlib.AsyncExitStack() as stack:
         run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-ledger-")))
         postgres = await stack.enter_async_context(_postgres_schema(postgres_dsn))
-        starting = [
+        processes = ProcessGroup(run_dir)
+        stack.push_async_callback(asyncio.to_thread, processes.stop)
+        servers = await asyncio.gather(
             _start_server(
-                "echo", ["-c", "from bench.ledger import serve_echo; serve_echo()"], {}, run_dir
+                processes, "echo", ["-c", "from bench.ledger import serve_echo; serve_echo()"], {}
             ),
             _start_server(
+                processes,
                 "runtime_echo",
                 ["-c", "from bench.ledger import serve_runtime_echo; serve_runtime_echo()"],
                 {},
-                run_dir,
             ),
             _start_server(
+                processes,
                 "sqlite",
                 ["-m", "services.ledger"],
                 {"TIERGEN_LEDGER_DSN": f"sqlite:///{run_dir / 'ledger.db'}"},
-                run_dir,
             ),
             _start_server(
-                "postgres", ["-m", "services.ledger"], {"TIERGEN_LEDGER_DSN": postgres}, run_dir
+                processes, "postgres", ["-m", "services.ledger"], {"TIERGEN_LEDGER_DSN": postgres}
             ),
-        ]
-        servers: list[_Server] = []
-        try:
-            for server in await asyncio.gather(*starting):
-                servers.append(server)
-            echo, runtime_echo, sqlite, postgresql = servers
-            clients = {
-                "echo": _echo_client(echo.channel),
-                "runtime_echo": _runtime_echo_client(runtime_echo.channel),
-                "sqlite": _ledger_client(sqlite.channel, run_id),
-                "postgres": _ledger_client(postgresql.channel, run_id),
-            }
-            for ledger in (sqlite, postgresql):
-                await _prepare_ledger(ledger.channel)
-            for server in servers:
-                await _measure(server, clients[server.name], max(CONCURRENCY), warmup)
-            samples = {
-                (server.name, count): _Sample() for server in servers for count in CONCURRENCY
-            }
-            for round_ in range(rounds):
-                # The order rotates every round, so a change in the machine's load hits every
-                # variant alike.
-                order = servers[round_ % len(servers) :] + servers[: round_ % len(servers)]
-                for count in CONCURRENCY:
-                    for server in order:
-                        sample = await _measure(server, clients[server.name], count, seconds)
-                        samples[(server.name, count)].add(sample)
-        finally:
-            for server in servers:
-                await _stop_server(server)
+        )
+        for server in servers:
+            stack.push_async_callback(server.channel.close)
+        echo, runtime_echo, sqlite, postgresql = servers
+        clients = {
+            "echo": _echo_client(echo.channel),
+            "runtime_echo": _runtime_echo_client(runtime_echo.channel),
+            "sqlite": _ledger_client(sqlite.channel, run_id),
+            "postgres": _ledger_client(postgresql.channel, run_id),
+        }
+        for ledger in (sqlite, postgresql):
+            await _prepare_ledger(ledger.channel)
+        for server in servers:
+            await _measure(server, clients[server.name], max(CONCURRENCY), warmup)
+        samples = {(server.name, count): _Sample() for server in servers for count in CONCURRENCY}
+        for round_ in range(rounds):
+            # The order rotates every round, so a change in the machine's load hits every
+            # variant alike.
+            shift = round_ % len(servers)
+            order = [*servers[shift:], *servers[:shift]]
+            for count in CONCURRENCY:
+                for server in order:
+                    sample = await _measure(server, clients[server.name], count, seconds)
+                    samples[(server.name, count)].add(sample)
     return _figures(samples, rounds, seconds)
 
 

@@ -28,10 +28,7 @@ import io
 import json
 import math
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +41,7 @@ from PIL import Image
 from tiergen.common.v1 import common_pb2
 from tiergen.generator.v1 import generator_pb2, generator_pb2_grpc
 
+from bench.processes import ProcessGroup
 from services.generator.renderer import RenderSpec, render
 from services.generator.resolution import ImageSize, Resolution
 from services.generator.tiers import Quality, RenderRequest, load_catalogue, validate_request
@@ -73,7 +71,6 @@ ROUNDS = 3
 WORKERS = 2
 NANO_ENCODE_TARGET = 2.5
 SPEEDUP_TARGET = 1.6
-_READY_SECONDS = 60.0
 
 Figures = dict[str, Any]
 _Input = TypeVar("_Input")
@@ -207,51 +204,18 @@ async def _rounds(address: str) -> tuple[list[float], list[float]]:
     return sequential, concurrent
 
 
-def _await_ready(process: subprocess.Popen[bytes], ready_file: Path, log_path: Path) -> str:
-    deadline = time.monotonic() + _READY_SECONDS
-    while time.monotonic() < deadline:
-        if ready_file.exists():
-            return ready_file.read_text().strip()
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    tail = log_path.read_text(errors="replace").splitlines()[-10:]
-    raise RuntimeError("the generator did not start:\n" + "\n".join(tail))
-
-
 def measure_service(figures: Figures) -> None:
     """16 nano 1K renders over gRPC, one after another and all at once."""
     with tempfile.TemporaryDirectory(prefix="tiergen-bench-") as scratch:
-        ready_file = Path(scratch) / "generator.addr"
-        log_path = Path(scratch) / "generator.log"
-        environment = dict(
-            os.environ,
-            TIERGEN_HOST="127.0.0.1",
-            TIERGEN_PORT="0",
-            TIERGEN_READY_FILE=str(ready_file),
-            TIERGEN_GENERATOR_WORKERS=str(WORKERS),
-            OTEL_TRACES_EXPORTER="none",
-        )
-        environment.pop("TIERGEN_GENERATOR_TIERS_FILE", None)
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "services.generator"],
-                env=environment,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        processes = ProcessGroup(Path(scratch))
+        environ = {"TIERGEN_GENERATOR_WORKERS": str(WORKERS), "OTEL_TRACES_EXPORTER": "none"}
+        # The embedded tier catalogue, whatever this shell has configured.
+        environ["TIERGEN_GENERATOR_TIERS_FILE"] = ""
         try:
-            address = _await_ready(process, ready_file, log_path)
-            sequential, concurrent = asyncio.run(_rounds(address))
+            generator = processes.spawn("generator", ["-m", "services.generator"], environ)
+            sequential, concurrent = asyncio.run(_rounds(generator.wait_ready()))
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            processes.stop()
     figures["nano_1K_sequential_16_s"] = round(statistics.median(sequential), 3)
     figures["nano_1K_concurrent_16_s"] = round(statistics.median(concurrent), 3)
     figures["nano_1K_concurrency_speedup"] = round(

@@ -35,7 +35,6 @@ import os
 import platform
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +50,7 @@ from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
 from bench.chain import generate_callable, hop_callable
+from bench.processes import ProcessGroup, ServerProcess
 from services.generator.tiers import DEFAULT_CATALOGUE_TOML
 
 __all__ = ["main", "run"]
@@ -64,94 +64,8 @@ P50_TARGET_EXTRA_MS = 3.0
 #: Traced router throughput at 16 clients, as a share of the untraced one: at least this.
 TRACING_TARGET_RATIO = 0.75
 
-_START_SECONDS = 60.0
-_STOP_SECONDS = 20.0
 _CALL_TIMEOUT = 10.0
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _TIER = "nano"
-
-
-@dataclass
-class _Process:
-    """A server process of the benchmark, in its own session so a terminal's Ctrl-C reaches only
-    this process, which then stops it in order."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    ready_file: Path
-    log_path: Path
-    address: str = ""
-
-    def cpu_seconds(self) -> float | None:
-        """CPU time (user + system) the process has used; None where /proc is missing."""
-        try:
-            stat = Path(f"/proc/{self.popen.pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-    async def wait_ready(self) -> str:
-        deadline = time.monotonic() + _START_SECONDS
-        while not self.ready_file.exists():
-            if self.popen.poll() is not None or time.monotonic() > deadline:
-                tail = self.log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(
-                    f"{self.name} did not start (exit {self.popen.poll()}); its log ends:\n{tail}"
-                )
-            await asyncio.sleep(0.05)
-        self.address = self.ready_file.read_text().strip()
-        return self.address
-
-    def terminate(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-
-    def wait_stopped(self) -> None:
-        try:
-            self.popen.wait(_STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
-
-
-@dataclass
-class _Processes:
-    """Every process the benchmark started, stopped in reverse start order."""
-
-    run_dir: Path
-    started: list[_Process] = field(default_factory=list)
-
-    def spawn(self, name: str, arguments: Sequence[str], environ: dict[str, str]) -> _Process:
-        ready_file = self.run_dir / f"{name}.addr"
-        log_path = self.run_dir / f"{name}.log"
-        environ = {
-            **os.environ,
-            "TIERGEN_HOST": "127.0.0.1",
-            "TIERGEN_PORT": "0",
-            "TIERGEN_READY_FILE": str(ready_file),
-            "TIERGEN_LOG_LEVEL": "info",
-            "OTEL_TRACES_EXPORTER": "none",
-            **environ,
-        }
-        with log_path.open("wb") as log:
-            popen = subprocess.Popen(
-                [sys.executable, *arguments],
-                env=environ,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        process = _Process(name, popen, ready_file, log_path)
-        self.started.append(process)
-        return process
-
-    def stop(self) -> None:
-        # The router first, so it settles its holds while the ledger still runs.
-        for process in reversed(self.started):
-            process.terminate()
-            process.wait_stopped()
 
 
 @dataclass
@@ -159,7 +73,7 @@ class _Variant:
     """One thing measured: the processes that serve it and the client loop that drives it."""
 
     name: str
-    processes: list[_Process]
+    processes: list[ServerProcess]
     client: _Client
 
     def cpu_seconds(self) -> float | None:
@@ -329,7 +243,7 @@ def _instant_tiers() -> str:
     return text
 
 
-def _spawn_suite(processes: _Processes, variant: str, tracing: str) -> list[_Process]:
+def _spawn_suite(processes: ProcessGroup, variant: str, tracing: str) -> list[ServerProcess]:
     """The ledger, generator and upscaler of one suite; the router comes once they listen."""
     data = processes.run_dir / variant
     data.mkdir()
@@ -360,8 +274,8 @@ def _spawn_suite(processes: _Processes, variant: str, tracing: str) -> list[_Pro
 
 
 def _spawn_router(
-    processes: _Processes, variant: str, tracing: str, ledger: str, generator: str, upscaler: str
-) -> _Process:
+    processes: ProcessGroup, variant: str, tracing: str, ledger: str, generator: str, upscaler: str
+) -> ServerProcess:
     data = processes.run_dir / variant
     return processes.spawn(
         f"{variant}-router",
@@ -399,7 +313,7 @@ def _rotated(names: Sequence[str], shift: int) -> Iterator[str]:
 
 
 async def _run(
-    processes: _Processes, rounds: int, seconds: float, warmup: float, requests: int
+    processes: ProcessGroup, rounds: int, seconds: float, warmup: float, requests: int
 ) -> dict[tuple[str, int], _Sample]:
     chain_b = processes.spawn("chain-b", ["-m", "bench.chain"], {})
     chain_c = processes.spawn("chain-c", ["-m", "bench.chain"], {})
@@ -410,7 +324,7 @@ async def _run(
         "router_untraced": _spawn_suite(processes, "router_untraced", "off"),
     }
     first = [chain_b, chain_c, shape_ledger, shape_generator, *suites["router"]]
-    await asyncio.gather(*(p.wait_ready() for p in [*first, *suites["router_untraced"]]))
+    await asyncio.gather(*(p.ready() for p in [*first, *suites["router_untraced"]]))
     chain_a = processes.spawn(
         "chain-a",
         ["-m", "bench.chain"],
@@ -431,7 +345,7 @@ async def _run(
         for name, suite in suites.items()
     }
     await asyncio.gather(
-        chain_a.wait_ready(), shape_router.wait_ready(), *(r.wait_ready() for r in routers.values())
+        chain_a.ready(), shape_router.ready(), *(r.ready() for r in routers.values())
     )
     async with contextlib.AsyncExitStack() as channels:
         chain_channel = grpc.aio.insecure_channel(chain_a.address)
@@ -479,7 +393,9 @@ async def run(
     # SIGTERM stops the benchmark as Ctrl-C does: through the `finally` that stops the servers.
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     with tempfile.TemporaryDirectory(prefix="bench-router-", dir=data_dir) as run_dir:
-        processes = _Processes(Path(run_dir))
+        processes = ProcessGroup(
+            Path(run_dir), {"TIERGEN_LOG_LEVEL": "info", "OTEL_TRACES_EXPORTER": "none"}
+        )
         try:
             samples = await _run(processes, rounds, seconds, warmup, requests)
         finally:

@@ -21,10 +21,7 @@ import hashlib
 import io
 import json
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +36,7 @@ from PIL import Image
 from tiergen.common.v1 import common_pb2
 from tiergen.upscaler.v1 import upscaler_pb2, upscaler_pb2_grpc
 
+from bench.processes import ProcessGroup, ServerProcess
 from bench.upscale_gallery import draw_scene
 from services.runtime.chunks import split
 from services.upscaler.settings import UpscalerSettings
@@ -51,7 +49,6 @@ _OUTPUT_SIDE = _INPUT_SIDE * _FACTOR
 #: The targets of issue 5: the service within 1.25x of plain Pillow, under 400 MB at 4K.
 _MAX_RATIO = 1.25
 _MAX_RSS_MB = 400.0
-_START_TIMEOUT = 60.0
 _CALL_TIMEOUT = 120.0
 _FORMATS = {"png": common_pb2.IMAGE_FORMAT_PNG, "jpeg": common_pb2.IMAGE_FORMAT_JPEG}
 
@@ -64,37 +61,24 @@ class _Process:
 
 
 class UpscalerProcess:
-    """`python -m services.upscaler` on a free loopback port, stopped on exit."""
+    """`python -m services.upscaler` on a free port, `environ` added; stopped on exit."""
 
     def __init__(self, environ: dict[str, str]) -> None:
         self._environ = environ
         self._directory = tempfile.TemporaryDirectory(prefix="tiergen-bench-")
-        self._process: subprocess.Popen[bytes] | None = None
+        self._processes = ProcessGroup(Path(self._directory.name))
+        self._server: ServerProcess | None = None
         self.address = ""
 
     def __enter__(self) -> UpscalerProcess:
-        directory = Path(self._directory.name)
-        ready = directory / "upscaler.addr"
-        environ = self._environ | {
-            "TIERGEN_HOST": "127.0.0.1",
-            "TIERGEN_PORT": "0",
-            "TIERGEN_READY_FILE": str(ready),
-        }
-        with (directory / "upscaler.log").open("wb") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "services.upscaler"],
-                env=environ,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+        try:
+            self._server = self._processes.spawn(
+                "upscaler", ["-m", "services.upscaler"], self._environ
             )
-        started = time.monotonic()
-        while not ready.exists():
-            if self._process.poll() is not None or time.monotonic() - started > _START_TIMEOUT:
-                tail = (directory / "upscaler.log").read_text(errors="replace")[-2000:]
-                self.__exit__(None, None, None)
-                raise RuntimeError(f"the upscaler did not start:\n{tail}")
-            time.sleep(0.05)
-        self.address = ready.read_text().strip()
+            self.address = self._server.wait_ready()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(
@@ -103,21 +87,15 @@ class UpscalerProcess:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        self._processes.stop()
         self._directory.cleanup()
 
     def processes(self) -> list[_Process]:
         """The server and every process under it, with their peak RSS so far."""
-        if self._process is None:
+        if self._server is None:
             return []
         found = []
-        pending = [(self._process.pid, "server")]
+        pending = [(self._server.pid, "server")]
         while pending:
             pid, role = pending.pop()
             found.append(_Process(pid, role, _peak_rss_mb(pid)))
@@ -196,7 +174,7 @@ def measure(runs: int = 7, warmup: int = 2) -> dict[str, Any]:
     data = buffer.getvalue()
     samples: dict[str, list[float]] = {}
     sizes: dict[str, int] = {}
-    with UpscalerProcess(dict(os.environ)) as service:
+    with UpscalerProcess({}) as service:
         with grpc.insecure_channel(service.address) as channel:
             stub = upscaler_pb2_grpc.UpscalerServiceStub(channel)  # type: ignore[no-untyped-call]
             variants: dict[str, Callable[[], bytes]] = {}
