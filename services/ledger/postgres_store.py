@@ -9,14 +9,24 @@ and the (account, sequence) key of the command's first entry is already taken. C
 happen (two first-time commands racing to insert the same account or idempotency record,
 deadlocks, serialization failures, lock waits past `lock_timeout`) roll back and are retried
 here; only a conflict that outlasts the retries reaches the caller, as Aborted.
+
+Commands that arrive while others are in flight are committed in groups: one transaction locks
+every account of the group in account order (so groups never deadlock each other), reads what
+all of its commands need in one round trip, decides each, and writes all of them with one
+commit, in one more. A group holds at most one command per account; a command whose account
+is already in the group waits for the next. Should anything but the database's absence fail a
+group, each of its commands runs again in a transaction of its own, so that a failure stays
+the failing command's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -149,16 +159,39 @@ _UPDATE_ACCOUNT = _pg(tables.UPDATE_ACCOUNT)
 _UPSERT_HOLD = _pg(tables.UPSERT_HOLD)
 _INSERT_ENTRY = _pg(tables.INSERT_ENTRY)
 _INSERT_RECORD = _pg(tables.INSERT_RECORD)
+#: A group's accounts: those its commands name and those of the holds they name, locked in
+#: account order, the same order in every group.
+_GROUP_ACCOUNT_IDS = (
+    "(account_id = ANY(%s::text[]) OR account_id IN"
+    " (SELECT account_id FROM holds WHERE hold_id = ANY(%s::text[])))"
+)
+_LOCK_GROUP_ACCOUNTS = (
+    _pg(tables.SELECT_ACCOUNTS) + f" WHERE {_GROUP_ACCOUNT_IDS} ORDER BY account_id FOR UPDATE"
+)
+_SELECT_GROUP_HOLDS = _pg(tables.SELECT_HOLDS) + " WHERE hold_id = ANY(%s::text[])"
+_SELECT_GROUP_EXPIRED_HOLDS = (
+    _pg(tables.SELECT_HOLDS)
+    + f" WHERE status = 'open' AND expires_at_us <= %s AND {_GROUP_ACCOUNT_IDS}"
+    + " ORDER BY expires_at_us, hold_id"
+)
+#: Commands in one group at the most.
+_MAX_GROUP = 64
 
 
 class PostgresStore:
     """The ledger on a PostgreSQL database (tables in the first schema of the search path)."""
 
     def __init__(
-        self, pool: psycopg_pool.AsyncConnectionPool[_Connection], timeout_seconds: float
+        self,
+        pool: psycopg_pool.AsyncConnectionPool[_Connection],
+        timeout_seconds: float,
+        groups_in_flight: int,
     ) -> None:
         self._pool = pool
         self._timeout = timeout_seconds
+        self._groups_in_flight = groups_in_flight
+        self._waiting: collections.deque[_Command] = collections.deque()
+        self._running_groups: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(
@@ -190,7 +223,9 @@ class PostgresStore:
         )
         try:
             await pool.open(wait=True, timeout=timeout_seconds)
-            store = cls(pool, timeout_seconds)
+            # Commands queue up behind a few groups at a time, which is what makes groups; the
+            # rest of the pool serves reads.
+            store = cls(pool, timeout_seconds, max(1, pool_size // 2))
             await store._run(lambda connection: _migrate(connection, to_micros(now)))
         except BaseException as error:
             await pool.close()
@@ -202,6 +237,12 @@ class PostgresStore:
         return store
 
     async def transact(self, lookup: Lookup, decide: Decide) -> Decision:
+        command = _Command(lookup, decide, asyncio.get_running_loop().create_future())
+        self._waiting.append(command)
+        self._start_groups()
+        return await command.answer
+
+    async def _transact_alone(self, lookup: Lookup, decide: Decide) -> Decision:
         conflicts = 0
         while True:
             try:
@@ -212,6 +253,60 @@ class PostgresStore:
                     raise
                 # Jittered so that commands that just collided do not collide again.
                 await asyncio.sleep(random.uniform(0, 0.002 * 2**conflicts))
+
+    def _start_groups(self) -> None:
+        while self._waiting and len(self._running_groups) < self._groups_in_flight:
+            task = asyncio.create_task(self._run_group(self._take_group()))
+            self._running_groups.add(task)
+            task.add_done_callback(self._group_done)
+
+    def _group_done(self, task: asyncio.Task[None]) -> None:
+        self._running_groups.discard(task)
+        self._start_groups()
+
+    def _take_group(self) -> list[_Command]:
+        """The waiting commands, oldest first, at most one per account or hold named."""
+        group: list[_Command] = []
+        names: set[str] = set()
+        passed_over: list[_Command] = []
+        while self._waiting and len(group) < _MAX_GROUP:
+            command = self._waiting.popleft()
+            own = command.names()
+            if names & own:
+                passed_over.append(command)
+                continue
+            names |= own
+            group.append(command)
+        self._waiting.extendleft(reversed(passed_over))
+        return group
+
+    async def _run_group(self, group: list[_Command]) -> None:
+        live = [command for command in group if not command.answer.done()]
+        if len(live) == 1:
+            await _settle(live[0], self._transact_alone(live[0].lookup, live[0].decide))
+            return
+        if not live:
+            return
+        try:
+            decided, later = await self._run(lambda connection: _transact_group(connection, live))
+        except Unavailable as error:
+            for command in live:
+                if not command.answer.done():
+                    command.answer.set_exception(error)
+            return
+        except (Aborted, Internal):
+            await asyncio.gather(
+                *(_settle(c, self._transact_alone(c.lookup, c.decide)) for c in live)
+            )
+            return
+        for command, result in decided:
+            if command.answer.done():
+                continue
+            if isinstance(result, BaseException):
+                command.answer.set_exception(result)
+            else:
+                command.answer.set_result(result)
+        self._waiting.extendleft(reversed(later))
 
     async def account(self, account_id: str, now: datetime) -> tuple[Account | None, bool]:
         async def read(connection: _Connection) -> tuple[Account | None, bool]:
@@ -257,6 +352,7 @@ class PostgresStore:
         return await self._run(read)
 
     async def close(self) -> None:
+        await asyncio.gather(*self._running_groups, return_exceptions=True)
         await self._pool.close()
 
     async def _run(self, work: Callable[[_Connection], Awaitable[_T]]) -> _T:
@@ -324,6 +420,125 @@ async def _transact(connection: _Connection, lookup: Lookup, decide: Decide) -> 
 _Statement = tuple[str, tuple[Any, ...]]
 
 
+@dataclass(frozen=True)
+class _Command:
+    """A command waiting for its group, and where its answer goes."""
+
+    lookup: Lookup
+    decide: Decide
+    answer: asyncio.Future[Decision]
+
+    def names(self) -> set[str]:
+        """The account and hold it names, as far as known before reading."""
+        names = set()
+        if self.lookup.account_id is not None:
+            names.add(f"account:{self.lookup.account_id}")
+        if self.lookup.hold_id is not None:
+            names.add(f"hold:{self.lookup.hold_id}")
+        return names
+
+
+async def _settle(command: _Command, work: Awaitable[Decision]) -> None:
+    try:
+        result = await work
+    except Exception as error:
+        if not command.answer.done():
+            command.answer.set_exception(error)
+        return
+    if not command.answer.done():
+        command.answer.set_result(result)
+
+
+_Decided = list[tuple[_Command, Decision | BaseException]]
+
+
+async def _transact_group(
+    connection: _Connection, group: list[_Command]
+) -> tuple[_Decided, list[_Command]]:
+    """One transaction for `group`, in two round trips: lock and read all, then write all.
+
+    The answers of the commands that ran, and the commands passed over because a hold they name
+    turned out to belong to an account another command of the group already had.
+    """
+    cursor = psycopg.AsyncClientCursor(connection)
+    try:
+        snapshots, later = await _load_group(cursor, group)
+        decided: _Decided = []
+        writes: list[_Statement] = []
+        for command, snapshot in snapshots:
+            try:
+                decision = command.decide(snapshot)
+            except Exception as error:
+                # A rule that failed decides nothing and writes nothing; the others go on.
+                decided.append((command, error))
+                continue
+            decided.append((command, decision))
+            writes.extend(_writes(decision.changes))
+        writes.append(("COMMIT", ()))
+        await _script(cursor, writes)
+    except Exception:
+        if connection.info.transaction_status != pq.TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):
+                await connection.execute("ROLLBACK")
+        raise
+    return decided, later
+
+
+async def _load_group(
+    cursor: _ClientCursor, group: list[_Command]
+) -> tuple[list[tuple[_Command, Snapshot]], list[_Command]]:
+    """Lock every account of the group in account order, then read the rest as it now is."""
+    account_ids = sorted({c.lookup.account_id for c in group if c.lookup.account_id is not None})
+    hold_ids = sorted({c.lookup.hold_id for c in group if c.lookup.hold_id is not None})
+    latest = to_micros(max(command.lookup.now for command in group))
+    keys = [key for command in group for key in command.lookup.record_keys]
+    reads: list[_Statement] = [
+        ("BEGIN", ()),
+        (_LOCK_GROUP_ACCOUNTS, (account_ids, hold_ids)),
+        (_SELECT_GROUP_HOLDS, (hold_ids,)),
+        (_SELECT_GROUP_EXPIRED_HOLDS, (latest, account_ids, hold_ids)),
+    ]
+    if keys:
+        sql, params = tables.records_statement(keys)
+        reads.append((_pg(sql), tuple(params)))
+    _, account_rows, hold_rows, expired_rows, *rest = await _script(cursor, reads)
+    accounts = {row[0]: tables.account_from_row(row) for row in account_rows}
+    holds = {row[0]: tables.hold_from_row(row) for row in hold_rows}
+    expired: dict[str, list[Hold]] = {}
+    for row in expired_rows:
+        overdue = tables.hold_from_row(row)
+        expired.setdefault(overdue.account_id, []).append(overdue)
+    records = {}
+    for row in rest[0] if rest else []:
+        record = tables.record_from_row(row)
+        records[record.key] = record
+    snapshots: list[tuple[_Command, Snapshot]] = []
+    later: list[_Command] = []
+    taken: set[str] = set()
+    for command in group:
+        lookup = command.lookup
+        hold = None if lookup.hold_id is None else holds.get(lookup.hold_id)
+        account_id = lookup.account_id if hold is None else hold.account_id
+        if account_id is not None:
+            if account_id in taken:
+                later.append(command)
+                continue
+            taken.add(account_id)
+        now_us = to_micros(lookup.now)
+        snapshot = Snapshot(
+            account=None if account_id is None else accounts.get(account_id),
+            hold=hold,
+            expired_holds=tuple(
+                due
+                for due in expired.get(account_id or "", ())
+                if to_micros(due.expires_at) <= now_us
+            ),
+            records={key: records[key] for key in lookup.record_keys if key in records},
+        )
+        snapshots.append((command, snapshot))
+    return snapshots, later
+
+
 async def _script(cursor: _ClientCursor, statements: list[_Statement]) -> list[list[Any]]:
     """Run `statements` in one round trip; the rows of each, in order.
 
@@ -376,6 +591,11 @@ async def _load(cursor: _ClientCursor, lookup: Lookup) -> Snapshot:
 async def _apply(cursor: _ClientCursor, changes: Changes) -> None:
     """Write and commit at once, unchecked: a write based on a stale read cannot commit anyway,
     since the (account, sequence) key of its first entry is already taken."""
+    await _script(cursor, [*_writes(changes), ("COMMIT", ())])
+
+
+def _writes(changes: Changes) -> list[_Statement]:
+    """The statements that write one command's changes."""
     writes: list[_Statement] = []
     if changes.account is not None:
         if changes.previous_sequence is None:
@@ -389,5 +609,4 @@ async def _apply(cursor: _ClientCursor, changes: Changes) -> None:
     writes.extend(
         (_INSERT_RECORD, tables.record_params(record, now_us)) for record in changes.records
     )
-    writes.append(("COMMIT", ()))
-    await _script(cursor, writes)
+    return writes

@@ -25,12 +25,14 @@ __all__ = [
     "INSERT_ENTRY",
     "INSERT_RECORD",
     "SELECT_ACCOUNT",
+    "SELECT_ACCOUNTS",
     "SELECT_ACCOUNTS_WITH_EXPIRED_HOLDS",
     "SELECT_ACCOUNT_OF_HOLD",
     "SELECT_ACCOUNT_WITH_EXPIRY",
     "SELECT_EXPIRED_HOLDS",
     "SELECT_EXPIRED_HOLDS_OF_HOLD",
     "SELECT_HOLD",
+    "SELECT_HOLDS",
     "UPDATE_ACCOUNT",
     "UPSERT_HOLD",
     "account_from_row",
@@ -59,14 +61,18 @@ _ENTRY_COLUMNS = (
     " available_after, held_after"
 )
 
-SELECT_ACCOUNT = f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ?"
+#: Every account column, for a WHERE clause to follow.
+SELECT_ACCOUNTS = f"SELECT {_ACCOUNT_COLUMNS} FROM accounts"
+SELECT_ACCOUNT = f"{SELECT_ACCOUNTS} WHERE account_id = ?"
 #: The account and whether it has open holds past their expiry: `(now_us, account_id)`.
 SELECT_ACCOUNT_WITH_EXPIRY = (
     f"SELECT {_ACCOUNT_COLUMNS}, EXISTS (SELECT 1 FROM holds WHERE holds.account_id ="
     " accounts.account_id AND status = 'open' AND expires_at_us <= ?)"
     " FROM accounts WHERE account_id = ?"
 )
-SELECT_HOLD = f"SELECT {_HOLD_COLUMNS} FROM holds WHERE hold_id = ?"
+#: Every hold column, for a WHERE clause to follow.
+SELECT_HOLDS = f"SELECT {_HOLD_COLUMNS} FROM holds"
+SELECT_HOLD = f"{SELECT_HOLDS} WHERE hold_id = ?"
 SELECT_EXPIRED_HOLDS = (
     f"SELECT {_HOLD_COLUMNS} FROM holds WHERE account_id = ? AND status = 'open'"
     " AND expires_at_us <= ? ORDER BY expires_at_us, hold_id"
