@@ -282,18 +282,22 @@ class PostgresStore:
 
     async def _run_group(self, group: list[_Command]) -> None:
         live = [command for command in group if not command.answer.done()]
-        if len(live) == 1:
-            await _settle(live[0], self._transact_alone(live[0].lookup, live[0].decide))
-            return
-        if not live:
-            return
         try:
-            decided, later = await self._run(lambda connection: _transact_group(connection, live))
-        except Unavailable as error:
+            if len(live) == 1:
+                await _settle(live[0], self._transact_alone(live[0].lookup, live[0].decide))
+            elif live:
+                await self._commit_group(live)
+        except BaseException as error:
+            # Whatever ended the group, no caller waits for an answer that never comes.
             for command in live:
                 if not command.answer.done():
                     command.answer.set_exception(error)
-            return
+            if not isinstance(error, Exception):
+                raise
+
+    async def _commit_group(self, live: list[_Command]) -> None:
+        try:
+            decided, later = await self._run(lambda connection: _transact_group(connection, live))
         except (Aborted, Internal):
             await asyncio.gather(
                 *(_settle(c, self._transact_alone(c.lookup, c.decide)) for c in live)
@@ -468,12 +472,13 @@ async def _transact_group(
         for command, snapshot in snapshots:
             try:
                 decision = command.decide(snapshot)
+                own_writes = _writes(decision.changes)
             except Exception as error:
                 # A rule that failed decides nothing and writes nothing; the others go on.
                 decided.append((command, error))
                 continue
             decided.append((command, decision))
-            writes.extend(_writes(decision.changes))
+            writes.extend(own_writes)
         writes.append(("COMMIT", ()))
         await _script(cursor, writes)
     except Exception:
