@@ -29,7 +29,7 @@ up: install
 ## Lint, type-check and run every test.
 test: install $(BUF)
 	$(BIN)/ruff check .
-	$(BIN)/mypy services protos/generate.py
+	$(BIN)/mypy services bench protos/generate.py
 	$(BIN)/pytest
 
 lint: install $(BUF)
