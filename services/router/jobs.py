@@ -4,6 +4,10 @@ A batch is what one mutating call (Generate, Promote or Upscale) created: its id
 the fingerprint of the request, the routing decision, the ledger hold paying for it, and its
 jobs. Every job belongs to exactly one batch.
 
+A batch is also leased to the router process running it (`Lease`): the process renews the
+lease while it runs the batch, and once a lease runs out any router may claim the batch
+(`JobStore.claim_abandoned`), fail its unfinished jobs and settle its hold.
+
 Job lifecycle; every other transition is refused, and a final job never changes:
 
     QUEUED -> RUNNING -> SUCCEEDED
@@ -39,6 +43,7 @@ __all__ = [
     "JobPage",
     "JobStatus",
     "JobStore",
+    "Lease",
     "NewJob",
     "UpscaleMethod",
 ]
@@ -102,6 +107,16 @@ class JobError:
     code: str
     reason: str
     message: str
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A router process's claim on the batches it runs: who it is and how long a renewal lasts."""
+
+    #: The process, random for each start: batches it created or claimed carry it as owner.
+    owner: str
+    #: How long a batch stays the owner's after the lease was last written.
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -231,15 +246,17 @@ class JobStore(Protocol):
         jobs: Sequence[NewJob],
         decision: Decision | None = None,
         hold_id: str | None = None,
+        lease: Lease | None = None,
     ) -> BatchRecord:
         """Create a batch and its queued jobs atomically, or replay the one the key created.
 
         The same account and key with the same fingerprint returns the existing batch with
         `replayed` True, also when the two calls race; with another fingerprint, AlreadyExists
         (IDEMPOTENCY_KEY_REUSED, metadata batch_id). A parent job that is not the account's is
-        NotFound. A `hold_id` marks the hold OPEN. An empty key is InvalidArgument on
-        "idempotency_key"; no jobs, or a job with a seed outside 0..2^64-1, a size below 1x1 or
-        a negative cost, is ValueError.
+        NotFound. A `hold_id` marks the hold OPEN. A `lease` makes the batch its owner's; a
+        batch created without one is treated as a router older than leases wrote it (see
+        `claim_abandoned`). An empty key is InvalidArgument on "idempotency_key"; no jobs, or
+        a job with a seed outside 0..2^64-1, a size below 1x1 or a negative cost, is ValueError.
         """
         ...
 
@@ -267,8 +284,25 @@ class JobStore(Protocol):
         """
         ...
 
-    async def open_holds(self) -> tuple[BatchRecord, ...]:
-        """Batches whose hold is still open, oldest first: what to settle after a restart."""
+    async def renew_leases(self, lease: Lease, batch_ids: Sequence[str]) -> frozenset[str]:
+        """Extend the lease of those of `batch_ids` still the owner's, in one statement.
+
+        Returns the ids renewed; a batch missing from them was claimed by another router. A
+        store whose leases are not timed (SQLite) only tells which are still the owner's.
+        """
+        ...
+
+    async def claim_abandoned(
+        self, lease: Lease, *, unleased_seconds: float, limit: int
+    ) -> tuple[BatchRecord, ...]:
+        """Make up to `limit` abandoned batches the lease's, oldest first, with their jobs.
+
+        Abandoned: unfinished (its hold still open, or a job still queued or running) and its
+        router gone. Two routers claiming at once never both get one batch. A store shared by
+        replicas (PostgreSQL) judges a router gone by its lease having run out; a batch without
+        a lease by its being older than `unleased_seconds`. A store one router owns (SQLite)
+        judges every batch gone that another owner (or none) left unfinished.
+        """
         ...
 
     async def mark_running(self, job_id: str) -> Job:
@@ -338,10 +372,6 @@ class JobStore(Protocol):
         it came from (same account and filters); anything else is InvalidArgument on
         "page_token".
         """
-        ...
-
-    async def unfinished(self) -> tuple[Job, ...]:
-        """Every queued or running job, oldest first: what a restart must fail and settle."""
         ...
 
     async def has_asset(self, account_id: str, asset_id: str) -> bool:

@@ -10,6 +10,11 @@ from another replica, without holding locks across round trips:
   (`WHERE status = ANY(...)`): of two racing moves one wins and the other is judged against the
   status the winner left, as if it had come second.
 - A hold is attached or settled by one UPDATE guarded by the hold's state.
+- A batch's lease is renewed by one UPDATE guarded by its owner, and claimed once it has run
+  out by one UPDATE over the batches a `SELECT ... FOR UPDATE SKIP LOCKED` picks: of two
+  routers claiming at once, each takes batches the other has not locked, and a batch claimed
+  meanwhile is seen with its new lease and skipped. Leases are timed by the store's clock, so
+  the replicas' clocks must agree to well within a lease.
 
 Transactions run at READ COMMITTED. Deadlocks, serialization failures and lock waits past the
 lock timeout roll back and are retried here; only a conflict that outlasts the retries reaches
@@ -42,6 +47,7 @@ from services.router.jobs import (
     JobFilter,
     JobPage,
     JobStatus,
+    Lease,
     NewJob,
 )
 from services.router.policy import Decision
@@ -130,6 +136,21 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             " CHECK (kind IN ('generate', 'promote', 'upscale', 'edit'))",
         ),
     ),
+    (
+        3,
+        "batch leases",
+        (
+            # NULL in both for a batch a router older than leases wrote.
+            "ALTER TABLE batches ADD COLUMN owner TEXT",
+            "ALTER TABLE batches ADD COLUMN lease_until_us BIGINT",
+            # Unsettled batches by lease expiry: the claim reads only the expired ones (and the
+            # never leased, NULL), not the live batches every replica is running.
+            "CREATE INDEX batches_unsettled_leases ON batches (lease_until_us)"
+            " WHERE hold_state = 'open'",
+            # Read only by the start-up recovery the claim replaces.
+            "DROP INDEX batches_open_holds",
+        ),
+    ),
 )
 
 _CREATE_MIGRATIONS = """CREATE TABLE IF NOT EXISTS job_schema_migrations (
@@ -152,8 +173,8 @@ _JOB_SELECT = """SELECT jobs.*, batches.hold_id
     FROM jobs JOIN batches ON batches.batch_id = jobs.batch_id"""
 _SELECT_BATCH_BY_KEY = "SELECT * FROM batches WHERE account_id = %s AND idempotency_key = %s"
 _INSERT_BATCH = """INSERT INTO batches (batch_id, account_id, idempotency_key, fingerprint,
-        decision, hold_id, hold_state, create_us)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+        decision, hold_id, hold_state, create_us, owner, lease_until_us)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
     ON CONFLICT (account_id, idempotency_key) DO NOTHING
     RETURNING *"""
 _INSERT_JOB = """INSERT INTO jobs (job_id, batch_id, account_id, kind, status, tier, stage,
@@ -168,10 +189,40 @@ _MOVE_JOB = """UPDATE jobs SET {assignments}
         AND jobs.status = ANY(%(sources)s) AND jobs.quoted_cost >= %(charged)s
         AND (%(account_id)s::text IS NULL OR jobs.account_id = %(account_id)s)
     RETURNING jobs.*, batches.hold_id"""
+_RENEW_LEASES = """UPDATE batches SET lease_until_us = %(until)s
+    WHERE batch_id = ANY(%(batch_ids)s) AND owner = %(owner)s
+    RETURNING batch_id"""
+#: Unfinished batches whose lease ran out (or, never leased, that are old enough), oldest
+#: first. The conditions on hold_state and status are spelled as in the partial indexes
+#: batches_unsettled_leases and jobs_unfinished, so both are used: the first two branches read
+#: only expired or never leased batches with open holds; the third reads the jobs in flight,
+#: to find the rare batch left with unfinished jobs under a settled hold (the store was away
+#: when it stopped).
+_CLAIM_ABANDONED = """UPDATE batches SET owner = %(owner)s, lease_until_us = %(until)s
+    WHERE batch_id IN (
+        SELECT batch_id FROM batches
+        WHERE batch_id IN (
+                SELECT batch_id FROM batches
+                    WHERE hold_state = 'open' AND lease_until_us < %(now)s
+                UNION
+                SELECT batch_id FROM batches
+                    WHERE hold_state = 'open' AND lease_until_us IS NULL
+                UNION
+                SELECT batch_id FROM jobs WHERE status IN ('queued', 'running'))
+            AND (lease_until_us < %(now)s
+                OR (lease_until_us IS NULL AND create_us < %(unleased_before)s))
+        ORDER BY create_us, batch_id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED)
+    RETURNING *"""
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _micros(seconds: float) -> int:
+    return round(seconds * 1_000_000)
 
 
 class PostgresJobStore:
@@ -251,6 +302,7 @@ class PostgresJobStore:
         jobs: Sequence[NewJob],
         decision: Decision | None = None,
         hold_id: str | None = None,
+        lease: Lease | None = None,
     ) -> BatchRecord:
         job_rows.check_batch_request(account_id, idempotency_key, jobs)
 
@@ -269,6 +321,7 @@ class PostgresJobStore:
                         jobs,
                         decision,
                         hold_id,
+                        lease,
                     )
                     if created is not None:
                         return created
@@ -342,15 +395,44 @@ class PostgresJobStore:
 
         return await self._run(settle)
 
-    async def open_holds(self) -> tuple[BatchRecord, ...]:
-        async def find(connection: _Connection) -> tuple[BatchRecord, ...]:
-            cursor = await connection.execute(
-                "SELECT * FROM batches WHERE hold_state = %s ORDER BY create_us, batch_id",
-                (HoldState.OPEN.value,),
-            )
-            return await _records(connection, await cursor.fetchall())
+    async def renew_leases(self, lease: Lease, batch_ids: Sequence[str]) -> frozenset[str]:
+        if not batch_ids:
+            return frozenset()
 
-        return await self._run(find)
+        async def renew(connection: _Connection) -> frozenset[str]:
+            cursor = await connection.execute(
+                _RENEW_LEASES,
+                {
+                    "until": self._now_us() + _micros(lease.seconds),
+                    "batch_ids": list(batch_ids),
+                    "owner": lease.owner,
+                },
+            )
+            return frozenset(row["batch_id"] for row in await cursor.fetchall())
+
+        return await self._run(renew)
+
+    async def claim_abandoned(
+        self, lease: Lease, *, unleased_seconds: float, limit: int
+    ) -> tuple[BatchRecord, ...]:
+        async def claim(connection: _Connection) -> tuple[BatchRecord, ...]:
+            now_us = self._now_us()
+            cursor = await connection.execute(
+                _CLAIM_ABANDONED,
+                {
+                    "owner": lease.owner,
+                    "until": now_us + _micros(lease.seconds),
+                    "now": now_us,
+                    "unleased_before": now_us - _micros(unleased_seconds),
+                    "limit": limit,
+                },
+            )
+            rows = sorted(
+                await cursor.fetchall(), key=lambda row: (row["create_us"], row["batch_id"])
+            )
+            return await _records(connection, rows)
+
+        return await self._run(claim)
 
     async def mark_running(self, job_id: str) -> Job:
         return await self._transition(job_id, JobStatus.RUNNING, {}, start=True)
@@ -452,16 +534,6 @@ class PostgresJobStore:
 
         return await self._run(page)
 
-    async def unfinished(self) -> tuple[Job, ...]:
-        async def find(connection: _Connection) -> tuple[Job, ...]:
-            # The condition is spelled as in the partial index jobs_unfinished, so it is used.
-            cursor = await connection.execute(
-                _JOB_SELECT + " WHERE jobs.status IN ('queued', 'running') ORDER BY jobs.seq"
-            )
-            return tuple(job_from_row(row) for row in await cursor.fetchall())
-
-        return await self._run(find)
-
     async def set_shortlisted(self, account_id: str, job_id: str, shortlisted: bool) -> Job:
         async def mark(connection: _Connection) -> Job:
             await connection.execute(
@@ -495,6 +567,7 @@ class PostgresJobStore:
         jobs: Sequence[NewJob],
         decision: Decision | None,
         hold_id: str | None,
+        lease: Lease | None,
     ) -> BatchRecord | None:
         """Insert the batch and its jobs; None when a batch with the key already exists."""
         now_us = self._now_us()
@@ -511,6 +584,8 @@ class PostgresJobStore:
                 hold_id,
                 (HoldState.NONE if hold_id is None else HoldState.OPEN).value,
                 now_us,
+                None if lease is None else lease.owner,
+                None if lease is None else now_us + _micros(lease.seconds),
             ),
         )
         if row is None:

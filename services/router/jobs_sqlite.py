@@ -1,5 +1,8 @@
 """The embedded job store: batches and jobs in one SQLite database (WAL), for one router process.
 
+One router owns the file, so a batch another process left unfinished was abandoned: a claim
+takes it at once, and a lease is only its owner's name, never timed.
+
 The API is async. SQLite calls block, so they all run on one dedicated thread that owns the
 connection; calls are serialized there, and each write is one `BEGIN IMMEDIATE` transaction.
 
@@ -34,6 +37,7 @@ from services.router.jobs import (
     JobFilter,
     JobPage,
     JobStatus,
+    Lease,
     NewJob,
 )
 from services.router.policy import Decision
@@ -120,11 +124,31 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             " CHECK (shortlisted IN (0, 1))",
         ),
     ),
+    (
+        3,
+        "batch owners",
+        # NULL for a batch a router older than owners wrote.
+        ("ALTER TABLE batches ADD COLUMN owner TEXT",),
+    ),
 )
 
 _JOB_SELECT = """
     SELECT jobs.*, batches.hold_id AS hold_id
     FROM jobs JOIN batches ON batches.batch_id = jobs.batch_id
+"""
+#: Unfinished batches of another owner (or none), oldest first; the conditions on hold_state
+#: and status are spelled as in the partial indexes batches_open_holds and jobs_unfinished.
+_CLAIM_ABANDONED = """
+    UPDATE batches SET owner = :owner
+    WHERE batch_id IN (
+        SELECT batch_id FROM batches
+        WHERE owner IS NOT :owner AND batch_id IN (
+            SELECT batch_id FROM batches WHERE hold_state = 'open'
+            UNION
+            SELECT batch_id FROM jobs WHERE status IN ('queued', 'running'))
+        ORDER BY create_us, batch_id
+        LIMIT :limit)
+    RETURNING *
 """
 
 
@@ -191,11 +215,13 @@ class SqliteJobStore:
         jobs: Sequence[NewJob],
         decision: Decision | None = None,
         hold_id: str | None = None,
+        lease: Lease | None = None,
     ) -> BatchRecord:
         job_rows.check_batch_request(account_id, idempotency_key, jobs)
+        owner = None if lease is None else lease.owner
         return await self._call(
             lambda: self._create_batch(
-                account_id, idempotency_key, fingerprint, jobs, decision, hold_id
+                account_id, idempotency_key, fingerprint, jobs, decision, hold_id, owner
             )
         )
 
@@ -246,15 +272,30 @@ class SqliteJobStore:
 
         return await self._call(settle)
 
-    async def open_holds(self) -> tuple[BatchRecord, ...]:
-        def find() -> tuple[BatchRecord, ...]:
+    async def renew_leases(self, lease: Lease, batch_ids: Sequence[str]) -> frozenset[str]:
+        # A lease here is never timed: renewing only tells which batches are still the owner's.
+        def held() -> frozenset[str]:
+            marks = ", ".join("?" * len(batch_ids))
             rows = self._db.execute(
-                "SELECT * FROM batches WHERE hold_state = ? ORDER BY create_us, batch_id",
-                (HoldState.OPEN,),
+                f"SELECT batch_id FROM batches WHERE owner = ? AND batch_id IN ({marks})",
+                (lease.owner, *batch_ids),
             ).fetchall()
-            return tuple(self._record(row) for row in rows)
+            return frozenset(row["batch_id"] for row in rows)
 
-        return await self._call(find)
+        return await self._call(held) if batch_ids else frozenset()
+
+    async def claim_abandoned(
+        self, lease: Lease, *, unleased_seconds: float, limit: int
+    ) -> tuple[BatchRecord, ...]:
+        def claim() -> tuple[BatchRecord, ...]:
+            with self._transaction():
+                rows = self._db.execute(
+                    _CLAIM_ABANDONED, {"owner": lease.owner, "limit": limit}
+                ).fetchall()
+                rows.sort(key=lambda row: (row["create_us"], row["batch_id"]))
+                return tuple(self._record(row) for row in rows)
+
+        return await self._call(claim)
 
     async def mark_running(self, job_id: str) -> Job:
         return await self._transition(job_id, JobStatus.RUNNING, {}, start=True)
@@ -344,15 +385,6 @@ class SqliteJobStore:
             return listing.page(self._db.execute(query, arguments).fetchall())
 
         return await self._call(page)
-
-    async def unfinished(self) -> tuple[Job, ...]:
-        def find() -> tuple[Job, ...]:
-            rows = self._db.execute(
-                _JOB_SELECT + " WHERE jobs.status IN ('queued', 'running') ORDER BY jobs.seq"
-            ).fetchall()
-            return tuple(job_from_row(row) for row in rows)
-
-        return await self._call(find)
 
     async def set_shortlisted(self, account_id: str, job_id: str, shortlisted: bool) -> Job:
         def mark() -> Job:
@@ -451,6 +483,7 @@ class SqliteJobStore:
         jobs: Sequence[NewJob],
         decision: Decision | None,
         hold_id: str | None,
+        owner: str | None,
     ) -> BatchRecord:
         with self._transaction():
             existing = self._db.execute(
@@ -475,6 +508,7 @@ class SqliteJobStore:
                 "hold_state": HoldState.NONE if hold_id is None else HoldState.OPEN,
                 "captured": 0,
                 "create_us": now_us,
+                "owner": owner,
             }
             _insert(self._db, "batches", batch)
             rows = [

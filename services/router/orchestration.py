@@ -5,6 +5,10 @@ Every batch follows one path. The credits are held before any work starts; each 
 job is final, the hold is captured for the jobs delivered and the rest returned, or released
 whole when nothing was delivered. A caller that cancels or goes away stops the batch the same
 way: unfinished jobs are cancelled and only delivered images are charged.
+
+A batch is leased to the router process running it, which renews the lease while it runs. A
+batch whose router died is claimed by another (or by the next start), which fails its
+unfinished jobs and settles its hold the same way, with the same ledger idempotency keys.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import hashlib
 import io
 import json
 import math
+import secrets
+import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -36,6 +42,7 @@ from services.router.jobs import (
     JobPage,
     JobStatus,
     JobStore,
+    Lease,
     NewJob,
     UpscaleMethod,
 )
@@ -81,6 +88,10 @@ DEFAULT_HANDOVER_STRENGTH = 0.6
 UPSCALE_FACTORS = tuple(1.0 + 0.5 * step for step in range(7))
 _SEED_LIMIT = 2**63  # seeds are stored as signed 64-bit integers
 _STORE_REASONS = frozenset({"JOB_FINAL", "ILLEGAL_TRANSITION"})
+#: Renewals per lease: a lease survives two renewals in a row going astray.
+_RENEWALS_PER_LEASE = 3
+#: Abandoned batches claimed per statement; recovery claims again until fewer come back.
+_CLAIM_LIMIT = 50
 
 
 @dataclass(frozen=True)
@@ -152,9 +163,14 @@ class EditRequest:
 class RouterLimits:
     """Operational limits of the orchestration."""
 
-    #: How long a hold lives if the router never settles it (a crash): the ledger then
-    #: returns the credits by itself.
+    #: How long a hold lives if no router settles it: the ledger then returns the credits by
+    #: itself. Also how old a batch written without a lease (by a router older than leases)
+    #: must be before it counts as abandoned.
     hold_ttl_seconds: int = 900
+    #: How long a batch stays its router's without a renewal; renewed every third of it.
+    lease_seconds: float = 30.0
+    #: How often `watch_abandoned` looks for batches whose router is gone.
+    claim_interval_seconds: float = 10.0
     #: Jobs of one batch running at once; the generator queues and limits the rest.
     parallel_jobs: int = 4
     #: Longest side of an upscale's output.
@@ -330,6 +346,12 @@ class Router:
         self._limits = limits
         self._batch_tasks: dict[str, asyncio.Task[None]] = {}
         self._job_tasks: dict[str, asyncio.Task[Job]] = {}
+        #: Batches claimed from a lost router and being recovered here.
+        self._recovering: set[str] = set()
+        # The host names the pod in a cluster; the random part tells its processes apart.
+        self._lease = Lease(
+            owner=f"{socket.gethostname()}/{secrets.token_hex(8)}", seconds=limits.lease_seconds
+        )
 
     @property
     def policy(self) -> RoutingPolicy:
@@ -702,23 +724,54 @@ class Router:
 
     # Lifecycle -------------------------------------------------------------------------
 
-    async def recover(self) -> None:
-        """Fails jobs a previous process left unfinished and settles the holds it left open.
+    async def recover(self) -> int:
+        """Takes over the batches of routers that are gone: fails their unfinished jobs and
+        settles their holds, charging only what was delivered. Returns how many it took.
 
-        Only for a router that owns its job store alone: with several replicas over one store,
-        another replica's running jobs would look abandoned.
+        Which routers are gone is the job store's call (`JobStore.claim_abandoned`): over a
+        store shared by replicas, those whose leases ran out; over a store one router owns,
+        every earlier process. Safe to run on every replica at once: each batch is claimed by
+        one, and settling again repeats the ledger's idempotent answer.
         """
-        for job in await self._jobs.unfinished():
-            with contextlib.suppress(FailedPrecondition):
-                await self._jobs.mark_failed(
-                    job.job_id,
-                    "ABORTED",
-                    "ROUTER_RESTARTED",
-                    "the router stopped while this job ran; it was not charged",
-                )
-            _log.warning("recovered unfinished job", job_id=job.job_id)
-        for record in await self._jobs.open_holds():
-            await self._settle(record.batch.account_id, record.batch.batch_id)
+        recovered = 0
+        while True:
+            records = await self._jobs.claim_abandoned(
+                self._lease,
+                unleased_seconds=self._limits.hold_ttl_seconds,
+                limit=_CLAIM_LIMIT,
+            )
+            for record in records:
+                await self._recover_batch(record)
+            recovered += len(records)
+            if len(records) < _CLAIM_LIMIT:
+                return recovered
+
+    async def watch_abandoned(self) -> None:
+        """Runs `recover` every claim interval until cancelled; a failure waits for the next."""
+        while True:
+            await asyncio.sleep(self._limits.claim_interval_seconds)
+            try:
+                await self.recover()
+            except TiergenError as error:
+                _log.error("could not recover abandoned batches", error=str(error))
+
+    async def keep_leases(self) -> None:
+        """Renews, every third of a lease, the leases of the batches this process is running,
+        until cancelled. Cancel it after `close`, so that batches settling there stay leased."""
+        while True:
+            await asyncio.sleep(self._limits.lease_seconds / _RENEWALS_PER_LEASE)
+            running = [*self._batch_tasks, *self._recovering]
+            if not running:
+                continue
+            try:
+                renewed = await self._jobs.renew_leases(self._lease, running)
+            except TiergenError as error:
+                _log.error("could not renew leases", batches=len(running), error=str(error))
+                continue
+            # A batch that finished meanwhile is still this process's: only a claim takes one.
+            lost = sorted(set(running) - renewed)
+            if lost:
+                _log.error("batches claimed by another router; it recovers them", batch_ids=lost)
 
     async def close(self) -> None:
         """Stops running batches; each settles its hold before this returns."""
@@ -786,6 +839,7 @@ class Router:
                 jobs=new_jobs,
                 decision=decision,
                 hold_id=hold_id,
+                lease=self._lease,
             )
         except BaseException:
             with contextlib.suppress(TiergenError):
@@ -793,6 +847,27 @@ class Router:
             raise
         structlog.contextvars.bind_contextvars(batch_id=record.batch.batch_id)
         return record
+
+    async def _recover_batch(self, record: BatchRecord) -> None:
+        batch = record.batch
+        self._recovering.add(batch.batch_id)
+        try:
+            for job in record.jobs:
+                if job.status.is_final:
+                    continue
+                with contextlib.suppress(FailedPrecondition):
+                    await self._jobs.mark_failed(
+                        job.job_id,
+                        "ABORTED",
+                        "ROUTER_LOST",
+                        "the router running this job stopped before it finished;"
+                        " it was not charged",
+                    )
+                _log.warning("failed a job its router left", job_id=job.job_id)
+            await self._settle(batch.account_id, batch.batch_id)
+        finally:
+            self._recovering.discard(batch.batch_id)
+        _log.warning("recovered an abandoned batch", batch_id=batch.batch_id)
 
     async def _replay(
         self, record: BatchRecord, fingerprint: str
@@ -959,8 +1034,14 @@ class Router:
                     await self._ledger.release(hold_id, f"router:{batch_id}:release")
                 await self._jobs.settle_hold(batch_id, HoldState.RELEASED)
         except TiergenError as error:
-            # The hold stays open: the next start-up settles it, or the ledger's expiry
-            # returns the credits.
+            if isinstance(error, FailedPrecondition) and error.reason == "HOLD_EXPIRED":
+                # The ledger returned the credits itself: nothing was charged, and nothing is
+                # left to settle.
+                _log.warning("hold expired unsettled", batch_id=batch_id, uncharged=charged)
+                await self._jobs.settle_hold(batch_id, HoldState.RELEASED)
+                return
+            # The hold stays open, and so the batch unfinished: once its lease runs out a
+            # router claims it and settles again, or the ledger's expiry returns the credits.
             _log.error(
                 "could not settle hold", batch_id=batch_id, hold_id=hold_id, error=str(error)
             )

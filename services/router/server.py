@@ -121,36 +121,49 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
         policy=policy,
         limits=RouterLimits(
             hold_ttl_seconds=settings.hold_ttl_seconds,
+            lease_seconds=settings.lease_seconds,
+            claim_interval_seconds=settings.claim_interval_seconds,
             parallel_jobs=settings.parallel_jobs,
             max_upscale_side=settings.max_upscale_side,
         ),
     )
-    if settings.jobs_sqlite_path is not None:
-        # A SQLite job store has one router: whatever it left unfinished was abandoned. Over a
-        # shared PostgreSQL store the other replicas' running jobs would look the same, so
-        # there the ledger's hold expiry returns a dead replica's credits instead.
-        await router.recover()
-    else:
-        _log.info("job store shared by replicas: start-up recovery left to hold expiry")
+    # Before serving, take over what routers that are gone left unfinished: on SQLite every
+    # earlier process, on a shared PostgreSQL store the replicas whose leases ran out (a
+    # replica still within its lease is recovered by a later `watch_abandoned` round).
+    await router.recover()
     servicer = RouterServicer(router, ledger.stub, ledger_timeout=30)
 
     async def close_channels() -> None:
         for channel in (ledger_channel, generator_channel, upscaler_channel):
             await channel.close()
 
+    # The leases live until the batches have settled, after the drain: a background task
+    # stops when the drain starts, and another replica would claim the batches still running.
+    leases = asyncio.create_task(router.keep_leases(), name="router-leases")
+
+    async def stop_leases() -> None:
+        leases.cancel()
+        await asyncio.gather(leases, return_exceptions=True)
+
     registration = ServiceRegistration(
         SERVICE_NAME,
         lambda server: router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server),
     )
-    # Hooks run last-added first: stop the batches (settling their holds), then close.
-    server, port = await create_grpc_server(
-        settings.server,
-        [registration],
-        on_stop=[jobs.close, assets.close, close_channels, router.close],
-    )
+    # Hooks run last-added first: stop the batches (settling their holds), stop renewing their
+    # leases, then close.
+    try:
+        server, port = await create_grpc_server(
+            settings.server,
+            [registration],
+            on_stop=[jobs.close, assets.close, close_channels, stop_leases, router.close],
+        )
+    except BaseException:
+        await stop_leases()
+        raise
     # Without the ledger no credit can be held, so no request can be served.
     ledger_dependency = Dependency("ledger", ledger_channel, LEDGER_SERVICE)
     server.add_background(lambda: watch_dependencies(server, [ledger_dependency]))
+    server.add_background(router.watch_abandoned)
     server.add_background(lambda: reload_policy_on_change(router, settings))
     return server, port
 

@@ -124,6 +124,10 @@ class RouterSettings:
     prices_file: Path | None = None
     policy_file: Path | None = None
     hold_ttl_seconds: int = 900
+    #: How long a batch stays its router's without a renewal (see `RouterLimits`).
+    lease_seconds: float = 30.0
+    #: How often a router looks for batches whose router is gone.
+    claim_interval_seconds: float = 10.0
     parallel_jobs: int = 4
     max_upscale_side: int = 8192
     call_timeout_seconds: float = 300.0
@@ -144,6 +148,20 @@ class RouterSettings:
         env = Env(environ)
         prices = env.optional_str("TIERGEN_ROUTER_PRICES_FILE")
         policy = env.optional_str("TIERGEN_ROUTER_POLICY_FILE")
+        db_timeout_seconds = env.number(
+            "TIERGEN_ROUTER_DB_TIMEOUT_SECONDS", 5.0, minimum=0.1, maximum=300.0
+        )
+        lease_seconds = env.number(
+            "TIERGEN_ROUTER_LEASE_SECONDS", 30.0, minimum=1.0, maximum=3600.0
+        )
+        # A renewal is due every third of a lease and may wait this long for the database;
+        # past two thirds, another router could claim batches that are still running.
+        if lease_seconds < 2 * db_timeout_seconds:
+            raise ConfigError(
+                f"TIERGEN_ROUTER_LEASE_SECONDS={lease_seconds}: must be at least twice"
+                f" TIERGEN_ROUTER_DB_TIMEOUT_SECONDS ({db_timeout_seconds}), so that a lease"
+                " renewal waiting for the database still lands before the lease runs out"
+            )
         return cls(
             server=ServerSettings.from_env("router", environ),
             ledger_addr=env.address("LEDGER_ADDR", "127.0.0.1:50053"),
@@ -156,13 +174,15 @@ class RouterSettings:
             assets_dir=env.path("TIERGEN_ROUTER_ASSETS_DIR", Path("tiergen-data/assets")),
             assets_s3=S3AssetSettings.from_env(environ),
             db_pool_size=env.integer("TIERGEN_ROUTER_DB_POOL_SIZE", 10, minimum=1, maximum=100),
-            db_timeout_seconds=env.number(
-                "TIERGEN_ROUTER_DB_TIMEOUT_SECONDS", 5.0, minimum=0.1, maximum=300.0
-            ),
+            db_timeout_seconds=db_timeout_seconds,
             prices_file=Path(prices) if prices else None,
             policy_file=Path(policy) if policy else None,
             hold_ttl_seconds=env.integer(
                 "TIERGEN_ROUTER_HOLD_TTL_SECONDS", 900, minimum=30, maximum=86_400
+            ),
+            lease_seconds=lease_seconds,
+            claim_interval_seconds=env.number(
+                "TIERGEN_ROUTER_CLAIM_INTERVAL_SECONDS", 10.0, minimum=0.1, maximum=3600.0
             ),
             parallel_jobs=env.integer("TIERGEN_ROUTER_PARALLEL_JOBS", 4, minimum=1, maximum=64),
             max_upscale_side=env.integer(

@@ -19,8 +19,10 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
+from services.router import jobs_postgres
 from services.router.assets import AssetInfo, AssetRef
 from services.router.catalogue import AspectRatio, ImageSize, Stage
+from services.router.job_rows import to_us
 from services.router.jobs import (
     HoldState,
     Job,
@@ -29,6 +31,7 @@ from services.router.jobs import (
     JobKind,
     JobStatus,
     JobStore,
+    Lease,
     NewJob,
     UpscaleMethod,
 )
@@ -624,7 +627,6 @@ class TestHolds:
             await store.attach_hold(batch_id, "hold-10")
         assert caught.value.reason == "HOLD_ALREADY_ATTACHED"
         assert (await store.get("acct-1", first.job_id)).hold_id == "hold-9"
-        assert [r.batch.batch_id for r in await store.open_holds()] == [batch_id]
 
         settled = await store.settle_hold(batch_id, HoldState.CAPTURED, 2)
         assert (settled.hold_state, settled.captured) == (HoldState.CAPTURED, 2)
@@ -632,7 +634,6 @@ class TestHolds:
         with pytest.raises(FailedPrecondition) as caught:
             await store.settle_hold(batch_id, HoldState.RELEASED)
         assert caught.value.reason == "HOLD_NOT_OPEN"
-        assert await store.open_holds() == ()
 
     async def test_bad_settlements(self, store: JobStore) -> None:
         (job,) = await batch_of(store)
@@ -647,7 +648,7 @@ class TestHolds:
 
 
 class TestDurability:
-    async def test_recovery_after_a_restart(self, database: Database) -> None:
+    async def test_recovery_after_a_restart(self, database: Database, clock: Clock) -> None:
         store = await database.open()
         done, running, queued = (
             await store.create_batch(
@@ -656,24 +657,36 @@ class TestDurability:
                 fingerprint="fp",
                 jobs=[generation(i) for i in range(3)],
                 hold_id="hold-1",
+                lease=Lease("first", 5),
             )
         ).jobs
         await succeeded(store, done)
         await store.mark_running(running.job_id)
         await store.close()
+        clock.now += timedelta(seconds=10)
 
         reopened = await database.open()
         try:
-            unfinished = await reopened.unfinished()
-            assert [(job.job_id, job.status) for job in unfinished] == [
+            (record,) = await reopened.claim_abandoned(
+                Lease("second", 3600), unleased_seconds=900, limit=10
+            )
+            assert record.batch.hold_id == "hold-1"
+            assert [(job.job_id, job.status) for job in record.jobs] == [
+                (done.job_id, JobStatus.SUCCEEDED),
                 (running.job_id, JobStatus.RUNNING),
                 (queued.job_id, JobStatus.QUEUED),
             ]
-            (open_hold,) = await reopened.open_holds()
-            assert open_hold.batch.hold_id == "hold-1"
-            for job in unfinished:
-                await reopened.mark_failed(job.job_id, "ABORTED", "ROUTER_RESTARTED", "restart")
-            assert await reopened.unfinished() == ()
+            lease = Lease("second", 3600)
+            assert await reopened.claim_abandoned(lease, unleased_seconds=900, limit=10) == ()
+            for job in (running, queued):
+                await reopened.mark_failed(job.job_id, "ABORTED", "ROUTER_LOST", "its router died")
+            await reopened.settle_hold(record.batch.batch_id, HoldState.CAPTURED, 2)
+            # Finished: no process claims it again.
+            clock.now += timedelta(hours=2)
+            assert (
+                await reopened.claim_abandoned(Lease("third", 5), unleased_seconds=900, limit=10)
+                == ()
+            )
         finally:
             await reopened.close()
 
@@ -681,7 +694,7 @@ class TestDurability:
         for _ in range(2):
             await (await database.open()).close()
         rows = await database.execute_raw(f"SELECT version FROM {database.migrations_table}")
-        assert rows == [(1,), (2,)]
+        assert rows == [(1,), (2,), (3,)]
 
     async def test_a_newer_schema_is_refused(self, database: Database) -> None:
         await (await database.open()).close()
@@ -702,6 +715,173 @@ class TestDurability:
         await (await SqliteJobStore.open(path)).close()
         with contextlib.closing(sqlite3.connect(path)) as connection:
             assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+async def leased_batch(
+    store: JobStore, key: str, lease: Lease | None, *, n: int = 2, account: str = "a"
+) -> str:
+    """A batch with an open hold under `lease` (None: as a router older than leases wrote it)."""
+    record = await store.create_batch(
+        account_id=account,
+        idempotency_key=key,
+        fingerprint="fp-" + key,
+        jobs=[generation(i) for i in range(n)],
+        hold_id="hold-" + key,
+        lease=lease,
+    )
+    return record.batch.batch_id
+
+
+async def claimed(store: JobStore, owner: str, *, limit: int = 100) -> list[str]:
+    """The ids of the batches `owner` claims, holding them for an hour."""
+    records = await store.claim_abandoned(Lease(owner, 3600), unleased_seconds=900, limit=limit)
+    return [record.batch.batch_id for record in records]
+
+
+class TestLeases:
+    """Claiming the batches of a router that is gone, on each store."""
+
+    async def test_only_unfinished_batches_are_claimed(self, store: JobStore, clock: Clock) -> None:
+        dead = Lease("dead", 5)
+        settled = await leased_batch(store, "settled", dead, n=1)
+        (job,) = (await store.batch("a", settled)).jobs
+        await succeeded(store, job)
+        await store.settle_hold(settled, HoldState.CAPTURED, 2)
+        open_hold = await leased_batch(store, "open-hold", dead, n=1)
+        (job,) = (await store.batch("a", open_hold)).jobs
+        await succeeded(store, job)
+        # A job left running under a settled hold (the store was away when its batch stopped).
+        stranded = await leased_batch(store, "stranded", dead, n=1)
+        await store.mark_running((await store.batch("a", stranded)).jobs[0].job_id)
+        await store.settle_hold(stranded, HoldState.RELEASED)
+        clock.now += timedelta(seconds=60)
+
+        assert await claimed(store, "alive") == [open_hold, stranded]
+
+    async def test_claims_come_oldest_first_a_page_at_a_time(
+        self, store: JobStore, clock: Clock
+    ) -> None:
+        batch_ids = [await leased_batch(store, f"k{i}", Lease("dead", 5)) for i in range(5)]
+        clock.now += timedelta(seconds=60)
+        assert await claimed(store, "alive", limit=2) == batch_ids[:2]
+        assert await claimed(store, "alive", limit=2) == batch_ids[2:4]
+        assert await claimed(store, "alive", limit=2) == batch_ids[4:]
+        assert await claimed(store, "alive", limit=2) == []
+
+    async def test_renewal_tells_which_batches_are_still_held(
+        self, store: JobStore, clock: Clock
+    ) -> None:
+        mine = Lease("mine", 5)
+        kept = await leased_batch(store, "kept", mine)
+        taken = await leased_batch(store, "taken", mine)
+        assert await store.renew_leases(mine, [kept, taken]) == {kept, taken}
+        assert await store.renew_leases(mine, []) == frozenset()
+        clock.now += timedelta(seconds=60)
+        await store.renew_leases(mine, [kept])
+
+        # SQLite has one router: another owner means the earlier process is gone, renewed or not.
+        one_router = isinstance(store, SqliteJobStore)
+        assert await claimed(store, "other") == ([kept, taken] if one_router else [taken])
+        assert await store.renew_leases(mine, [kept, taken]) == (
+            frozenset() if one_router else {kept}
+        )
+
+
+@pytest.mark.postgres
+class TestPostgresLeases:
+    """Leases over a store shared by replicas: timed, renewed, and claimed by one replica."""
+
+    async def test_a_renewed_lease_is_never_claimed(
+        self, postgres_database: Database, clock: Clock
+    ) -> None:
+        store = await postgres_database.open()
+        try:
+            mine = Lease("mine", 30)
+            batch_id = await leased_batch(store, "k", mine)
+            for _ in range(5):
+                clock.now += timedelta(seconds=20)
+                assert await claimed(store, "other") == []
+                assert await store.renew_leases(mine, [batch_id]) == {batch_id}
+            clock.now += timedelta(seconds=31)
+            assert await claimed(store, "other") == [batch_id]
+            assert await store.renew_leases(mine, [batch_id]) == frozenset()
+        finally:
+            await store.close()
+
+    async def test_replicas_claiming_at_once_take_each_batch_once(
+        self, postgres_database: Database, clock: Clock
+    ) -> None:
+        stores = [await postgres_database.open(pool_size=2) for _ in range(4)]
+        try:
+            batch_ids = [
+                await leased_batch(stores[0], f"k{i}", Lease("dead", 5)) for i in range(24)
+            ]
+            clock.now += timedelta(seconds=60)
+
+            async def claim_all(store: JobStore, owner: str) -> list[str]:
+                taken: list[str] = []
+                while page := await claimed(store, owner, limit=3):
+                    taken.extend(page)
+                return taken
+
+            takings = await asyncio.gather(
+                *(claim_all(store, f"replica-{i}") for i, store in enumerate(stores))
+            )
+        finally:
+            for store in stores:
+                await store.close()
+        every = [batch_id for taken in takings for batch_id in taken]
+        assert sorted(every) == sorted(batch_ids)
+        owners = await postgres_database.execute_raw("SELECT batch_id, owner FROM batches")
+        assert {
+            batch_id: f"replica-{i}" for i, taken in enumerate(takings) for batch_id in taken
+        } == dict(owners)
+
+    async def test_a_batch_from_before_leases_waits_until_surely_abandoned(
+        self, postgres_database: Database, clock: Clock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The database as routers older than leases left it, with one of their batches.
+        monkeypatch.setattr(jobs_postgres, "MIGRATIONS", jobs_postgres.MIGRATIONS[:2])
+        await (await postgres_database.open()).close()
+        await postgres_database.execute_raw(
+            "INSERT INTO batches (batch_id, account_id, idempotency_key, fingerprint, hold_id,"
+            f" hold_state, create_us) VALUES ('bat_old', 'a', 'k', 'fp', 'hold-old', 'open',"
+            f" {to_us(clock.now)})"
+        )
+        monkeypatch.undo()
+
+        store = await postgres_database.open()
+        try:
+            # An old replica, still running during the upgrade, keeps writing batches too.
+            clock.now += timedelta(seconds=300)
+            newer = await leased_batch(store, "newer", None)
+            clock.now += timedelta(seconds=590)
+            assert await claimed(store, "new") == []
+            clock.now += timedelta(seconds=20)
+            assert await claimed(store, "new") == ["bat_old"]
+            clock.now += timedelta(seconds=300)
+            assert await claimed(store, "new") == [newer]
+        finally:
+            await store.close()
+        rows = await postgres_database.execute_raw("SELECT version FROM job_schema_migrations")
+        assert rows == [(1,), (2,), (3,)]
+
+    async def test_the_claim_can_use_the_partial_indexes(self, postgres_database: Database) -> None:
+        await (await postgres_database.open()).close()
+        async with await psycopg.AsyncConnection.connect(
+            postgres_database.location, autocommit=True
+        ) as connection:
+            # The tables are empty, so only forbidding the sequential scans shows which
+            # indexes the claim is able to use.
+            await connection.execute("SET enable_seqscan = off")
+            cursor = psycopg.AsyncClientCursor(connection)
+            await cursor.execute(
+                "EXPLAIN (COSTS OFF) " + jobs_postgres._CLAIM_ABANDONED,
+                {"owner": "o", "until": 2, "now": 1, "unleased_before": 0, "limit": 10},
+            )
+            plan = "\n".join(row[0] for row in await cursor.fetchall())
+        assert "batches_unsettled_leases" in plan, plan
+        assert "jobs_unfinished" in plan, plan
 
 
 class TestOpenJobStore:
@@ -799,7 +979,7 @@ class TestPostgres:
                 await store.close()
         assert len({jobs[0].batch_id for jobs in records}) == 4
         rows = await postgres_database.execute_raw("SELECT version FROM job_schema_migrations")
-        assert rows == [(1,), (2,)]
+        assert rows == [(1,), (2,), (3,)]
 
     async def test_replicas_racing_one_key_create_one_batch(
         self, postgres_database: Database

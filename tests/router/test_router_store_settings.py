@@ -1,4 +1,5 @@
-"""Tests of the router's store settings: the job store DSN, the asset URL, S3 sign-in."""
+"""Tests of the router's store settings: the job store DSN and its leases, the asset URL, S3
+sign-in."""
 
 from __future__ import annotations
 
@@ -56,6 +57,40 @@ def test_a_bad_dsn_is_refused(dsn: str) -> None:
 def test_bad_database_limits_are_refused(variable: str, value: str) -> None:
     with pytest.raises(ConfigError, match=variable):
         RouterSettings.from_env({variable: value})
+
+
+def test_leases_default_to_thirty_seconds_claimed_every_ten() -> None:
+    settings = RouterSettings.from_env({})
+    assert (settings.lease_seconds, settings.claim_interval_seconds) == (30.0, 10.0)
+    settings = RouterSettings.from_env(
+        {
+            "TIERGEN_ROUTER_LEASE_SECONDS": "2",
+            "TIERGEN_ROUTER_DB_TIMEOUT_SECONDS": "1",
+            "TIERGEN_ROUTER_CLAIM_INTERVAL_SECONDS": "0.5",
+        }
+    )
+    assert (settings.lease_seconds, settings.claim_interval_seconds) == (2.0, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("TIERGEN_ROUTER_LEASE_SECONDS", "0.5"),
+        ("TIERGEN_ROUTER_LEASE_SECONDS", "a while"),
+        ("TIERGEN_ROUTER_CLAIM_INTERVAL_SECONDS", "0"),
+        ("TIERGEN_ROUTER_CLAIM_INTERVAL_SECONDS", "often"),
+    ],
+)
+def test_bad_lease_settings_are_refused(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        RouterSettings.from_env({variable: value})
+
+
+def test_a_lease_must_outlast_a_renewal_waiting_for_the_database() -> None:
+    with pytest.raises(
+        ConfigError, match=r"TIERGEN_ROUTER_LEASE_SECONDS=9\.0: must be at least twice"
+    ):
+        RouterSettings.from_env({"TIERGEN_ROUTER_LEASE_SECONDS": "9"})
 
 
 @pytest.mark.parametrize(

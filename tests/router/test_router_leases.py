@@ -1,0 +1,351 @@
+"""Router replicas over one PostgreSQL job store: a replica that dies mid-batch leaves its batch
+to the others once its lease runs out; a live replica's batches are never taken.
+
+Each replica is a `Router` in this process with its own job store connections and channels to
+the suite's real ledger and generator. The generator renders the standard tier on a fake Gemini
+API that can hang, so a batch stays running for as long as a test needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psycopg
+import pytest
+
+from services.generator.tiers import DEFAULT_CATALOGUE_TOML
+from services.ledger.ledger import Ledger
+from services.ledger.settings import LedgerSettings
+from services.router.assets import AssetInfo, AssetRef, LocalAssetStore
+from services.router.catalogue import ImageSize, Stage
+from services.router.clients import (
+    GENERATOR_SERVICE,
+    LEDGER_SERVICE,
+    UPSCALER_SERVICE,
+    GrpcLedger,
+    GrpcRenderer,
+    GrpcUpscaler,
+)
+from services.router.jobs import HoldState, JobKind, JobStatus, Lease, NewJob
+from services.router.jobs_postgres import PostgresJobStore
+from services.router.orchestration import BatchAccepted, Router, RouterLimits
+from services.router.policy import RouteRequest
+from services.router.server import load_policy
+from services.router.settings import RouterSettings
+from services.runtime.channels import open_channel
+from services.runtime.errors import TiergenError
+from tests.generator.fake_providers import FakeGemini, Mode
+
+pytestmark = pytest.mark.postgres
+
+POSTGRES_DSN = os.environ.get(
+    "TIERGEN_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
+#: Short, so that a dead replica's batch is free soon; renewed every third of it.
+LEASE_SECONDS = 0.5
+STANDARD_BUILTIN = 'backend = "builtin"\nquality = "medium"'
+STANDARD_GEMINI = 'backend = "gemini"\nmodel = "gemini-3-pro-image-preview"\nquality = "medium"'
+REQUEST = RouteRequest(prompt="a lighthouse at dawn", tier="standard", size=ImageSize.K1, n=2)
+
+
+@pytest.fixture
+def gemini() -> Iterator[FakeGemini]:
+    with FakeGemini() as fake:
+        yield fake
+
+
+@pytest.fixture
+def generator_env(tmp_path: Path, gemini: FakeGemini) -> dict[str, str]:
+    """Overrides the suite's generator settings: the standard tier renders on the fake."""
+    standard = DEFAULT_CATALOGUE_TOML.index("[tiers.standard]")
+    head, tail = DEFAULT_CATALOGUE_TOML[:standard], DEFAULT_CATALOGUE_TOML[standard:]
+    # Gemini takes no mask.
+    tail = tail.replace(STANDARD_BUILTIN, STANDARD_GEMINI, 1).replace(
+        "inpainting = true", "inpainting = false", 1
+    )
+    tiers = tmp_path / "tiers.toml"
+    tiers.write_text(head + tail)
+    assert STANDARD_GEMINI in tiers.read_text()
+    return {
+        "TIERGEN_GENERATOR_TIERS_FILE": str(tiers),
+        "GEMINI_API_KEY": gemini.api_key,
+        "TIERGEN_GEMINI_BASE_URL": gemini.url,
+        "TIERGEN_GEMINI_TIMEOUT_SECONDS": "30",
+        "TIERGEN_GEMINI_BACKOFF_SECONDS": "0.05",
+        "TIERGEN_GEMINI_MAX_BACKOFF_SECONDS": "0.2",
+    }
+
+
+@pytest.fixture
+def job_dsn() -> Iterator[str]:
+    """A DSN on a fresh schema of the test server, dropped afterwards; skips (fails under
+    CI=true) when the server cannot be reached."""
+    try:
+        connection = psycopg.connect(POSTGRES_DSN, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as error:
+        message = (
+            f"PostgreSQL at {POSTGRES_DSN} is unreachable ({error}); "
+            "set TIERGEN_TEST_POSTGRES_DSN to run the router's lease tests"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(f"SKIPPING ROUTER LEASE TESTS: {message}")
+    name = f"router_leases_{uuid.uuid4().hex[:12]}"
+    with connection:
+        connection.execute(f'CREATE SCHEMA "{name}"')
+    yield f"{POSTGRES_DSN}?options=-csearch_path%3D{name}"
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
+        connection.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
+class CountingLedger:
+    """The real ledger client, recording each capture and release a replica asks for."""
+
+    def __init__(self, ledger: GrpcLedger) -> None:
+        self._ledger = ledger
+        self.settlements: list[tuple[str, str]] = []
+
+    async def available(self, account_id: str) -> int:
+        return await self._ledger.available(account_id)
+
+    async def reserve(
+        self, account_id: str, amount: int, idempotency_key: str, memo: str, ttl_seconds: int
+    ) -> str:
+        return await self._ledger.reserve(account_id, amount, idempotency_key, memo, ttl_seconds)
+
+    async def capture(self, hold_id: str, amount: int, idempotency_key: str) -> None:
+        self.settlements.append(("capture", hold_id))
+        await self._ledger.capture(hold_id, amount, idempotency_key)
+
+    async def release(self, hold_id: str, idempotency_key: str) -> None:
+        self.settlements.append(("release", hold_id))
+        await self._ledger.release(hold_id, idempotency_key)
+
+
+@dataclass
+class Replica:
+    """One router process, as far as the job store and the other replicas can tell."""
+
+    router: Router
+    jobs: PostgresJobStore
+    ledger: CountingLedger
+    channels: list[grpc.aio.Channel]
+    leases: asyncio.Task[None] | None = None
+    streams: list[asyncio.Task[list[Any]]] = field(default_factory=list)
+
+    def die(self) -> None:
+        """Stops renewing, as a process that died would: nothing it runs is settled by it."""
+        assert self.leases is not None
+        self.leases.cancel()
+
+    async def start_batch(self, account: str, key: str) -> str:
+        """Starts a generation, read by a task of its own; returns the batch's id."""
+        events = self.router.generate(account, key, REQUEST)
+        first = await anext(events)
+        assert isinstance(first, BatchAccepted)
+
+        async def read_the_rest() -> list[Any]:
+            try:
+                return [event async for event in events]
+            except TiergenError as error:
+                return [error]
+
+        self.streams.append(asyncio.create_task(read_the_rest()))
+        return first.record.batch.batch_id
+
+    async def close(self) -> None:
+        if self.leases is not None:
+            self.leases.cancel()
+        await self.router.close()
+        await asyncio.gather(*self.streams, return_exceptions=True)
+        await self.jobs.close()
+        for channel in self.channels:
+            await channel.close()
+
+
+@pytest.fixture
+async def replicas(
+    suite: Any, job_dsn: str, tmp_path: Path
+) -> AsyncIterator[Callable[..., Awaitable[Replica]]]:
+    """Starts replicas over the suite's ledger and generator and one job store; closes them."""
+    started: list[Replica] = []
+    policy = load_policy(RouterSettings.from_env({}))
+
+    async def start(*, keep_leases: bool = False) -> Replica:
+        addresses = suite.addresses
+        channels = [
+            open_channel(addresses["ledger"], services=[LEDGER_SERVICE], default_timeout=30),
+            open_channel(addresses["generator"], services=[GENERATOR_SERVICE], default_timeout=60),
+            open_channel(addresses["upscaler"], services=[UPSCALER_SERVICE], default_timeout=60),
+        ]
+        jobs = await PostgresJobStore.open(job_dsn, pool_size=4)
+        ledger = CountingLedger(GrpcLedger(channels[0], timeout=30))
+        router = Router(
+            jobs=jobs,
+            assets=LocalAssetStore(tmp_path / "assets"),
+            ledger=ledger,
+            renderer=GrpcRenderer(channels[1], 60, 64 << 20),
+            upscaler=GrpcUpscaler(channels[2], 60, 64 << 20),
+            policy=policy,
+            limits=RouterLimits(lease_seconds=LEASE_SECONDS, progress_interval_seconds=0),
+        )
+        replica = Replica(router, jobs, ledger, channels)
+        if keep_leases:
+            replica.leases = asyncio.create_task(router.keep_leases())
+        started.append(replica)
+        return replica
+
+    yield start
+    for replica in reversed(started):
+        await replica.close()
+
+
+async def until(check: Callable[[], Awaitable[bool]], *, give_up: float = 20.0) -> None:
+    """Waits, a few polls a lease, for `check` to hold; fails if it never does."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + give_up
+    while not await check():
+        assert loop.time() < deadline, "gave up waiting"
+        await asyncio.sleep(LEASE_SECONDS / 10)
+
+
+async def ledger_checks(suite: Any) -> list[str]:
+    """The names of the ledger invariants that fail."""
+    ledger = await Ledger.open(LedgerSettings(dsn=f"sqlite:///{suite.data_dir / 'ledger.db'}"))
+    try:
+        checks = await ledger.verify(sweep=False)
+    finally:
+        await ledger.close()
+    return [check.name for check in checks if not check.ok]
+
+
+async def test_a_dead_replicas_batch_is_recovered_by_another(suite, replicas, gemini) -> None:
+    account = await suite.open_account()
+    a = await replicas(keep_leases=True)
+    gemini.fail(Mode.HANG)
+    batch_id = await a.start_batch(account, "doomed")
+
+    async def rendering() -> bool:
+        return gemini.hits >= 1
+
+    await until(rendering)
+    assert (await suite.balance(account)).held > 0
+    a.die()
+
+    b = await replicas()
+    recovered = 0
+
+    async def claimed() -> bool:
+        nonlocal recovered
+        recovered += await b.router.recover()
+        return recovered > 0
+
+    await until(claimed)
+    assert recovered == 1
+    record = await b.jobs.batch(account, batch_id)
+    assert {job.status for job in record.jobs} == {JobStatus.FAILED}
+    assert {(job.error.code, job.error.reason) for job in record.jobs if job.error} == {
+        ("ABORTED", "ROUTER_LOST")
+    }
+    assert record.batch.hold_state is HoldState.RELEASED
+    assert b.ledger.settlements == [("release", record.batch.hold_id)]
+    balance = await suite.balance(account)
+    assert (balance.available, balance.held) == (400, 0)
+
+    # Had the replica only stalled, what it finishes later changes nothing.
+    gemini.reset()
+    await asyncio.gather(*a.streams)
+    after = await b.jobs.batch(account, batch_id)
+    assert after.jobs == record.jobs and after.batch == record.batch
+    balance = await suite.balance(account)
+    assert (balance.available, balance.held) == (400, 0)
+    assert await ledger_checks(suite) == []
+
+
+async def test_a_live_replicas_batch_is_never_claimed(suite, replicas, gemini) -> None:
+    account = await suite.open_account()
+    a = await replicas(keep_leases=True)
+    gemini.fail(Mode.HANG)
+    batch_id = await a.start_batch(account, "long")
+
+    async def rendering() -> bool:
+        return gemini.hits >= 1
+
+    await until(rendering)
+    b = await replicas()
+    # Four leases long: without renewals the batch would have been free three times over.
+    for _ in range(8):
+        assert await b.router.recover() == 0
+        await asyncio.sleep(LEASE_SECONDS / 2)
+
+    gemini.reset()
+    await asyncio.gather(*a.streams)
+    record = await a.jobs.batch(account, batch_id)
+    assert all(job.status.is_final for job in record.jobs)
+    assert not [job for job in record.jobs if job.error and job.error.reason == "ROUTER_LOST"]
+    assert record.batch.hold_state is not HoldState.OPEN
+    assert b.ledger.settlements == []
+    assert (await suite.balance(account)).held == 0
+
+
+async def test_replicas_recovering_at_once_settle_each_batch_once(suite, replicas) -> None:
+    account = await suite.open_account()
+    dead = await replicas()
+    # Batches as a replica that died left them: held, recorded under its lease, one with an
+    # image delivered before it died.
+    holds = []
+    for index in range(6):
+        hold_id = await dead.ledger.reserve(account, 4, f"hold-{index}", "abandoned", 900)
+        record = await dead.jobs.create_batch(
+            account_id=account,
+            idempotency_key=f"batch-{index}",
+            fingerprint="fp",
+            jobs=[
+                NewJob(
+                    kind=JobKind.GENERATE,
+                    prompt="a lighthouse",
+                    seed=variation,
+                    width=1024,
+                    height=1024,
+                    quoted_cost=2,
+                    tier="nano",
+                    stage=Stage.EXPLORE,
+                    size=ImageSize.K1,
+                    variation=variation,
+                )
+                for variation in range(2)
+            ],
+            hold_id=hold_id,
+            lease=Lease("dead-replica", LEASE_SECONDS),
+        )
+        if index == 0:
+            delivered = record.jobs[0]
+            await dead.jobs.mark_running(delivered.job_id)
+            asset = AssetRef("ab" * 32, AssetInfo(1024, 1024, "image/png", 100))
+            await dead.jobs.mark_succeeded(delivered.job_id, asset, 2)
+        holds.append(hold_id)
+
+    b, c = await replicas(), await replicas()
+    recovered = 0
+
+    async def all_claimed() -> bool:
+        nonlocal recovered
+        recovered += sum(await asyncio.gather(b.router.recover(), c.router.recover()))
+        return recovered >= len(holds)
+
+    await until(all_claimed)
+    assert recovered == len(holds)
+    settlements = b.ledger.settlements + c.ledger.settlements
+    assert sorted(settlements) == sorted(
+        [("capture", holds[0])] + [("release", hold_id) for hold_id in holds[1:]]
+    )
+    balance = await suite.balance(account)
+    assert (balance.available, balance.held) == (398, 0)
+    assert await ledger_checks(suite) == []
