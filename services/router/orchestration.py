@@ -893,14 +893,17 @@ class Router:
 
     async def _run(self, record: BatchRecord, work: Work) -> AsyncGenerator[RouterEvent, None]:
         """Streams a batch's events while a separate task runs it, so that a caller going
-        away cancels the batch instead of abandoning it half-done."""
-        yield BatchAccepted(record)
+        away cancels the batch instead of abandoning it half-done, from its first event on."""
         events: asyncio.Queue[RouterEvent | None] = asyncio.Queue()
         batch_id = record.batch.batch_id
-        task = asyncio.create_task(self._execute(record, work, events.put_nowait))
+        started = asyncio.Event()
+        task = asyncio.create_task(self._execute(record, work, events.put_nowait, started))
+        # The stream ends with the task, even one cancelled (by `close`) before it ran.
+        task.add_done_callback(lambda _: events.put_nowait(None))
         self._batch_tasks[batch_id] = task
         finished: list[Job] = []
         try:
+            yield BatchAccepted(record)
             while (event := await events.get()) is not None:
                 if isinstance(event, JobFinished):
                     finished.append(event.job)
@@ -909,6 +912,10 @@ class Router:
             if not task.done():
                 task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+            if not started.is_set():
+                # Cancelled before it ran: nothing of the batch started, so it all returns.
+                await self._jobs.cancel_batch(record.batch.account_id, batch_id)
+                await self._settle(record.batch.account_id, batch_id)
             self._batch_tasks.pop(batch_id, None)
         if finished and not any(job.status is JobStatus.SUCCEEDED for job in finished):
             failed = [job for job in finished if job.status is JobStatus.FAILED]
@@ -916,8 +923,13 @@ class Router:
                 raise job_error(failed[0])
 
     async def _execute(
-        self, record: BatchRecord, work: Work, emit: Callable[[RouterEvent | None], None]
+        self,
+        record: BatchRecord,
+        work: Work,
+        emit: Callable[[RouterEvent | None], None],
+        started: asyncio.Event,
     ) -> None:
+        started.set()
         batch = record.batch
         slots = asyncio.Semaphore(self._limits.parallel_jobs)
         events = _BatchEvents(emit, self._limits.progress_interval_seconds)

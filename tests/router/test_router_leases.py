@@ -1,5 +1,6 @@
 """Router replicas over one PostgreSQL job store: a replica that dies mid-batch leaves its batch
-to the others once its lease runs out; a live replica's batches are never taken.
+to the others once its lease runs out; a live replica's batches are never taken; and a batch
+whose caller or router goes away before it ran is not left behind at all.
 
 Each replica is a `Router` in this process with its own job store connections and channels to
 the suite's real ledger and generator. The generator renders the standard tier on a fake Gemini
@@ -267,6 +268,42 @@ async def test_a_dead_replicas_batch_is_recovered_by_another(suite, replicas, ge
     balance = await suite.balance(account)
     assert (balance.available, balance.held) == (400, 0)
     assert await ledger_checks(suite) == []
+
+
+async def test_a_caller_leaving_at_the_first_event_leaves_nothing_behind(suite, replicas) -> None:
+    account = await suite.open_account()
+    a = await replicas(keep_leases=True)
+    events = a.router.generate(account, "gone", REQUEST)
+    first = await anext(events)
+    assert isinstance(first, BatchAccepted)
+    assert (await suite.balance(account)).held > 0
+
+    await events.aclose()
+
+    record = await a.jobs.batch(account, first.record.batch.batch_id)
+    assert {job.status for job in record.jobs} == {JobStatus.CANCELLED}
+    assert record.batch.hold_state is HoldState.RELEASED
+    balance = await suite.balance(account)
+    assert (balance.available, balance.held) == (400, 0)
+
+
+async def test_a_router_closing_before_a_batch_ran_ends_its_stream_and_returns_all(
+    suite, replicas
+) -> None:
+    account = await suite.open_account()
+    a = await replicas(keep_leases=True)
+    events = a.router.generate(account, "closing", REQUEST)
+    first = await anext(events)
+    assert isinstance(first, BatchAccepted)
+
+    # Before the batch's task has run a step: it is cancelled without ever starting.
+    await a.router.close()
+
+    assert [event async for event in events] == []
+    record = await a.jobs.batch(account, first.record.batch.batch_id)
+    assert {job.status for job in record.jobs} == {JobStatus.CANCELLED}
+    assert record.batch.hold_state is HoldState.RELEASED
+    assert (await suite.balance(account)).held == 0
 
 
 async def test_a_live_replicas_batch_is_never_claimed(suite, replicas, gemini) -> None:
