@@ -22,6 +22,8 @@ from tiergen.router.v1 import router_pb2
 
 from services.cli.demo import DEFAULT_PROMPT, DemoFailed, run_demo
 from services.cli.ledger import add_ledger_commands
+from services.cli.load import LoadError, LoadPlan, parse_mix, run_load
+from services.cli.load import summary as load_summary
 from services.cli.router_client import RouterClient, new_key
 from services.cli.suite import SERVICES, Suite, SuiteError
 from services.runtime.status import from_rpc_error
@@ -350,6 +352,33 @@ def _up(options: argparse.Namespace) -> None:
         _say("stopped: " + ", ".join(f"{name} exit {code}" for name, code in codes.items()))
 
 
+async def _load(options: argparse.Namespace) -> None:
+    try:
+        plan = LoadPlan(
+            router=options.router,
+            spec=_spec(options),
+            clients=options.clients,
+            duration_seconds=options.duration,
+            max_requests=options.requests,
+            rate=options.rate,
+            mix=parse_mix(options.mix),
+            promote_tier=options.promote_tier,
+            timeout_seconds=options.timeout,
+            ledger=options.ledger,
+            credits=options.credits,
+            account_prefix=options.account_prefix,
+        )
+        report = await run_load(plan, _say)
+    except LoadError as error:
+        raise CommandError(str(error)) from None
+    _emit(options, report, load_summary(report))
+    if report["error_rate"] > options.max_error_rate:
+        raise CommandError(
+            f"{report['errors']} of {report['requests']} requests failed, more than"
+            f" --max-error-rate {options.max_error_rate:g}"
+        )
+
+
 def _serve(options: argparse.Namespace) -> None:
     runpy.run_module(f"services.{options.service}", run_name="__main__")
 
@@ -386,8 +415,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=lambda options: asyncio.run(handler(options)))
         return sub
 
-    def spec_arguments(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--prompt", required=True)
+    def spec_arguments(sub: argparse.ArgumentParser, prompt: str | None = None) -> None:
+        sub.add_argument("--prompt", required=prompt is None, default=prompt)
         sub.add_argument("--tier", default="auto", help="nano, standard, pro, or auto (default)")
         sub.add_argument(
             "--stage", choices=sorted(STAGES), help="creative stage for automatic routing"
@@ -478,6 +507,44 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run one service in the foreground")
     serve.add_argument("service", choices=SERVICES)
     serve.set_defaults(handler=_serve)
+
+    load = commands.add_parser(
+        "load",
+        help="load-test a running router and report throughput, latencies and errors",
+        description="Load-test a running router: concurrent clients, each on an account of its"
+        " own, loop over a mix of operations until the duration or the request count is"
+        " reached; the report gives throughput, latency percentiles and errors by gRPC code.",
+    )
+    load.add_argument(
+        "--router",
+        default=os.environ.get("TIERGEN_ROUTER", "127.0.0.1:50051"),
+        help="router address (env TIERGEN_ROUTER)",
+    )
+    load.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
+    load.add_argument("--duration", type=float, default=30.0, help="seconds at most (default 30)")
+    load.add_argument("--requests", type=int, default=1000, help="requests at most (default 1000)")
+    load.add_argument(
+        "--rate", type=float, help="requests per second across all clients (default: flat out)"
+    )
+    load.add_argument(
+        "--mix",
+        default="generate=1",
+        help="operations and their weights, e.g. generate=8,quote=1,promote=1",
+    )
+    load.add_argument("--promote-tier", default="standard", help="tier promotes go to")
+    load.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    load.add_argument("--ledger", help="ledger address, to fund each account with --credits")
+    load.add_argument("--credits", type=int, default=0, help="credits granted to each account")
+    load.add_argument("--account-prefix", default="load", help="prefix of the accounts' ids")
+    load.add_argument(
+        "--max-error-rate",
+        type=float,
+        default=1.0,
+        help="exit 1 when more than this share of requests failed (default 1: never)",
+    )
+    load.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    spec_arguments(load, prompt="a lighthouse at dusk, load test")
+    load.set_defaults(stage="explore", handler=lambda options: asyncio.run(_load(options)))
 
     add_ledger_commands(commands)
 
