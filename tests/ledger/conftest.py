@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -23,12 +22,10 @@ import pytest
 from services.ledger.ledger import Ledger
 from services.ledger.model import Clock
 from services.ledger.settings import LedgerSettings
+from tests.postgres import Schemas, require_postgres, with_search_path
 
 #: Monday of ISO week 2026-W48, mid-morning.
 START = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
-POSTGRES_DSN = os.environ.get(
-    "TIERGEN_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
-)
 
 
 class ManualClock:
@@ -44,49 +41,10 @@ class ManualClock:
         self._now += timedelta(**delta)
 
 
-def with_schema(dsn: str, schema: str, application_name: str) -> str:
-    """The DSN with the schema first on the search path and a findable application name."""
-    separator = "&" if "?" in dsn else "?"
-    return f"{dsn}{separator}options=-csearch_path%3D{schema}&application_name={application_name}"
-
-
 @pytest.fixture(scope="session")
 def postgres_dsn() -> str:
     """The test server's DSN; skips (fails under CI=true) when it cannot be reached."""
-    try:
-        with psycopg.connect(POSTGRES_DSN, connect_timeout=3) as connection:
-            connection.execute("SELECT 1")
-    except psycopg.OperationalError as error:
-        message = (
-            f"PostgreSQL at {POSTGRES_DSN} is unreachable ({error}); "
-            "set TIERGEN_TEST_POSTGRES_DSN to run the ledger's PostgreSQL tests"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(f"SKIPPING POSTGRESQL LEDGER TESTS: {message}")
-    return POSTGRES_DSN
-
-
-class PostgresSchemas:
-    """Creates throwaway schemas on the test server and drops them afterwards."""
-
-    def __init__(self, server_dsn: str) -> None:
-        self._server_dsn = server_dsn
-        self._created: list[str] = []
-
-    def create(self) -> tuple[str, str]:
-        """A fresh schema: `(dsn using it, application name of its connections)`."""
-        name = f"ledger_test_{uuid.uuid4().hex[:16]}"
-        with psycopg.connect(self._server_dsn, autocommit=True) as connection:
-            connection.execute(f'CREATE SCHEMA "{name}"')
-        self._created.append(name)
-        return with_schema(self._server_dsn, name, name), name
-
-    def drop_all(self) -> None:
-        with psycopg.connect(self._server_dsn, autocommit=True) as connection:
-            for name in self._created:
-                connection.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-        self._created.clear()
+    return require_postgres("the ledger's PostgreSQL tests")
 
 
 class LedgerHarness:
@@ -158,8 +116,8 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture(scope="session")
-def postgres_schemas(postgres_dsn: str) -> Iterator[PostgresSchemas]:
-    schemas = PostgresSchemas(postgres_dsn)
+def postgres_schemas(postgres_dsn: str) -> Iterator[Schemas]:
+    schemas = Schemas(postgres_dsn, "ledger_test")
     yield schemas
     schemas.drop_all()
 
@@ -179,7 +137,7 @@ async def harness(
 
 @pytest.fixture
 async def postgres_harness(
-    postgres_schemas: PostgresSchemas, clock: ManualClock
+    postgres_schemas: Schemas, clock: ManualClock
 ) -> AsyncIterator[LedgerHarness]:
     """A fresh, empty ledger database on PostgreSQL only."""
     harness = _postgres_harness(postgres_schemas, clock)
@@ -187,9 +145,9 @@ async def postgres_harness(
     await harness.close()
 
 
-def _postgres_harness(schemas: PostgresSchemas, clock: ManualClock) -> LedgerHarness:
-    dsn, application_name = schemas.create()
-    return LedgerHarness("postgres", dsn, clock, application_name)
+def _postgres_harness(schemas: Schemas, clock: ManualClock) -> LedgerHarness:
+    name = schemas.create()
+    return LedgerHarness("postgres", with_search_path(name, application_name=name), clock, name)
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from services.ledger.ledger import Ledger
 from services.ledger.model import Balance, GrantKind, HoldStatus, iso_week
 from services.ledger.settings import LedgerSettings
 from services.runtime.errors import AlreadyExists, TiergenError
+from tests.postgres import with_search_path
 
 T = TypeVar("T")
 ACCOUNTS = ["ann", "ben", "cy"]
@@ -393,7 +394,8 @@ def test_the_ledger_behaves_like_its_model(request, store, examples):
     class Machine(LedgerMachine):
         def new_database(self) -> tuple[str, Callable[[], None]]:
             if schemas is not None:
-                dsn, _ = schemas.create()  # dropped with the session's other schemas
+                # Dropped with the session's other schemas.
+                dsn = with_search_path(schemas.create())
                 return dsn, lambda: None
             directory = Path(tempfile.mkdtemp(prefix="ledger-model-"))
             return f"sqlite:///{directory / 'ledger.db'}", lambda: shutil.rmtree(directory)

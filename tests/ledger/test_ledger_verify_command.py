@@ -17,6 +17,7 @@ from services.cli.ledger import (
 from services.ledger.ledger import Ledger
 from services.ledger.model import GrantKind, SystemClock
 from services.ledger.settings import LedgerSettings
+from tests.postgres import with_search_path
 
 INVARIANTS = [
     "zero_sum",
@@ -141,7 +142,7 @@ async def test_an_unreachable_postgres_server_is_one_line(monkeypatch, capsys):
 
 @pytest.mark.postgres
 async def test_the_printed_dsn_hides_its_password(postgres_schemas, capsys):
-    dsn, _ = postgres_schemas.create()
+    dsn = with_search_path(postgres_schemas.create())
     with_password = dsn.replace("postgresql://postgres@", "postgresql://postgres:s3cret@", 1)
     assert with_password != dsn
 
@@ -154,7 +155,7 @@ async def test_the_printed_dsn_hides_its_password(postgres_schemas, capsys):
 
 @pytest.mark.postgres
 async def test_a_password_given_as_a_parameter_is_hidden_too(postgres_schemas, capsys):
-    dsn, _ = postgres_schemas.create()
+    dsn = with_search_path(postgres_schemas.create())
 
     assert await verify(dsn=f"{dsn}&password=s3cret") == 0
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,33 +14,16 @@ from moto.server import ThreadedMotoServer
 from tiergen.common.v1 import common_pb2
 from tiergen.router.v1 import router_pb2
 
-POSTGRES_DSN = os.environ.get(
-    "TIERGEN_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
-)
+from tests.postgres import POSTGRES_DSN, fresh_schema, with_search_path
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
 def postgres_schema() -> Iterator[str]:
-    """A fresh schema on the test server, dropped afterwards; skips (fails under CI=true) when
-    the server cannot be reached."""
-    try:
-        connection = psycopg.connect(POSTGRES_DSN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as error:
-        message = (
-            f"PostgreSQL at {POSTGRES_DSN} is unreachable ({error}); "
-            "set TIERGEN_TEST_POSTGRES_DSN to run the router's cluster store tests"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(f"SKIPPING ROUTER CLUSTER STORE TESTS: {message}")
-    name = f"router_suite_{uuid.uuid4().hex[:12]}"
-    with connection:
-        connection.execute(f'CREATE SCHEMA "{name}"')
-    yield name
-    with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-        connection.execute(f'DROP SCHEMA "{name}" CASCADE')
+    """A fresh schema on the test server, dropped afterwards."""
+    with fresh_schema("router_suite", "the router's cluster store tests") as name:
+        yield name
 
 
 @pytest.fixture
@@ -66,7 +48,7 @@ def router_env(postgres_schema: str, bucket: tuple[str, str]) -> dict[str, str]:
     """Overrides the suite's router settings (tests/router/conftest.py)."""
     endpoint, name = bucket
     return {
-        "TIERGEN_ROUTER_DSN": f"{POSTGRES_DSN}?options=-csearch_path%3D{postgres_schema}",
+        "TIERGEN_ROUTER_DSN": with_search_path(postgres_schema),
         "TIERGEN_ROUTER_ASSETS_URL": f"s3://{name}/suite",
         "TIERGEN_ROUTER_S3_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -48,6 +46,7 @@ from services.runtime.errors import (
     NotFound,
     Unavailable,
 )
+from tests.postgres import Schemas, require_postgres, with_search_path
 
 ULID = r"[0-9A-HJKMNP-TV-Z]{26}"
 ASSET = AssetRef("ab" * 32, AssetInfo(1024, 1024, "image/png", 12345))
@@ -61,9 +60,6 @@ DECISION = Decision(
     n=3,
     total_cost=6,
     reasons=("stage explore routes to nano",),
-)
-POSTGRES_DSN = os.environ.get(
-    "TIERGEN_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
 )
 
 
@@ -86,53 +82,14 @@ def clock() -> Clock:
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
     """The test server's DSN; skips (fails under CI=true) when it cannot be reached."""
-    try:
-        with psycopg.connect(POSTGRES_DSN, connect_timeout=3) as connection:
-            connection.execute("SELECT 1")
-    except psycopg.OperationalError as error:
-        message = (
-            f"PostgreSQL at {POSTGRES_DSN} is unreachable ({error}); "
-            "set TIERGEN_TEST_POSTGRES_DSN to run the PostgreSQL job store tests"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(f"SKIPPING POSTGRESQL JOB STORE TESTS: {message}")
-    return POSTGRES_DSN
-
-
-class PostgresSchemas:
-    """Throwaway schemas of this test session on the test server, dropped when it ends."""
-
-    def __init__(self, server_dsn: str) -> None:
-        self.server_dsn = server_dsn
-        self._session = uuid.uuid4().hex[:8]
-        self._created: list[str] = []
-
-    def create(self) -> str:
-        """A fresh, empty schema's name; its connections carry it as application name."""
-        name = f"router_jobs_{self._session}_{len(self._created)}"
-        with psycopg.connect(self.server_dsn, autocommit=True) as connection:
-            connection.execute(f'CREATE SCHEMA "{name}"')
-        self._created.append(name)
-        return name
-
-    def drop_all(self) -> None:
-        with psycopg.connect(self.server_dsn, autocommit=True) as connection:
-            for name in self._created:
-                connection.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    return require_postgres("the PostgreSQL job store tests")
 
 
 @pytest.fixture(scope="session")
-def postgres_schemas(postgres_server: str) -> Iterator[PostgresSchemas]:
-    schemas = PostgresSchemas(postgres_server)
+def postgres_schemas(postgres_server: str) -> Iterator[Schemas]:
+    schemas = Schemas(postgres_server, "router_jobs")
     yield schemas
     schemas.drop_all()
-
-
-def with_schema(dsn: str, schema: str) -> str:
-    """`dsn` with `schema` first on the search path and as the application name."""
-    separator = "&" if "?" in dsn else "?"
-    return f"{dsn}{separator}options=-csearch_path%3D{schema}&application_name={schema}"
 
 
 @dataclass
@@ -167,9 +124,9 @@ class Database:
             return list(await cursor.fetchall()) if cursor.description else []
 
 
-def _postgres_database(schemas: PostgresSchemas, clock: Clock) -> Database:
+def _postgres_database(schemas: Schemas, clock: Clock) -> Database:
     schema = schemas.create()
-    return Database("postgres", with_schema(schemas.server_dsn, schema), clock, schema)
+    return Database("postgres", with_search_path(schema, application_name=schema), clock, schema)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -181,7 +138,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Da
 
 
 @pytest.fixture
-def postgres_database(postgres_schemas: PostgresSchemas, clock: Clock) -> Database:
+def postgres_database(postgres_schemas: Schemas, clock: Clock) -> Database:
     """A fresh job database on PostgreSQL only."""
     return _postgres_database(postgres_schemas, clock)
 

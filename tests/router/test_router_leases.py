@@ -10,18 +10,14 @@ API that can hang, so a batch stays running for as long as a test needs.
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
-import psycopg
 import pytest
 
-from services.generator.tiers import DEFAULT_CATALOGUE_TOML
 from services.ledger.ledger import Ledger
 from services.ledger.settings import LedgerSettings
 from services.router.assets import AssetInfo, AssetRef, LocalAssetStore
@@ -43,16 +39,13 @@ from services.router.settings import RouterSettings
 from services.runtime.channels import open_channel
 from services.runtime.errors import TiergenError
 from tests.generator.fake_providers import FakeGemini, Mode
+from tests.postgres import fresh_schema, with_search_path
+from tests.router.gemini_tiers import standard_on_gemini
 
 pytestmark = pytest.mark.postgres
 
-POSTGRES_DSN = os.environ.get(
-    "TIERGEN_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
-)
 #: Short, so that a dead replica's batch is free soon; renewed every third of it.
 LEASE_SECONDS = 0.5
-STANDARD_BUILTIN = 'backend = "builtin"\nquality = "medium"'
-STANDARD_GEMINI = 'backend = "gemini"\nmodel = "gemini-3-pro-image-preview"\nquality = "medium"'
 REQUEST = RouteRequest(prompt="a lighthouse at dawn", tier="standard", size=ImageSize.K1, n=2)
 
 
@@ -65,45 +58,14 @@ def gemini() -> Iterator[FakeGemini]:
 @pytest.fixture
 def generator_env(tmp_path: Path, gemini: FakeGemini) -> dict[str, str]:
     """Overrides the suite's generator settings: the standard tier renders on the fake."""
-    standard = DEFAULT_CATALOGUE_TOML.index("[tiers.standard]")
-    head, tail = DEFAULT_CATALOGUE_TOML[:standard], DEFAULT_CATALOGUE_TOML[standard:]
-    # Gemini takes no mask.
-    tail = tail.replace(STANDARD_BUILTIN, STANDARD_GEMINI, 1).replace(
-        "inpainting = true", "inpainting = false", 1
-    )
-    tiers = tmp_path / "tiers.toml"
-    tiers.write_text(head + tail)
-    assert STANDARD_GEMINI in tiers.read_text()
-    return {
-        "TIERGEN_GENERATOR_TIERS_FILE": str(tiers),
-        "GEMINI_API_KEY": gemini.api_key,
-        "TIERGEN_GEMINI_BASE_URL": gemini.url,
-        "TIERGEN_GEMINI_TIMEOUT_SECONDS": "30",
-        "TIERGEN_GEMINI_BACKOFF_SECONDS": "0.05",
-        "TIERGEN_GEMINI_MAX_BACKOFF_SECONDS": "0.2",
-    }
+    return standard_on_gemini(tmp_path, gemini, TIMEOUT_SECONDS="30")
 
 
 @pytest.fixture
 def job_dsn() -> Iterator[str]:
-    """A DSN on a fresh schema of the test server, dropped afterwards; skips (fails under
-    CI=true) when the server cannot be reached."""
-    try:
-        connection = psycopg.connect(POSTGRES_DSN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as error:
-        message = (
-            f"PostgreSQL at {POSTGRES_DSN} is unreachable ({error}); "
-            "set TIERGEN_TEST_POSTGRES_DSN to run the router's lease tests"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(f"SKIPPING ROUTER LEASE TESTS: {message}")
-    name = f"router_leases_{uuid.uuid4().hex[:12]}"
-    with connection:
-        connection.execute(f'CREATE SCHEMA "{name}"')
-    yield f"{POSTGRES_DSN}?options=-csearch_path%3D{name}"
-    with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-        connection.execute(f'DROP SCHEMA "{name}" CASCADE')
+    """A DSN on a fresh schema of the test server, dropped afterwards."""
+    with fresh_schema("router_leases", "the router's lease tests") as name:
+        yield with_search_path(name)
 
 
 class CountingLedger:

@@ -11,12 +11,9 @@ import pytest
 from tiergen.common.v1 import common_pb2
 from tiergen.router.v1 import router_pb2
 
-from services.generator.tiers import DEFAULT_CATALOGUE_TOML
 from services.runtime.status import from_rpc_error
 from tests.generator.fake_providers import FakeGemini, Mode
-
-STANDARD_BUILTIN = 'backend = "builtin"\nquality = "medium"'
-STANDARD_GEMINI = 'backend = "gemini"\nmodel = "gemini-3-pro-image-preview"\nquality = "medium"'
+from tests.router.gemini_tiers import standard_on_gemini
 
 
 @pytest.fixture
@@ -27,24 +24,8 @@ def gemini() -> Iterator[FakeGemini]:
 
 @pytest.fixture
 def generator_env(tmp_path: Path, gemini: FakeGemini) -> dict[str, str]:
-    # The standard tier renders on the Gemini image API (the fake); Gemini takes no mask.
-    standard = DEFAULT_CATALOGUE_TOML.index("[tiers.standard]")
-    head, tail = DEFAULT_CATALOGUE_TOML[:standard], DEFAULT_CATALOGUE_TOML[standard:]
-    tail = tail.replace(STANDARD_BUILTIN, STANDARD_GEMINI, 1).replace(
-        "inpainting = true", "inpainting = false", 1
-    )
-    tiers = tmp_path / "tiers.toml"
-    tiers.write_text(head + tail)
-    assert STANDARD_GEMINI in tiers.read_text()
-    return {
-        "TIERGEN_GENERATOR_TIERS_FILE": str(tiers),
-        "GEMINI_API_KEY": gemini.api_key,
-        "TIERGEN_GEMINI_BASE_URL": gemini.url,
-        "TIERGEN_GEMINI_TIMEOUT_SECONDS": "1.5",
-        "TIERGEN_GEMINI_MAX_ATTEMPTS": "2",
-        "TIERGEN_GEMINI_BACKOFF_SECONDS": "0.05",
-        "TIERGEN_GEMINI_MAX_BACKOFF_SECONDS": "0.2",
-    }
+    """Overrides the suite's generator settings: the standard tier renders on the fake."""
+    return standard_on_gemini(tmp_path, gemini, TIMEOUT_SECONDS="1.5", MAX_ATTEMPTS="2")
 
 
 async def _generate(suite, account: str) -> router_pb2.Job:

@@ -9,23 +9,19 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import psycopg
 import pytest
 from tiergen.common.v1 import common_pb2
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
 from services.cli.suite import Suite
+from tests.postgres import fresh_schema, with_search_path
 
 pytestmark = pytest.mark.slow
 
-POSTGRES_DSN = os.environ.get(
-    "TIERGEN_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
-)
 #: A doomed batch: four 4K renders on the pro tier, far from done when its router is killed.
 DOOMED = router_pb2.GenerationSpec(
     prompt="a city of glass towers",
@@ -118,24 +114,9 @@ async def test_a_restarted_router_fails_abandoned_jobs_and_returns_their_credits
 
 @pytest.fixture
 def router_dsn() -> Iterator[str]:
-    """A job store DSN on a fresh schema of the test server, dropped afterwards; skips (fails
-    under CI=true) when the server cannot be reached."""
-    try:
-        connection = psycopg.connect(POSTGRES_DSN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as error:
-        message = (
-            f"PostgreSQL at {POSTGRES_DSN} is unreachable ({error}); "
-            "set TIERGEN_TEST_POSTGRES_DSN to run the replica recovery test"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(f"SKIPPING REPLICA RECOVERY TEST: {message}")
-    name = f"router_recovery_{uuid.uuid4().hex[:12]}"
-    with connection:
-        connection.execute(f'CREATE SCHEMA "{name}"')
-    yield f"{POSTGRES_DSN}?options=-csearch_path%3D{name}"
-    with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-        connection.execute(f'DROP SCHEMA "{name}" CASCADE')
+    """A job store DSN on a fresh schema of the test server, dropped afterwards."""
+    with fresh_schema("router_recovery", "the replica recovery test") as name:
+        yield with_search_path(name)
 
 
 @pytest.mark.postgres
