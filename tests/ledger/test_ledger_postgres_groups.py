@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from dataclasses import replace
-from datetime import timedelta
 
 import pytest
 
@@ -13,30 +11,10 @@ from services.ledger import rules
 from services.ledger.postgres_store import PostgresStore
 from services.ledger.store import Decision, Snapshot
 from services.runtime.errors import Internal
+from tests.ledger.commands import PROMOTIONS, reserve, run
 from tests.ledger.conftest import START
 
 pytestmark = pytest.mark.postgres
-
-PROMOTIONS = rules.Promotions(signup_bonus=400, check_in_amount=60, cap=840)
-
-
-async def _run(store: PostgresStore, command: rules.Command) -> Decision:
-    return await store.transact(
-        rules.lookup(command), lambda snapshot: rules.decide(command, snapshot, PROMOTIONS)
-    )
-
-
-def _reserve(account_id: str, key: str, amount: int = 7) -> rules.Reserve:
-    return rules.Reserve(
-        account_id=account_id,
-        hold_id=f"hold_{secrets.token_hex(16)}",
-        amount=amount,
-        ttl_seconds=None,
-        expires_at=START + timedelta(minutes=5),
-        memo="",
-        idempotency_key=key,
-        now=START,
-    )
 
 
 @pytest.fixture
@@ -44,7 +22,7 @@ async def store(postgres_harness):
     # One group in flight: what arrives meanwhile waits and forms the next group.
     store = await PostgresStore.open(postgres_harness.dsn, now=START, pool_size=2)
     for name in ("alice", "bob", "carol", "zed"):
-        await _run(store, rules.OpenAccount(name, "open", START))
+        await run(store, rules.OpenAccount(name, "open", START))
     yield store
     await store.close()
 
@@ -52,7 +30,7 @@ async def store(postgres_harness):
 async def _behind_a_locked_account(harness, store, commands):
     """Runs `commands` while a first command waits for a lock, so that they queue up together."""
     async with harness.account_locked("zed"):
-        first = asyncio.ensure_future(_run(store, _reserve("zed", "first")))
+        first = asyncio.ensure_future(run(store, reserve("zed", "first")))
         await asyncio.sleep(0.1)
         queued = asyncio.gather(*commands, return_exceptions=True)
         await asyncio.sleep(0.1)
@@ -65,10 +43,10 @@ async def _held(store: PostgresStore) -> dict[str, int]:
 
 
 async def test_a_group_commits_every_command_once(postgres_harness, store):
-    reserves = [_reserve(name, f"job-{n}") for n in range(3) for name in ("alice", "bob")]
+    reserves = [reserve(name, f"job-{n}") for n in range(3) for name in ("alice", "bob")]
 
     answers = await _behind_a_locked_account(
-        postgres_harness, store, [_run(store, command) for command in reserves]
+        postgres_harness, store, [run(store, command) for command in reserves]
     )
 
     assert all(isinstance(answer, Decision) for answer in answers), answers
@@ -83,7 +61,7 @@ async def test_a_group_commits_every_command_once(postgres_harness, store):
 
 
 async def test_a_command_that_breaks_a_constraint_fails_alone(postgres_harness, store):
-    broken = _reserve("carol", "broken")
+    broken = reserve("carol", "broken")
 
     def break_a_constraint(snapshot: Snapshot) -> Decision:
         decision = rules.decide(broken, snapshot, PROMOTIONS)
@@ -95,9 +73,9 @@ async def test_a_command_that_breaks_a_constraint_fails_alone(postgres_harness, 
         postgres_harness,
         store,
         [
-            _run(store, _reserve("alice", "job")),
+            run(store, reserve("alice", "job")),
             store.transact(rules.lookup(broken), break_a_constraint),
-            _run(store, _reserve("bob", "job")),
+            run(store, reserve("bob", "job")),
         ],
     )
 
@@ -120,9 +98,9 @@ async def test_a_rule_that_fails_decides_nothing_and_the_rest_commit(
         postgres_harness,
         store,
         [
-            _run(store, _reserve("alice", "job")),
-            store.transact(rules.lookup(_reserve("carol", "x")), fail),
-            _run(store, _reserve("bob", "job")),
+            run(store, reserve("alice", "job")),
+            store.transact(rules.lookup(reserve("carol", "x")), fail),
+            run(store, reserve("bob", "job")),
         ],
     )
 
@@ -132,16 +110,16 @@ async def test_a_rule_that_fails_decides_nothing_and_the_rest_commit(
 
 
 async def test_commands_on_one_account_see_each_other_across_groups(postgres_harness, store):
-    held = (await _run(store, _reserve("alice", "held", amount=10))).outcome.hold
+    held = (await run(store, reserve("alice", "held", amount=10))).outcome.hold
     # A capture of alice's hold names the hold, not the account: the group learns its account
     # only when it reads, and leaves it for the next group beside alice's reserve.
     capture = rules.Capture(hold_id=held.hold_id, amount=4, idempotency_key="settle", now=START)
-    reserves = [_reserve("alice", f"job-{n}", amount=100) for n in range(4)]
+    reserves = [reserve("alice", f"job-{n}", amount=100) for n in range(4)]
 
     answers = await _behind_a_locked_account(
         postgres_harness,
         store,
-        [_run(store, reserves[0]), _run(store, capture), *(_run(store, r) for r in reserves[1:])],
+        [run(store, reserves[0]), run(store, capture), *(run(store, r) for r in reserves[1:])],
     )
 
     assert all(isinstance(answer, Decision) for answer in answers), answers

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 import sqlite3
 import time
 from dataclasses import replace
-from datetime import timedelta
 
 import pytest
 
@@ -15,28 +13,8 @@ from services.ledger import rules
 from services.ledger.sqlite_store import SqliteStore
 from services.ledger.store import Decision, Snapshot
 from services.runtime.errors import Aborted, Internal
+from tests.ledger.commands import PROMOTIONS, reserve, run
 from tests.ledger.conftest import START
-
-PROMOTIONS = rules.Promotions(signup_bonus=400, check_in_amount=60, cap=840)
-
-
-async def _run(store: SqliteStore, command: rules.Command) -> Decision:
-    return await store.transact(
-        rules.lookup(command), lambda snapshot: rules.decide(command, snapshot, PROMOTIONS)
-    )
-
-
-def _reserve(account_id: str, key: str) -> rules.Reserve:
-    return rules.Reserve(
-        account_id=account_id,
-        hold_id=f"hold_{secrets.token_hex(16)}",
-        amount=7,
-        ttl_seconds=None,
-        expires_at=START + timedelta(minutes=5),
-        memo="",
-        idempotency_key=key,
-        now=START,
-    )
 
 
 @pytest.fixture
@@ -48,7 +26,7 @@ async def store(tmp_path):
 
 async def test_a_command_that_breaks_a_constraint_fails_alone_in_a_group(store):
     for name in ("alice", "bob"):
-        await _run(store, rules.OpenAccount(name, "open", START))
+        await run(store, rules.OpenAccount(name, "open", START))
     expire = rules.ExpireHolds("alice", START)
 
     def slow(snapshot: Snapshot) -> Decision:
@@ -57,7 +35,7 @@ async def test_a_command_that_breaks_a_constraint_fails_alone_in_a_group(store):
         time.sleep(0.3)
         return rules.decide(expire, snapshot, PROMOTIONS)
 
-    broken = _reserve("bob", "broken")
+    broken = reserve("bob", "broken")
 
     def break_a_constraint(snapshot: Snapshot) -> Decision:
         decision = rules.decide(broken, snapshot, PROMOTIONS)
@@ -67,11 +45,11 @@ async def test_a_command_that_breaks_a_constraint_fails_alone_in_a_group(store):
 
     first = asyncio.ensure_future(store.transact(rules.lookup(expire), slow))
     await asyncio.sleep(0.05)
-    good = [_reserve(name, f"job-{n}") for n in range(4) for name in ("alice", "bob")]
+    good = [reserve(name, f"job-{n}") for n in range(4) for name in ("alice", "bob")]
     answers = await asyncio.gather(
-        *(_run(store, command) for command in good[:4]),
+        *(run(store, command) for command in good[:4]),
         store.transact(rules.lookup(broken), break_a_constraint),
-        *(_run(store, command) for command in good[4:]),
+        *(run(store, command) for command in good[4:]),
         return_exceptions=True,
     )
     await first
@@ -87,14 +65,14 @@ async def test_a_command_that_breaks_a_constraint_fails_alone_in_a_group(store):
 
 
 async def test_an_unusable_database_fails_the_whole_group(store, tmp_path):
-    await _run(store, rules.OpenAccount("alice", "open", START))
+    await run(store, rules.OpenAccount("alice", "open", START))
     impatient = await SqliteStore.open(tmp_path / "ledger.db", now=START, lock_timeout_seconds=0.05)
     # Another connection holds the write lock past the store's lock timeout.
     blocker = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
     try:
         answers = await asyncio.gather(
-            *(_run(impatient, _reserve("alice", f"job-{n}")) for n in range(3)),
+            *(run(impatient, reserve("alice", f"job-{n}")) for n in range(3)),
             return_exceptions=True,
         )
     finally:
