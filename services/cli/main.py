@@ -353,6 +353,8 @@ def _up(options: argparse.Namespace) -> None:
 
 
 async def _load(options: argparse.Namespace) -> None:
+    if not 0 <= options.max_error_rate <= 1:
+        raise CommandError("--max-error-rate is a share of the requests, from 0 to 1")
     try:
         plan = LoadPlan(
             router=options.router,

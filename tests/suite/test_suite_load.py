@@ -134,6 +134,7 @@ def test_the_command_fails_when_too_many_requests_fail(suite: Suite) -> None:
         (["--mix", "generate"], "mix entries are operation=weight, not 'generate'"),
         (["--credits", "10"], "credits are granted through the ledger: give its address too"),
         (["--rate", "0"], "rate must be more than 0 requests per second"),
+        (["--max-error-rate", "5"], "--max-error-rate is a share of the requests, from 0 to 1"),
     ],
 )
 def test_a_plan_it_cannot_run_is_refused_with_the_reason(
