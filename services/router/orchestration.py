@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 from PIL import Image as PILImage
+from prometheus_client import Counter
 
 from services.router.assets import AssetRef, AssetStore, check_asset_id
 from services.router.catalogue import AspectRatio, ImageSize, Stage
@@ -80,6 +81,25 @@ __all__ = [
 ]
 
 _log = structlog.get_logger("tiergen.router")
+
+_JOBS = Counter(
+    "tiergen_router_jobs_total",
+    "Jobs that reached a final state, by kind, tier (empty for upscales) and status.",
+    ["kind", "tier", "status"],
+)
+_CAPTURED = Counter(
+    "tiergen_router_credits_captured_total", "Credits captured for delivered images."
+)
+_RECOVERED = Counter(
+    "tiergen_router_batches_recovered_total",
+    "Batches taken over from a router that stopped while running them.",
+)
+
+
+def _count_final(job: Job) -> None:
+    _JOBS.labels(job.kind.value, job.tier or "", job.status.value).inc()
+
+
 _tracer = trace.get_tracer("tiergen.router")
 
 #: Strength of the parent's image in a handover when the caller gives none.
@@ -856,17 +876,20 @@ class Router:
                 if job.status.is_final:
                     continue
                 with contextlib.suppress(FailedPrecondition):
-                    await self._jobs.mark_failed(
-                        job.job_id,
-                        "ABORTED",
-                        "ROUTER_LOST",
-                        "the router running this job stopped before it finished;"
-                        " it was not charged",
+                    _count_final(
+                        await self._jobs.mark_failed(
+                            job.job_id,
+                            "ABORTED",
+                            "ROUTER_LOST",
+                            "the router running this job stopped before it finished;"
+                            " it was not charged",
+                        )
                     )
                 _log.warning("failed a job its router left", job_id=job.job_id)
             await self._settle(batch.account_id, batch.batch_id)
         finally:
             self._recovering.discard(batch.batch_id)
+        _RECOVERED.inc()
         _log.warning("recovered an abandoned batch", batch_id=batch.batch_id)
 
     async def _replay(
@@ -914,7 +937,8 @@ class Router:
             await asyncio.gather(task, return_exceptions=True)
             if not started.is_set():
                 # Cancelled before it ran: nothing of the batch started, so it all returns.
-                await self._jobs.cancel_batch(record.batch.account_id, batch_id)
+                for job in await self._jobs.cancel_batch(record.batch.account_id, batch_id):
+                    _count_final(job)
                 await self._settle(record.batch.account_id, batch_id)
             self._batch_tasks.pop(batch_id, None)
         if finished and not any(job.status is JobStatus.SUCCEEDED for job in finished):
@@ -987,7 +1011,9 @@ class Router:
         except asyncio.CancelledError:
             with contextlib.suppress(FailedPrecondition):
                 await self._jobs.mark_cancelled(job.job_id)
-            events.finished(await self._jobs.get(job.account_id, job.job_id))
+            cancelled = await self._jobs.get(job.account_id, job.job_id)
+            _count_final(cancelled)
+            events.finished(cancelled)
             raise
         except FailedPrecondition as error:
             if error.reason not in _STORE_REASONS:
@@ -1002,6 +1028,7 @@ class Router:
             final = await self._fail(
                 job, errors.Internal(f"internal error (trace {current_trace_id() or 'none'})")
             )
+        _count_final(final)
         events.finished(final)
         return final
 
@@ -1040,6 +1067,7 @@ class Router:
             if charged:
                 with _step("capture", account_id=account_id, cost=charged):
                     await self._ledger.capture(hold_id, charged, f"router:{batch_id}:capture")
+                _CAPTURED.inc(charged)
                 await self._jobs.settle_hold(batch_id, HoldState.CAPTURED, charged)
             else:
                 with _step("release", account_id=account_id):

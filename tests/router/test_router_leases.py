@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from services.ledger.ledger import Ledger
 from services.ledger.settings import LedgerSettings
@@ -204,6 +205,7 @@ async def test_a_dead_replicas_batch_is_recovered_by_another(suite, replicas, ge
 
     b = await replicas()
     recovered = 0
+    recovered_before = REGISTRY.get_sample_value("tiergen_router_batches_recovered_total") or 0
 
     async def claimed() -> bool:
         nonlocal recovered
@@ -212,6 +214,8 @@ async def test_a_dead_replicas_batch_is_recovered_by_another(suite, replicas, ge
 
     await until(claimed)
     assert recovered == 1
+    recovered_after = REGISTRY.get_sample_value("tiergen_router_batches_recovered_total")
+    assert recovered_after == recovered_before + 1
     record = await b.jobs.batch(account, batch_id)
     assert {job.status for job in record.jobs} == {JobStatus.FAILED}
     assert {(job.error.code, job.error.reason) for job in record.jobs if job.error} == {

@@ -13,6 +13,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from PIL import Image
+from prometheus_client import REGISTRY
 from tiergen.common.v1 import common_pb2
 from tiergen.router.v1 import router_pb2
 
@@ -396,3 +397,52 @@ async def test_a_generator_outage_fails_the_job_and_releases_the_hold(suite):
     assert job.cost == 0
     balance = await suite.balance(account)
     assert (balance.available, balance.held) == (400, 0)
+
+
+def _router_metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_delivered_and_cancelled_jobs_and_captured_credits_are_counted(suite):
+    account = await suite.open_account()
+    succeeded = {"kind": "generate", "tier": "nano", "status": "succeeded"}
+    cancelled = {"kind": "generate", "tier": "pro", "status": "cancelled"}
+    before = (
+        _router_metric("tiergen_router_jobs_total", **succeeded),
+        _router_metric("tiergen_router_jobs_total", **cancelled),
+        _router_metric("tiergen_router_credits_captured_total"),
+    )
+
+    _, finished, _ = await generate(suite, account, spec(tier="nano", n=3, resolution=SQUARE_1K))
+    call = suite.router.Generate(
+        router_pb2.GenerateRequest(
+            account_id=account,
+            idempotency_key=key(),
+            spec=spec(
+                tier="pro", n=6, resolution=common_pb2.Resolution(size=common_pb2.IMAGE_SIZE_2K)
+            ),
+        )
+    )
+    assert (await call.read()).WhichOneof("event") == "batch"
+    call.cancel()
+    for _ in range(100):  # the router settles the hold once every job is final
+        if (await suite.balance(account)).held == 0:
+            break
+        await asyncio.sleep(0.1)
+
+    jobs = await jobs_of(suite, account)
+    pro_cancelled = sum(
+        1 for j in jobs if j.tier == "pro" and j.status == router_pb2.JOB_STATUS_CANCELLED
+    )
+    charged = sum(j.cost for j in jobs if j.status == router_pb2.JOB_STATUS_SUCCEEDED)
+    assert pro_cancelled > 0 and len(finished) == 3
+    after = (
+        _router_metric("tiergen_router_jobs_total", **succeeded),
+        _router_metric("tiergen_router_jobs_total", **cancelled),
+        _router_metric("tiergen_router_credits_captured_total"),
+    )
+    assert (after[0] - before[0], after[1] - before[1], after[2] - before[2]) == (
+        3,
+        pro_cancelled,
+        charged,
+    )
