@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -90,3 +93,31 @@ async def test_each_service_counts_what_the_pipeline_did(tmp_path: Path) -> None
     assert spent > 0
     assert _value(ledger, "tiergen_ledger_credits_total", kind="capture") == spent
     assert _handled(ledger, "tiergen.ledger.v1.LedgerService", "Capture") == 3
+
+
+def test_tiergen_up_serves_metrics_where_it_says(tmp_path: Path) -> None:
+    base = _four_free_ports()
+    up = subprocess.Popen(
+        [
+            sys.executable, "-m", "services.cli.main", "up", "--data-dir", str(tmp_path / "data"),
+            "--port-base", "0", "--metrics-port-base", str(base),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert up.stdout is not None
+        started = [up.stdout.readline().split()[0] for _ in range(4)]
+        assert started == ["router", "generator", "ledger", "upscaler"]
+        assert ("tiergen_upscaler_jobs", frozenset()) in _scrape(base + 3)
+        generator = _scrape(base + 1)
+        assert (
+            "tiergen_generator_renders",
+            frozenset({("tier", "nano"), ("state", "running")}),
+        ) in generator
+    finally:
+        up.send_signal(signal.SIGINT)
+        _, stderr = up.communicate(timeout=60)
+    assert up.returncode == 0, stderr
+    assert f"metrics at http://127.0.0.1:{base}..{base + 3}/metrics" in stderr
