@@ -152,28 +152,14 @@ _CLAIM_ABANDONED = """
 """
 
 
-#: The columns of a new job that its INSERT leaves to their defaults, with those defaults.
-_NEW_JOB_DEFAULTS: dict[str, Any] = {
-    "cost": 0,
-    "asset_id": None,
-    "asset_width": None,
-    "asset_height": None,
-    "asset_media_type": None,
-    "asset_size_bytes": None,
-    "drift": None,
-    "error_code": None,
-    "error_reason": None,
-    "error_message": None,
-    "start_us": None,
-    "finish_us": None,
-    "shortlisted": 0,
-}
-
-
-def _insert(db: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
+def _insert(db: sqlite3.Connection, table: str, row: dict[str, Any]) -> dict[str, Any]:
+    """Inserts `row` into `table`; the row as stored, its columns' defaults included."""
     columns = ", ".join(row)
     marks = ", ".join("?" * len(row))
-    db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", tuple(row.values()))
+    stored = db.execute(
+        f"INSERT INTO {table} ({columns}) VALUES ({marks}) RETURNING *", tuple(row.values())
+    ).fetchone()
+    return dict(zip(stored.keys(), stored, strict=True))
 
 
 def _utc_now() -> datetime:
@@ -510,12 +496,12 @@ class SqliteJobStore:
                 "create_us": now_us,
                 "owner": owner,
             }
-            _insert(self._db, "batches", batch)
+            batch = _insert(self._db, "batches", batch)
             rows = [
                 self._insert_job(new, job_rows.new_id("job_", now_us), batch, now_us)
                 for new in jobs
             ]
-            # The records as inserted, without reading them back.
+            # The rows as their INSERTs returned them: no reading back.
             rows.sort(key=lambda row: int(row["variation"]))
             return BatchRecord(batch_from_row(batch), tuple(job_from_row(row) for row in rows))
 
@@ -547,8 +533,7 @@ class SqliteJobStore:
             "create_us": now_us,
             "trace_id": new.trace_id,
         }
-        _insert(self._db, "jobs", row)
-        return {**_NEW_JOB_DEFAULTS, **row, "hold_id": batch["hold_id"]}
+        return {**_insert(self._db, "jobs", row), "hold_id": batch["hold_id"]}
 
     def _batch_row(self, account_id: str | None, batch_id: str) -> sqlite3.Row:
         row: sqlite3.Row | None = self._db.execute(
