@@ -25,7 +25,7 @@ import asyncio
 import collections
 import contextlib
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -408,17 +408,24 @@ async def _transact(connection: _Connection, lookup: Lookup, decide: Decide) -> 
     CPU per statement, and the ledger's throughput is bound by that CPU.
     """
     cursor = psycopg.AsyncClientCursor(connection)
-    try:
+    async with _rolled_back_on_error(connection):
         snapshot = await _load(cursor, lookup)
         decision = decide(snapshot)
         await _apply(cursor, decision.changes)
+    return decision
+
+
+@contextlib.asynccontextmanager
+async def _rolled_back_on_error(connection: _Connection) -> AsyncIterator[None]:
+    """Rolls back a transaction left open by an error, which then goes on."""
+    try:
+        yield
     except Exception:
         if connection.info.transaction_status != pq.TransactionStatus.IDLE:
             # A connection that broke mid-command cannot roll back; the pool discards it.
             with contextlib.suppress(psycopg.Error):
                 await connection.execute("ROLLBACK")
         raise
-    return decision
 
 
 _Statement = tuple[str, tuple[Any, ...]]
@@ -465,7 +472,7 @@ async def _transact_group(
     turned out to belong to an account another command of the group already had.
     """
     cursor = psycopg.AsyncClientCursor(connection)
-    try:
+    async with _rolled_back_on_error(connection):
         snapshots, later = await _load_group(cursor, group)
         decided: _Decided = []
         writes: list[_Statement] = []
@@ -481,11 +488,6 @@ async def _transact_group(
             writes.extend(own_writes)
         writes.append(("COMMIT", ()))
         await _script(cursor, writes)
-    except Exception:
-        if connection.info.transaction_status != pq.TransactionStatus.IDLE:
-            with contextlib.suppress(psycopg.Error):
-                await connection.execute("ROLLBACK")
-        raise
     return decided, later
 
 

@@ -445,52 +445,23 @@ def _books(kind: EntryKind, account_id: str) -> tuple[str, str]:
             return held_book(account_id), available_book(account_id)
 
 
+#: Which of an account's balances each kind of entry raises (+1) or lowers (-1), by its amount.
+_MOVES: dict[EntryKind, dict[str, int]] = {
+    EntryKind.SIGNUP_BONUS: {"available": 1, "promotional_granted": 1},
+    EntryKind.CHECK_IN: {"available": 1, "promotional_granted": 1},
+    EntryKind.PURCHASE: {"available": 1, "purchased": 1},
+    EntryKind.ADJUSTMENT: {"available": 1, "adjusted": 1},
+    EntryKind.RESERVE: {"available": -1, "held": 1},
+    EntryKind.CAPTURE: {"held": -1, "consumed": 1},
+    EntryKind.RELEASE: {"held": -1, "available": 1},
+    EntryKind.EXPIRE: {"held": -1, "available": 1},
+}
+
+
 def _apply(account: Account, kind: EntryKind, amount: int) -> Account:
     """The account after an entry of `kind` moved `amount` credits, with its next sequence."""
-    sequence = account.last_sequence + 1
-    match kind:
-        case EntryKind.SIGNUP_BONUS | EntryKind.CHECK_IN:
-            return replace(
-                account,
-                available=account.available + amount,
-                promotional_granted=account.promotional_granted + amount,
-                last_sequence=sequence,
-            )
-        case EntryKind.PURCHASE:
-            return replace(
-                account,
-                available=account.available + amount,
-                purchased=account.purchased + amount,
-                last_sequence=sequence,
-            )
-        case EntryKind.ADJUSTMENT:
-            return replace(
-                account,
-                available=account.available + amount,
-                adjusted=account.adjusted + amount,
-                last_sequence=sequence,
-            )
-        case EntryKind.RESERVE:
-            return replace(
-                account,
-                available=account.available - amount,
-                held=account.held + amount,
-                last_sequence=sequence,
-            )
-        case EntryKind.CAPTURE:
-            return replace(
-                account,
-                held=account.held - amount,
-                consumed=account.consumed + amount,
-                last_sequence=sequence,
-            )
-        case EntryKind.RELEASE | EntryKind.EXPIRE:
-            return replace(
-                account,
-                held=account.held - amount,
-                available=account.available + amount,
-                last_sequence=sequence,
-            )
+    moved = {name: getattr(account, name) + sign * amount for name, sign in _MOVES[kind].items()}
+    return replace(account, last_sequence=account.last_sequence + 1, **moved)
 
 
 class _Draft:
