@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from services.runtime.errors import AlreadyExists, Internal, InvalidArgument, NotFound
+from services.runtime.identifiers import excerpt
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -132,7 +133,7 @@ def check_asset_id(asset_id: str) -> None:
     """InvalidArgument on "asset_id" unless `asset_id` is 64 lower-case hex digits."""
     if not _ASSET_ID.match(asset_id):
         raise InvalidArgument(
-            f"asset id {asset_id[:80]!r} is not 64 lower-case hex digits (a SHA-256)",
+            f"asset id {excerpt(asset_id)} is not 64 lower-case hex digits (a SHA-256)",
             field="asset_id",
             reason="MALFORMED_ASSET_ID",
         )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from services.generator.resolution import AspectRatio, ImageSize, pixel_size
 from services.runtime.errors import InvalidArgument
+from services.runtime.identifiers import excerpt
 
 __all__ = [
     "DEFAULT_CATALOGUE",
@@ -107,7 +108,7 @@ class TierCatalogue:
         tier = self.find(name)
         if tier is None:
             raise InvalidArgument(
-                f"unknown tier {name!r}; known tiers: {', '.join(self.names)}",
+                f"unknown tier {excerpt(name)}; known tiers: {', '.join(self.names)}",
                 field=field,
                 reason="UNKNOWN_TIER",
             )

@@ -10,6 +10,7 @@ from tiergen.generator.v1 import generator_pb2, generator_pb2_grpc
 from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from tiergen.upscaler.v1 import upscaler_pb2, upscaler_pb2_grpc
 
+from services.router.admission import TierCapacity
 from services.router.ports import Image, ProgressSink, RenderOrder, UpscaleOrder
 from services.router.translate import aspect_ratio_to_proto, size_to_proto
 from services.runtime.chunks import ChunkAssembler, image_info, split
@@ -128,6 +129,22 @@ class GrpcRenderer:
         self._stub = generator_pb2_grpc.GeneratorServiceStub(channel)
         self._timeout = timeout
         self._limit = max_image_bytes
+
+    async def capacities(self) -> dict[str, TierCapacity]:
+        """What each tier takes at once (running plus waiting), from ListTiers."""
+        try:
+            reply = await self._stub.ListTiers(
+                generator_pb2.ListTiersRequest(), timeout=min(self._timeout, 5.0)
+            )
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None
+        return {
+            tier.name: TierCapacity(
+                places=tier.max_concurrency + tier.queue_limit,
+                retry_after_seconds=min(tier.expected_latency_ms or [1000]) / 1000,
+            )
+            for tier in reply.tiers
+        }
 
     async def render(self, order: RenderOrder, progress: ProgressSink) -> Image:
         spec = generator_pb2.RenderSpec(

@@ -39,6 +39,7 @@ from services.router.policy import Decision
 from services.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 __all__ = [
+    "FORGETTABLE_BATCH",
     "SOURCES",
     "UNFINISHED",
     "Listing",
@@ -188,6 +189,17 @@ def key_reused(idempotency_key: str, batch_id: str) -> AlreadyExists:
         reason="IDEMPOTENCY_KEY_REUSED",
         metadata={"batch_id": batch_id},
     )
+
+
+#: Selects the batch (parameter: its id) when it may be forgotten (`JobStore.forget_batch`):
+#: its hold settled or never placed, and every job failed or cancelled. Placeholders are `%s`;
+#: the SQLite store swaps them for `?`.
+FORGETTABLE_BATCH = (
+    "SELECT batch_id FROM batches WHERE batch_id = %s"
+    f" AND hold_state <> '{HoldState.OPEN.value}'"
+    " AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.batch_id = batches.batch_id"
+    f" AND jobs.status NOT IN ('{JobStatus.FAILED.value}', '{JobStatus.CANCELLED.value}'))"
+)
 
 
 def job_not_found(job_id: str) -> NotFound:

@@ -284,6 +284,15 @@ class JobStore(Protocol):
         """
         ...
 
+    async def forget_batch(self, batch_id: str) -> bool:
+        """Deletes a batch that did no work, with its jobs, so that its idempotency key runs
+        anew on a retry: a refusal for overload or shutdown is not the key's answer.
+
+        Only a batch whose hold is settled (or never placed) and none of whose jobs succeeded
+        or is unfinished is forgotten; returns whether this one was. An unknown batch is False.
+        """
+        ...
+
     async def renew_leases(self, lease: Lease, batch_ids: Sequence[str]) -> frozenset[str]:
         """Extend the lease of those of `batch_ids` still the owner's, in one statement.
 

@@ -395,6 +395,24 @@ class PostgresJobStore:
 
         return await self._run(settle)
 
+    async def forget_batch(self, batch_id: str) -> bool:
+        async def forget(connection: _Connection) -> bool:
+            async with connection.transaction():
+                # Locked first, so that no settlement or job move slips in between the check
+                # and the deletes.
+                row = await _fetchone(
+                    connection, "SELECT 1 FROM batches WHERE batch_id = %s FOR UPDATE", (batch_id,)
+                )
+                if row is None:
+                    return False
+                if await _fetchone(connection, job_rows.FORGETTABLE_BATCH, (batch_id,)) is None:
+                    return False
+                await connection.execute("DELETE FROM jobs WHERE batch_id = %s", (batch_id,))
+                await connection.execute("DELETE FROM batches WHERE batch_id = %s", (batch_id,))
+                return True
+
+        return await self._run(forget)
+
     async def renew_leases(self, lease: Lease, batch_ids: Sequence[str]) -> frozenset[str]:
         if not batch_ids:
             return frozenset()

@@ -258,6 +258,18 @@ class SqliteJobStore:
 
         return await self._call(settle)
 
+    async def forget_batch(self, batch_id: str) -> bool:
+        def forget() -> bool:
+            with self._transaction():
+                query = job_rows.FORGETTABLE_BATCH.replace("%s", "?")
+                if self._db.execute(query, (batch_id,)).fetchone() is None:
+                    return False
+                self._db.execute("DELETE FROM jobs WHERE batch_id = ?", (batch_id,))
+                self._db.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,))
+                return True
+
+        return await self._call(forget)
+
     async def renew_leases(self, lease: Lease, batch_ids: Sequence[str]) -> frozenset[str]:
         # A lease here is never timed: renewing only tells which batches are still the owner's.
         def held() -> frozenset[str]:

@@ -30,6 +30,7 @@ from opentelemetry import trace
 from PIL import Image as PILImage
 from prometheus_client import Counter
 
+from services.router.admission import Admission
 from services.router.assets import AssetRef, AssetStore, check_asset_id
 from services.router.catalogue import AspectRatio, ImageSize, Stage
 from services.router.drift import style_drift
@@ -66,6 +67,12 @@ from services.router.ports import (
 )
 from services.runtime import errors
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, TiergenError
+from services.runtime.identifiers import (
+    require_account_id,
+    require_id,
+    require_idempotency_key,
+    require_plain_text,
+)
 from services.runtime.tracing import current_trace_id
 
 __all__ = [
@@ -112,6 +119,9 @@ _STORE_REASONS = frozenset({"JOB_FINAL", "ILLEGAL_TRANSITION"})
 _RENEWALS_PER_LEASE = 3
 #: Abandoned batches claimed per statement; recovery claims again until fewer come back.
 _CLAIM_LIMIT = 50
+#: Share of the shutdown grace that running batches get to finish; the rest lets the ones
+#: ended early settle and tell their callers.
+_DRAIN_SHARE = 0.8
 
 
 @dataclass(frozen=True)
@@ -218,34 +228,46 @@ class Delivery:
 Work = Callable[[Job, ProgressSink], Awaitable[Delivery]]
 
 
-def _worth_a_fallback(error: TiergenError) -> bool:
-    """Whether another tier may render after `error` without risking a double charge.
+def _refused_before_work(error: TiergenError | None) -> bool:
+    """Whether a job that failed with `error` was refused before any work was done for it: then
+    the refusal is not its idempotency key's answer, and a retry with the key runs anew.
 
-    Overload and an unreachable backend are safe; a timeout is not, since the backend may
-    have rendered (and billed) the image anyway.
+    Overload and an unreachable backend refuse before rendering; a stopping router ends jobs
+    before they deliver. A timeout is not among them: the backend may have rendered (and
+    billed) the image. For the same reason only these make another tier worth a fallback.
     """
+    if error is None:
+        return False
     if isinstance(error, errors.ResourceExhausted):
         return True
     return isinstance(error, errors.Unavailable) and error.metadata.get("ambiguous") != "true"
 
 
+def _shutting_down() -> errors.Unavailable:
+    return errors.Unavailable(
+        "the router is stopping: nothing undelivered was charged; retry with the same"
+        " idempotency key (another replica takes it)",
+        retry_after=1.0,
+        reason="SHUTTING_DOWN",
+    )
+
+
+#: Fields of a request that are facts of its transport or of the moment, not of what the
+#: caller asked for: a retry under another deadline, or with another balance, is the same
+#: request.
+_CIRCUMSTANCES = ("deadline_seconds", "available")
+
+
 def _fingerprint(operation: str, account_id: str, request: Any, **extra: Any) -> str:
-    """Identifies a request, so an idempotency key reused for a different one is caught."""
+    """Identifies what the caller asked for, so an idempotency key reused for a different
+    request is caught and a retry of the same one is not."""
+    asked = {k: v for k, v in asdict(request).items() if k not in _CIRCUMSTANCES}
     document = json.dumps(
-        {"operation": operation, "account_id": account_id, "request": asdict(request), **extra},
+        {"operation": operation, "account_id": account_id, "request": asked, **extra},
         sort_keys=True,
         default=str,
     )
     return hashlib.sha256(document.encode()).hexdigest()
-
-
-def _require_key(key: str) -> None:
-    if not key.strip():
-        raise InvalidArgument(
-            "an idempotency key is required: a unique string per intended operation, reused only "
-            "to retry it",
-            field="idempotency_key",
-        )
 
 
 def _require_succeeded(job: Job, action: str) -> None:
@@ -263,17 +285,38 @@ def _derived_seed(account_id: str, key: str) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
-def _image_size(data: bytes) -> tuple[int, int]:
-    """The pixel size of an encoded image, read from its header only."""
+def _check_mask(data: bytes, width: int, height: int) -> None:
+    """InvalidArgument unless `data` is a whole image of `width` x `height` that selects some
+    region (white = render again, black = keep).
+
+    The header's size is checked before the pixels are decoded, so a small file claiming a huge
+    image is refused unread; then every pixel is decoded, so a truncated file is refused too.
+    """
     try:
         with PILImage.open(io.BytesIO(data)) as image:
-            return image.size
-    except (OSError, PILImage.DecompressionBombError, ValueError):
+            if image.size != (width, height):
+                raise InvalidArgument(
+                    f"the mask is {image.size[0]}x{image.size[1]}; it must be the job's"
+                    f" {width}x{height}",
+                    field="mask",
+                    reason="MASK_SIZE_MISMATCH",
+                )
+            image.load()
+            selected = image.convert("L").getbbox()
+    except (OSError, PILImage.DecompressionBombError, ValueError, SyntaxError):
         raise InvalidArgument(
-            "the mask is not an image; send a PNG (white = render again, black = keep)",
+            "the mask is not a whole image (unreadable or truncated); send a PNG (white = render"
+            " again, black = keep)",
             field="mask",
             reason="MASK_NOT_AN_IMAGE",
         ) from None
+    if selected is None:
+        raise InvalidArgument(
+            "the mask is black everywhere, so it selects nothing to edit; paint the region to"
+            " render again white",
+            field="mask",
+            reason="MASK_EMPTY",
+        )
 
 
 def job_error(job: Job) -> TiergenError:
@@ -356,8 +399,12 @@ class Router:
         upscaler: Upscaler,
         policy: RoutingPolicy,
         limits: RouterLimits = RouterLimits(),
+        admission: Admission | None = None,
     ) -> None:
         self._jobs = jobs
+        self._admission = admission or Admission()
+        #: Set by `drain`: new work is refused and running jobs end as SHUTTING_DOWN.
+        self._stopping = False
         self._assets = assets
         self._ledger = ledger
         self._renderer = renderer
@@ -366,6 +413,9 @@ class Router:
         self._limits = limits
         self._batch_tasks: dict[str, asyncio.Task[None]] = {}
         self._job_tasks: dict[str, asyncio.Task[Job]] = {}
+        #: Set while no batch runs here; `drain` waits for it.
+        self._idle = asyncio.Event()
+        self._idle.set()
         #: Batches claimed from a lost router and being recovered here.
         self._recovering: set[str] = set()
         # The host names the pod in a cluster; the random part tells its processes apart.
@@ -377,6 +427,10 @@ class Router:
     def policy(self) -> RoutingPolicy:
         return self._policy
 
+    @property
+    def admission(self) -> Admission:
+        return self._admission
+
     def use_policy(self, policy: RoutingPolicy) -> None:
         """Swaps in a reloaded policy; calls already routed keep their decisions."""
         self._policy = policy
@@ -384,6 +438,8 @@ class Router:
     # Quotes and generations ------------------------------------------------------------
 
     async def quote(self, account_id: str, request: RouteRequest) -> Quote:
+        require_account_id(account_id)
+        require_plain_text(request.prompt, "spec.prompt")
         available = await self._ledger.available(account_id)
         with _step("route", account_id=account_id, stage=request.stage.value):
             return self._policy.quote(replace(request, available=available))
@@ -392,7 +448,9 @@ class Router:
         self, account_id: str, key: str, request: RouteRequest, seed: int | None = None
     ) -> AsyncGenerator[RouterEvent, None]:
         """Generates `request.n` variations; variation i renders with seed + i."""
-        _require_key(key)
+        require_account_id(account_id)
+        require_idempotency_key(key)
+        require_plain_text(request.prompt, "spec.prompt")
         structlog.contextvars.bind_contextvars(account_id=account_id)
         fingerprint = _fingerprint("generate", account_id, request, seed=seed)
         existing = await self._jobs.find_batch(account_id, key)
@@ -441,7 +499,7 @@ class Router:
                 return Delivery(await self._renderer.render(order, progress))
             except TiergenError as error:
                 lower = self._policy.fallback_for(decision.tier, decision.size)
-                if not automatic or lower is None or not _worth_a_fallback(error):
+                if not automatic or lower is None or not _refused_before_work(error):
                     raise
                 _log.warning(
                     "tier failed; falling back",
@@ -454,7 +512,9 @@ class Router:
                 why = f"{decision.tier} failed ({error.reason}); rendered on {lower} by policy"
                 return Delivery(image, fallback_tier=lower, fallback_reason=why)
 
-        events = self._start(account_id, key, fingerprint, new_jobs, decision, render)
+        events = self._start(
+            account_id, key, fingerprint, new_jobs, decision, render, decision.tier
+        )
         async with contextlib.aclosing(events):
             async for event in events:
                 yield event
@@ -465,7 +525,11 @@ class Router:
         self, account_id: str, key: str, handover: Handover
     ) -> AsyncGenerator[RouterEvent, None]:
         """Renders a parent job again on a higher tier with its image as the reference."""
-        _require_key(key)
+        require_account_id(account_id)
+        require_idempotency_key(key)
+        require_id(handover.job_id, "job_id")
+        require_plain_text(handover.prompt, "prompt")
+        require_plain_text(handover.prompt_addition, "prompt_addition")
         structlog.contextvars.bind_contextvars(account_id=account_id, parent_job_id=handover.job_id)
         fingerprint = _fingerprint("promote", account_id, handover)
         existing = await self._jobs.find_batch(account_id, key)
@@ -531,7 +595,9 @@ class Router:
             )
             return await self._render_from(reference, order, progress)
 
-        events = self._start(account_id, key, fingerprint, [new_job], decision, render)
+        events = self._start(
+            account_id, key, fingerprint, [new_job], decision, render, decision.tier
+        )
         async with contextlib.aclosing(events):
             async for event in events:
                 yield event
@@ -540,7 +606,9 @@ class Router:
         self, account_id: str, key: str, request: UpscaleRequest
     ) -> AsyncGenerator[RouterEvent, None]:
         """Upscales a succeeded job's image into a new job linked to it."""
-        _require_key(key)
+        require_account_id(account_id)
+        require_idempotency_key(key)
+        require_id(request.job_id, "job_id")
         structlog.contextvars.bind_contextvars(account_id=account_id, parent_job_id=request.job_id)
         factor = request.factor or 2.0
         request = replace(request, factor=factor)
@@ -599,7 +667,7 @@ class Router:
             with _step("upscale", job_id=job.job_id, factor=factor):
                 return Delivery(await self._upscaler.upscale(order, progress))
 
-        events = self._start(account_id, key, fingerprint, [new_job], None, enlarge)
+        events = self._start(account_id, key, fingerprint, [new_job], None, enlarge, None)
         async with contextlib.aclosing(events):
             async for event in events:
                 yield event
@@ -608,7 +676,10 @@ class Router:
         self, account_id: str, key: str, request: EditRequest
     ) -> AsyncGenerator[RouterEvent, None]:
         """In-paints the masked region of a rendered job on its own tier and size."""
-        _require_key(key)
+        require_account_id(account_id)
+        require_idempotency_key(key)
+        require_id(request.job_id, "job_id")
+        require_plain_text(request.prompt, "prompt")
         structlog.contextvars.bind_contextvars(account_id=account_id, parent_job_id=request.job_id)
         if not request.mask:
             raise InvalidArgument(
@@ -648,14 +719,7 @@ class Router:
                 field="job_id",
                 reason="TIER_CANNOT_INPAINT",
             )
-        mask_size = await asyncio.to_thread(_image_size, request.mask)
-        if mask_size != (parent.width, parent.height):
-            raise InvalidArgument(
-                f"the mask is {mask_size[0]}x{mask_size[1]}; it must be the job's "
-                f"{parent.width}x{parent.height}",
-                field="mask",
-                reason="MASK_SIZE_MISMATCH",
-            )
+        await asyncio.to_thread(_check_mask, request.mask, parent.width, parent.height)
         prompt = request.prompt or parent.prompt
         if len(prompt) > MAX_PROMPT_CHARS:
             raise InvalidArgument(
@@ -696,31 +760,41 @@ class Router:
             )
             return await self._render_from(source, order, progress)
 
-        events = self._start(account_id, key, fingerprint, [new_job], None, inpaint)
+        events = self._start(account_id, key, fingerprint, [new_job], None, inpaint, tier.name)
         async with contextlib.aclosing(events):
             async for event in events:
                 yield event
 
     async def set_shortlisted(self, account_id: str, job_id: str, shortlisted: bool) -> Job:
         """Marks or unmarks one of the account's jobs as shortlisted."""
+        require_account_id(account_id)
+        require_id(job_id, "job_id")
         return await self._jobs.set_shortlisted(account_id, job_id, shortlisted)
 
     # Reads and cancellation ------------------------------------------------------------
 
     async def get_job(self, account_id: str, job_id: str) -> tuple[Job, tuple[Job, ...]]:
         """The job and its children (promotes and upscales made from it)."""
+        require_account_id(account_id)
+        require_id(job_id, "job_id")
         job = await self._jobs.get(account_id, job_id)
         return job, await self._jobs.children(account_id, job_id)
 
     async def list_jobs(
         self, account_id: str, filters: JobFilter, page_size: int, page_token: str
     ) -> JobPage:
+        require_account_id(account_id)
+        require_id(filters.batch_id or "", "batch_id", required=False)
+        require_id(filters.parent_job_id or "", "parent_job_id", required=False)
         return await self._jobs.list(account_id, filters, page_size, page_token)
 
     async def cancel(
         self, account_id: str, *, job_id: str = "", batch_id: str = ""
     ) -> tuple[Job, ...]:
         """Cancels a job or a batch's unfinished jobs, here or on the replica running them."""
+        require_account_id(account_id)
+        require_id(job_id, "job_id", required=False)
+        require_id(batch_id, "batch_id", required=False)
         if job_id:
             cancelled: tuple[Job, ...] = (await self._jobs.cancel_job(account_id, job_id),)
         elif batch_id:
@@ -737,6 +811,7 @@ class Router:
         self, account_id: str, asset_id: str
     ) -> tuple[AssetRef, AsyncIterator[bytes]]:
         """An asset's reference and its bytes in chunks; NotFound unless one of its jobs made it."""
+        require_account_id(account_id)
         check_asset_id(asset_id)
         if not await self._jobs.has_asset(account_id, asset_id):
             raise NotFound(f"asset {asset_id} not found", reason="ASSET_NOT_FOUND")
@@ -793,6 +868,22 @@ class Router:
             if lost:
                 _log.error("batches claimed by another router; it recovers them", batch_ids=lost)
 
+    async def drain(self, grace: float) -> None:
+        """Stops taking work and lets running batches finish for most of `grace` seconds; then
+        ends the rest, their undelivered jobs failed as SHUTTING_DOWN and not charged, while
+        their callers are still connected, so that each hears why and that a retry with its
+        key is safe. Returns once every batch has settled and answered its caller."""
+        self._stopping = True
+        tasks = list(self._batch_tasks.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace * _DRAIN_SHARE)
+            for task in pending:
+                task.cancel()
+        # The streams end after their batches: each settles, then tells its caller. A caller
+        # that stopped reading cannot hold the stop up beyond the grace.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), max(grace * (1 - _DRAIN_SHARE), 1.0))
+
     async def close(self) -> None:
         """Stops running batches; each settles its hold before this returns."""
         tasks = list(self._batch_tasks.values())
@@ -819,13 +910,24 @@ class Router:
         new_jobs: list[NewJob],
         decision: Decision | None,
         work: Work,
+        tier: str | None,
     ) -> AsyncGenerator[RouterEvent, None]:
-        """Opens the batch and runs it, or replays it when a racing call with the same key won."""
-        record = await self._open_batch(account_id, key, fingerprint, new_jobs, decision)
-        events = self._replay(record, fingerprint) if record.replayed else self._run(record, work)
-        async with contextlib.aclosing(events):
-            async for event in events:
-                yield event
+        """Admits the batch to its tier, opens it and runs it, or replays it when a racing call
+        with the same key won. A refusal here holds no credit and records nothing."""
+        if self._stopping:
+            raise _shutting_down()
+        places = min(len(new_jobs), self._limits.parallel_jobs)
+        admitted = (
+            self._admission.admit(tier, places) if tier is not None else contextlib.nullcontext()
+        )
+        with admitted:
+            record = await self._open_batch(account_id, key, fingerprint, new_jobs, decision)
+            events = (
+                self._replay(record, fingerprint) if record.replayed else self._run(record, work)
+            )
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    yield event
 
     async def _open_batch(
         self,
@@ -837,9 +939,11 @@ class Router:
     ) -> BatchRecord:
         """Holds the credits, then records the batch; releases the hold if recording fails."""
         total = sum(job.quoted_cost for job in new_jobs)
-        # The fingerprint is part of the ledger key: a key reused for another request never
-        # reaches, and so never releases, the hold of the request that first used it.
-        hold_key = f"router:{account_id}:{key}:{fingerprint[:24]}"
+        # One hold per attempt: a batch refused without doing any work is forgotten, and the
+        # retry that runs its key again must not get that settled hold back from the ledger.
+        # The ledger's key still makes the router's own retries of this Reserve call safe; a
+        # hold left by a router that died before recording its batch expires by itself.
+        hold_key = f"router:{account_id}:{fingerprint[:24]}:{secrets.token_hex(8)}"
         with _step("reserve", account_id=account_id, cost=total):
             try:
                 hold_id = await self._ledger.reserve(
@@ -862,11 +966,17 @@ class Router:
                 lease=self._lease,
             )
         except BaseException:
-            with contextlib.suppress(TiergenError):
-                await self._ledger.release(hold_id, f"{hold_key}:release")
+            await self._release_unused(hold_id, hold_key)
             raise
+        if record.replayed:
+            # A racing call with the same key recorded its batch first, with its own hold.
+            await self._release_unused(hold_id, hold_key)
         structlog.contextvars.bind_contextvars(batch_id=record.batch.batch_id)
         return record
+
+    async def _release_unused(self, hold_id: str, hold_key: str) -> None:
+        with contextlib.suppress(TiergenError):
+            await self._ledger.release(hold_id, f"{hold_key}:release")
 
     async def _recover_batch(self, record: BatchRecord) -> None:
         batch = record.batch
@@ -905,7 +1015,17 @@ class Router:
         yield BatchAccepted(replace(record, replayed=True))
         reported: set[str] = set()
         while True:
-            current = await self._jobs.batch(record.batch.account_id, record.batch.batch_id)
+            try:
+                current = await self._jobs.batch(record.batch.account_id, record.batch.batch_id)
+            except NotFound:
+                # The call that first used the key was refused without doing any work, and its
+                # batch forgotten: the key is free again.
+                raise errors.Aborted(
+                    "the call that first used this idempotency key was refused before doing any"
+                    " work; nothing was charged: retry with the same key",
+                    reason="ORIGINAL_REFUSED",
+                    metadata={"batch_id": record.batch.batch_id},
+                ) from None
             for job in current.jobs:
                 if job.status.is_final and job.job_id not in reported:
                     reported.add(job.job_id)
@@ -920,10 +1040,14 @@ class Router:
         events: asyncio.Queue[RouterEvent | None] = asyncio.Queue()
         batch_id = record.batch.batch_id
         started = asyncio.Event()
-        task = asyncio.create_task(self._execute(record, work, events.put_nowait, started))
+        failures: dict[str, TiergenError] = {}
+        task = asyncio.create_task(
+            self._execute(record, work, events.put_nowait, started, failures)
+        )
         # The stream ends with the task, even one cancelled (by `close`) before it ran.
         task.add_done_callback(lambda _: events.put_nowait(None))
         self._batch_tasks[batch_id] = task
+        self._idle.clear()
         finished: list[Job] = []
         try:
             yield BatchAccepted(record)
@@ -940,11 +1064,24 @@ class Router:
                 for job in await self._jobs.cancel_batch(record.batch.account_id, batch_id):
                     _count_final(job)
                 await self._settle(record.batch.account_id, batch_id)
+                if self._stopping:
+                    failures.update((job.job_id, _shutting_down()) for job in record.jobs)
             self._batch_tasks.pop(batch_id, None)
-        if finished and not any(job.status is JobStatus.SUCCEEDED for job in finished):
-            failed = [job for job in finished if job.status is JobStatus.FAILED]
-            if failed:
-                raise job_error(failed[0])
+            if not self._batch_tasks:
+                self._idle.set()
+        if any(job.status is JobStatus.SUCCEEDED for job in finished):
+            return
+        if len(failures) == len(record.jobs) and all(
+            _refused_before_work(error) for error in failures.values()
+        ):
+            # Nothing was done: the refusal is not the key's answer, and a retry runs anew.
+            if await self._jobs.forget_batch(batch_id):
+                _log.info("forgot a batch refused before any work", batch_id=batch_id)
+            raise next(iter(failures.values()))
+        failed = [job for job in finished if job.status is JobStatus.FAILED]
+        if failed:
+            # The error as the backend raised it, with its retry hint and quota details.
+            raise failures.get(failed[0].job_id) or job_error(failed[0])
 
     async def _execute(
         self,
@@ -952,6 +1089,7 @@ class Router:
         work: Work,
         emit: Callable[[RouterEvent | None], None],
         started: asyncio.Event,
+        failures: dict[str, TiergenError],
     ) -> None:
         started.set()
         batch = record.batch
@@ -959,7 +1097,7 @@ class Router:
         events = _BatchEvents(emit, self._limits.progress_interval_seconds)
         tasks = []
         for job in record.jobs:
-            task = asyncio.create_task(self._run_job(job, work, slots, events))
+            task = asyncio.create_task(self._run_job(job, work, slots, events, failures))
             self._job_tasks[job.job_id] = task
             tasks.append(task)
         outcomes: list[Job | BaseException] = []
@@ -983,8 +1121,14 @@ class Router:
                 emit(None)
 
     async def _run_job(
-        self, job: Job, work: Work, slots: asyncio.Semaphore, events: _BatchEvents
+        self,
+        job: Job,
+        work: Work,
+        slots: asyncio.Semaphore,
+        events: _BatchEvents,
+        failures: dict[str, TiergenError],
     ) -> Job:
+        """Runs one job to its final state; `failures` gets the error of a job that failed."""
         def progress(stage: str, fraction: float) -> None:
             events.progress(job.job_id, stage, fraction)
 
@@ -1009,25 +1153,33 @@ class Router:
                     job.job_id, asset, cost, delivery.drift, fallback
                 )
         except asyncio.CancelledError:
-            with contextlib.suppress(FailedPrecondition):
-                await self._jobs.mark_cancelled(job.job_id)
-            cancelled = await self._jobs.get(job.account_id, job.job_id)
-            _count_final(cancelled)
-            events.finished(cancelled)
+            if self._stopping:
+                # Not the caller's doing: say so, so that it knows a retry is safe.
+                failures[job.job_id] = _shutting_down()
+                ended = await self._fail(job, failures[job.job_id])
+            else:
+                with contextlib.suppress(FailedPrecondition):
+                    await self._jobs.mark_cancelled(job.job_id)
+                ended = await self._jobs.get(job.account_id, job.job_id)
+            _count_final(ended)
+            events.finished(ended)
             raise
         except FailedPrecondition as error:
             if error.reason not in _STORE_REASONS:
+                failures[job.job_id] = error
                 final = await self._fail(job, error)
             else:
                 # Cancelled by CancelJob while it ran: the image is not delivered or charged.
                 final = await self._jobs.get(job.account_id, job.job_id)
         except TiergenError as error:
+            failures[job.job_id] = error
             final = await self._fail(job, error)
         except Exception:
             _log.exception("job failed unexpectedly", job_id=job.job_id)
-            final = await self._fail(
-                job, errors.Internal(f"internal error (trace {current_trace_id() or 'none'})")
+            failures[job.job_id] = errors.Internal(
+                f"internal error (trace {current_trace_id() or 'none'})"
             )
+            final = await self._fail(job, failures[job.job_id])
         _count_final(final)
         events.finished(final)
         return final

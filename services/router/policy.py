@@ -45,6 +45,7 @@ from services.runtime.errors import (
     FieldViolation,
     InvalidArgument,
 )
+from services.runtime.identifiers import excerpt
 
 __all__ = [
     "AUTO",
@@ -397,7 +398,7 @@ class RoutingPolicy:
                 reject(
                     "spec.tier",
                     "UNKNOWN_TIER",
-                    f"unknown tier {request.tier!r}; known tiers: auto,"
+                    f"unknown tier {excerpt(request.tier)}; known tiers: auto,"
                     f" {', '.join(self.catalogue.names)}",
                 )
             elif request.size is not None and not tier.offers(request.size):

@@ -8,6 +8,7 @@ from pathlib import Path
 import structlog
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
+from services.router.admission import Admission
 from services.router.assets import AssetStore, LocalAssetStore
 from services.router.assets_s3 import S3AssetStore
 from services.router.breaker import BreakingRenderer, BreakingUpscaler, CircuitBreaker
@@ -30,7 +31,7 @@ from services.router.settings import RouterSettings
 from services.router.toml_source import RouterConfigError
 from services.runtime.channels import open_channel
 from services.runtime.dependencies import Dependency, watch_dependencies
-from services.runtime.errors import NotFound
+from services.runtime.errors import NotFound, TiergenError
 from services.runtime.server import Server, ServiceRegistration
 from services.runtime.server import create_server as create_grpc_server
 from services.runtime.settings import ConfigError
@@ -108,13 +109,12 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
             cooldown_seconds=settings.breaker_cooldown_seconds,
         )
 
+    generator = GrpcRenderer(generator_channel, timeout, settings.max_image_bytes)
     router = Router(
         jobs=jobs,
         assets=assets,
         ledger=ledger,
-        renderer=BreakingRenderer(
-            GrpcRenderer(generator_channel, timeout, settings.max_image_bytes), breaker
-        ),
+        renderer=BreakingRenderer(generator, breaker),
         upscaler=BreakingUpscaler(
             GrpcUpscaler(upscaler_channel, timeout, settings.max_image_bytes), breaker("upscaler")
         ),
@@ -131,6 +131,7 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
     # earlier process, on a shared PostgreSQL store the replicas whose leases ran out (a
     # replica still within its lease is recovered by a later `watch_abandoned` round).
     await router.recover()
+    await read_capacity(router.admission, generator)
     servicer = RouterServicer(router, ledger.stub, ledger_timeout=30)
 
     async def close_channels() -> None:
@@ -164,8 +165,33 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
     ledger_dependency = Dependency("ledger", ledger_channel, LEDGER_SERVICE)
     server.add_background(lambda: watch_dependencies(server, [ledger_dependency]))
     server.add_background(router.watch_abandoned)
+    server.add_background(lambda: watch_capacity(router.admission, generator))
+    server.add_drain_hook(router.drain)
     server.add_background(lambda: reload_policy_on_change(router, settings))
     return server, port
+
+
+#: How often the generator's tier capacities are read again.
+_CAPACITY_INTERVAL_SECONDS = 30.0
+
+
+async def watch_capacity(
+    admission: Admission, generator: GrpcRenderer, interval: float = _CAPACITY_INTERVAL_SECONDS
+) -> None:
+    """Keeps admission sized to the generator's tiers, read at start and every `interval`;
+    until the generator first answers, admission lets every batch through and the generator's
+    own refusals apply."""
+    while True:
+        await asyncio.sleep(interval)
+        await read_capacity(admission, generator)
+
+
+async def read_capacity(admission: Admission, generator: GrpcRenderer) -> None:
+    """Sizes admission to the generator's tiers once; a generator not answering is logged."""
+    try:
+        admission.configure(await generator.capacities())
+    except TiergenError as error:
+        _log.warning("could not read the generator's tier capacities", error=error.message)
 
 
 def _modified(path: Path) -> float | None:

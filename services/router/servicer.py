@@ -435,7 +435,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             ),
         )
         return router_pb2.OpenAccountResponse(
-            balance=reply.balance, granted=reply.granted, replayed=reply.replayed
+            balance=reply.balance,
+            granted=reply.granted,
+            replayed=reply.replayed,
+            outcome=reply.outcome,
         )
 
     async def GetBalance(
@@ -461,4 +464,5 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             iso_week=reply.iso_week,
             cap_reached=reply.cap_reached,
             replayed=reply.replayed,
+            outcome=reply.outcome,
         )

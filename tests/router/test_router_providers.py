@@ -28,10 +28,10 @@ def generator_env(tmp_path: Path, gemini: FakeGemini) -> dict[str, str]:
     return standard_on_gemini(tmp_path, gemini, TIMEOUT_SECONDS="1.5", MAX_ATTEMPTS="2")
 
 
-async def _generate(suite, account: str) -> router_pb2.Job:
+async def _generate(suite, account: str, key: str | None = None) -> router_pb2.Job:
     request = router_pb2.GenerateRequest(
         account_id=account,
-        idempotency_key=uuid.uuid4().hex,
+        idempotency_key=key or uuid.uuid4().hex,
         spec=router_pb2.GenerationSpec(
             prompt="a lighthouse at dawn",
             tier="standard",
@@ -59,19 +59,18 @@ async def test_a_provider_render_is_charged_once(suite, gemini):
 @pytest.mark.parametrize(
     ("mode", "code", "reason"),
     [
-        (Mode.RATE_LIMITED, grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED"),
-        (Mode.SERVER_ERROR, grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
+        # The provider may have rendered (and billed): the failure is the key's answer.
         (Mode.HANG, grpc.StatusCode.UNAVAILABLE, "PROVIDER_TIMEOUT"),
         (Mode.SAFETY_BLOCK, grpc.StatusCode.FAILED_PRECONDITION, "CONTENT_BLOCKED"),
         (Mode.NO_IMAGE, grpc.StatusCode.FAILED_PRECONDITION, "NO_IMAGE"),
-        (Mode.MALFORMED_BASE64, grpc.StatusCode.UNAVAILABLE, "PROVIDER_BAD_RESPONSE"),
     ],
 )
 async def test_provider_failures_release_the_hold(suite, gemini, mode, code, reason):
     account = await suite.open_account()
-    gemini.fail(mode, retry_after="0.1s" if mode is Mode.RATE_LIMITED else None)
+    gemini.fail(mode)
+    key = uuid.uuid4().hex
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await _generate(suite, account)
+        await _generate(suite, account, key)
     assert caught.value.code() == code
     assert from_rpc_error(caught.value).reason == reason
     (job,) = (await suite.router.ListJobs(router_pb2.ListJobsRequest(account_id=account))).jobs
@@ -79,3 +78,36 @@ async def test_provider_failures_release_the_hold(suite, gemini, mode, code, rea
     assert (job.error.code, job.error.reason) == (code.name, reason)
     balance = await suite.balance(account)
     assert (balance.available, balance.held) == (400, 0)
+    # A retry with the key replays that failure; it does not render again.
+    gemini.reset()
+    replayed = await _generate(suite, account, key)
+    assert (replayed.job_id, replayed.status) == (job.job_id, router_pb2.JOB_STATUS_FAILED)
+
+
+@pytest.mark.parametrize(
+    ("mode", "code", "reason"),
+    [
+        (Mode.RATE_LIMITED, grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED"),
+        (Mode.SERVER_ERROR, grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
+        (Mode.MALFORMED_BASE64, grpc.StatusCode.UNAVAILABLE, "PROVIDER_BAD_RESPONSE"),
+    ],
+)
+async def test_a_refusal_before_any_work_leaves_the_key_free(suite, gemini, mode, code, reason):
+    account = await suite.open_account()
+    gemini.fail(mode, retry_after="0.1s" if mode is Mode.RATE_LIMITED else None)
+    key = uuid.uuid4().hex
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _generate(suite, account, key)
+    assert caught.value.code() == code
+    assert from_rpc_error(caught.value).reason == reason
+    # Nothing recorded, nothing held or charged.
+    listing = await suite.router.ListJobs(router_pb2.ListJobsRequest(account_id=account))
+    assert list(listing.jobs) == []
+    balance = await suite.balance(account)
+    assert (balance.available, balance.held) == (400, 0)
+    # The same key, once the provider is back, runs and is charged once.
+    gemini.reset()
+    job = await _generate(suite, account, key)
+    assert job.status == router_pb2.JOB_STATUS_SUCCEEDED
+    balance = await suite.balance(account)
+    assert (balance.available, balance.held) == (400 - job.cost, 0)
