@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,11 @@ EVENT_LOOP_VARIABLE = "TIERGEN_EVENT_LOOP"
 _log = structlog.get_logger("tiergen.server")
 
 StopHook = Callable[[], Awaitable[None]]
+#: Called with the grace in seconds when a stop begins, before gRPC stops taking calls.
+DrainHook = Callable[[float], Awaitable[None]]
+#: Time gRPC keeps the calls still open after the drain hooks, whatever the grace: answers
+#: already decided during the drain reach their callers instead of a cancellation.
+_LAST_WORD_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class Server:
         self.settings = settings
         self._services = list(services)
         self._on_stop = list(on_stop)
+        self._on_drain: list[DrainHook] = []
         self._background: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._metrics: MetricsEndpoint | None = None
@@ -71,6 +78,11 @@ class Server:
     def add_stop_hook(self, hook: StopHook) -> None:
         """Runs `hook` after the server stops (close stores, channels, pools); last added first."""
         self._on_stop.append(hook)
+
+    def add_drain_hook(self, hook: DrainHook) -> None:
+        """Runs `hook(grace)` when a stop begins, health already NOT_SERVING and calls still
+        connected: it finishes or ends the service's own work within the grace."""
+        self._on_drain.append(hook)
 
     def add_background(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Runs `work` as a task from start until stop (watchers, sweepers, reloaders)."""
@@ -115,7 +127,12 @@ class Server:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.health.enter_graceful_shutdown()
-        await self.grpc_server.stop(self.settings.grace_seconds if grace is None else grace)
+        grace = self.settings.grace_seconds if grace is None else grace
+        if self._on_drain:
+            started = time.monotonic()
+            await asyncio.gather(*(hook(grace) for hook in self._on_drain))
+            grace = max(grace - (time.monotonic() - started), _LAST_WORD_SECONDS)
+        await self.grpc_server.stop(grace)
         if self._metrics is not None:
             await self._metrics.stop()
         for hook in reversed(self._on_stop):
