@@ -46,6 +46,20 @@ def left_half_mask(width: int, height: int) -> bytes:
     return out.getvalue()
 
 
+def truncated_mask(width: int, height: int) -> bytes:
+    """A PNG whose header says `width` x `height` but whose pixel data stops a third of the way."""
+    noise = np.random.default_rng(7).integers(0, 2, (height, width), dtype=np.uint8) * 255
+    out = io.BytesIO()
+    Image.fromarray(noise, mode="L").save(out, format="PNG")
+    return out.getvalue()[: len(out.getvalue()) // 3]
+
+
+def black_mask(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("L", (width, height), 0).save(out, format="PNG")
+    return out.getvalue()
+
+
 async def edit(suite, account: str, job_id: str, mask: bytes, prompt: str = "") -> router_pb2.Job:
     request = router_pb2.EditRequest(
         account_id=account,
@@ -114,6 +128,8 @@ async def test_edit_repaints_only_the_masked_region(suite):
         ("nano", "TIER_CANNOT_INPAINT"),
         ("wrong size", "MASK_SIZE_MISMATCH"),
         ("not an image", "MASK_NOT_AN_IMAGE"),
+        ("truncated", "MASK_NOT_AN_IMAGE"),
+        ("selects nothing", "MASK_EMPTY"),
         ("empty", None),
     ],
 )
@@ -124,6 +140,8 @@ async def test_bad_edits_change_nothing(suite, case, reason):
         "nano": left_half_mask(parent.width, parent.height),
         "wrong size": left_half_mask(512, 512),
         "not an image": b"not a png",
+        "truncated": truncated_mask(parent.width, parent.height),
+        "selects nothing": black_mask(parent.width, parent.height),
         "empty": b"",
     }[case]
     before = await suite.balance(account)
