@@ -62,11 +62,11 @@ async def generate(
     account: str,
     key: str,
     spec: router_pb2.GenerationSpec,
-    timeout: float | None = None,
+    deadline: float | None = None,
 ) -> tuple[router_pb2.Batch, list[router_pb2.Job]]:
     request = router_pb2.GenerateRequest(account_id=account, idempotency_key=key, spec=spec)
     batch, jobs = None, []
-    async for event in stub.Generate(request, timeout=timeout):
+    async for event in stub.Generate(request, timeout=deadline):
         if event.WhichOneof("event") == "batch":
             batch = event.batch
         elif event.WhichOneof("event") == "job":
@@ -83,11 +83,11 @@ async def jobs_of(suite: Any, account: str) -> list[router_pb2.Job]:
 async def test_a_retry_under_a_deadline_replays(suite):
     account = await suite.open_account()
     key = uuid.uuid4().hex
-    first, (job,) = await generate(suite.router, account, key, nano(), timeout=30)
+    first, (job,) = await generate(suite.router, account, key, nano(), deadline=30)
     assert not first.replayed and job.status == router_pb2.JOB_STATUS_SUCCEEDED
     # Every retry has a different time left before its deadline, or none.
-    for timeout in (30, 7.5, None):
-        again, (same,) = await generate(suite.router, account, key, nano(), timeout=timeout)
+    for deadline in (30, 7.5, None):
+        again, (same,) = await generate(suite.router, account, key, nano(), deadline=deadline)
         assert again.replayed and again.batch_id == first.batch_id
         assert same.job_id == job.job_id
     balance = await suite.balance(account)
