@@ -126,7 +126,8 @@ class Ledger:
         await self._store.close()
 
     async def open_account(self, account_id: str, idempotency_key: str) -> OpenAccountResult:
-        """Open an account and grant its sign-up bonus, once; opening it again replays that."""
+        """Open an account and grant its sign-up bonus, once; opening it again (a new key) grants
+        nothing and answers ALREADY_OPEN with the current balance."""
         command = rules.OpenAccount(
             account_id=require_account_id(account_id),
             idempotency_key=require_idempotency_key(idempotency_key),
@@ -135,7 +136,8 @@ class Ledger:
         return await self._execute(command, OpenAccountResult)
 
     async def check_in(self, account_id: str, idempotency_key: str) -> CheckInResult:
-        """Grant the weekly credit, once per ISO week, up to the lifetime promotional cap."""
+        """Grant the weekly credit, once per ISO week, up to the lifetime promotional cap; a second
+        check-in in the week (a new key) answers ALREADY_CHECKED_IN_THIS_WEEK, granting nothing."""
         command = rules.CheckIn(
             account_id=require_account_id(account_id),
             idempotency_key=require_idempotency_key(idempotency_key),

@@ -24,6 +24,7 @@ __all__ = [
     "EntryPage",
     "ExpiryResult",
     "GrantKind",
+    "GrantOutcome",
     "GrantResult",
     "Hold",
     "HoldResult",
@@ -89,6 +90,17 @@ class GrantKind(StrEnum):
 
     PURCHASE = "PURCHASE"
     ADJUSTMENT = "ADJUSTMENT"
+
+
+class GrantOutcome(StrEnum):
+    """What an OpenAccount or CheckIn call did, and so why it granted what it granted."""
+
+    #: This call opened the account, or made this week's check-in, and granted `granted`.
+    GRANTED = "GRANTED"
+    #: Nothing granted: the account was already open, its sign-up bonus granted back then.
+    ALREADY_OPEN = "ALREADY_OPEN"
+    #: Nothing granted: the account already checked in this ISO week.
+    ALREADY_CHECKED_IN_THIS_WEEK = "ALREADY_CHECKED_IN_THIS_WEEK"
 
 
 class HoldStatus(StrEnum):
@@ -205,19 +217,23 @@ class Entry:
 
 @dataclass(frozen=True)
 class OpenAccountResult:
-    """The answer to opening an account: the sign-up bonus granted and the balance after it."""
+    """The answer to opening an account: the sign-up bonus this call granted, why, and the
+    balance after it."""
 
     balance: Balance
     granted: int
+    outcome: GrantOutcome
     replayed: bool = False
 
 
 @dataclass(frozen=True)
 class CheckInResult:
-    """The answer to a weekly check-in: what it granted, for which week, and if the cap is hit."""
+    """The answer to a weekly check-in: what this call granted and why, for which week, and
+    whether the cap is reached."""
 
     balance: Balance
     granted: int
+    outcome: GrantOutcome
     iso_week: str
     cap_reached: bool
     replayed: bool = False

@@ -15,6 +15,7 @@ from services.ledger.model import (
     CheckInResult,
     Entry,
     EntryKind,
+    GrantOutcome,
     GrantResult,
     Hold,
     HoldResult,
@@ -72,12 +73,14 @@ def encode_outcome(outcome: Outcome | TiergenError) -> str:
             "result": "open_account",
             "balance": _balance_fields(outcome.balance),
             "granted": outcome.granted,
+            "outcome": outcome.outcome.value,
         }
     elif isinstance(outcome, CheckInResult):
         body = {
             "result": "check_in",
             "balance": _balance_fields(outcome.balance),
             "granted": outcome.granted,
+            "outcome": outcome.outcome.value,
             "iso_week": outcome.iso_week,
             "cap_reached": outcome.cap_reached,
         }
@@ -106,13 +109,17 @@ def decode_outcome(text: str) -> Outcome | TiergenError:
         return error_type(body["message"], reason=body["reason"], metadata=body["metadata"])
     kind = body["result"]
     balance = Balance(**body["balance"])
+    # Records written before answers said why carry none: each was the answer of the call that
+    # granted (or a copy of it kept under another key).
+    grant_outcome = GrantOutcome(body.get("outcome", GrantOutcome.GRANTED.value))
     outcome: Outcome
     if kind == "open_account":
-        outcome = OpenAccountResult(balance=balance, granted=body["granted"])
+        outcome = OpenAccountResult(balance=balance, granted=body["granted"], outcome=grant_outcome)
     elif kind == "check_in":
         outcome = CheckInResult(
             balance=balance,
             granted=body["granted"],
+            outcome=grant_outcome,
             iso_week=body["iso_week"],
             cap_reached=body["cap_reached"],
         )

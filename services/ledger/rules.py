@@ -6,9 +6,14 @@ model-based tests check.
 
 Idempotency keys are scoped: for OpenAccount, CheckIn, Grant and Reserve a key names one request
 on one account; for Capture and Release it names one request on one hold. The same key on
-another account or hold is another request. OpenAccount and CheckIn are idempotent by nature as
-well: opening an account that is already open, or checking in again in the same ISO week,
-replays the original answer whatever the key.
+another account or hold is another request. Every answer and every state-derived failure is
+recorded under its key, and only that key replays it.
+
+Opening an account and a week's check-in happen once whatever the key: the account row, and a
+record under the account's event scope (`account-event:<id>`, `check-in/<week>`), say they
+happened. A new key asking for them again is a new request that grants nothing: it answers
+granted 0, the current balance and why (ALREADY_OPEN, ALREADY_CHECKED_IN_THIS_WEEK), not a
+replay of the call that granted, whose balance would be stale.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from services.ledger.model import (
     EntryKind,
     ExpiryResult,
     GrantKind,
+    GrantOutcome,
     GrantResult,
     Hold,
     HoldResult,
@@ -47,7 +53,6 @@ from services.ledger.store import (
 from services.runtime.errors import (
     AlreadyExists,
     FailedPrecondition,
-    Internal,
     NotFound,
     TiergenError,
 )
@@ -143,10 +148,10 @@ Command = OpenAccount | CheckIn | Grant | Reserve | Capture | Release | ExpireHo
 def lookup(command: Command) -> Lookup:
     """The rows a command must read before `decide` can run."""
     match command:
-        case OpenAccount() | CheckIn():
-            keys = (_caller_key(command), _natural_key(command))
+        case CheckIn():
+            keys = (_caller_key(command), _week_key(command))
             return Lookup(command.account_id, None, keys, command.now)
-        case Grant() | Reserve():
+        case OpenAccount() | Grant() | Reserve():
             return Lookup(command.account_id, None, (_caller_key(command),), command.now)
         case Capture() | Release():
             return Lookup(None, command.hold_id, (_caller_key(command),), command.now)
@@ -175,9 +180,8 @@ def decide(command: Command, snapshot: Snapshot, promotions: Promotions) -> Deci
                 )
             )
         return draft.decision(decode_outcome(stored.outcome))
-    outcome = _decide_fresh(command, draft, snapshot, promotions, key, request)
-    # OpenAccount and CheckIn record their answers themselves, under their natural key too.
-    if not draft.records and is_recorded(outcome):
+    outcome = _decide_fresh(command, draft, snapshot, promotions, request)
+    if is_recorded(outcome):
         draft.record(key, request, encode_outcome(outcome))
     return draft.decision(outcome)
 
@@ -187,14 +191,13 @@ def _decide_fresh(
     draft: _Draft,
     snapshot: Snapshot,
     promotions: Promotions,
-    key: RecordKey,
     request: str,
 ) -> Outcome | TiergenError:
     match command:
         case OpenAccount():
-            return _open_account(command, draft, snapshot, promotions, key, request)
+            return _open_account(command, draft, promotions)
         case CheckIn():
-            return _check_in(command, draft, snapshot, promotions, key, request)
+            return _check_in(command, draft, snapshot, promotions, request)
         case Grant():
             if draft.account is None:
                 return _not_open(command.account_id)
@@ -211,25 +214,19 @@ def _decide_fresh(
 
 
 def _open_account(
-    command: OpenAccount,
-    draft: _Draft,
-    snapshot: Snapshot,
-    promotions: Promotions,
-    key: RecordKey,
-    request: str,
+    command: OpenAccount, draft: _Draft, promotions: Promotions
 ) -> Outcome | TiergenError:
-    natural = _natural_key(command)
     if draft.account is not None:
-        return _replay_natural(draft, snapshot, natural, key, request)
+        # The account row is the proof the bonus was granted; this call grants nothing.
+        draft.expire_due()
+        return OpenAccountResult(
+            balance=draft.balance(), granted=0, outcome=GrantOutcome.ALREADY_OPEN
+        )
     draft.open(command.account_id)
     granted = min(promotions.signup_bonus, promotions.cap)
     if granted > 0:
         draft.post(EntryKind.SIGNUP_BONUS, granted, memo="sign-up bonus")
-    outcome = OpenAccountResult(balance=draft.balance(), granted=granted)
-    text = encode_outcome(outcome)
-    draft.record(key, request, text)
-    draft.record(natural, request, text)
-    return outcome
+    return OpenAccountResult(balance=draft.balance(), granted=granted, outcome=GrantOutcome.GRANTED)
 
 
 def _check_in(
@@ -237,15 +234,21 @@ def _check_in(
     draft: _Draft,
     snapshot: Snapshot,
     promotions: Promotions,
-    key: RecordKey,
     request: str,
 ) -> Outcome | TiergenError:
     if draft.account is None:
         return _not_open(command.account_id)
-    natural = _natural_key(command)
-    if natural in snapshot.records:
-        return _replay_natural(draft, snapshot, natural, key, request)
     draft.expire_due()
+    week = iso_week(command.now)
+    week_key = _week_key(command)
+    if week_key in snapshot.records:
+        return CheckInResult(
+            balance=draft.balance(),
+            granted=0,
+            outcome=GrantOutcome.ALREADY_CHECKED_IN_THIS_WEEK,
+            iso_week=week,
+            cap_reached=draft.account.promotional_granted >= promotions.cap,
+        )
     account = draft.account
     remaining = promotions.cap - account.promotional_granted
     if remaining <= 0:
@@ -258,29 +261,17 @@ def _check_in(
             },
         )
     granted = min(promotions.check_in_amount, remaining)
-    week = iso_week(command.now)
     draft.post(EntryKind.CHECK_IN, granted, memo=f"check-in {week}")
     outcome = CheckInResult(
         balance=draft.balance(),
         granted=granted,
+        outcome=GrantOutcome.GRANTED,
         iso_week=week,
         cap_reached=granted == remaining,
     )
-    text = encode_outcome(outcome)
-    draft.record(key, request, text)
-    draft.record(natural, request, text)
+    # Only a check-in that granted marks the week: one refused at the cap can be asked again.
+    draft.record(week_key, request, encode_outcome(outcome))
     return outcome
-
-
-def _replay_natural(
-    draft: _Draft, snapshot: Snapshot, natural: RecordKey, key: RecordKey, request: str
-) -> Outcome | TiergenError:
-    original = snapshot.records.get(natural)
-    if original is None:
-        return Internal("the account exists but the answer that opened it is missing")
-    # The new key answers what the original request answered, now and on every retry.
-    draft.record(key, request, original.outcome)
-    return decode_outcome(original.outcome)
 
 
 def _reserve(command: Reserve, draft: _Draft) -> Outcome | TiergenError:
@@ -388,12 +379,13 @@ def _caller_key(command: OpenAccount | CheckIn | Grant | Reserve | Capture | Rel
     return RecordKey(f"account:{command.account_id}", command.idempotency_key)
 
 
-def _natural_key(command: OpenAccount | CheckIn) -> RecordKey:
-    """The record that makes an event happen once whatever key asks for it."""
-    scope = f"account-event:{command.account_id}"
-    if isinstance(command, OpenAccount):
-        return RecordKey(scope, "open")
-    return RecordKey(scope, f"check-in/{iso_week(command.now)}")
+def _week_key(command: CheckIn) -> RecordKey:
+    """The record that makes a week's check-in grant once whatever key asks for it.
+
+    (Accounts opened before the account row alone said so also have an `open` record in the
+    same scope; nothing reads it now.)
+    """
+    return RecordKey(f"account-event:{command.account_id}", f"check-in/{iso_week(command.now)}")
 
 
 def _fingerprint(command: OpenAccount | CheckIn | Grant | Reserve | Capture | Release) -> str:

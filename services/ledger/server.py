@@ -8,6 +8,7 @@ import contextlib
 from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 
 from services.ledger.ledger import Ledger
+from services.ledger.model import Clock
 from services.ledger.servicer import LedgerServicer
 from services.ledger.settings import LedgerSettings
 from services.runtime.server import Server, ServiceRegistration
@@ -18,9 +19,13 @@ __all__ = ["SERVICE_NAME", "create_server"]
 SERVICE_NAME = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
 
 
-async def create_server(settings: LedgerSettings) -> tuple[Server, int]:
-    """The ledger's server with its schema migrated and its sweeper running; not started."""
-    ledger = await Ledger.open(settings)
+async def create_server(settings: LedgerSettings, clock: Clock | None = None) -> tuple[Server, int]:
+    """The ledger's server with its schema migrated and its sweeper running; not started.
+
+    `clock` (the wall clock by default) is there for tests that cross an ISO week or a hold's
+    expiry without waiting for it.
+    """
+    ledger = await Ledger.open(settings, clock)
     sweeper = asyncio.create_task(ledger.run_sweeper(), name="ledger-sweeper")
     servicer = LedgerServicer(ledger)
 

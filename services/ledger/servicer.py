@@ -15,6 +15,7 @@ from services.ledger.model import (
     Entry,
     EntryKind,
     GrantKind,
+    GrantOutcome,
     Hold,
     HoldResult,
     HoldStatus,
@@ -42,6 +43,13 @@ _ENTRY_KINDS: dict[EntryKind, ledger_pb2.EntryKind] = {
     EntryKind.EXPIRE: ledger_pb2.ENTRY_KIND_EXPIRE,
 }
 _ENTRY_KINDS_BACK = {int(value): kind for kind, value in _ENTRY_KINDS.items()}
+_GRANT_OUTCOMES: dict[GrantOutcome, ledger_pb2.GrantOutcome] = {
+    GrantOutcome.GRANTED: ledger_pb2.GRANT_OUTCOME_GRANTED,
+    GrantOutcome.ALREADY_OPEN: ledger_pb2.GRANT_OUTCOME_ALREADY_OPEN,
+    GrantOutcome.ALREADY_CHECKED_IN_THIS_WEEK: (
+        ledger_pb2.GRANT_OUTCOME_ALREADY_CHECKED_IN_THIS_WEEK
+    ),
+}
 _GRANT_KINDS = {
     ledger_pb2.GRANT_KIND_PURCHASE: GrantKind.PURCHASE,
     ledger_pb2.GRANT_KIND_ADJUSTMENT: GrantKind.ADJUSTMENT,
@@ -129,6 +137,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             balance=balance_message(result.balance),
             granted=result.granted,
             replayed=result.replayed,
+            outcome=_GRANT_OUTCOMES[result.outcome],
         )
 
     async def CheckIn(
@@ -141,6 +150,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             iso_week=result.iso_week,
             cap_reached=result.cap_reached,
             replayed=result.replayed,
+            outcome=_GRANT_OUTCOMES[result.outcome],
         )
 
     async def GetBalance(

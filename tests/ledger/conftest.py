@@ -1,5 +1,5 @@
-"""Ledger test fixtures: a clock tests can move, a fresh ledger on SQLite and on PostgreSQL, and
-the ledger service as a real child process."""
+"""Ledger test fixtures: a clock tests can move, a fresh ledger on SQLite and on PostgreSQL, the
+ledger's gRPC server in this process, and the ledger service as a real child process."""
 
 from __future__ import annotations
 
@@ -16,12 +16,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psycopg
 import pytest
+from grpc_health.v1 import health_pb2_grpc
+from tiergen.ledger.v1 import ledger_pb2_grpc
 
 from services.ledger.ledger import Ledger
 from services.ledger.model import Clock
+from services.ledger.server import create_server
 from services.ledger.settings import LedgerSettings
+from services.runtime.settings import ServerSettings
+from tests.ledger.served import Served, ServeFactory
 from tests.postgres import Schemas, require_postgres, with_search_path
 
 #: Monday of ISO week 2026-W48, mid-morning.
@@ -153,6 +159,31 @@ def _postgres_harness(schemas: Schemas, clock: ManualClock) -> LedgerHarness:
 @pytest.fixture
 async def ledger(harness: LedgerHarness) -> Ledger:
     return await harness.open()
+
+
+@pytest.fixture
+async def serve(harness: LedgerHarness) -> AsyncIterator[ServeFactory]:
+    """Starts the real ledger server on the test database: `serve(clock=None, **overrides)`."""
+    started: list[tuple[Any, grpc.aio.Channel]] = []
+
+    async def start(clock: Clock | None = None, **overrides: Any) -> Served:
+        settings = harness.settings(server=ServerSettings(service="ledger", port=0), **overrides)
+        server, port = await create_server(settings, clock)
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        started.append((server, channel))
+        return Served(
+            ledger_pb2_grpc.LedgerServiceStub(channel),
+            health_pb2_grpc.HealthStub(channel),
+            harness,
+        )
+
+    try:
+        yield start
+    finally:
+        for server, channel in started:
+            await channel.close()
+            await server.stop(0)
 
 
 class LedgerProcess:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from services.ledger.model import EntryKind, GrantKind
+from services.ledger.model import EntryKind, GrantKind, GrantOutcome
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 
 
@@ -22,15 +23,18 @@ async def test_opening_an_account_grants_the_signup_bonus(ledger):
     assert opened.balance == balance
 
 
-async def test_opening_an_open_account_replays_the_original_answer_whatever_the_key(ledger):
+async def test_opening_an_open_account_with_a_new_key_grants_nothing_and_says_so(ledger):
     first = await ledger.open_account("alice", "open-1")
     await ledger.reserve("alice", 30, "reserve-1")
 
     again = await ledger.open_account("alice", "open-2")
 
-    assert again.replayed
-    assert (again.granted, again.balance) == (first.granted, first.balance)
-    assert (await ledger.get_balance("alice")).available == 370
+    assert (first.granted, first.outcome) == (400, GrantOutcome.GRANTED)
+    assert (again.granted, again.outcome, again.replayed) == (0, GrantOutcome.ALREADY_OPEN, False)
+    assert again.balance == await ledger.get_balance("alice")
+    assert (again.balance.available, again.balance.held) == (370, 30)
+    assert await ledger.open_account("alice", "open-2") == replace(again, replayed=True)
+    assert await ledger.open_account("alice", "open-1") == replace(first, replayed=True)
     page = await ledger.list_entries("alice", kinds=[EntryKind.SIGNUP_BONUS])
     assert len(page.entries) == 1
 
@@ -102,18 +106,22 @@ async def test_check_in_grants_the_weekly_credit_for_the_current_iso_week(ledger
     assert checked.balance.promotional_granted == 440
 
 
-async def test_a_double_tap_in_one_week_is_a_replay_not_a_second_grant(ledger, clock):
+async def test_a_double_tap_in_one_week_grants_nothing_and_says_so(ledger, clock):
     await ledger.open_account("alice", "open")
     first = await ledger.check_in("alice", "tap-1")
     clock.advance(days=6, hours=13)  # Sunday evening, still 2026-W48
+    await ledger.reserve("alice", 15, "job")
 
     second = await ledger.check_in("alice", "tap-2")
 
-    assert second.replayed
-    assert (second.granted, second.iso_week, second.balance) == (40, "2026-W48", first.balance)
-    assert (await ledger.get_balance("alice")).available == 440
-    again = await ledger.check_in("alice", "tap-2")
-    assert again == second
+    assert (first.granted, first.outcome) == (40, GrantOutcome.GRANTED)
+    assert (second.granted, second.iso_week, second.replayed) == (0, "2026-W48", False)
+    assert second.outcome is GrantOutcome.ALREADY_CHECKED_IN_THIS_WEEK
+    assert second.balance == await ledger.get_balance("alice")
+    assert (second.balance.available, second.balance.held) == (425, 15)
+    assert not second.cap_reached
+    assert await ledger.check_in("alice", "tap-2") == replace(second, replayed=True)
+    assert await ledger.check_in("alice", "tap-1") == replace(first, replayed=True)
 
 
 async def test_check_in_is_granted_again_in_the_next_iso_week(ledger, clock):

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from services.ledger.model import EntryKind, GrantKind, HoldStatus
+from services.ledger.model import EntryKind, GrantKind, GrantOutcome, HoldStatus
 from services.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 
@@ -97,6 +97,7 @@ async def test_a_retried_open_and_check_in_replay(alice):
     checked = await alice.check_in("alice", "week")
 
     assert opened.replayed
+    assert (opened.granted, opened.outcome) == (400, GrantOutcome.GRANTED)
     assert await alice.check_in("alice", "week") == replace(checked, replayed=True)
     with pytest.raises(AlreadyExists):
         await alice.check_in("alice", "open")
@@ -179,13 +180,18 @@ async def test_sixty_four_concurrent_captures_with_one_key_capture_once(alice):
 async def test_concurrent_check_ins_in_one_week_grant_once(alice):
     answers = await asyncio.gather(*(alice.check_in("alice", f"tap-{i}") for i in range(32)))
 
-    assert sum(not answer.replayed for answer in answers) == 1
-    assert {answer.granted for answer in answers} == {40}
+    assert not any(answer.replayed for answer in answers)
+    assert sorted((answer.granted, answer.outcome) for answer in answers) == [
+        (0, GrantOutcome.ALREADY_CHECKED_IN_THIS_WEEK)
+    ] * 31 + [(40, GrantOutcome.GRANTED)]
     assert (await alice.get_balance("alice")).promotional_granted == 440
 
 
 async def test_concurrent_opens_grant_the_bonus_once(ledger):
     answers = await asyncio.gather(*(ledger.open_account("dave", f"open-{i}") for i in range(32)))
 
-    assert sum(not answer.replayed for answer in answers) == 1
+    assert not any(answer.replayed for answer in answers)
+    assert sorted((answer.granted, answer.outcome) for answer in answers) == [
+        (0, GrantOutcome.ALREADY_OPEN)
+    ] * 31 + [(400, GrantOutcome.GRANTED)]
     assert (await ledger.get_balance("dave")).available == 400

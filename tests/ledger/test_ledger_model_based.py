@@ -27,7 +27,7 @@ from hypothesis.stateful import (
 )
 
 from services.ledger.ledger import Ledger
-from services.ledger.model import Balance, GrantKind, HoldStatus, iso_week
+from services.ledger.model import Balance, GrantKind, GrantOutcome, HoldStatus, iso_week
 from services.ledger.settings import LedgerSettings
 from services.runtime.errors import AlreadyExists, TiergenError
 from tests.postgres import with_search_path
@@ -189,12 +189,15 @@ class LedgerMachine(RuleBasedStateMachine):
         key = self.new_key()
         outcome = self.attempt(self.ledger.open_account(account_id, key))
         if account_id in self.model.opened:
-            assert outcome == replace(self.model.opened[account_id], replayed=True)
+            # A new key on an open account: nothing granted, the balance as it is now.
+            self.model.expire_due(account_id, self.clock.now())
+            assert (outcome.granted, outcome.outcome) == (0, GrantOutcome.ALREADY_OPEN)
         else:
             self.model.accounts[account_id] = ModelAccount()
-            assert (outcome.granted, outcome.replayed) == (SIGNUP, False)
-            assert outcome.balance == self.model.accounts[account_id].balance(account_id)
+            assert (outcome.granted, outcome.outcome) == (SIGNUP, GrantOutcome.GRANTED)
             self.model.opened[account_id] = outcome
+        assert not outcome.replayed
+        assert outcome.balance == self.model.accounts[account_id].balance(account_id)
         self.remember("open_account", (account_id, key), ("account", account_id), outcome)
 
     @rule(account_id=ACCOUNT_IDS)
@@ -206,7 +209,12 @@ class LedgerMachine(RuleBasedStateMachine):
         if account_id not in self.model.accounts:
             self.not_open(outcome, account_id)
         elif week in self.model.check_ins:
-            assert outcome == replace(self.model.check_ins[week], replayed=True)
+            self.model.expire_due(account_id, now)
+            account = self.model.accounts[account_id]
+            assert (outcome.granted, outcome.replayed) == (0, False)
+            assert outcome.outcome is GrantOutcome.ALREADY_CHECKED_IN_THIS_WEEK
+            assert (outcome.iso_week, outcome.cap_reached) == (week[1], account.promotional == CAP)
+            assert outcome.balance == account.balance(account_id)
         else:
             self.model.expire_due(account_id, now)
             account = self.model.accounts[account_id]
@@ -218,6 +226,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 account.available += granted
                 account.promotional += granted
                 assert (outcome.granted, outcome.cap_reached) == (granted, granted == remaining)
+                assert outcome.outcome is GrantOutcome.GRANTED
                 assert outcome.balance == account.balance(account_id)
                 self.model.check_ins[week] = outcome
         self.remember("check_in", (account_id, key), ("account", account_id), outcome)

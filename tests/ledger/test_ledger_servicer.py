@@ -3,76 +3,20 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
-from google.rpc import error_details_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
-from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from grpc_health.v1 import health_pb2
+from tiergen.ledger.v1 import ledger_pb2
 
-from services.ledger.model import iso_week
-from services.ledger.server import SERVICE_NAME, create_server
-from services.runtime.settings import ServerSettings
+from services.ledger.server import SERVICE_NAME
+from tests.ledger.served import Served, failure
 
 UNKNOWN_HOLD = "hold_" + "0" * 32
 HOLD_ID = re.compile(r"hold_[0-9a-f]{32}")
-
-
-@dataclass
-class Served:
-    """A started ledger server and a client of it."""
-
-    stub: Any
-    health: Any
-    harness: Any
-
-    async def open(self, account_id: str = "alice") -> ledger_pb2.OpenAccountResponse:
-        return await self.stub.OpenAccount(
-            ledger_pb2.OpenAccountRequest(account_id=account_id, idempotency_key="open")
-        )
-
-    async def reserve(
-        self, amount: int, key: str, account_id: str = "alice", **fields: Any
-    ) -> ledger_pb2.ReserveResponse:
-        return await self.stub.Reserve(
-            ledger_pb2.ReserveRequest(
-                account_id=account_id, amount=amount, idempotency_key=key, **fields
-            )
-        )
-
-
-ServeFactory = Callable[..., Awaitable[Served]]
-
-
-@pytest.fixture
-async def serve(harness) -> AsyncIterator[ServeFactory]:
-    """Starts the real ledger server on the test database, with settings `overrides`."""
-    started: list[tuple[Any, grpc.aio.Channel]] = []
-
-    async def start(**overrides: Any) -> Served:
-        settings = harness.settings(server=ServerSettings(service="ledger", port=0), **overrides)
-        server, port = await create_server(settings)
-        await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        started.append((server, channel))
-        return Served(
-            ledger_pb2_grpc.LedgerServiceStub(channel),
-            health_pb2_grpc.HealthStub(channel),
-            harness,
-        )
-
-    try:
-        yield start
-    finally:
-        for server, channel in started:
-            await channel.close()
-            await server.stop(0)
 
 
 @pytest.fixture
@@ -84,38 +28,6 @@ async def ledger(serve) -> Served:
 async def alice(ledger) -> Served:
     await ledger.open()
     return ledger
-
-
-@dataclass
-class Failure:
-    code: grpc.StatusCode
-    message: str
-    reason: str
-    metadata: dict[str, str]
-    fields: list[str]
-
-
-async def failure(call: Awaitable[Any]) -> Failure:
-    """The status, ErrorInfo and BadRequest fields an RPC failed with."""
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    status = rpc_status.from_call(caught.value)
-    assert status is not None, "every ledger error carries google.rpc details"
-    info = error_details_pb2.ErrorInfo()
-    bad = error_details_pb2.BadRequest()
-    for packed in status.details:
-        if packed.Is(info.DESCRIPTOR):
-            packed.Unpack(info)
-        elif packed.Is(bad.DESCRIPTOR):
-            packed.Unpack(bad)
-    assert info.domain == "tiergen"
-    return Failure(
-        code=caught.value.code(),
-        message=caught.value.details() or "",
-        reason=info.reason,
-        metadata=dict(info.metadata),
-        fields=[violation.field for violation in bad.field_violations],
-    )
 
 
 def stamp(moment: datetime) -> timestamp_pb2.Timestamp:
@@ -150,13 +62,15 @@ async def test_open_account_grants_the_signup_bonus_once(ledger):
     assert (balance.promotional_granted, balance.promotional_cap) == (400, 840)
     assert (balance.purchased, balance.consumed) == (0, 0)
 
+    assert opened.outcome == ledger_pb2.GRANT_OUTCOME_GRANTED
+
     again = await ledger.open()
     assert again.replayed
-    assert (again.granted, again.balance) == (400, opened.balance)
-    other_key = await ledger.stub.OpenAccount(
-        ledger_pb2.OpenAccountRequest(account_id="alice", idempotency_key="signup-retry")
+    assert (again.granted, again.balance, again.outcome) == (
+        400,
+        opened.balance,
+        ledger_pb2.GRANT_OUTCOME_GRANTED,
     )
-    assert other_key.replayed
     fetched = await ledger.stub.GetBalance(ledger_pb2.GetBalanceRequest(account_id="alice"))
     assert fetched.balance == opened.balance
 
@@ -206,26 +120,24 @@ async def test_get_balance_refuses_a_malformed_account_id(ledger):
 # CheckIn
 
 
-async def test_check_in_grants_once_per_week_and_a_double_tap_replays(alice):
-    before = iso_week(datetime.now(UTC))
-    first = await alice.stub.CheckIn(
+async def test_check_in_grants_once_per_week_and_a_double_tap_grants_nothing(serve, clock):
+    ledger = await serve(clock=clock)
+    await ledger.open()
+
+    first = await ledger.stub.CheckIn(
         ledger_pb2.CheckInRequest(account_id="alice", idempotency_key="tap-1")
     )
-    after = iso_week(datetime.now(UTC))
-
-    assert (first.granted, first.cap_reached, first.replayed) == (40, False, False)
-    assert first.iso_week in {before, after}
-    assert (first.balance.available, first.balance.promotional_granted) == (440, 440)
-    second = await alice.stub.CheckIn(
+    second = await ledger.stub.CheckIn(
         ledger_pb2.CheckInRequest(account_id="alice", idempotency_key="tap-2")
     )
-    assert second.replayed
-    assert (second.granted, second.iso_week, second.balance) == (
-        40,
-        first.iso_week,
-        first.balance,
-    )
-    balance = await alice.stub.GetBalance(ledger_pb2.GetBalanceRequest(account_id="alice"))
+
+    assert (first.granted, first.cap_reached, first.replayed) == (40, False, False)
+    assert (first.outcome, first.iso_week) == (ledger_pb2.GRANT_OUTCOME_GRANTED, "2026-W48")
+    assert (first.balance.available, first.balance.promotional_granted) == (440, 440)
+    assert (second.granted, second.replayed, second.iso_week) == (0, False, "2026-W48")
+    assert second.outcome == ledger_pb2.GRANT_OUTCOME_ALREADY_CHECKED_IN_THIS_WEEK
+    assert second.balance == first.balance
+    balance = await ledger.stub.GetBalance(ledger_pb2.GetBalanceRequest(account_id="alice"))
     assert balance.balance.available == 440
 
 

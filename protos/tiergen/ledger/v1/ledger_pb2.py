@@ -25,19 +25,21 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etiergen/ledger/v1/ledger.proto\x12\x11tiergen.ledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x01\n\x07\x42\x61lance\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x03\x12\x0c\n\x04held\x18\x03 \x01(\x03\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x1b\n\x13promotional_granted\x18\x05 \x01(\x03\x12\x17\n\x0fpromotional_cap\x18\x06 \x01(\x03\x12\x11\n\tpurchased\x18\x07 \x01(\x03\x12\x10\n\x08\x63onsumed\x18\x08 \x01(\x03\"\xa5\x02\n\x04Hold\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x17\n\x0f\x63\x61ptured_amount\x18\x04 \x01(\x03\x12-\n\x06status\x18\x05 \x01(\x0e\x32\x1d.tiergen.ledger.v1.HoldStatus\x12\x0c\n\x04memo\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cresolve_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x83\x02\n\x05\x45ntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12*\n\x04kind\x18\x03 \x01(\x0e\x32\x1c.tiergen.ledger.v1.EntryKind\x12\x17\n\x0f\x61vailable_delta\x18\x04 \x01(\x03\x12\x12\n\nheld_delta\x18\x05 \x01(\x03\x12\x17\n\x0f\x61vailable_after\x18\x06 \x01(\x03\x12\x12\n\nheld_after\x18\x07 \x01(\x03\x12\x0f\n\x07hold_id\x18\x08 \x01(\t\x12\x0c\n\x04memo\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\x12OpenAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"e\n\x13OpenAccountResponse\x12+\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\x1a.tiergen.ledger.v1.Balance\x12\x0f\n\x07granted\x18\x02 \x01(\x03\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"=\n\x0e\x43heckInRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"\x88\x01\n\x0f\x43heckInResponse\x12+\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\x1a.tiergen.ledger.v1.Balance\x12\x0f\n\x07granted\x18\x02 \x01(\x03\x12\x10\n\x08iso_week\x18\x03 \x01(\t\x12\x13\n\x0b\x63\x61p_reached\x18\x04 \x01(\x08\x12\x10\n\x08replayed\x18\x05 \x01(\x08\"\'\n\x11GetBalanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"A\n\x12GetBalanceResponse\x12+\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\x1a.tiergen.ledger.v1.Balance\"p\n\x0eReserveRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x0c\n\x04memo\x18\x05 \x01(\t\"w\n\x0fReserveResponse\x12%\n\x04hold\x18\x01 \x01(\x0b\x32\x17.tiergen.ledger.v1.Hold\x12+\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x1a.tiergen.ledger.v1.Balance\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"J\n\x0e\x43\x61ptureRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"w\n\x0f\x43\x61ptureResponse\x12%\n\x04hold\x18\x01 \x01(\x0b\x32\x17.tiergen.ledger.v1.Hold\x12+\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x1a.tiergen.ledger.v1.Balance\x12\x10\n\x08replayed\x18\x03 \x01(\x08\":\n\x0eReleaseRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"w\n\x0fReleaseResponse\x12%\n\x04hold\x18\x01 \x01(\x0b\x32\x17.tiergen.ledger.v1.Hold\x12+\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x1a.tiergen.ledger.v1.Balance\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\x87\x01\n\x0cGrantRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12*\n\x04kind\x18\x03 \x01(\x0e\x32\x1c.tiergen.ledger.v1.GrantKind\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"w\n\rGrantResponse\x12\'\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x18.tiergen.ledger.v1.Entry\x12+\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x1a.tiergen.ledger.v1.Balance\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\xda\x01\n\x12ListEntriesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x05kinds\x18\x04 \x03(\x0e\x32\x1c.tiergen.ledger.v1.EntryKind\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"Y\n\x13ListEntriesResponse\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.tiergen.ledger.v1.Entry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x8c\x01\n\nHoldStatus\x12\x1b\n\x17HOLD_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10HOLD_STATUS_OPEN\x10\x01\x12\x18\n\x14HOLD_STATUS_CAPTURED\x10\x02\x12\x18\n\x14HOLD_STATUS_RELEASED\x10\x03\x12\x17\n\x13HOLD_STATUS_EXPIRED\x10\x04*\xf0\x01\n\tEntryKind\x12\x1a\n\x16\x45NTRY_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45NTRY_KIND_SIGNUP_BONUS\x10\x01\x12\x17\n\x13\x45NTRY_KIND_CHECK_IN\x10\x02\x12\x17\n\x13\x45NTRY_KIND_PURCHASE\x10\x03\x12\x19\n\x15\x45NTRY_KIND_ADJUSTMENT\x10\x04\x12\x16\n\x12\x45NTRY_KIND_RESERVE\x10\x05\x12\x16\n\x12\x45NTRY_KIND_CAPTURE\x10\x06\x12\x16\n\x12\x45NTRY_KIND_RELEASE\x10\x07\x12\x15\n\x11\x45NTRY_KIND_EXPIRE\x10\x08*[\n\tGrantKind\x12\x1a\n\x16GRANT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13GRANT_KIND_PURCHASE\x10\x01\x12\x19\n\x15GRANT_KIND_ADJUSTMENT\x10\x02\x32\xba\x05\n\rLedgerService\x12\\\n\x0bOpenAccount\x12%.tiergen.ledger.v1.OpenAccountRequest\x1a&.tiergen.ledger.v1.OpenAccountResponse\x12P\n\x07\x43heckIn\x12!.tiergen.ledger.v1.CheckInRequest\x1a\".tiergen.ledger.v1.CheckInResponse\x12Y\n\nGetBalance\x12$.tiergen.ledger.v1.GetBalanceRequest\x1a%.tiergen.ledger.v1.GetBalanceResponse\x12P\n\x07Reserve\x12!.tiergen.ledger.v1.ReserveRequest\x1a\".tiergen.ledger.v1.ReserveResponse\x12P\n\x07\x43\x61pture\x12!.tiergen.ledger.v1.CaptureRequest\x1a\".tiergen.ledger.v1.CaptureResponse\x12P\n\x07Release\x12!.tiergen.ledger.v1.ReleaseRequest\x1a\".tiergen.ledger.v1.ReleaseResponse\x12J\n\x05Grant\x12\x1f.tiergen.ledger.v1.GrantRequest\x1a .tiergen.ledger.v1.GrantResponse\x12\\\n\x0bListEntries\x12%.tiergen.ledger.v1.ListEntriesRequest\x1a&.tiergen.ledger.v1.ListEntriesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etiergen/ledger/v1/ledger.proto\x12\x11tiergen.ledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x01\n\x07\x42\x61lance\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x03\x12\x0c\n\x04held\x18\x03 \x01(\x03\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x1b\n\x13promotional_granted\x18\x05 \x01(\x03\x12\x17\n\x0fpromotional_cap\x18\x06 \x01(\x03\x12\x11\n\tpurchased\x18\x07 \x01(\x03\x12\x10\n\x08\x63onsumed\x18\x08 \x01(\x03\"\xa5\x02\n\x04Hold\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x17\n\x0f\x63\x61ptured_amount\x18\x04 \x01(\x03\x12-\n\x06status\x18\x05 \x01(\x0e\x32\x1d.tiergen.ledger.v1.HoldStatus\x12\x0c\n\x04memo\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cresolve_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x83\x02\n\x05\x45ntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12*\n\x04kind\x18\x03 \x01(\x0e\x32\x1c.tiergen.ledger.v1.EntryKind\x12\x17\n\x0f\x61vailable_delta\x18\x04 \x01(\x03\x12\x12\n\nheld_delta\x18\x05 \x01(\x03\x12\x17\n\x0f\x61vailable_after\x18\x06 \x01(\x03\x12\x12\n\nheld_after\x18\x07 \x01(\x03\x12\x0f\n\x07hold_id\x18\x08 \x01(\t\x12\x0c\n\x04memo\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\x12OpenAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"\x97\x01\n\x13OpenAccountResponse\x12+\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\x1a.tiergen.ledger.v1.Balance\x12\x0f\n\x07granted\x18\x02 \x01(\x03\x12\x10\n\x08replayed\x18\x03 \x01(\x08\x12\x30\n\x07outcome\x18\x04 \x01(\x0e\x32\x1f.tiergen.ledger.v1.GrantOutcome\"=\n\x0e\x43heckInRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"\xba\x01\n\x0f\x43heckInResponse\x12+\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\x1a.tiergen.ledger.v1.Balance\x12\x0f\n\x07granted\x18\x02 \x01(\x03\x12\x10\n\x08iso_week\x18\x03 \x01(\t\x12\x13\n\x0b\x63\x61p_reached\x18\x04 \x01(\x08\x12\x10\n\x08replayed\x18\x05 \x01(\x08\x12\x30\n\x07outcome\x18\x06 \x01(\x0e\x32\x1f.tiergen.ledger.v1.GrantOutcome\"\'\n\x11GetBalanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"A\n\x12GetBalanceResponse\x12+\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\x1a.tiergen.ledger.v1.Balance\"p\n\x0eReserveRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x0c\n\x04memo\x18\x05 \x01(\t\"w\n\x0fReserveResponse\x12%\n\x04hold\x18\x01 \x01(\x0b\x32\x17.tiergen.ledger.v1.Hold\x12+\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x1a.tiergen.ledger.v1.Balance\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"J\n\x0e\x43\x61ptureRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"w\n\x0f\x43\x61ptureResponse\x12%\n\x04hold\x18\x01 \x01(\x0b\x32\x17.tiergen.ledger.v1.Hold\x12+\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x1a.tiergen.ledger.v1.Balance\x12\x10\n\x08replayed\x18\x03 \x01(\x08\":\n\x0eReleaseRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"w\n\x0fReleaseResponse\x12%\n\x04hold\x18\x01 \x01(\x0b\x32\x17.tiergen.ledger.v1.Hold\x12+\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x1a.tiergen.ledger.v1.Balance\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\x87\x01\n\x0cGrantRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12*\n\x04kind\x18\x03 \x01(\x0e\x32\x1c.tiergen.ledger.v1.GrantKind\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"w\n\rGrantResponse\x12\'\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x18.tiergen.ledger.v1.Entry\x12+\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x1a.tiergen.ledger.v1.Balance\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\xda\x01\n\x12ListEntriesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x05kinds\x18\x04 \x03(\x0e\x32\x1c.tiergen.ledger.v1.EntryKind\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"Y\n\x13ListEntriesResponse\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.tiergen.ledger.v1.Entry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x8c\x01\n\nHoldStatus\x12\x1b\n\x17HOLD_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10HOLD_STATUS_OPEN\x10\x01\x12\x18\n\x14HOLD_STATUS_CAPTURED\x10\x02\x12\x18\n\x14HOLD_STATUS_RELEASED\x10\x03\x12\x17\n\x13HOLD_STATUS_EXPIRED\x10\x04*\xf0\x01\n\tEntryKind\x12\x1a\n\x16\x45NTRY_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45NTRY_KIND_SIGNUP_BONUS\x10\x01\x12\x17\n\x13\x45NTRY_KIND_CHECK_IN\x10\x02\x12\x17\n\x13\x45NTRY_KIND_PURCHASE\x10\x03\x12\x19\n\x15\x45NTRY_KIND_ADJUSTMENT\x10\x04\x12\x16\n\x12\x45NTRY_KIND_RESERVE\x10\x05\x12\x16\n\x12\x45NTRY_KIND_CAPTURE\x10\x06\x12\x16\n\x12\x45NTRY_KIND_RELEASE\x10\x07\x12\x15\n\x11\x45NTRY_KIND_EXPIRE\x10\x08*\x98\x01\n\x0cGrantOutcome\x12\x1d\n\x19GRANT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15GRANT_OUTCOME_GRANTED\x10\x01\x12\x1e\n\x1aGRANT_OUTCOME_ALREADY_OPEN\x10\x02\x12.\n*GRANT_OUTCOME_ALREADY_CHECKED_IN_THIS_WEEK\x10\x03*[\n\tGrantKind\x12\x1a\n\x16GRANT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13GRANT_KIND_PURCHASE\x10\x01\x12\x19\n\x15GRANT_KIND_ADJUSTMENT\x10\x02\x32\xba\x05\n\rLedgerService\x12\\\n\x0bOpenAccount\x12%.tiergen.ledger.v1.OpenAccountRequest\x1a&.tiergen.ledger.v1.OpenAccountResponse\x12P\n\x07\x43heckIn\x12!.tiergen.ledger.v1.CheckInRequest\x1a\".tiergen.ledger.v1.CheckInResponse\x12Y\n\nGetBalance\x12$.tiergen.ledger.v1.GetBalanceRequest\x1a%.tiergen.ledger.v1.GetBalanceResponse\x12P\n\x07Reserve\x12!.tiergen.ledger.v1.ReserveRequest\x1a\".tiergen.ledger.v1.ReserveResponse\x12P\n\x07\x43\x61pture\x12!.tiergen.ledger.v1.CaptureRequest\x1a\".tiergen.ledger.v1.CaptureResponse\x12P\n\x07Release\x12!.tiergen.ledger.v1.ReleaseRequest\x1a\".tiergen.ledger.v1.ReleaseResponse\x12J\n\x05Grant\x12\x1f.tiergen.ledger.v1.GrantRequest\x1a .tiergen.ledger.v1.GrantResponse\x12\\\n\x0bListEntries\x12%.tiergen.ledger.v1.ListEntriesRequest\x1a&.tiergen.ledger.v1.ListEntriesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tiergen.ledger.v1.ledger_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HOLDSTATUS']._serialized_start=2480
-  _globals['_HOLDSTATUS']._serialized_end=2620
-  _globals['_ENTRYKIND']._serialized_start=2623
-  _globals['_ENTRYKIND']._serialized_end=2863
-  _globals['_GRANTKIND']._serialized_start=2865
-  _globals['_GRANTKIND']._serialized_end=2956
+  _globals['_HOLDSTATUS']._serialized_start=2581
+  _globals['_HOLDSTATUS']._serialized_end=2721
+  _globals['_ENTRYKIND']._serialized_start=2724
+  _globals['_ENTRYKIND']._serialized_end=2964
+  _globals['_GRANTOUTCOME']._serialized_start=2967
+  _globals['_GRANTOUTCOME']._serialized_end=3119
+  _globals['_GRANTKIND']._serialized_start=3121
+  _globals['_GRANTKIND']._serialized_end=3212
   _globals['_BALANCE']._serialized_start=87
   _globals['_BALANCE']._serialized_end=255
   _globals['_HOLD']._serialized_start=258
@@ -46,36 +48,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENTRY']._serialized_end=813
   _globals['_OPENACCOUNTREQUEST']._serialized_start=815
   _globals['_OPENACCOUNTREQUEST']._serialized_end=880
-  _globals['_OPENACCOUNTRESPONSE']._serialized_start=882
-  _globals['_OPENACCOUNTRESPONSE']._serialized_end=983
-  _globals['_CHECKINREQUEST']._serialized_start=985
-  _globals['_CHECKINREQUEST']._serialized_end=1046
-  _globals['_CHECKINRESPONSE']._serialized_start=1049
-  _globals['_CHECKINRESPONSE']._serialized_end=1185
-  _globals['_GETBALANCEREQUEST']._serialized_start=1187
-  _globals['_GETBALANCEREQUEST']._serialized_end=1226
-  _globals['_GETBALANCERESPONSE']._serialized_start=1228
-  _globals['_GETBALANCERESPONSE']._serialized_end=1293
-  _globals['_RESERVEREQUEST']._serialized_start=1295
-  _globals['_RESERVEREQUEST']._serialized_end=1407
-  _globals['_RESERVERESPONSE']._serialized_start=1409
-  _globals['_RESERVERESPONSE']._serialized_end=1528
-  _globals['_CAPTUREREQUEST']._serialized_start=1530
-  _globals['_CAPTUREREQUEST']._serialized_end=1604
-  _globals['_CAPTURERESPONSE']._serialized_start=1606
-  _globals['_CAPTURERESPONSE']._serialized_end=1725
-  _globals['_RELEASEREQUEST']._serialized_start=1727
-  _globals['_RELEASEREQUEST']._serialized_end=1785
-  _globals['_RELEASERESPONSE']._serialized_start=1787
-  _globals['_RELEASERESPONSE']._serialized_end=1906
-  _globals['_GRANTREQUEST']._serialized_start=1909
-  _globals['_GRANTREQUEST']._serialized_end=2044
-  _globals['_GRANTRESPONSE']._serialized_start=2046
-  _globals['_GRANTRESPONSE']._serialized_end=2165
-  _globals['_LISTENTRIESREQUEST']._serialized_start=2168
-  _globals['_LISTENTRIESREQUEST']._serialized_end=2386
-  _globals['_LISTENTRIESRESPONSE']._serialized_start=2388
-  _globals['_LISTENTRIESRESPONSE']._serialized_end=2477
-  _globals['_LEDGERSERVICE']._serialized_start=2959
-  _globals['_LEDGERSERVICE']._serialized_end=3657
+  _globals['_OPENACCOUNTRESPONSE']._serialized_start=883
+  _globals['_OPENACCOUNTRESPONSE']._serialized_end=1034
+  _globals['_CHECKINREQUEST']._serialized_start=1036
+  _globals['_CHECKINREQUEST']._serialized_end=1097
+  _globals['_CHECKINRESPONSE']._serialized_start=1100
+  _globals['_CHECKINRESPONSE']._serialized_end=1286
+  _globals['_GETBALANCEREQUEST']._serialized_start=1288
+  _globals['_GETBALANCEREQUEST']._serialized_end=1327
+  _globals['_GETBALANCERESPONSE']._serialized_start=1329
+  _globals['_GETBALANCERESPONSE']._serialized_end=1394
+  _globals['_RESERVEREQUEST']._serialized_start=1396
+  _globals['_RESERVEREQUEST']._serialized_end=1508
+  _globals['_RESERVERESPONSE']._serialized_start=1510
+  _globals['_RESERVERESPONSE']._serialized_end=1629
+  _globals['_CAPTUREREQUEST']._serialized_start=1631
+  _globals['_CAPTUREREQUEST']._serialized_end=1705
+  _globals['_CAPTURERESPONSE']._serialized_start=1707
+  _globals['_CAPTURERESPONSE']._serialized_end=1826
+  _globals['_RELEASEREQUEST']._serialized_start=1828
+  _globals['_RELEASEREQUEST']._serialized_end=1886
+  _globals['_RELEASERESPONSE']._serialized_start=1888
+  _globals['_RELEASERESPONSE']._serialized_end=2007
+  _globals['_GRANTREQUEST']._serialized_start=2010
+  _globals['_GRANTREQUEST']._serialized_end=2145
+  _globals['_GRANTRESPONSE']._serialized_start=2147
+  _globals['_GRANTRESPONSE']._serialized_end=2266
+  _globals['_LISTENTRIESREQUEST']._serialized_start=2269
+  _globals['_LISTENTRIESREQUEST']._serialized_end=2487
+  _globals['_LISTENTRIESRESPONSE']._serialized_start=2489
+  _globals['_LISTENTRIESRESPONSE']._serialized_end=2578
+  _globals['_LEDGERSERVICE']._serialized_start=3215
+  _globals['_LEDGERSERVICE']._serialized_end=3913
 # @@protoc_insertion_point(module_scope)

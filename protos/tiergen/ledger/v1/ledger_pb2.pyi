@@ -30,6 +30,13 @@ class EntryKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENTRY_KIND_RELEASE: _ClassVar[EntryKind]
     ENTRY_KIND_EXPIRE: _ClassVar[EntryKind]
 
+class GrantOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GRANT_OUTCOME_UNSPECIFIED: _ClassVar[GrantOutcome]
+    GRANT_OUTCOME_GRANTED: _ClassVar[GrantOutcome]
+    GRANT_OUTCOME_ALREADY_OPEN: _ClassVar[GrantOutcome]
+    GRANT_OUTCOME_ALREADY_CHECKED_IN_THIS_WEEK: _ClassVar[GrantOutcome]
+
 class GrantKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     GRANT_KIND_UNSPECIFIED: _ClassVar[GrantKind]
@@ -49,6 +56,10 @@ ENTRY_KIND_RESERVE: EntryKind
 ENTRY_KIND_CAPTURE: EntryKind
 ENTRY_KIND_RELEASE: EntryKind
 ENTRY_KIND_EXPIRE: EntryKind
+GRANT_OUTCOME_UNSPECIFIED: GrantOutcome
+GRANT_OUTCOME_GRANTED: GrantOutcome
+GRANT_OUTCOME_ALREADY_OPEN: GrantOutcome
+GRANT_OUTCOME_ALREADY_CHECKED_IN_THIS_WEEK: GrantOutcome
 GRANT_KIND_UNSPECIFIED: GrantKind
 GRANT_KIND_PURCHASE: GrantKind
 GRANT_KIND_ADJUSTMENT: GrantKind
@@ -128,14 +139,16 @@ class OpenAccountRequest(_message.Message):
     def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class OpenAccountResponse(_message.Message):
-    __slots__ = ("balance", "granted", "replayed")
+    __slots__ = ("balance", "granted", "replayed", "outcome")
     BALANCE_FIELD_NUMBER: _ClassVar[int]
     GRANTED_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
     balance: Balance
     granted: int
     replayed: bool
-    def __init__(self, balance: _Optional[_Union[Balance, _Mapping]] = ..., granted: _Optional[int] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    outcome: GrantOutcome
+    def __init__(self, balance: _Optional[_Union[Balance, _Mapping]] = ..., granted: _Optional[int] = ..., replayed: _Optional[bool] = ..., outcome: _Optional[_Union[GrantOutcome, str]] = ...) -> None: ...
 
 class CheckInRequest(_message.Message):
     __slots__ = ("account_id", "idempotency_key")
@@ -146,18 +159,20 @@ class CheckInRequest(_message.Message):
     def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class CheckInResponse(_message.Message):
-    __slots__ = ("balance", "granted", "iso_week", "cap_reached", "replayed")
+    __slots__ = ("balance", "granted", "iso_week", "cap_reached", "replayed", "outcome")
     BALANCE_FIELD_NUMBER: _ClassVar[int]
     GRANTED_FIELD_NUMBER: _ClassVar[int]
     ISO_WEEK_FIELD_NUMBER: _ClassVar[int]
     CAP_REACHED_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
     balance: Balance
     granted: int
     iso_week: str
     cap_reached: bool
     replayed: bool
-    def __init__(self, balance: _Optional[_Union[Balance, _Mapping]] = ..., granted: _Optional[int] = ..., iso_week: _Optional[str] = ..., cap_reached: _Optional[bool] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    outcome: GrantOutcome
+    def __init__(self, balance: _Optional[_Union[Balance, _Mapping]] = ..., granted: _Optional[int] = ..., iso_week: _Optional[str] = ..., cap_reached: _Optional[bool] = ..., replayed: _Optional[bool] = ..., outcome: _Optional[_Union[GrantOutcome, str]] = ...) -> None: ...
 
 class GetBalanceRequest(_message.Message):
     __slots__ = ("account_id",)

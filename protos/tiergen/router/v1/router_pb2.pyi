@@ -414,14 +414,16 @@ class OpenAccountRequest(_message.Message):
     def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class OpenAccountResponse(_message.Message):
-    __slots__ = ("balance", "granted", "replayed")
+    __slots__ = ("balance", "granted", "replayed", "outcome")
     BALANCE_FIELD_NUMBER: _ClassVar[int]
     GRANTED_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
     balance: _ledger_pb2.Balance
     granted: int
     replayed: bool
-    def __init__(self, balance: _Optional[_Union[_ledger_pb2.Balance, _Mapping]] = ..., granted: _Optional[int] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    outcome: _ledger_pb2.GrantOutcome
+    def __init__(self, balance: _Optional[_Union[_ledger_pb2.Balance, _Mapping]] = ..., granted: _Optional[int] = ..., replayed: _Optional[bool] = ..., outcome: _Optional[_Union[_ledger_pb2.GrantOutcome, str]] = ...) -> None: ...
 
 class GetBalanceRequest(_message.Message):
     __slots__ = ("account_id",)
@@ -444,15 +446,17 @@ class CheckInRequest(_message.Message):
     def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class CheckInResponse(_message.Message):
-    __slots__ = ("balance", "granted", "iso_week", "cap_reached", "replayed")
+    __slots__ = ("balance", "granted", "iso_week", "cap_reached", "replayed", "outcome")
     BALANCE_FIELD_NUMBER: _ClassVar[int]
     GRANTED_FIELD_NUMBER: _ClassVar[int]
     ISO_WEEK_FIELD_NUMBER: _ClassVar[int]
     CAP_REACHED_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
     balance: _ledger_pb2.Balance
     granted: int
     iso_week: str
     cap_reached: bool
     replayed: bool
-    def __init__(self, balance: _Optional[_Union[_ledger_pb2.Balance, _Mapping]] = ..., granted: _Optional[int] = ..., iso_week: _Optional[str] = ..., cap_reached: _Optional[bool] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    outcome: _ledger_pb2.GrantOutcome
+    def __init__(self, balance: _Optional[_Union[_ledger_pb2.Balance, _Mapping]] = ..., granted: _Optional[int] = ..., iso_week: _Optional[str] = ..., cap_reached: _Optional[bool] = ..., replayed: _Optional[bool] = ..., outcome: _Optional[_Union[_ledger_pb2.GrantOutcome, str]] = ...) -> None: ...
