@@ -1,5 +1,5 @@
-"""Server bootstrap shared by every service: the `create_server` factory, health, reflection,
-and the process entry point with graceful shutdown on SIGTERM."""
+"""Server bootstrap shared by every service: the `create_server` factory, health, reflection
+(v1 and v1alpha), and the process entry point with graceful shutdown on SIGTERM."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from typing import Any
 import grpc
 import structlog
 import uvloop
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from services.runtime.interceptors import ServerTelemetryInterceptor
 from services.runtime.logging import configure_logging
@@ -25,7 +26,14 @@ from services.runtime.metrics import MetricsEndpoint
 from services.runtime.settings import ConfigError, Env, ServerSettings
 from services.runtime.tracing import configure_tracing
 
-__all__ = ["EVENT_LOOP_VARIABLE", "Server", "ServiceRegistration", "create_server", "serve_forever"]
+__all__ = [
+    "EVENT_LOOP_VARIABLE",
+    "REFLECTION_V1",
+    "Server",
+    "ServiceRegistration",
+    "create_server",
+    "serve_forever",
+]
 
 #: `asyncio` runs a service on the standard library's event loop instead of uvloop.
 EVENT_LOOP_VARIABLE = "TIERGEN_EVENT_LOOP"
@@ -170,14 +178,7 @@ async def create_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [registration.name for registration in services]
-    reflection.enable_server_reflection(
-        [
-            *names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
+    _enable_reflection(server, [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
     try:
         port = server.add_insecure_port(settings.address)
     except RuntimeError as exc:
@@ -185,6 +186,73 @@ async def create_server(
     if port == 0:
         raise ConfigError(f"cannot listen on {settings.address}: address in use or unavailable")
     return Server(server, health_servicer, settings, names, on_stop), port
+
+
+#: Reflection as grpcurl and Postman ask for it first; v1alpha stays for older tools.
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _enable_reflection(server: grpc.aio.Server, services: Sequence[str]) -> None:
+    """Serves reflection of `services` as grpc.reflection.v1 and as v1alpha.
+
+    grpcio-reflection (1.85) serves only v1alpha (grpc/grpc#38576). The messages of the two
+    versions are the same field for field, so one servicer, with v1alpha's message classes,
+    answers both.
+    """
+    _add_reflection_v1_file()
+    servicer = reflection.aio.ReflectionServicer(
+        [*services, reflection.SERVICE_NAME, REFLECTION_V1]
+    )
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.method_handlers_generic_handler(
+        REFLECTION_V1,
+        {
+            "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                servicer.ServerReflectionInfo,
+                request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+            )
+        },
+    )
+    server.add_generic_rpc_handlers((v1,))
+
+
+def _add_reflection_v1_file() -> None:
+    """Puts grpc/reflection/v1/reflection.proto in the default descriptor pool, so reflection
+    can describe its own v1 service (`grpcurl describe` asks for every service listed).
+
+    It is v1alpha's file under v1's names and options, as in grpc-proto.
+    """
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindServiceByName(REFLECTION_V1)
+        return  # a grpcio-reflection that ships v1 has put its own there
+    except KeyError:
+        pass
+    alpha = reflection_pb2.DESCRIPTOR.package
+    v1 = REFLECTION_V1.rpartition(".")[0]
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    proto.name = "grpc/reflection/v1/reflection.proto"
+    proto.package = v1
+    proto.options.Clear()
+    proto.options.go_package = "google.golang.org/grpc/reflection/grpc_reflection_v1"
+    proto.options.java_multiple_files = True
+    proto.options.java_package = "io.grpc.reflection.v1"
+    proto.options.java_outer_classname = "ServerReflectionProto"
+
+    def renamed(type_name: str) -> str:
+        return type_name.replace(f".{alpha}.", f".{v1}.", 1)
+
+    for message in proto.message_type:
+        for field in message.field:
+            if field.type_name:
+                field.type_name = renamed(field.type_name)
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = renamed(method.input_type)
+            method.output_type = renamed(method.output_type)
+    pool.Add(proto)
 
 
 def _write_ready_file(path: Path, address: str) -> None:
