@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -62,10 +63,11 @@ def generator_env() -> dict[str, str]:
     return {}
 
 
-@pytest.fixture
-async def suite(
-    tmp_path: Path, router_env: dict[str, str], generator_env: dict[str, str]
+@contextlib.asynccontextmanager
+async def running_suite(
+    data_dir: Path, router_env: dict[str, str], generator_env: dict[str, str]
 ) -> AsyncIterator[InProcessSuite]:
+    """The four servers on port 0 with their files in `data_dir`, stopped on the way out."""
     env = {"TIERGEN_PORT": "0", "TIERGEN_SHUTDOWN_GRACE_SECONDS": "0"}
     servers: dict[str, Server] = {}
     addresses: dict[str, str] = {}
@@ -74,7 +76,7 @@ async def suite(
         servers["ledger"], addresses["ledger"] = await _start(
             create_ledger,
             LedgerSettings.from_env(
-                {**env, "TIERGEN_LEDGER_DSN": f"sqlite:///{tmp_path / 'ledger.db'}"}
+                {**env, "TIERGEN_LEDGER_DSN": f"sqlite:///{data_dir / 'ledger.db'}"}
             ),
         )
         servers["generator"], addresses["generator"] = await _start(
@@ -91,8 +93,8 @@ async def suite(
                     "LEDGER_ADDR": addresses["ledger"],
                     "GENERATOR_ADDR": addresses["generator"],
                     "UPSCALER_ADDR": addresses["upscaler"],
-                    "TIERGEN_ROUTER_DSN": f"sqlite:///{tmp_path / 'router.db'}",
-                    "TIERGEN_ROUTER_ASSETS_DIR": str(tmp_path / "assets"),
+                    "TIERGEN_ROUTER_DSN": f"sqlite:///{data_dir / 'router.db'}",
+                    "TIERGEN_ROUTER_ASSETS_DIR": str(data_dir / "assets"),
                     **router_env,
                 }
             ),
@@ -101,7 +103,7 @@ async def suite(
             addresses["router"], options=[("grpc.max_receive_message_length", 8 << 20)]
         )
         yield InProcessSuite(
-            servers, addresses, router_pb2_grpc.RouterServiceStub(channel), tmp_path
+            servers, addresses, router_pb2_grpc.RouterServiceStub(channel), data_dir
         )
     finally:
         if channel is not None:
@@ -109,3 +111,11 @@ async def suite(
         for name in ("router", "upscaler", "generator", "ledger"):
             if name in servers:
                 await servers[name].stop(0)
+
+
+@pytest.fixture
+async def suite(
+    tmp_path: Path, router_env: dict[str, str], generator_env: dict[str, str]
+) -> AsyncIterator[InProcessSuite]:
+    async with running_suite(tmp_path, router_env, generator_env) as running:
+        yield running
