@@ -1,5 +1,5 @@
 """Server and client interceptors: a span per RPC, trace context across hops, the canonical log
-line, error mapping, and deadline propagation to downstream calls."""
+line, error mapping, deadline propagation to downstream calls, and retries kept to one hop."""
 
 from __future__ import annotations
 
@@ -22,7 +22,12 @@ from services.runtime.metrics import RpcMetrics
 from services.runtime.status import grpc_code, to_status
 from services.runtime.tracing import current_trace_id
 
-__all__ = ["ServerTelemetryInterceptor", "client_interceptors", "remaining_deadline"]
+__all__ = [
+    "RETRY_PUSHBACK",
+    "ServerTelemetryInterceptor",
+    "client_interceptors",
+    "remaining_deadline",
+]
 
 _tracer = trace.get_tracer("tiergen.runtime")
 _log = structlog.get_logger("tiergen.rpc")
@@ -30,6 +35,54 @@ _log = structlog.get_logger("tiergen.rpc")
 #: Monotonic deadline of the RPC being served, so downstream calls inherit it.
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "tiergen_deadline", default=None
+)
+
+#: The trailer by which a server tells its caller's channel whether to retry (gRFC A6
+#: "pushback"); a negative value means never.
+RETRY_PUSHBACK = "grpc-retry-pushback-ms"
+_DO_NOT_RETRY = (RETRY_PUSHBACK, "-1")
+
+#: The status code every channel's retry policy retries (`services.runtime.channels`).
+_RETRYABLE = grpc.StatusCode.UNAVAILABLE
+
+
+class _Downstream:
+    """Whether the calls an RPC being served made to other services ended UNAVAILABLE.
+
+    Such a call was already retried by its channel's policy. If the RPC then fails with
+    UNAVAILABLE too, its caller must not retry it: each of its attempts would repeat all of
+    ours, and the attempts of every hop would multiply.
+    """
+
+    __slots__ = ("_streams", "unavailable")
+
+    def __init__(self) -> None:
+        self.unavailable = False
+        # Streaming calls whose end has not been recorded yet.
+        self._streams: set[Any] = set()
+
+    def watch(self, call: Any) -> None:
+        self._streams.add(call)
+
+    def ended(self, code: grpc.StatusCode, call: Any = None) -> None:
+        if code is _RETRYABLE:
+            self.unavailable = True
+        self._streams.discard(call)
+
+    async def were_unavailable(self) -> bool:
+        if self.unavailable:
+            return True
+        # A stream's end is recorded by a callback that may run only after the handler has
+        # already seen the stream fail; a finished call knows its code without waiting.
+        for call in tuple(self._streams):
+            if call.done() and await call.code() is _RETRYABLE:
+                return True
+        return False
+
+
+#: The downstream calls of the RPC being served.
+_downstream: contextvars.ContextVar[_Downstream | None] = contextvars.ContextVar(
+    "tiergen_downstream", default=None
 )
 
 #: Methods served without spans or log lines: probes would drown the real traffic.
@@ -74,7 +127,7 @@ class _Method:
 class _ServedRpc:
     """The telemetry of one inbound RPC: its span, timing and canonical log line."""
 
-    __slots__ = ("_context", "_method", "_peer", "_span", "_start", "_token")
+    __slots__ = ("_context", "_downstream", "_method", "_peer", "_span", "_start", "_token")
 
     def __init__(self, method: _Method, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self._method = method
@@ -91,6 +144,8 @@ class _ServedRpc:
         structlog.contextvars.clear_contextvars()
         remaining = context.time_remaining()
         _deadline.set(None if remaining is None else time.monotonic() + remaining)
+        self._downstream = _Downstream()
+        _downstream.set(self._downstream)
 
     def end(self, code: grpc.StatusCode, error: BaseException | None = None) -> None:
         span = self._span
@@ -126,8 +181,11 @@ class _ServedRpc:
             return
         if isinstance(exc, TiergenError):
             status = to_status(exc)
+            trailers = tuple(status.trailing_metadata)
+            if status.code is _RETRYABLE and await self._downstream.were_unavailable():
+                trailers = (*trailers, _DO_NOT_RETRY)
             self.end(grpc_code(exc), exc)
-            await self._context.abort(status.code, status.details, status.trailing_metadata)
+            await self._context.abort(status.code, status.details, trailers)
         if isinstance(exc, grpc.aio.AbortError):
             self.end(self._context.code() or grpc.StatusCode.UNKNOWN, exc)
             return
@@ -230,7 +288,8 @@ def _wrap_streaming(behavior: Any, method: _Method) -> Callable[..., AsyncIterat
 
 
 class _ClientTelemetry:
-    """Starts a client span, injects its trace context, and inherits the inbound deadline."""
+    """Starts a client span, injects its trace context, inherits the inbound deadline, and
+    tells the RPC being served how its downstream calls ended."""
 
     def __init__(self, default_timeout: float) -> None:
         self._default_timeout = default_timeout
@@ -260,11 +319,19 @@ class _ClientTelemetry:
             span.set_status(Status(StatusCode.ERROR, message or code.name))
         span.end()
 
-    async def _end_when_done(self, span: Any, call: Any) -> None:
-        self._end(span, await call.code(), await call.details())
+    async def _end_when_done(self, span: Any, call: Any, downstream: _Downstream | None) -> None:
+        code = await call.code()
+        self._end(span, code, await call.details())
+        if downstream is not None:
+            downstream.ended(code, call)
 
     def _track(self, span: Any, call: Any) -> Any:
-        call.add_done_callback(lambda done: asyncio.ensure_future(self._end_when_done(span, done)))
+        downstream = _downstream.get()
+        if downstream is not None:
+            downstream.watch(call)
+        call.add_done_callback(
+            lambda done: asyncio.ensure_future(self._end_when_done(span, done, downstream))
+        )
         return call
 
 
@@ -278,6 +345,9 @@ class _UnaryUnaryTelemetry(_ClientTelemetry, grpc.aio.UnaryUnaryClientIntercepto
             await call
         except grpc.aio.AioRpcError as exc:
             self._end(span, exc.code(), exc.details() or "")
+            downstream = _downstream.get()
+            if downstream is not None:
+                downstream.ended(exc.code())
             raise
         except BaseException:
             self._end(span, grpc.StatusCode.CANCELLED)
