@@ -1,11 +1,13 @@
 """Server and client interceptors: a span per RPC, trace context across hops, the canonical log
-line, error mapping, deadline propagation to downstream calls, and retries kept to one hop."""
+line, error mapping, deadline propagation to downstream calls, retries kept to one hop, and
+requests whose bytes do not parse refused as INVALID_ARGUMENT."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import contextvars
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -13,11 +15,12 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from services.runtime.errors import TiergenError
+from services.runtime.errors import InvalidArgument, TiergenError
 from services.runtime.metrics import RpcMetrics
 from services.runtime.status import grpc_code, to_status
 from services.runtime.tracing import current_trace_id
@@ -198,7 +201,8 @@ class _ServedRpc:
 
 
 class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every handler so each RPC gets a span, a log line and mapped errors.
+    """Wraps every handler so each RPC gets a span, a log line and mapped errors, and a request
+    that is not a valid message is refused with INVALID_ARGUMENT.
 
     A method's handler is wrapped once, on its first call, not again for every call.
     """
@@ -219,14 +223,109 @@ class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or method.startswith(_QUIET_PREFIXES):
+        if handler is None:
             return handler
         known = self._wrapped.get(method)
         if known is not None and known[0] is handler:
             return known[1]
-        wrapped = _wrap_handler(handler, _Method.of(method))
+        wrapped = _guard_decoding(handler)
+        if not method.startswith(_QUIET_PREFIXES):
+            wrapped = _wrap_handler(wrapped, _Method.of(method))
         self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+
+class _Undecodable:
+    """What a request's deserializer returns for bytes that do not parse, so that the handler,
+    which has a context to answer with, refuses the call.
+
+    grpc.aio calls the deserializer outside any handler and answers its exception with UNKNOWN
+    and the Python exception's text.
+    """
+
+    __slots__ = ("status",)
+
+    def __init__(self, message_name: str | None) -> None:
+        what = f"a valid {message_name} protobuf" if message_name else "a valid protobuf message"
+        self.status = to_status(
+            InvalidArgument(f"the request is not {what}", reason="MALFORMED_REQUEST")
+        )
+
+    async def refuse(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        status = self.status
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+async def _checked(
+    requests: AsyncIterator[Any],
+    context: grpc.aio.ServicerContext[Any, Any],
+    undecodable: _Undecodable,
+) -> AsyncIterator[Any]:
+    """The messages of a request stream; the call is refused at the first that did not parse."""
+    async for request in requests:
+        if request is undecodable:
+            await undecodable.refuse(context)
+        yield request
+
+
+def _guard_behavior(behavior: Any, undecodable: _Undecodable, request_streaming: bool) -> Any:
+    """`behavior` refusing undecodable requests, of the same kind (coroutine or async generator)
+    as `behavior`, since grpc.aio serves the two kinds differently."""
+
+    def requests(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return _checked(request, context, undecodable) if request_streaming else request
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            if request is undecodable:
+                await undecodable.refuse(context)
+            async for response in behavior(requests(request, context), context):
+                yield response
+
+        return stream
+
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if request is undecodable:
+            await undecodable.refuse(context)
+        return await behavior(requests(request, context), context)
+
+    return call
+
+
+def _guard_decoding(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    """`handler` answering INVALID_ARGUMENT, without Python's exception text, for a request
+    message that is not valid protobuf."""
+    deserializer = handler.request_deserializer
+    behavior = (
+        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    )
+    if deserializer is None or not (
+        inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
+    ):
+        return handler
+    # A generated deserializer is the message class's FromString.
+    message = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    undecodable = _Undecodable(getattr(message, "full_name", None))
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError:
+            return undecodable
+
+    guarded = _guard_behavior(behavior, undecodable, handler.request_streaming)
+    factory = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(handler.request_streaming, handler.response_streaming)]
+    return factory(
+        guarded, request_deserializer=decode, response_serializer=handler.response_serializer
+    )
 
 
 def _wrap_handler(
