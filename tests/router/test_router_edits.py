@@ -103,6 +103,11 @@ async def test_shortlist_marks_and_filters(suite):
             )
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    # Refused, and the owner's mark unchanged.
+    owned = await suite.router.GetJob(
+        router_pb2.GetJobRequest(account_id=account, job_id=jobs[1].job_id)
+    )
+    assert owned.job.shortlisted
 
 
 async def test_edit_repaints_only_the_masked_region(suite):

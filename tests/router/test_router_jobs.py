@@ -397,6 +397,13 @@ class TestOwnership:
         assert (await store.list("mallory")).jobs == ()
         assert (await store.get("alice", job.job_id)).status is JobStatus.QUEUED
 
+    async def test_a_strangers_shortlist_changes_nothing(self, store: JobStore) -> None:
+        (job,) = await batch_of(store, account="alice")
+        await store.set_shortlisted("alice", job.job_id, True)
+        with pytest.raises(NotFound):
+            await store.set_shortlisted("mallory", job.job_id, False)
+        assert (await store.get("alice", job.job_id)).shortlisted
+
     async def test_asset_ownership(self, store: JobStore) -> None:
         (job,) = await batch_of(store, account="alice")
         await succeeded(store, job)
@@ -591,6 +598,35 @@ class TestHolds:
         with pytest.raises(FailedPrecondition) as caught:
             await store.settle_hold(batch_id, HoldState.RELEASED)
         assert caught.value.reason == "HOLD_NOT_OPEN"
+
+    async def test_a_batch_refused_before_any_work_is_forgotten(self, store: JobStore) -> None:
+        first, second = await batch_of(store, 2, key="refused")
+        await store.attach_hold(first.batch_id, "hold-1")
+        await store.mark_failed(first.job_id, "RESOURCE_EXHAUSTED", "QUEUE_FULL", "busy")
+        await store.mark_cancelled(second.job_id)
+        # Not while its hold is open: the credits are still to be returned.
+        assert not await store.forget_batch(first.batch_id)
+        await store.settle_hold(first.batch_id, HoldState.RELEASED)
+        assert await store.forget_batch(first.batch_id)
+        assert await store.find_batch("acct-1", "refused") is None
+        with pytest.raises(NotFound):
+            await store.get("acct-1", first.job_id)
+        assert not await store.forget_batch(first.batch_id)
+        # The key is free: a new batch takes it.
+        (again,) = await batch_of(store, key="refused")
+        assert again.batch_id != first.batch_id
+
+    async def test_a_batch_that_did_work_is_never_forgotten(self, store: JobStore) -> None:
+        delivered, refused = await batch_of(store, 2, key="partial")
+        await store.attach_hold(delivered.batch_id, "hold-2")
+        await succeeded(store, delivered)
+        await store.mark_failed(refused.job_id, "RESOURCE_EXHAUSTED", "QUEUE_FULL", "busy")
+        await store.settle_hold(delivered.batch_id, HoldState.CAPTURED, 2)
+        assert not await store.forget_batch(delivered.batch_id)
+        (running,) = await batch_of(store, key="running")
+        await store.mark_running(running.job_id)
+        assert not await store.forget_batch(running.batch_id)
+        assert (await store.find_batch("acct-1", "partial")) is not None
 
     async def test_bad_settlements(self, store: JobStore) -> None:
         (job,) = await batch_of(store)
