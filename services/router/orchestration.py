@@ -1129,6 +1129,7 @@ class Router:
         failures: dict[str, TiergenError],
     ) -> Job:
         """Runs one job to its final state; `failures` gets the error of a job that failed."""
+
         def progress(stage: str, fraction: float) -> None:
             events.progress(job.job_id, stage, fraction)
 
