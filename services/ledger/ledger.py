@@ -6,6 +6,8 @@ raises the original failure again; the same key with a different request raises 
 (reason IDEMPOTENCY_KEY_REUSED). Errors are those of `services.runtime.errors`:
 
 - InvalidArgument (with the field) for malformed input; never recorded, the request never ran.
+  Ids, keys and texts follow `services.runtime.identifiers` on every store, and no message
+  repeats more than an excerpt of what the caller sent.
 - FailedPrecondition with reason INSUFFICIENT_CREDITS (metadata `available`, `required`),
   PROMO_CAP_REACHED, HOLD_EXPIRED, HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED,
   CAPTURE_EXCEEDS_HOLD or ACCOUNT_NOT_OPEN (a mutation of an account never opened).
@@ -47,9 +49,7 @@ from services.ledger.model import (
     OpenAccountResult,
     Outcome,
     SystemClock,
-    require_account_id,
     require_amount,
-    require_idempotency_key,
     require_text,
     to_micros,
 )
@@ -64,6 +64,12 @@ from services.runtime.errors import (
     NotFound,
     TiergenError,
     Unavailable,
+)
+from services.runtime.identifiers import (
+    excerpt,
+    require_account_id,
+    require_id,
+    require_idempotency_key,
 )
 
 __all__ = ["DEFAULT_PAGE_SIZE", "HOLD_ID_PATTERN", "MAX_PAGE_SIZE", "Ledger"]
@@ -356,8 +362,14 @@ def _expect(outcome: Outcome | TiergenError, answer: type[_R]) -> _R:
 
 
 def _require_hold_id(hold_id: str) -> str:
+    # The shape every id shares first, then the ledger's own: no other string names a hold.
+    require_id(hold_id, "hold_id")
     if not HOLD_ID_PATTERN.fullmatch(hold_id):
-        raise InvalidArgument("not a hold id (hold_ and 32 hex digits)", field="hold_id")
+        raise InvalidArgument(
+            f"hold_id {excerpt(hold_id)} is not a hold id (hold_ and 32 lowercase hex digits)",
+            field="hold_id",
+            reason="MALFORMED_ID",
+        )
     return hold_id
 
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Protocol, TypeAlias
 
 from services.runtime.errors import InvalidArgument
+from services.runtime.identifiers import require_plain_text
 
 __all__ = [
-    "ACCOUNT_ID_PATTERN",
     "MAX_AMOUNT",
-    "MAX_IDEMPOTENCY_KEY_LENGTH",
     "MAX_TEXT_LENGTH",
     "Account",
     "Balance",
@@ -38,18 +36,13 @@ __all__ = [
     "from_micros",
     "held_book",
     "iso_week",
-    "require_account_id",
     "require_amount",
-    "require_idempotency_key",
     "require_text",
     "to_micros",
 ]
 
-#: Account ids: 1-128 characters of [A-Za-z0-9._:@-], starting with a letter or digit.
-ACCOUNT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 #: Larger amounts are refused so that every sum the ledger keeps fits a signed 64-bit column.
 MAX_AMOUNT = 1_000_000_000_000
-MAX_IDEMPOTENCY_KEY_LENGTH = 256
 #: Longest memo or reason kept with a hold or a grant.
 MAX_TEXT_LENGTH = 500
 
@@ -303,16 +296,6 @@ def iso_week(moment: datetime) -> str:
     return f"{year}-W{week:02d}"
 
 
-def require_account_id(account_id: str, field: str = "account_id") -> str:
-    if not ACCOUNT_ID_PATTERN.fullmatch(account_id):
-        raise InvalidArgument(
-            "account ids are 1-128 characters of letters, digits and ._:@-, "
-            "starting with a letter or digit",
-            field=field,
-        )
-    return account_id
-
-
 def require_amount(amount: int, field: str = "amount") -> int:
     # bool is an int subclass; True credits is a caller bug, not one credit.
     if isinstance(amount, bool) or not isinstance(amount, int):
@@ -324,19 +307,11 @@ def require_amount(amount: int, field: str = "amount") -> int:
     return amount
 
 
-def require_idempotency_key(key: str, field: str = "idempotency_key") -> str:
-    if not key:
-        raise InvalidArgument("an idempotency key is required", field=field)
-    if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
-        raise InvalidArgument(
-            f"idempotency keys are at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters", field=field
-        )
-    return key
-
-
 def require_text(text: str, field: str, *, required: bool) -> str:
+    """A memo or reason the ledger keeps: bounded, and plain text on every store (PostgreSQL's
+    `text` cannot hold the NUL that SQLite would keep)."""
     if required and not text.strip():
         raise InvalidArgument(f"{field} is required", field=field)
     if len(text) > MAX_TEXT_LENGTH:
         raise InvalidArgument(f"{field} is at most {MAX_TEXT_LENGTH} characters", field=field)
-    return text
+    return require_plain_text(text, field)

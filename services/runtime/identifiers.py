@@ -34,8 +34,10 @@ MAX_IDEMPOTENCY_KEY_CHARS = 256
 #: Characters of caller input an error message repeats at most.
 _EXCERPT_CHARS = 40
 # C0 and C1 control characters and DEL. Text fields keep tab, newline and carriage return.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Lone surrogates too: no store can encode them (UTF-8 has none), and an in-process caller can
+# pass one (a string decoded with surrogateescape) where gRPC never would.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 def excerpt(value: str) -> str:

@@ -85,8 +85,8 @@ async def test_account_ids_may_use_every_allowed_character(ledger, account_id):
     assert opened.balance.account_id == account_id
 
 
-@pytest.mark.parametrize("key", ["", "k" * 257])
-async def test_missing_or_oversized_idempotency_keys_are_refused(ledger, key):
+@pytest.mark.parametrize("key", ["", "   ", "k" * 257, "k\x00", "k\n"])
+async def test_missing_oversized_or_malformed_idempotency_keys_are_refused(ledger, key):
     with pytest.raises(InvalidArgument) as caught:
         await ledger.open_account("alice", key)
 

@@ -82,18 +82,18 @@ async def test_the_signup_bonus_is_configurable(serve):
 
 
 @pytest.mark.parametrize(
-    ("account_id", "key", "field"),
+    ("account_id", "key", "field", "reason"),
     [
-        ("", "open", "account_id"),
-        ("has space", "open", "account_id"),
-        ("-leading-dash", "open", "account_id"),
-        ("a/b", "open", "account_id"),
-        ("x" * 129, "open", "account_id"),
-        ("alice", "", "idempotency_key"),
-        ("alice", "k" * 257, "idempotency_key"),
+        ("", "open", "account_id", "MALFORMED_ACCOUNT_ID"),
+        ("has space", "open", "account_id", "MALFORMED_ACCOUNT_ID"),
+        ("-leading-dash", "open", "account_id", "MALFORMED_ACCOUNT_ID"),
+        ("a/b", "open", "account_id", "MALFORMED_ACCOUNT_ID"),
+        ("x" * 129, "open", "account_id", "MALFORMED_ACCOUNT_ID"),
+        ("alice", "", "idempotency_key", "IDEMPOTENCY_KEY_REQUIRED"),
+        ("alice", "k" * 257, "idempotency_key", "IDEMPOTENCY_KEY_TOO_LONG"),
     ],
 )
-async def test_open_account_refuses_malformed_input(ledger, account_id, key, field):
+async def test_open_account_refuses_malformed_input(ledger, account_id, key, field, reason):
     found = await failure(
         ledger.stub.OpenAccount(
             ledger_pb2.OpenAccountRequest(account_id=account_id, idempotency_key=key)
@@ -101,7 +101,7 @@ async def test_open_account_refuses_malformed_input(ledger, account_id, key, fie
     )
 
     assert found.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert (found.reason, found.fields) == ("INVALID_ARGUMENT", [field])
+    assert (found.reason, found.fields) == (reason, [field])
 
 
 async def test_get_balance_of_an_unknown_account_is_not_found(ledger):
@@ -491,19 +491,19 @@ async def test_an_adjustment_counts_with_purchases_in_the_balance(alice):
 
 
 @pytest.mark.parametrize(
-    ("fields", "field"),
+    ("fields", "field", "reason"),
     [
-        ({"kind": ledger_pb2.GRANT_KIND_UNSPECIFIED}, "kind"),
-        ({"kind": 7}, "kind"),
-        ({"amount": 0}, "amount"),
-        ({"amount": -1}, "amount"),
-        ({"reason": ""}, "reason"),
-        ({"reason": "   "}, "reason"),
-        ({"idempotency_key": ""}, "idempotency_key"),
-        ({"account_id": "bad id"}, "account_id"),
+        ({"kind": ledger_pb2.GRANT_KIND_UNSPECIFIED}, "kind", "INVALID_ARGUMENT"),
+        ({"kind": 7}, "kind", "INVALID_ARGUMENT"),
+        ({"amount": 0}, "amount", "INVALID_ARGUMENT"),
+        ({"amount": -1}, "amount", "INVALID_ARGUMENT"),
+        ({"reason": ""}, "reason", "INVALID_ARGUMENT"),
+        ({"reason": "   "}, "reason", "INVALID_ARGUMENT"),
+        ({"idempotency_key": ""}, "idempotency_key", "IDEMPOTENCY_KEY_REQUIRED"),
+        ({"account_id": "bad id"}, "account_id", "MALFORMED_ACCOUNT_ID"),
     ],
 )
-async def test_grant_refuses_malformed_input(alice, fields, field):
+async def test_grant_refuses_malformed_input(alice, fields, field, reason):
     request = {
         "account_id": "alice",
         "amount": 10,
@@ -516,7 +516,7 @@ async def test_grant_refuses_malformed_input(alice, fields, field):
     found = await failure(alice.stub.Grant(ledger_pb2.GrantRequest(**request)))
 
     assert found.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert (found.reason, found.fields) == ("INVALID_ARGUMENT", [field])
+    assert (found.reason, found.fields) == (reason, [field])
 
 
 async def test_grant_to_an_account_never_opened_fails(ledger):
