@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import timedelta
+from typing import Any
 
+import grpc
 import pytest
 from prometheus_client import REGISTRY
+from tiergen.ledger.v1 import ledger_pb2
 
 from services.ledger.ledger import Ledger
 from services.ledger.model import EntryKind, HoldResult, HoldStatus
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from tests.ledger.served import Served, failure
 
 UNKNOWN_HOLD = "hold_" + "0" * 32
 
@@ -333,3 +337,53 @@ async def test_committed_movements_are_counted_once_by_kind(alice):
 
     moved = {kind: _credits(kind) - before[kind] for kind in kinds}
     assert moved == {"reserve": 7, "capture": 5, "release": 2}
+
+
+async def capture_reply(ledger: Served, hold_id: str, amount: int, key: str) -> Any:
+    request = ledger_pb2.CaptureRequest(hold_id=hold_id, amount=amount, idempotency_key=key)
+    return await ledger.stub.Capture(request)
+
+
+async def test_a_capture_is_bounded_by_its_own_hold_not_by_all_the_account_holds(serve):
+    # Over gRPC: a store error (INTERNAL) would also refuse the capture, but not as
+    # CAPTURE_EXCEEDS_HOLD.
+    ledger = await serve()
+    await ledger.open()
+    small = (await ledger.reserve(10, "small")).hold.hold_id
+    large = (await ledger.reserve(100, "large")).hold.hold_id
+
+    found = await failure(capture_reply(ledger, small, 50, "settle-small"))
+
+    assert (found.code, found.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "CAPTURE_EXCEEDS_HOLD",
+    )
+    assert found.metadata == {"hold_id": small, "held": "10", "requested": "50"}
+    reply = await ledger.stub.GetBalance(ledger_pb2.GetBalanceRequest(account_id="alice"))
+    assert (reply.balance.available, reply.balance.held, reply.balance.consumed) == (290, 110, 0)
+    settled = await capture_reply(ledger, large, 50, "settle-large")
+    assert (settled.balance.available, settled.balance.held, settled.balance.consumed) == (
+        340,
+        10,
+        50,
+    )
+    settled = await capture_reply(ledger, small, 10, "settle-small-again")
+    assert settled.hold.status == ledger_pb2.HOLD_STATUS_CAPTURED
+
+
+async def test_concurrent_captures_of_two_holds_are_each_bounded_by_their_own(serve):
+    ledger = await serve()
+    await ledger.open()
+    small = (await ledger.reserve(10, "small")).hold.hold_id
+    large = (await ledger.reserve(100, "large")).hold.hold_id
+
+    too_much, fine = await asyncio.gather(
+        failure(capture_reply(ledger, small, 50, "settle")),
+        capture_reply(ledger, large, 50, "settle"),
+    )
+
+    assert (too_much.code, too_much.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "CAPTURE_EXCEEDS_HOLD",
+    )
+    assert (fine.hold.captured_amount, fine.balance.held, fine.balance.consumed) == (50, 10, 50)
