@@ -73,6 +73,7 @@ from services.runtime.identifiers import (
     require_idempotency_key,
     require_plain_text,
 )
+from services.runtime.interceptors import outliving_the_caller
 from services.runtime.tracing import current_trace_id
 
 __all__ = [
@@ -975,7 +976,7 @@ class Router:
         return record
 
     async def _release_unused(self, hold_id: str, hold_key: str) -> None:
-        with contextlib.suppress(TiergenError):
+        with contextlib.suppress(TiergenError), outliving_the_caller():
             await self._ledger.release(hold_id, f"{hold_key}:release")
 
     async def _recover_batch(self, record: BatchRecord) -> None:
@@ -1216,6 +1217,13 @@ class Router:
         if hold_id is None or batch.hold_state is not HoldState.OPEN:
             return
         charged = sum(job.cost for job in jobs if job.status is JobStatus.SUCCEEDED)
+        # The credits settle even when the caller's deadline has passed: that is often why.
+        with outliving_the_caller():
+            await self._settle_hold(account_id, batch_id, hold_id, charged)
+
+    async def _settle_hold(
+        self, account_id: str, batch_id: str, hold_id: str, charged: int
+    ) -> None:
         try:
             if charged:
                 with _step("capture", account_id=account_id, cost=charged):

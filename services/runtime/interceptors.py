@@ -9,7 +9,7 @@ import contextlib
 import contextvars
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ __all__ = [
     "RETRY_PUSHBACK",
     "ServerTelemetryInterceptor",
     "client_interceptors",
+    "outliving_the_caller",
     "remaining_deadline",
 ]
 
@@ -95,11 +96,24 @@ _STATUS_CODE = "rpc.grpc.status_code"
 
 
 def remaining_deadline(default: float) -> float:
-    """Seconds a downstream call may take: the inbound RPC's remaining time, capped by `default`."""
+    """Seconds a downstream call may take: `default` (the call's own timeout), capped by the
+    inbound RPC's remaining time."""
     deadline = _deadline.get()
     if deadline is None:
         return default
     return max(0.0, min(default, deadline - time.monotonic()))
+
+
+@contextlib.contextmanager
+def outliving_the_caller() -> Iterator[None]:
+    """Downstream calls in the block are bounded by their own timeouts only, not by the inbound
+    RPC's deadline: for work that must finish although the caller stopped waiting, such as
+    settling the credits of what was delivered."""
+    token = _deadline.set(None)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
 
 
 def _split_method(method: str) -> tuple[str, str]:
@@ -404,9 +418,9 @@ class _ClientTelemetry:
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=trace.set_span_in_context(span))
         metadata = grpc.aio.Metadata(*(details.metadata or ()), *carrier.items())
-        timeout = details.timeout
-        if timeout is None:
-            timeout = remaining_deadline(self._default_timeout)
+        # An explicit timeout is a bound of its own, never a way past the caller's deadline.
+        own = self._default_timeout if details.timeout is None else details.timeout
+        timeout = remaining_deadline(own)
         return span, grpc.aio.ClientCallDetails(
             details.method, timeout, metadata, details.credentials, details.wait_for_ready
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,9 @@ def generator_env(tmp_path: Path, gemini: FakeGemini) -> dict[str, str]:
     return standard_on_gemini(tmp_path, gemini, TIMEOUT_SECONDS="1.5", MAX_ATTEMPTS="2")
 
 
-async def _generate(suite, account: str, key: str | None = None) -> router_pb2.Job:
+async def _generate(
+    suite, account: str, key: str | None = None, deadline: float | None = None
+) -> router_pb2.Job:
     request = router_pb2.GenerateRequest(
         account_id=account,
         idempotency_key=key or uuid.uuid4().hex,
@@ -39,7 +42,7 @@ async def _generate(suite, account: str, key: str | None = None) -> router_pb2.J
         ),
     )
     final = None
-    async for event in suite.router.Generate(request):
+    async for event in suite.router.Generate(request, timeout=deadline):
         if event.WhichOneof("event") == "job":
             final = event.job
     assert final is not None
@@ -111,3 +114,20 @@ async def test_a_refusal_before_any_work_leaves_the_key_free(suite, gemini, mode
     assert job.status == router_pb2.JOB_STATUS_SUCCEEDED
     balance = await suite.balance(account)
     assert (balance.available, balance.held) == (400 - job.cost, 0)
+
+
+async def test_a_callers_deadline_ends_the_render_and_the_credits_still_settle(suite, gemini):
+    account = await suite.open_account()
+    gemini.fail(Mode.HANG)  # the provider would keep the render for its 1.5 s timeout
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _generate(suite, account, deadline=0.5)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The hold settles although the caller's deadline has passed.
+    for _ in range(100):
+        balance = await suite.balance(account)
+        if balance.held == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert (balance.available, balance.held) == (400, 0)
+    (job,) = (await suite.router.ListJobs(router_pb2.ListJobsRequest(account_id=account))).jobs
+    assert job.status == router_pb2.JOB_STATUS_CANCELLED and job.cost == 0
