@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 from tiergen.common.v1 import common_pb2
+from tiergen.ledger.v1 import ledger_pb2
 from tiergen.router.v1 import router_pb2
 
 from services.cli.demo import DEFAULT_PROMPT, DemoFailed, run_demo
@@ -245,7 +246,8 @@ async def _open(options: argparse.Namespace) -> None:
 async def _checkin(options: argparse.Namespace) -> None:
     async with RouterClient(options.router) as client:
         reply = await client.check_in(options.account, options.key or new_key("cli-checkin"))
-    note = " (already checked in this week)" if reply.replayed else ""
+    already = reply.outcome == ledger_pb2.GRANT_OUTCOME_ALREADY_CHECKED_IN_THIS_WEEK
+    note = " (already checked in this week)" if already else ""
     _emit(
         options,
         _message_dict(reply),

@@ -1,0 +1,36 @@
+"""`tiergen open` and `tiergen checkin` against a running suite: what each line tells a person."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from pathlib import Path
+
+from tests.router.conftest import running_suite
+
+
+async def tiergen(*args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli.main",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, err.decode()[-2000:]
+    return out.decode()
+
+
+async def test_a_second_check_in_in_a_week_says_so(tmp_path: Path) -> None:
+    async with running_suite(tmp_path, {}, {}) as suite:
+        where = ["--router", suite.addresses["router"], "--account", f"cli-{uuid.uuid4().hex[:8]}"]
+        opened = json.loads(await tiergen("open", *where, "--json"))
+        assert int(opened["granted"]) == 400
+        first = await tiergen("checkin", *where)
+        second = await tiergen("checkin", *where)
+    assert "already checked in" not in first and "+40" in first, first
+    assert "already checked in this week" in second and "+0" in second, second
