@@ -30,11 +30,17 @@ from opentelemetry import trace
 from PIL import Image as PILImage
 from prometheus_client import Counter
 
-from services.router.admission import Admission
-from services.router.assets import AssetRef, AssetStore, check_asset_id
-from services.router.catalogue import AspectRatio, ImageSize, Stage
-from services.router.drift import style_drift
-from services.router.jobs import (
+from services.router.assets.store import AssetRef, AssetStore, check_asset_id
+from services.router.downstream.ports import (
+    CreditLedger,
+    Image,
+    ProgressSink,
+    Renderer,
+    RenderOrder,
+    UpscaleOrder,
+    Upscaler,
+)
+from services.router.jobs.model import (
     Batch,
     BatchRecord,
     HoldState,
@@ -48,22 +54,16 @@ from services.router.jobs import (
     NewJob,
     UpscaleMethod,
 )
-from services.router.policy import (
+from services.router.routing.admission import Admission
+from services.router.routing.catalogue import AspectRatio, ImageSize, Stage
+from services.router.routing.drift import style_drift
+from services.router.routing.policy import (
     MAX_PROMPT_CHARS,
     Decision,
     Quote,
     RouteRequest,
     RoutingPolicy,
     insufficient_credits,
-)
-from services.router.ports import (
-    CreditLedger,
-    Image,
-    ProgressSink,
-    Renderer,
-    RenderOrder,
-    UpscaleOrder,
-    Upscaler,
 )
 from services.runtime import errors
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, TiergenError

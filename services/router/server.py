@@ -8,11 +8,10 @@ from pathlib import Path
 import structlog
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
-from services.router.admission import Admission
-from services.router.assets import AssetStore, LocalAssetStore
-from services.router.assets_s3 import S3AssetStore
-from services.router.breaker import BreakingRenderer, BreakingUpscaler, CircuitBreaker
-from services.router.clients import (
+from services.router.assets.s3 import S3AssetStore
+from services.router.assets.store import AssetStore, LocalAssetStore
+from services.router.downstream.breaker import BreakingRenderer, BreakingUpscaler, CircuitBreaker
+from services.router.downstream.grpc_clients import (
     GENERATOR_SERVICE,
     LEDGER_SERVICE,
     UPSCALER_SERVICE,
@@ -20,15 +19,16 @@ from services.router.clients import (
     GrpcRenderer,
     GrpcUpscaler,
 )
-from services.router.jobs import JobStore
-from services.router.jobs_postgres import PostgresJobStore
-from services.router.jobs_sqlite import SqliteJobStore
+from services.router.jobs.model import JobStore
+from services.router.jobs.postgres_store import PostgresJobStore
+from services.router.jobs.sqlite_store import SqliteJobStore
 from services.router.orchestration import Router, RouterLimits
-from services.router.policy import RoutingPolicy
-from services.router.pricing import PriceTable
+from services.router.routing.admission import Admission
+from services.router.routing.policy import RoutingPolicy
+from services.router.routing.pricing import PriceTable
+from services.router.routing.toml_source import RouterConfigError
 from services.router.servicer import RouterServicer
 from services.router.settings import RouterSettings
-from services.router.toml_source import RouterConfigError
 from services.runtime.channels import open_channel
 from services.runtime.dependencies import Dependency, watch_dependencies
 from services.runtime.errors import NotFound, TiergenError

@@ -13,8 +13,7 @@ from tiergen.common.v1 import common_pb2
 from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
-from services.router.catalogue import Fidelity
-from services.router.jobs import Job, JobFilter, JobKind, JobStatus, UpscaleMethod
+from services.router.jobs.model import Job, JobFilter, JobKind, JobStatus, UpscaleMethod
 from services.router.orchestration import (
     BatchAccepted,
     EditRequest,
@@ -25,7 +24,8 @@ from services.router.orchestration import (
     RouterEvent,
     UpscaleRequest,
 )
-from services.router.policy import Decision, RouteRequest
+from services.router.routing.catalogue import Fidelity
+from services.router.routing.policy import Decision, RouteRequest
 from services.router.translate import (
     aspect_ratio_from_proto,
     aspect_ratio_to_proto,

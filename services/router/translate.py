@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tiergen.common.v1 import common_pb2
 
-from services.router.catalogue import AspectRatio, ImageSize, Stage
+from services.router.routing.catalogue import AspectRatio, ImageSize, Stage
 
 __all__ = [
     "aspect_ratio_from_proto",

@@ -23,9 +23,9 @@ from tiergen.router.v1 import router_pb2
 from tiergen.upscaler.v1 import upscaler_pb2
 
 from services.ledger.settings import LedgerSettings
-from services.router.policy import RoutingPolicy
-from services.router.pricing import PriceTable
-from services.router.toml_source import TomlSource
+from services.router.routing.policy import RoutingPolicy
+from services.router.routing.pricing import PriceTable
+from services.router.routing.toml_source import TomlSource
 from services.runtime.settings import DEFAULT_PORTS, Env, ServerSettings
 from services.upscaler.settings import UpscalerSettings
 

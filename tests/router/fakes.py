@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image as PILImage
 
-from services.router.catalogue import pixel_size
-from services.router.ports import Image, ProgressSink, RenderOrder, UpscaleOrder
+from services.router.downstream.ports import Image, ProgressSink, RenderOrder, UpscaleOrder
+from services.router.routing.catalogue import pixel_size
 from services.runtime.errors import FailedPrecondition, NotFound, TiergenError
 
 __all__ = ["MemoryLedger", "PictureRenderer", "PictureUpscaler", "picture"]

@@ -20,8 +20,8 @@ import pytest
 from moto.server import ThreadedMotoServer
 from PIL import Image
 
-from services.router.assets import AssetInfo, AssetRef, AssetStore, LocalAssetStore
-from services.router.assets_s3 import S3AssetStore
+from services.router.assets.s3 import S3AssetStore
+from services.router.assets.store import AssetInfo, AssetRef, AssetStore, LocalAssetStore
 from services.router.server import open_asset_store
 from services.router.settings import RouterSettings
 from services.runtime.errors import AlreadyExists, Internal, InvalidArgument, NotFound, Unavailable

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.router.breaker import CircuitBreaker
+from services.router.downstream.breaker import CircuitBreaker
 from services.runtime.errors import InvalidArgument, ResourceExhausted, Unavailable
 
 

@@ -144,8 +144,8 @@ class TestProgress:
     def job(self) -> Any:
         from datetime import UTC, datetime
 
-        from services.router.catalogue import AspectRatio, Stage
-        from services.router.jobs import Job, JobKind, JobStatus
+        from services.router.jobs.model import Job, JobKind, JobStatus
+        from services.router.routing.catalogue import AspectRatio, Stage
 
         return Job(
             job_id="job_a",

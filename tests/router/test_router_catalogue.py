@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.router.catalogue import (
+from services.router.routing.catalogue import (
     DEFAULT_CATALOGUE,
     AspectRatio,
     ImageSize,

@@ -13,7 +13,7 @@ from tiergen.router.v1 import router_pb2
 
 from services.ledger.ledger import Ledger
 from services.ledger.settings import LedgerSettings
-from services.router.pricing import DEFAULT_PRICES_TOML
+from services.router.routing.pricing import DEFAULT_PRICES_TOML
 from services.runtime.status import from_rpc_error
 
 pytestmark = pytest.mark.slow

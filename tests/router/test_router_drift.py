@@ -8,7 +8,7 @@ import random
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from services.router.drift import style_drift
+from services.router.routing.drift import style_drift
 
 
 def scene(

@@ -13,7 +13,7 @@ from tiergen.generator.v1 import generator_pb2, generator_pb2_grpc
 from tiergen.router.v1 import router_pb2
 
 from services.generator.tiers import DEFAULT_CATALOGUE_TOML
-from services.router.policy import DEFAULT_POLICY_TOML
+from services.router.routing.policy import DEFAULT_POLICY_TOML
 
 pytestmark = pytest.mark.slow
 

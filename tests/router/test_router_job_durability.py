@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from services.router.assets import AssetInfo, AssetRef
-from services.router.jobs import JobKind, NewJob
-from services.router.jobs_sqlite import SqliteJobStore
+from services.router.assets.store import AssetInfo, AssetRef
+from services.router.jobs.model import JobKind, NewJob
+from services.router.jobs.sqlite_store import SqliteJobStore
 from services.runtime.errors import FailedPrecondition
 
 ASSET = AssetRef("cd" * 32, AssetInfo(1024, 1024, "image/png", 222))

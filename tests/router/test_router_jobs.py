@@ -17,11 +17,9 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from services.router import jobs_postgres
-from services.router.assets import AssetInfo, AssetRef
-from services.router.catalogue import AspectRatio, ImageSize, Stage
-from services.router.job_rows import to_us
-from services.router.jobs import (
+from services.router.assets.store import AssetInfo, AssetRef
+from services.router.jobs import postgres_store as jobs_postgres
+from services.router.jobs.model import (
     HoldState,
     Job,
     JobError,
@@ -33,9 +31,11 @@ from services.router.jobs import (
     NewJob,
     UpscaleMethod,
 )
-from services.router.jobs_postgres import PostgresJobStore
-from services.router.jobs_sqlite import SqliteJobStore
-from services.router.policy import Decision
+from services.router.jobs.postgres_store import PostgresJobStore
+from services.router.jobs.rows import to_us
+from services.router.jobs.sqlite_store import SqliteJobStore
+from services.router.routing.catalogue import AspectRatio, ImageSize, Stage
+from services.router.routing.policy import Decision
 from services.router.server import open_job_store
 from services.router.settings import RouterSettings
 from services.runtime.errors import (

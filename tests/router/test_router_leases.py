@@ -21,9 +21,8 @@ from prometheus_client import REGISTRY
 
 from services.ledger.ledger import Ledger
 from services.ledger.settings import LedgerSettings
-from services.router.assets import AssetInfo, AssetRef, LocalAssetStore
-from services.router.catalogue import ImageSize, Stage
-from services.router.clients import (
+from services.router.assets.store import AssetInfo, AssetRef, LocalAssetStore
+from services.router.downstream.grpc_clients import (
     GENERATOR_SERVICE,
     LEDGER_SERVICE,
     UPSCALER_SERVICE,
@@ -31,10 +30,11 @@ from services.router.clients import (
     GrpcRenderer,
     GrpcUpscaler,
 )
-from services.router.jobs import HoldState, JobKind, JobStatus, Lease, NewJob
-from services.router.jobs_postgres import PostgresJobStore
+from services.router.jobs.model import HoldState, JobKind, JobStatus, Lease, NewJob
+from services.router.jobs.postgres_store import PostgresJobStore
 from services.router.orchestration import BatchAccepted, Router, RouterLimits
-from services.router.policy import RouteRequest
+from services.router.routing.catalogue import ImageSize, Stage
+from services.router.routing.policy import RouteRequest
 from services.router.server import load_policy
 from services.router.settings import RouterSettings
 from services.runtime.channels import open_channel

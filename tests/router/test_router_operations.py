@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tiergen.router.v1 import router_pb2
 
-from services.router.pricing import DEFAULT_PRICES_TOML
+from services.router.routing.pricing import DEFAULT_PRICES_TOML
 from services.runtime.status import from_rpc_error
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from services.router.catalogue import AspectRatio, Fidelity, ImageSize, Stage
-from services.router.policy import (
+from services.router.routing.catalogue import AspectRatio, Fidelity, ImageSize, Stage
+from services.router.routing.policy import (
     DEFAULT_POLICY_TOML,
     MAX_PROMPT_CHARS,
     RouterConfigError,
@@ -15,7 +15,7 @@ from services.router.policy import (
     RoutingPolicy,
     insufficient_credits,
 )
-from services.router.pricing import PriceTable
+from services.router.routing.pricing import PriceTable
 from services.runtime.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 
 PLAIN = "a lighthouse on a cliff at dusk"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from services.router.catalogue import ImageSize
-from services.router.pricing import DEFAULT_PRICES_TOML, PriceTable, RouterConfigError
+from services.router.routing.catalogue import ImageSize
+from services.router.routing.pricing import DEFAULT_PRICES_TOML, PriceTable, RouterConfigError
 from services.runtime.errors import InvalidArgument
 
 

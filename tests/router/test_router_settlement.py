@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from services.router.assets import LocalAssetStore
-from services.router.catalogue import ImageSize
-from services.router.jobs import JobStatus, JobStore
-from services.router.jobs_postgres import PostgresJobStore
-from services.router.jobs_sqlite import SqliteJobStore
+from services.router.assets.store import LocalAssetStore
+from services.router.jobs.model import JobStatus, JobStore
+from services.router.jobs.postgres_store import PostgresJobStore
+from services.router.jobs.sqlite_store import SqliteJobStore
 from services.router.orchestration import JobFinished, Router, RouterLimits
-from services.router.policy import RouteRequest, RoutingPolicy
-from services.router.pricing import PriceTable
+from services.router.routing.catalogue import ImageSize
+from services.router.routing.policy import RouteRequest, RoutingPolicy
+from services.router.routing.pricing import PriceTable
 from tests.postgres import fresh_schema, with_search_path
 from tests.router.fakes import MemoryLedger, PictureRenderer, PictureUpscaler
 

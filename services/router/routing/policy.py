@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from services.router.catalogue import (
+from services.router.routing.catalogue import (
     DEFAULT_CATALOGUE,
     AspectRatio,
     Fidelity,
@@ -37,8 +37,8 @@ from services.router.catalogue import (
     TierSpec,
     pixel_size,
 )
-from services.router.pricing import PriceTable
-from services.router.toml_source import RouterConfigError, TomlSource
+from services.router.routing.pricing import PriceTable
+from services.router.routing.toml_source import RouterConfigError, TomlSource
 from services.runtime.errors import (
     DeadlineExceeded,
     FailedPrecondition,

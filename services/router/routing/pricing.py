@@ -8,8 +8,13 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from services.router.catalogue import DEFAULT_CATALOGUE, ImageSize, TierCatalogue, size_class
-from services.router.toml_source import RouterConfigError, TomlSource
+from services.router.routing.catalogue import (
+    DEFAULT_CATALOGUE,
+    ImageSize,
+    TierCatalogue,
+    size_class,
+)
+from services.router.routing.toml_source import RouterConfigError, TomlSource
 from services.runtime.errors import InvalidArgument
 
 __all__ = ["DEFAULT_PRICES_TOML", "LARGER", "PriceTable", "RouterConfigError"]

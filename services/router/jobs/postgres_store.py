@@ -36,10 +36,9 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.rows import DictRow, dict_row
 
-from services.router import job_rows
-from services.router.assets import AssetRef
-from services.router.job_rows import UNFINISHED, Listing, batch_from_row, job_from_row
-from services.router.jobs import (
+from services.router.assets.store import AssetRef
+from services.router.jobs import rows as job_rows
+from services.router.jobs.model import (
     Batch,
     BatchRecord,
     HoldState,
@@ -50,7 +49,8 @@ from services.router.jobs import (
     Lease,
     NewJob,
 )
-from services.router.policy import Decision
+from services.router.jobs.rows import UNFINISHED, Listing, batch_from_row, job_from_row
+from services.router.routing.policy import Decision
 from services.runtime.errors import Aborted, Internal, InvalidArgument, Unavailable
 
 __all__ = ["MIGRATIONS", "PostgresJobStore"]

@@ -1,6 +1,6 @@
 """What the router needs from the ledger, the generator and the upscaler, free of gRPC.
 
-`services.router.clients` implements these over gRPC; tests may run them against real servers.
+`services.router.downstream.grpc_clients` implements them over gRPC; tests may use real servers.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.router.catalogue import AspectRatio, ImageSize
+from services.router.routing.catalogue import AspectRatio, ImageSize
 
 __all__ = [
     "CreditLedger",

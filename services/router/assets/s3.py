@@ -31,7 +31,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as EndpointUnreachable
 from botocore.response import StreamingBody
 
-from services.router.assets import (
+from services.router.assets.store import (
     DEFAULT_CHUNK_SIZE,
     AssetInfo,
     AssetRef,

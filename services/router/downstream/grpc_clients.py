@@ -10,8 +10,8 @@ from tiergen.generator.v1 import generator_pb2, generator_pb2_grpc
 from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from tiergen.upscaler.v1 import upscaler_pb2, upscaler_pb2_grpc
 
-from services.router.admission import TierCapacity
-from services.router.ports import Image, ProgressSink, RenderOrder, UpscaleOrder
+from services.router.downstream.ports import Image, ProgressSink, RenderOrder, UpscaleOrder
+from services.router.routing.admission import TierCapacity
 from services.router.translate import aspect_ratio_to_proto, size_to_proto
 from services.runtime.chunks import ChunkAssembler, image_info, split
 from services.runtime.errors import Internal

@@ -14,8 +14,8 @@ Job lifecycle; every other transition is refused, and a final job never changes:
     QUEUED | RUNNING -> FAILED | CANCELLED
 
 This module holds the records and the `JobStore` protocol; the stores are
-`services.router.jobs_sqlite.SqliteJobStore` (one process) and
-`services.router.jobs_postgres.PostgresJobStore` (replicas sharing one database).
+`services.router.jobs.sqlite_store.SqliteJobStore` (one process) and
+`services.router.jobs.postgres_store.PostgresJobStore` (replicas sharing one database).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from services.router.assets import AssetRef
-from services.router.catalogue import AspectRatio, ImageSize, Stage
-from services.router.policy import Decision
+from services.router.assets.store import AssetRef
+from services.router.routing.catalogue import AspectRatio, ImageSize, Stage
+from services.router.routing.policy import Decision
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",

@@ -26,10 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from services.router import job_rows
-from services.router.assets import AssetRef
-from services.router.job_rows import Listing, batch_from_row, job_from_row
-from services.router.jobs import (
+from services.router.assets.store import AssetRef
+from services.router.jobs import rows as job_rows
+from services.router.jobs.model import (
     Batch,
     BatchRecord,
     HoldState,
@@ -40,7 +39,8 @@ from services.router.jobs import (
     Lease,
     NewJob,
 )
-from services.router.policy import Decision
+from services.router.jobs.rows import Listing, batch_from_row, job_from_row
+from services.router.routing.policy import Decision
 from services.runtime.errors import FailedPrecondition
 
 __all__ = ["MIGRATIONS", "SqliteJobStore"]

@@ -19,9 +19,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from services.router.assets import AssetInfo, AssetRef
-from services.router.catalogue import AspectRatio, ImageSize, Stage
-from services.router.jobs import (
+from services.router.assets.store import AssetInfo, AssetRef
+from services.router.jobs.model import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
     Batch,
@@ -35,7 +34,8 @@ from services.router.jobs import (
     NewJob,
     UpscaleMethod,
 )
-from services.router.policy import Decision
+from services.router.routing.catalogue import AspectRatio, ImageSize, Stage
+from services.router.routing.policy import Decision
 from services.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 __all__ = [

@@ -3,7 +3,7 @@
 An asset's id is the lower-case hex SHA-256 of its bytes, so storing the same image twice stores
 it once. The API is async: `LocalAssetStore` does its blocking file I/O in worker threads
 (`asyncio.to_thread`), so callers await it from the event loop directly. The object-storage
-store is `services.router.assets_s3.S3AssetStore`.
+store is `services.router.assets.s3.S3AssetStore`.
 """
 
 from __future__ import annotations

@@ -20,7 +20,14 @@ from typing import TypeVar
 
 import structlog
 
-from services.router.ports import Image, ProgressSink, Renderer, RenderOrder, UpscaleOrder, Upscaler
+from services.router.downstream.ports import (
+    Image,
+    ProgressSink,
+    Renderer,
+    RenderOrder,
+    UpscaleOrder,
+    Upscaler,
+)
 from services.runtime.errors import DeadlineExceeded, TiergenError, Unavailable
 
 __all__ = ["BreakingRenderer", "BreakingUpscaler", "CircuitBreaker"]

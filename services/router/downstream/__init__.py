@@ -1,0 +1,1 @@
+"""Downstream: the ledger, generator and upscaler as the router needs them, and their clients."""
