@@ -1,1 +1,1 @@
-"""Router service: routing policy, prices, jobs, lineage, assets and orchestration."""
+"""Router service: routing policy, prices, jobs, lineage, assets and the operations on them."""

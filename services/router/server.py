@@ -1,4 +1,4 @@
-"""Assembles the router: stores, downstream channels, orchestration and its gRPC service."""
+"""Assembles the router: stores, downstream channels, operations and its gRPC service."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ from services.router.downstream.grpc_clients import (
     GrpcRenderer,
     GrpcUpscaler,
 )
-from services.router.jobs.model import JobStore
 from services.router.jobs.postgres_store import PostgresJobStore
 from services.router.jobs.sqlite_store import SqliteJobStore
-from services.router.orchestration import Router, RouterLimits
+from services.router.jobs.store import JobStore
+from services.router.operations.limits import OperationLimits
+from services.router.operations.orchestrator import Orchestrator
 from services.router.routing.admission import Admission
 from services.router.routing.policy import RoutingPolicy
 from services.router.routing.pricing import PriceTable
@@ -110,7 +111,7 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
         )
 
     generator = GrpcRenderer(generator_channel, timeout, settings.max_image_bytes)
-    router = Router(
+    router = Orchestrator(
         jobs=jobs,
         assets=assets,
         ledger=ledger,
@@ -119,7 +120,7 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
             GrpcUpscaler(upscaler_channel, timeout, settings.max_image_bytes), breaker("upscaler")
         ),
         policy=policy,
-        limits=RouterLimits(
+        limits=OperationLimits(
             hold_ttl_seconds=settings.hold_ttl_seconds,
             lease_seconds=settings.lease_seconds,
             claim_interval_seconds=settings.claim_interval_seconds,
@@ -201,7 +202,7 @@ def _modified(path: Path) -> float | None:
         return None
 
 
-async def reload_policy_on_change(router: Router, settings: RouterSettings) -> None:
+async def reload_policy_on_change(router: Orchestrator, settings: RouterSettings) -> None:
     """Reloads the price table and policy when their files change; a bad file keeps the old."""
     files = [f for f in (settings.prices_file, settings.policy_file) if f is not None]
     if not files:

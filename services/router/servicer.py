@@ -14,16 +14,14 @@ from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
 from services.router.jobs.model import Job, JobFilter, JobKind, JobStatus, UpscaleMethod
-from services.router.orchestration import (
+from services.router.operations.events import (
     BatchAccepted,
-    EditRequest,
-    Handover,
+    BatchEvent,
     JobFinished,
     JobProgressed,
-    Router,
-    RouterEvent,
-    UpscaleRequest,
 )
+from services.router.operations.orchestrator import Orchestrator
+from services.router.operations.planning import EditRequest, Handover, UpscaleRequest
 from services.router.routing.catalogue import Fidelity
 from services.router.routing.policy import Decision, RouteRequest
 from services.router.translate import (
@@ -227,10 +225,10 @@ def _progress(event: JobProgressed) -> router_pb2.JobProgress:
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
-    """RouterService over the orchestration; balance calls are forwarded to the ledger."""
+    """RouterService over the router's operations; balance calls are forwarded to the ledger."""
 
     def __init__(
-        self, router: Router, ledger: ledger_pb2_grpc.LedgerServiceStub, ledger_timeout: float
+        self, router: Orchestrator, ledger: ledger_pb2_grpc.LedgerServiceStub, ledger_timeout: float
     ) -> None:
         self._router = router
         self._ledger = ledger
@@ -267,7 +265,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     async def _single(
         self,
-        events: AsyncGenerator[RouterEvent, None],
+        events: AsyncGenerator[BatchEvent, None],
         response: Callable[..., Any],
     ) -> AsyncIterator[Any]:
         async with contextlib.aclosing(events):

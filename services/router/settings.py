@@ -124,7 +124,7 @@ class RouterSettings:
     prices_file: Path | None = None
     policy_file: Path | None = None
     hold_ttl_seconds: int = 900
-    #: How long a batch stays its router's without a renewal (see `RouterLimits`).
+    #: How long a batch stays its router's without a renewal (see `OperationLimits`).
     lease_seconds: float = 30.0
     #: How often a router looks for batches whose router is gone.
     claim_interval_seconds: float = 10.0

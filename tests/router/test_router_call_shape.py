@@ -16,7 +16,12 @@ from tiergen.common.v1 import common_pb2
 from tiergen.router.v1 import router_pb2
 
 from services.generator.tiers import DEFAULT_CATALOGUE_TOML
-from services.router.orchestration import JobFinished, JobProgressed, RouterEvent, _BatchEvents
+from services.router.operations.events import (
+    BatchEvent,
+    JobFinished,
+    JobProgressed,
+    ProgressCoalescer,
+)
 
 SQUARE_1K = common_pb2.Resolution(
     size=common_pb2.IMAGE_SIZE_1K, aspect_ratio=common_pb2.ASPECT_RATIO_1_1
@@ -100,8 +105,8 @@ class TestProgress:
     """How a batch's progress is coalesced on its way to the caller."""
 
     async def test_only_the_latest_progress_of_a_job_is_sent_after_the_interval(self) -> None:
-        sent: list[RouterEvent | None] = []
-        events = _BatchEvents(sent.append, 0.05)
+        sent: list[BatchEvent | None] = []
+        events = ProgressCoalescer(sent.append, 0.05)
         events.progress("job_a", "queued", 0.0)
         events.progress("job_b", "queued", 0.0)
         events.progress("job_a", "rendering", 0.1)
@@ -114,8 +119,8 @@ class TestProgress:
         events.close()
 
     async def test_progress_of_a_finished_job_is_dropped(self, job: Any) -> None:
-        sent: list[RouterEvent | None] = []
-        events = _BatchEvents(sent.append, 0.05)
+        sent: list[BatchEvent | None] = []
+        events = ProgressCoalescer(sent.append, 0.05)
         events.progress(job.job_id, "rendering", 0.1)
         events.finished(job)
         await asyncio.sleep(0.1)
@@ -123,8 +128,8 @@ class TestProgress:
         events.close()
 
     async def test_an_interval_of_zero_sends_every_event_at_once(self) -> None:
-        sent: list[RouterEvent | None] = []
-        events = _BatchEvents(sent.append, 0)
+        sent: list[BatchEvent | None] = []
+        events = ProgressCoalescer(sent.append, 0)
         events.progress("job_a", "queued", 0.0)
         events.progress("job_a", "rendering", 0.1)
         assert sent == [
@@ -133,8 +138,8 @@ class TestProgress:
         ]
 
     async def test_closing_drops_what_is_pending(self) -> None:
-        sent: list[RouterEvent | None] = []
-        events = _BatchEvents(sent.append, 0.05)
+        sent: list[BatchEvent | None] = []
+        events = ProgressCoalescer(sent.append, 0.05)
         events.progress("job_a", "rendering", 0.1)
         events.close()
         await asyncio.sleep(0.1)

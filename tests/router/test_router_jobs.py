@@ -26,7 +26,6 @@ from services.router.jobs.model import (
     JobFilter,
     JobKind,
     JobStatus,
-    JobStore,
     Lease,
     NewJob,
     UpscaleMethod,
@@ -34,6 +33,7 @@ from services.router.jobs.model import (
 from services.router.jobs.postgres_store import PostgresJobStore
 from services.router.jobs.rows import to_us
 from services.router.jobs.sqlite_store import SqliteJobStore
+from services.router.jobs.store import JobStore
 from services.router.routing.catalogue import AspectRatio, ImageSize, Stage
 from services.router.routing.policy import Decision
 from services.router.server import open_job_store

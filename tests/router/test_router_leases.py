@@ -2,7 +2,7 @@
 to the others once its lease runs out; a live replica's batches are never taken; and a batch
 whose caller or router goes away before it ran is not left behind at all.
 
-Each replica is a `Router` in this process with its own job store connections and channels to
+Each replica is an `Orchestrator` in this process with its own job store connections and channels to
 the suite's real ledger and generator. The generator renders the standard tier on a fake Gemini
 API that can hang, so a batch stays running for as long as a test needs.
 """
@@ -32,7 +32,9 @@ from services.router.downstream.grpc_clients import (
 )
 from services.router.jobs.model import HoldState, JobKind, JobStatus, Lease, NewJob
 from services.router.jobs.postgres_store import PostgresJobStore
-from services.router.orchestration import BatchAccepted, Router, RouterLimits
+from services.router.operations.events import BatchAccepted
+from services.router.operations.limits import OperationLimits
+from services.router.operations.orchestrator import Orchestrator
 from services.router.routing.catalogue import ImageSize, Stage
 from services.router.routing.policy import RouteRequest
 from services.router.server import load_policy
@@ -97,7 +99,7 @@ class CountingLedger:
 class Replica:
     """One router process, as far as the job store and the other replicas can tell."""
 
-    router: Router
+    router: Orchestrator
     jobs: PostgresJobStore
     ledger: CountingLedger
     channels: list[grpc.aio.Channel]
@@ -151,14 +153,14 @@ async def replicas(
         ]
         jobs = await PostgresJobStore.open(job_dsn, pool_size=4)
         ledger = CountingLedger(GrpcLedger(channels[0], timeout=30))
-        router = Router(
+        router = Orchestrator(
             jobs=jobs,
             assets=LocalAssetStore(tmp_path / "assets"),
             ledger=ledger,
             renderer=GrpcRenderer(channels[1], 60, 64 << 20),
             upscaler=GrpcUpscaler(channels[2], 60, 64 << 20),
             policy=policy,
-            limits=RouterLimits(lease_seconds=LEASE_SECONDS, progress_interval_seconds=0),
+            limits=OperationLimits(lease_seconds=LEASE_SECONDS, progress_interval_seconds=0),
         )
         replica = Replica(router, jobs, ledger, channels)
         if keep_leases:

@@ -11,10 +11,15 @@ from pathlib import Path
 import pytest
 
 from services.router.assets.store import LocalAssetStore
-from services.router.jobs.model import JobStatus, JobStore
+from services.router.jobs.model import (
+    JobStatus,
+)
 from services.router.jobs.postgres_store import PostgresJobStore
 from services.router.jobs.sqlite_store import SqliteJobStore
-from services.router.orchestration import JobFinished, Router, RouterLimits
+from services.router.jobs.store import JobStore
+from services.router.operations.events import JobFinished
+from services.router.operations.limits import OperationLimits
+from services.router.operations.orchestrator import Orchestrator
 from services.router.routing.catalogue import ImageSize
 from services.router.routing.policy import RouteRequest, RoutingPolicy
 from services.router.routing.pricing import PriceTable
@@ -60,15 +65,15 @@ def renderer() -> PictureRenderer:
 @pytest.fixture
 def router(
     jobs: JobStore, ledger: MemoryLedger, renderer: PictureRenderer, tmp_path: Path
-) -> Router:
-    return Router(
+) -> Orchestrator:
+    return Orchestrator(
         jobs=jobs,
         assets=LocalAssetStore(tmp_path / "assets"),
         ledger=ledger,
         renderer=renderer,
         upscaler=PictureUpscaler(),
         policy=RoutingPolicy.load(prices=PriceTable.load()),
-        limits=RouterLimits(parallel_jobs=1, progress_interval_seconds=0),
+        limits=OperationLimits(parallel_jobs=1, progress_interval_seconds=0),
     )
 
 
@@ -81,7 +86,7 @@ async def first_delivery(events: AsyncIterator[object]) -> str:
 
 
 async def assert_charged_for_one(
-    router: Router, jobs: JobStore, ledger: MemoryLedger, account: str, batch_id: str
+    router: Orchestrator, jobs: JobStore, ledger: MemoryLedger, account: str, batch_id: str
 ) -> None:
     record = await jobs.batch(account, batch_id)
     statuses = sorted(job.status.value for job in record.jobs)

@@ -1,0 +1,294 @@
+"""The router's operations as the gRPC edge calls them: quote, generate, promote, upscale and
+edit (each planned, then run as a batch or replayed), reads, cancellation, and the lifecycle of
+the running batches."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import secrets
+import socket
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+
+import structlog
+
+from services.router.assets.store import AssetRef, AssetStore, check_asset_id
+from services.router.downstream.ports import CreditLedger, Renderer, Upscaler
+from services.router.jobs.model import Job, JobFilter, JobPage, Lease
+from services.router.jobs.store import JobStore
+from services.router.operations.batches import BatchRunner
+from services.router.operations.events import BatchEvent
+from services.router.operations.limits import OperationLimits
+from services.router.operations.planning import (
+    EditRequest,
+    Handover,
+    Plan,
+    Planner,
+    UpscaleRequest,
+    fingerprint,
+)
+from services.router.operations.recovery import Recovery
+from services.router.operations.telemetry import step
+from services.router.routing import checks
+from services.router.routing.admission import Admission
+from services.router.routing.policy import Quote, RouteRequest, RoutingPolicy
+from services.runtime.errors import InvalidArgument, NotFound
+from services.runtime.identifiers import (
+    require_account_id,
+    require_id,
+    require_idempotency_key,
+    require_plain_text,
+)
+
+__all__ = ["Orchestrator"]
+
+
+class Orchestrator:
+    """Routes, charges and runs generations, handovers, upscales and edits; keeps jobs and
+    assets; recovers what routers that are gone left unfinished."""
+
+    def __init__(
+        self,
+        *,
+        jobs: JobStore,
+        assets: AssetStore,
+        ledger: CreditLedger,
+        renderer: Renderer,
+        upscaler: Upscaler,
+        policy: RoutingPolicy,
+        limits: OperationLimits | None = None,
+        admission: Admission | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        self._jobs = jobs
+        self._assets = assets
+        self._ledger = ledger
+        self._policy = policy
+        limits = limits or OperationLimits()
+        self._limits = limits
+        self._admission = admission or Admission()
+        # The host names the pod in a cluster; the random part tells its processes apart.
+        lease = Lease(
+            owner=f"{socket.gethostname()}/{secrets.token_hex(8)}", seconds=limits.lease_seconds
+        )
+        self._planner = Planner(
+            policy=lambda: self._policy,
+            jobs=jobs,
+            assets=assets,
+            ledger=ledger,
+            renderer=renderer,
+            upscaler=upscaler,
+            max_upscale_side=limits.max_upscale_side,
+        )
+        self._batches = BatchRunner(
+            jobs=jobs,
+            assets=assets,
+            ledger=ledger,
+            policy=lambda: self._policy,
+            admission=self._admission,
+            lease=lease,
+            limits=limits,
+        )
+        self._recovery = Recovery(
+            jobs=jobs,
+            batches=self._batches,
+            lease=lease,
+            limits=limits,
+            sleep=sleep or asyncio.sleep,
+        )
+
+    @property
+    def policy(self) -> RoutingPolicy:
+        return self._policy
+
+    @property
+    def admission(self) -> Admission:
+        return self._admission
+
+    @property
+    def recovery(self) -> Recovery:
+        return self._recovery
+
+    def use_policy(self, policy: RoutingPolicy) -> None:
+        """Swaps in a reloaded policy; calls already routed keep their decisions."""
+        self._policy = policy
+
+    # Quotes and the operations that create work --------------------------------------------
+
+    async def quote(self, account_id: str, request: RouteRequest) -> Quote:
+        require_account_id(account_id)
+        require_plain_text(request.prompt, "spec.prompt")
+        available = await self._ledger.available(account_id)
+        with step("route", account_id=account_id, stage=request.stage.value):
+            return self._policy.quote(replace(request, available=available))
+
+    async def generate(
+        self, account_id: str, key: str, request: RouteRequest, seed: int | None = None
+    ) -> AsyncGenerator[BatchEvent, None]:
+        """Generates `request.n` variations; variation i renders with seed + i."""
+        require_account_id(account_id)
+        require_idempotency_key(key)
+        require_plain_text(request.prompt, "spec.prompt")
+        events = self._submit(
+            account_id,
+            key,
+            fingerprint("generate", account_id, request, seed=seed),
+            lambda: self._planner.generate(account_id, key, request, seed),
+        )
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
+
+    async def promote(
+        self, account_id: str, key: str, handover: Handover
+    ) -> AsyncGenerator[BatchEvent, None]:
+        """Renders a parent job again on a higher tier with its image as the reference."""
+        require_account_id(account_id)
+        require_idempotency_key(key)
+        require_id(handover.job_id, "job_id")
+        require_plain_text(handover.prompt, "prompt")
+        require_plain_text(handover.prompt_addition, "prompt_addition")
+        structlog.contextvars.bind_contextvars(parent_job_id=handover.job_id)
+        events = self._submit(
+            account_id,
+            key,
+            fingerprint("promote", account_id, handover),
+            lambda: self._planner.promote(account_id, handover),
+        )
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
+
+    async def upscale(
+        self, account_id: str, key: str, request: UpscaleRequest
+    ) -> AsyncGenerator[BatchEvent, None]:
+        """Upscales a succeeded job's image into a new job linked to it."""
+        require_account_id(account_id)
+        require_idempotency_key(key)
+        require_id(request.job_id, "job_id")
+        request = replace(request, factor=checks.check_upscale_factor(request.factor or 2.0))
+        structlog.contextvars.bind_contextvars(parent_job_id=request.job_id)
+        events = self._submit(
+            account_id,
+            key,
+            fingerprint("upscale", account_id, request),
+            lambda: self._planner.upscale(account_id, request),
+        )
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
+
+    async def edit(
+        self, account_id: str, key: str, request: EditRequest
+    ) -> AsyncGenerator[BatchEvent, None]:
+        """In-paints the masked region of a rendered job on its own tier and size."""
+        require_account_id(account_id)
+        require_idempotency_key(key)
+        require_id(request.job_id, "job_id")
+        require_plain_text(request.prompt, "prompt")
+        checks.check_mask_bytes(request.mask, self._limits.max_mask_bytes)
+        structlog.contextvars.bind_contextvars(parent_job_id=request.job_id)
+        events = self._submit(
+            account_id,
+            key,
+            fingerprint(
+                "edit",
+                account_id,
+                replace(request, mask=b""),
+                mask_sha256=hashlib.sha256(request.mask).hexdigest(),
+            ),
+            lambda: self._planner.edit(account_id, request),
+        )
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
+
+    async def _submit(
+        self,
+        account_id: str,
+        key: str,
+        request_fingerprint: str,
+        plan: Callable[[], Awaitable[Plan]],
+    ) -> AsyncGenerator[BatchEvent, None]:
+        """The one path of every operation: a retry replays the batch its key made; anything
+        else is planned, then run."""
+        structlog.contextvars.bind_contextvars(account_id=account_id)
+        existing = await self._jobs.find_batch(account_id, key)
+        if existing is not None:
+            events = self._batches.replay(existing, request_fingerprint)
+        else:
+            events = self._batches.submit(account_id, key, request_fingerprint, await plan())
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
+
+    # Reads and cancellation ------------------------------------------------------------------
+
+    async def set_shortlisted(self, account_id: str, job_id: str, shortlisted: bool) -> Job:
+        """Marks or unmarks one of the account's jobs as shortlisted."""
+        require_account_id(account_id)
+        require_id(job_id, "job_id")
+        return await self._jobs.set_shortlisted(account_id, job_id, shortlisted)
+
+    async def get_job(self, account_id: str, job_id: str) -> tuple[Job, tuple[Job, ...]]:
+        """The job and its children (promotes and upscales made from it)."""
+        require_account_id(account_id)
+        require_id(job_id, "job_id")
+        job = await self._jobs.get(account_id, job_id)
+        return job, await self._jobs.children(account_id, job_id)
+
+    async def list_jobs(
+        self, account_id: str, filters: JobFilter, page_size: int, page_token: str
+    ) -> JobPage:
+        require_account_id(account_id)
+        require_id(filters.batch_id or "", "batch_id", required=False)
+        require_id(filters.parent_job_id or "", "parent_job_id", required=False)
+        return await self._jobs.list(account_id, filters, page_size, page_token)
+
+    async def cancel(
+        self, account_id: str, *, job_id: str = "", batch_id: str = ""
+    ) -> tuple[Job, ...]:
+        """Cancels a job or a batch's unfinished jobs, here or on the replica running them."""
+        require_account_id(account_id)
+        require_id(job_id, "job_id", required=False)
+        require_id(batch_id, "batch_id", required=False)
+        if job_id:
+            cancelled: tuple[Job, ...] = (await self._jobs.cancel_job(account_id, job_id),)
+        elif batch_id:
+            cancelled = await self._jobs.cancel_batch(account_id, batch_id)
+        else:
+            raise InvalidArgument("name a job_id or a batch_id to cancel", field="target")
+        self._batches.cancel_jobs([job.job_id for job in cancelled])
+        return cancelled
+
+    async def open_asset(
+        self, account_id: str, asset_id: str
+    ) -> tuple[AssetRef, AsyncIterator[bytes]]:
+        """An asset's reference and its bytes in chunks; NotFound unless one of its jobs made it."""
+        require_account_id(account_id)
+        check_asset_id(asset_id)
+        if not await self._jobs.has_asset(account_id, asset_id):
+            raise NotFound(f"asset {asset_id} not found", reason="ASSET_NOT_FOUND")
+        return await self._assets.get_info(asset_id), self._assets.read_chunks(asset_id)
+
+    # Lifecycle -------------------------------------------------------------------------------
+
+    async def recover(self) -> int:
+        """Takes over the batches of routers that are gone (see `Recovery.recover`)."""
+        return await self._recovery.recover()
+
+    async def watch_abandoned(self) -> None:
+        await self._recovery.watch_abandoned()
+
+    async def keep_leases(self) -> None:
+        await self._recovery.keep_leases()
+
+    async def drain(self, grace: float) -> None:
+        """Ends the running batches within `grace` seconds (see `BatchRunner.drain`)."""
+        await self._batches.drain(grace)
+
+    async def close(self) -> None:
+        """Stops running batches; each settles its hold before this returns."""
+        await self._batches.close()
