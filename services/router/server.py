@@ -10,7 +10,12 @@ from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
 from services.router.assets.s3 import S3AssetStore
 from services.router.assets.store import AssetStore, LocalAssetStore
-from services.router.downstream.breaker import BreakingRenderer, BreakingUpscaler, CircuitBreaker
+from services.router.downstream.breaker import (
+    BreakingLedger,
+    BreakingRenderer,
+    BreakingUpscaler,
+    CircuitBreaker,
+)
 from services.router.downstream.grpc_clients import (
     GENERATOR_SERVICE,
     LEDGER_SERVICE,
@@ -90,7 +95,9 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
     policy = load_policy(settings)
     timeout = settings.call_timeout_seconds
     ledger_channel = open_channel(
-        settings.ledger_addr, services=[LEDGER_SERVICE], default_timeout=30
+        settings.ledger_addr,
+        services=[LEDGER_SERVICE],
+        default_timeout=settings.ledger_timeout_seconds,
     )
     generator_channel = open_channel(
         settings.generator_addr, services=[GENERATOR_SERVICE], default_timeout=timeout
@@ -101,7 +108,6 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
     # Assets first: a job store left open by a failure would keep its pool's tasks running.
     assets = await open_asset_store(settings)
     jobs = await open_job_store(settings)
-    ledger = GrpcLedger(ledger_channel, timeout=30)
 
     def breaker(name: str) -> CircuitBreaker:
         return CircuitBreaker(
@@ -109,6 +115,10 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
             threshold=settings.breaker_threshold,
             cooldown_seconds=settings.breaker_cooldown_seconds,
         )
+
+    ledger = BreakingLedger(
+        GrpcLedger(ledger_channel, timeout=settings.ledger_timeout_seconds), breaker("ledger")
+    )
 
     generator = GrpcRenderer(generator_channel, timeout, settings.max_image_bytes)
     router = Orchestrator(
@@ -133,7 +143,7 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
     # replica still within its lease is recovered by a later `watch_abandoned` round).
     await router.recover()
     await read_capacity(router.admission, generator)
-    servicer = RouterServicer(router, ledger.stub, ledger_timeout=30)
+    servicer = RouterServicer(router, ledger)
 
     async def close_channels() -> None:
         for channel in (ledger_channel, generator_channel, upscaler_channel):

@@ -10,9 +10,10 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 from tiergen.common.v1 import common_pb2
-from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from tiergen.ledger.v1 import ledger_pb2
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
+from services.router.downstream.ports import AccountBalance, Accounts
 from services.router.jobs.model import Job, JobFilter, JobKind, JobStatus, UpscaleMethod
 from services.router.operations.events import (
     BatchAccepted,
@@ -33,7 +34,6 @@ from services.router.translate import (
     stage_to_proto,
 )
 from services.runtime.errors import InvalidArgument
-from services.runtime.status import from_rpc_error
 
 __all__ = ["RouterServicer"]
 
@@ -227,12 +227,9 @@ def _progress(event: JobProgressed) -> router_pb2.JobProgress:
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     """RouterService over the router's operations; balance calls are forwarded to the ledger."""
 
-    def __init__(
-        self, router: Orchestrator, ledger: ledger_pb2_grpc.LedgerServiceStub, ledger_timeout: float
-    ) -> None:
+    def __init__(self, router: Orchestrator, accounts: Accounts) -> None:
         self._router = router
-        self._ledger = ledger
-        self._ledger_timeout = ledger_timeout
+        self._accounts = accounts
 
     async def Quote(
         self, request: router_pb2.QuoteRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -417,50 +414,49 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     # Forwarded to the ledger for callers that only know the router.
 
-    async def _forward(self, method: Callable[..., Any], request: Any) -> Any:
-        try:
-            return await method(request, timeout=self._ledger_timeout)
-        except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from None
-
     async def OpenAccount(
         self, request: router_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> router_pb2.OpenAccountResponse:
-        reply = await self._forward(
-            self._ledger.OpenAccount,
-            ledger_pb2.OpenAccountRequest(
-                account_id=request.account_id, idempotency_key=request.idempotency_key
-            ),
-        )
+        grant = await self._accounts.open_account(request.account_id, request.idempotency_key)
         return router_pb2.OpenAccountResponse(
-            balance=reply.balance,
-            granted=reply.granted,
-            replayed=reply.replayed,
-            outcome=reply.outcome,
+            balance=_balance_message(grant.balance),
+            granted=grant.granted,
+            replayed=grant.replayed,
+            outcome=_grant_outcome(grant.outcome),
         )
 
     async def GetBalance(
         self, request: router_pb2.GetBalanceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> router_pb2.GetBalanceResponse:
-        reply = await self._forward(
-            self._ledger.GetBalance, ledger_pb2.GetBalanceRequest(account_id=request.account_id)
-        )
-        return router_pb2.GetBalanceResponse(balance=reply.balance)
+        balance = await self._accounts.balance(request.account_id)
+        return router_pb2.GetBalanceResponse(balance=_balance_message(balance))
 
     async def CheckIn(
         self, request: router_pb2.CheckInRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> router_pb2.CheckInResponse:
-        reply = await self._forward(
-            self._ledger.CheckIn,
-            ledger_pb2.CheckInRequest(
-                account_id=request.account_id, idempotency_key=request.idempotency_key
-            ),
-        )
+        grant = await self._accounts.check_in(request.account_id, request.idempotency_key)
         return router_pb2.CheckInResponse(
-            balance=reply.balance,
-            granted=reply.granted,
-            iso_week=reply.iso_week,
-            cap_reached=reply.cap_reached,
-            replayed=reply.replayed,
-            outcome=reply.outcome,
+            balance=_balance_message(grant.balance),
+            granted=grant.granted,
+            iso_week=grant.iso_week,
+            cap_reached=grant.cap_reached,
+            replayed=grant.replayed,
+            outcome=_grant_outcome(grant.outcome),
         )
+
+
+def _balance_message(balance: AccountBalance) -> ledger_pb2.Balance:
+    return ledger_pb2.Balance(
+        account_id=balance.account_id,
+        available=balance.available,
+        held=balance.held,
+        total=balance.total,
+        promotional_granted=balance.promotional_granted,
+        promotional_cap=balance.promotional_cap,
+        purchased=balance.purchased,
+        consumed=balance.consumed,
+    )
+
+
+def _grant_outcome(outcome: str) -> Any:
+    return ledger_pb2.GrantOutcome.Value(f"GRANT_OUTCOME_{outcome.upper()}")

@@ -131,6 +131,8 @@ class RouterSettings:
     parallel_jobs: int = 4
     max_upscale_side: int = 8192
     call_timeout_seconds: float = 300.0
+    #: Bound of each call to the ledger (a caller's own deadline bounds it further).
+    ledger_timeout_seconds: float = 10.0
     max_image_bytes: int = 256 * 1024 * 1024
     reload_interval_seconds: float = 5.0
     breaker_threshold: int = 5
@@ -199,5 +201,8 @@ class RouterSettings:
             ),
             call_timeout_seconds=env.number(
                 "TIERGEN_ROUTER_CALL_TIMEOUT_SECONDS", 300.0, minimum=1.0, maximum=3600.0
+            ),
+            ledger_timeout_seconds=env.number(
+                "TIERGEN_ROUTER_LEDGER_TIMEOUT_SECONDS", 10.0, minimum=0.1, maximum=300.0
             ),
         )

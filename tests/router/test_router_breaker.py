@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
+from google.rpc import error_details_pb2
+from tiergen.router.v1 import router_pb2
 
 from services.router.downstream.breaker import CircuitBreaker
 from services.runtime.errors import InvalidArgument, ResourceExhausted, Unavailable
+from services.runtime.status import from_rpc_error
+from tests.rich_errors import details
 
 
 class Clock:
@@ -76,3 +81,18 @@ async def test_a_success_resets_the_count():
     with pytest.raises(Unavailable):
         await breaker.call(lambda: _fail(Unavailable("blip")))
     assert breaker.state == "closed"
+
+
+async def test_the_router_stops_calling_a_ledger_that_is_down(suite):
+    """The account calls a caller makes through the router go through the ledger's breaker."""
+    account = await suite.open_account()
+    await suite.servers["ledger"].stop(0)
+    reasons = []
+    for _ in range(6):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await suite.router.GetBalance(router_pb2.GetBalanceRequest(account_id=account))
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        reasons.append(from_rpc_error(caught.value).reason)
+    # The default threshold is 5 failures in a row; the next call is not sent at all.
+    assert reasons[-1] == "CIRCUIT_OPEN", reasons
+    assert details(caught.value)[error_details_pb2.RetryInfo].retry_delay.ToNanoseconds() > 0

@@ -8,8 +8,8 @@ timeout and holding credits meanwhile. After the cool-down one trial call goes t
 request's fault (INVALID_ARGUMENT, FAILED_PRECONDITION...) or overload (RESOURCE_EXHAUSTED,
 which already carries its own retry advice) neither open nor close it.
 
-The router keeps one breaker per tier (each tier is served by one generator backend) and one
-for the upscaler.
+The router keeps one breaker per tier (each tier is served by one generator backend), one for
+the upscaler and one for the ledger.
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ from typing import TypeVar
 import structlog
 
 from services.router.downstream.ports import (
+    AccountBalance,
+    AccountGrant,
     Image,
+    LedgerClient,
     ProgressSink,
     Renderer,
     RenderOrder,
@@ -30,7 +33,7 @@ from services.router.downstream.ports import (
 )
 from services.runtime.errors import DeadlineExceeded, TiergenError, Unavailable
 
-__all__ = ["BreakingRenderer", "BreakingUpscaler", "CircuitBreaker"]
+__all__ = ["BreakingLedger", "BreakingRenderer", "BreakingUpscaler", "CircuitBreaker"]
 
 _log = structlog.get_logger("tiergen.router")
 _T = TypeVar("_T")
@@ -137,3 +140,40 @@ class BreakingUpscaler:
 
     async def upscale(self, order: UpscaleOrder, progress: ProgressSink) -> Image:
         return await self.breaker.call(lambda: self._upscaler.upscale(order, progress))
+
+
+class BreakingLedger:
+    """The ledger behind one breaker: while it keeps failing, credits are neither held nor
+    settled (a settlement left open is retried by recovery, or returned by the hold's expiry),
+    and callers are told at once instead of each waiting out a timeout."""
+
+    def __init__(self, ledger: LedgerClient, breaker: CircuitBreaker) -> None:
+        self._ledger = ledger
+        self._breaker = breaker
+
+    async def available(self, account_id: str) -> int:
+        return await self._breaker.call(lambda: self._ledger.available(account_id))
+
+    async def reserve(
+        self, account_id: str, amount: int, idempotency_key: str, memo: str, ttl_seconds: int
+    ) -> str:
+        return await self._breaker.call(
+            lambda: self._ledger.reserve(account_id, amount, idempotency_key, memo, ttl_seconds)
+        )
+
+    async def capture(self, hold_id: str, amount: int, idempotency_key: str) -> None:
+        await self._breaker.call(lambda: self._ledger.capture(hold_id, amount, idempotency_key))
+
+    async def release(self, hold_id: str, idempotency_key: str) -> None:
+        await self._breaker.call(lambda: self._ledger.release(hold_id, idempotency_key))
+
+    async def balance(self, account_id: str) -> AccountBalance:
+        return await self._breaker.call(lambda: self._ledger.balance(account_id))
+
+    async def open_account(self, account_id: str, idempotency_key: str) -> AccountGrant:
+        return await self._breaker.call(
+            lambda: self._ledger.open_account(account_id, idempotency_key)
+        )
+
+    async def check_in(self, account_id: str, idempotency_key: str) -> AccountGrant:
+        return await self._breaker.call(lambda: self._ledger.check_in(account_id, idempotency_key))

@@ -10,7 +10,14 @@ from tiergen.generator.v1 import generator_pb2, generator_pb2_grpc
 from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from tiergen.upscaler.v1 import upscaler_pb2, upscaler_pb2_grpc
 
-from services.router.downstream.ports import Image, ProgressSink, RenderOrder, UpscaleOrder
+from services.router.downstream.ports import (
+    AccountBalance,
+    AccountGrant,
+    Image,
+    ProgressSink,
+    RenderOrder,
+    UpscaleOrder,
+)
 from services.router.routing.admission import TierCapacity
 from services.router.translate import aspect_ratio_to_proto, size_to_proto
 from services.runtime.chunks import ChunkAssembler, image_info, split
@@ -49,19 +56,44 @@ class GrpcLedger:
         self._stub = ledger_pb2_grpc.LedgerServiceStub(channel)
         self._timeout = timeout
 
-    @property
-    def stub(self) -> ledger_pb2_grpc.LedgerServiceStub:
-        """The raw stub, for the calls the router forwards unchanged (balance, check-in)."""
-        return self._stub
-
     async def available(self, account_id: str) -> int:
+        return (await self.balance(account_id)).available
+
+    async def balance(self, account_id: str) -> AccountBalance:
         try:
             reply = await self._stub.GetBalance(
                 ledger_pb2.GetBalanceRequest(account_id=account_id), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
-        return int(reply.balance.available)
+        return _balance(reply.balance)
+
+    async def open_account(self, account_id: str, idempotency_key: str) -> AccountGrant:
+        request = ledger_pb2.OpenAccountRequest(
+            account_id=account_id, idempotency_key=idempotency_key
+        )
+        try:
+            reply = await self._stub.OpenAccount(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None
+        return AccountGrant(
+            _balance(reply.balance), reply.granted, reply.replayed, _outcome(reply.outcome)
+        )
+
+    async def check_in(self, account_id: str, idempotency_key: str) -> AccountGrant:
+        request = ledger_pb2.CheckInRequest(account_id=account_id, idempotency_key=idempotency_key)
+        try:
+            reply = await self._stub.CheckIn(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None
+        return AccountGrant(
+            _balance(reply.balance),
+            reply.granted,
+            reply.replayed,
+            _outcome(reply.outcome),
+            iso_week=reply.iso_week,
+            cap_reached=reply.cap_reached,
+        )
 
     async def reserve(
         self, account_id: str, amount: int, idempotency_key: str, memo: str, ttl_seconds: int
@@ -94,6 +126,24 @@ class GrpcLedger:
             await self._stub.Release(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
+
+
+def _balance(message: ledger_pb2.Balance) -> AccountBalance:
+    return AccountBalance(
+        account_id=message.account_id,
+        available=message.available,
+        held=message.held,
+        total=message.total,
+        promotional_granted=message.promotional_granted,
+        promotional_cap=message.promotional_cap,
+        purchased=message.purchased,
+        consumed=message.consumed,
+    )
+
+
+def _outcome(value: int) -> str:
+    """The ledger's GrantOutcome without its prefix, lower-case ("granted", "already_open")."""
+    return ledger_pb2.GrantOutcome.Name(value).removeprefix("GRANT_OUTCOME_").lower()
 
 
 async def _receive_image(

@@ -12,8 +12,12 @@ from typing import Protocol
 from services.router.routing.catalogue import AspectRatio, ImageSize
 
 __all__ = [
+    "AccountBalance",
+    "AccountGrant",
+    "Accounts",
     "CreditLedger",
     "Image",
+    "LedgerClient",
     "ProgressSink",
     "RenderOrder",
     "Renderer",
@@ -64,6 +68,46 @@ class UpscaleOrder:
     request_id: str
 
 
+@dataclass(frozen=True)
+class AccountBalance:
+    """An account's credits as the ledger keeps them."""
+
+    account_id: str
+    available: int
+    held: int
+    total: int
+    promotional_granted: int
+    promotional_cap: int
+    purchased: int
+    consumed: int
+
+
+@dataclass(frozen=True)
+class AccountGrant:
+    """What opening an account or checking in granted, and the balance after.
+
+    `outcome` says why: "granted", "already_open" or "already_checked_in_this_week" (the
+    ledger's GrantOutcome, lower-case). `iso_week` and `cap_reached` are a check-in's.
+    """
+
+    balance: AccountBalance
+    granted: int
+    replayed: bool
+    outcome: str
+    iso_week: str = ""
+    cap_reached: bool = False
+
+
+class Accounts(Protocol):
+    """The ledger's account calls the router forwards for callers that only know the router."""
+
+    async def open_account(self, account_id: str, idempotency_key: str) -> AccountGrant: ...
+
+    async def balance(self, account_id: str) -> AccountBalance: ...
+
+    async def check_in(self, account_id: str, idempotency_key: str) -> AccountGrant: ...
+
+
 class CreditLedger(Protocol):
     """Credits as the router uses them: look, hold, settle."""
 
@@ -78,6 +122,10 @@ class CreditLedger(Protocol):
     async def capture(self, hold_id: str, amount: int, idempotency_key: str) -> None: ...
 
     async def release(self, hold_id: str, idempotency_key: str) -> None: ...
+
+
+class LedgerClient(CreditLedger, Accounts, Protocol):
+    """The ledger as the router calls it: credits for its operations, accounts for its callers."""
 
 
 class Renderer(Protocol):
