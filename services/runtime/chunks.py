@@ -30,16 +30,21 @@ def split(data: bytes, size: int = CHUNK_BYTES) -> Iterator[common_pb2.ImageChun
 
 
 def image_info(
-    data: bytes, width: int, height: int, image_format: common_pb2.ImageFormat
+    data: bytes,
+    width: int,
+    height: int,
+    image_format: common_pb2.ImageFormat,
+    sha256: str = "",
 ) -> common_pb2.ImageInfo:
-    """The `ImageInfo` announcing `data`."""
+    """The `ImageInfo` announcing `data`; `sha256`, when the caller knows it already (an asset's
+    address, a digest checked on the way in), spares hashing the bytes again."""
     return common_pb2.ImageInfo(
         width=width,
         height=height,
         format=image_format,
         media_type=_MEDIA_TYPES.get(image_format, "application/octet-stream"),
         size_bytes=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=sha256 or hashlib.sha256(data).hexdigest(),
     )
 
 
@@ -56,6 +61,9 @@ class ChunkAssembler:
         self._limit = limit
         self._expected = expected
         self._buffer = bytearray()
+        #: The SHA-256 of the finished image once checked against the announced one, so that
+        #: whoever stores it need not hash it again; "" when none was announced.
+        self.sha256 = ""
         if expected is not None and expected.size_bytes > limit:
             raise InvalidArgument(
                 f"{field} is {expected.size_bytes} bytes; the limit is {limit}", field=field
@@ -90,10 +98,12 @@ class ChunkAssembler:
                     "arrived; the stream stopped mid-image",
                     field=self._field,
                 )
-            if expected.sha256 and expected.sha256 != hashlib.sha256(data).hexdigest():
-                raise InvalidArgument(
-                    f"{self._field} does not match its announced sha256", field=self._field
-                )
+            if expected.sha256:
+                if expected.sha256 != hashlib.sha256(data).hexdigest():
+                    raise InvalidArgument(
+                        f"{self._field} does not match its announced sha256", field=self._field
+                    )
+                self.sha256 = expected.sha256
         return data
 
 

@@ -156,6 +156,14 @@ async def test_put_stores_by_content(store: AssetStore) -> None:
         assert image.size == (32, 24)
 
 
+async def test_a_digest_checked_on_the_way_in_addresses_the_asset(store: AssetStore) -> None:
+    data = png((10, 200, 10))
+    digest = hashlib.sha256(data).hexdigest()
+    ref = await store.put(data, width=32, height=24, media_type="image/png", sha256=digest)
+    assert ref.asset_id == digest
+    assert await store.read(digest) == data
+
+
 async def test_put_is_idempotent(storage: Storage) -> None:
     data = png((10, 200, 10))
     first = await storage.store.put(data, width=32, height=24, media_type="image/png")

@@ -19,6 +19,17 @@ def test_split_and_reassemble_round_trip():
     for chunk in chunks:
         assembler.add(chunk)
     assert assembler.finish() == data
+    # The digest checked on the way in is kept, so that the bytes are not hashed again.
+    assert assembler.sha256 == info.sha256
+
+
+def test_a_known_digest_is_announced_without_hashing_again():
+    info = image_info(b"png bytes", 1, 1, common_pb2.IMAGE_FORMAT_PNG, sha256="ab" * 32)
+    assert info.sha256 == "ab" * 32
+    unannounced = ChunkAssembler("image", limit=100)
+    unannounced.add(common_pb2.ImageChunk(offset=0, data=b"png bytes"))
+    unannounced.finish()
+    assert unannounced.sha256 == ""
 
 
 def test_out_of_order_chunk_is_rejected():

@@ -99,11 +99,13 @@ class S3AssetStore:
             raise
         return store
 
-    async def put(self, data: bytes, *, width: int, height: int, media_type: str) -> AssetRef:
+    async def put(
+        self, data: bytes, *, width: int, height: int, media_type: str, sha256: str = ""
+    ) -> AssetRef:
         """Store `data`; AlreadyExists if the same bytes were stored with different info."""
         check_new_asset(data, width, height, media_type)
         return await asyncio.to_thread(
-            self._put, data, AssetInfo(width, height, media_type, len(data))
+            self._put, data, AssetInfo(width, height, media_type, len(data)), sha256
         )
 
     async def get_info(self, asset_id: str) -> AssetRef:
@@ -154,9 +156,8 @@ class S3AssetStore:
         with self._errors(None):
             self._client.head_bucket(Bucket=self.bucket)
 
-    def _put(self, data: bytes, info: AssetInfo) -> AssetRef:
-        digest = hashlib.sha256(data)
-        asset_id = digest.hexdigest()
+    def _put(self, data: bytes, info: AssetInfo, sha256: str) -> AssetRef:
+        asset_id = sha256 or hashlib.sha256(data).hexdigest()
         # Looking first keeps a second put of the same image from uploading it again.
         stored = self._head(asset_id)
         if stored is not None:
@@ -170,7 +171,7 @@ class S3AssetStore:
                 Body=data,
                 ContentType=info.media_type,
                 Metadata={"width": str(info.width), "height": str(info.height)},
-                ChecksumSHA256=base64.b64encode(digest.digest()).decode(),
+                ChecksumSHA256=base64.b64encode(bytes.fromhex(asset_id)).decode(),
             )
         return AssetRef(asset_id, info)
 

@@ -71,10 +71,14 @@ class AssetStore(Protocol):
     that is not 64 lower-case hex digits, and NotFound for an id never stored.
     """
 
-    async def put(self, data: bytes, *, width: int, height: int, media_type: str) -> AssetRef:
+    async def put(
+        self, data: bytes, *, width: int, height: int, media_type: str, sha256: str = ""
+    ) -> AssetRef:
         """Store `data` durably and return its reference; storing it again changes nothing.
 
-        An asset is visible whole or not at all, also after a crash mid-put.
+        An asset is visible whole or not at all, also after a crash mid-put. `sha256` is the
+        digest of `data` when the caller checked it already (on the way in); it is not
+        checked again.
         """
         ...
 
@@ -154,11 +158,13 @@ class LocalAssetStore:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
-    async def put(self, data: bytes, *, width: int, height: int, media_type: str) -> AssetRef:
+    async def put(
+        self, data: bytes, *, width: int, height: int, media_type: str, sha256: str = ""
+    ) -> AssetRef:
         """Store `data`; AlreadyExists if the same bytes were stored with different info."""
         check_new_asset(data, width, height, media_type)
         return await asyncio.to_thread(
-            self._put, data, AssetInfo(width, height, media_type, len(data))
+            self._put, data, AssetInfo(width, height, media_type, len(data)), sha256
         )
 
     async def get_info(self, asset_id: str) -> AssetRef:
@@ -205,8 +211,8 @@ class LocalAssetStore:
     def _complete(self, asset_id: str) -> bool:
         return self._sidecar_path(asset_id).is_file() and self._data_path(asset_id).is_file()
 
-    def _put(self, data: bytes, info: AssetInfo) -> AssetRef:
-        asset_id = hashlib.sha256(data).hexdigest()
+    def _put(self, data: bytes, info: AssetInfo, sha256: str) -> AssetRef:
+        asset_id = sha256 or hashlib.sha256(data).hexdigest()
         if self._complete(asset_id):
             stored = self._info(asset_id)
             if stored.info != info:

@@ -169,7 +169,7 @@ async def _receive_image(
     if assembler is None:
         raise Internal("the stream ended without a result")
     data = assembler.finish()
-    return Image(data, info.width, info.height, info.media_type, info.sha256)
+    return Image(data, info.width, info.height, info.media_type, assembler.sha256)
 
 
 class GrpcRenderer:
@@ -209,9 +209,15 @@ class GrpcRenderer:
             request_id=order.request_id,
         )
         if order.reference is not None:
-            spec.reference.CopyFrom(image_info(order.reference, 0, 0, common_pb2.IMAGE_FORMAT_PNG))
+            spec.reference.CopyFrom(
+                image_info(
+                    order.reference, 0, 0, common_pb2.IMAGE_FORMAT_PNG, order.reference_sha256
+                )
+            )
         if order.mask is not None:
-            spec.mask.CopyFrom(image_info(order.mask, 0, 0, common_pb2.IMAGE_FORMAT_PNG))
+            spec.mask.CopyFrom(
+                image_info(order.mask, 0, 0, common_pb2.IMAGE_FORMAT_PNG, order.mask_sha256)
+            )
 
         def requests() -> list[generator_pb2.RenderRequest]:
             messages = [generator_pb2.RenderRequest(spec=spec)]

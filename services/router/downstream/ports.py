@@ -31,7 +31,8 @@ ProgressSink = Callable[[str, float], None]
 
 @dataclass(frozen=True)
 class Image:
-    """An encoded image and what is known about it."""
+    """An encoded image and what is known about it; `sha256` is "" when not known (never
+    unchecked: a digest announced with the bytes was verified on the way in)."""
 
     data: bytes
     width: int
@@ -54,6 +55,10 @@ class RenderOrder:
     strength: float = 0.0
     #: In-painting: white where `reference` (the image to edit) is rendered again.
     mask: bytes | None = None
+    #: SHA-256 of `reference` and of `mask` when known (an asset's address, a digest taken
+    #: on the way in), so that they are not hashed again to announce them.
+    reference_sha256: str = ""
+    mask_sha256: str = ""
 
 
 @dataclass(frozen=True)

@@ -374,6 +374,7 @@ class BatchRunner:
                         width=image.width,
                         height=image.height,
                         media_type=image.media_type,
+                        sha256=image.sha256,
                     )
                 cost, fallback = job.quoted_cost, None
                 if delivery.fallback_tier is not None and job.size is not None:

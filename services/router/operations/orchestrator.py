@@ -190,16 +190,12 @@ class Orchestrator:
         require_plain_text(request.prompt, "prompt")
         checks.check_mask_bytes(request.mask, self._limits.max_mask_bytes)
         structlog.contextvars.bind_contextvars(parent_job_id=request.job_id)
+        mask_sha256 = hashlib.sha256(request.mask).hexdigest()
         events = self._submit(
             account_id,
             key,
-            fingerprint(
-                "edit",
-                account_id,
-                replace(request, mask=b""),
-                mask_sha256=hashlib.sha256(request.mask).hexdigest(),
-            ),
-            lambda: self._planner.edit(account_id, request),
+            fingerprint("edit", account_id, replace(request, mask=b""), mask_sha256=mask_sha256),
+            lambda: self._planner.edit(account_id, request, mask_sha256),
         )
         async with contextlib.aclosing(events):
             async for event in events:

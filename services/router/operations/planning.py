@@ -265,7 +265,8 @@ class Planner:
                 handover.aspect_ratio or parent.aspect_ratio,
             )
         assert parent.asset is not None  # checked by _require_succeeded
-        reference = await self._assets.read(parent.asset.asset_id)
+        parent_asset_id = parent.asset.asset_id  # the reference's SHA-256
+        reference = await self._assets.read(parent_asset_id)
         seed = parent.seed if handover.seed is None else handover.seed
         new_job = NewJob(
             kind=JobKind.PROMOTE,
@@ -294,6 +295,7 @@ class Planner:
                 request_id=job.job_id,
                 reference=reference,
                 strength=strength,
+                reference_sha256=parent_asset_id,
             )
             return await self._render_from(reference, order, progress)
 
@@ -340,8 +342,9 @@ class Planner:
 
         return Plan([new_job], None, None, enlarge)
 
-    async def edit(self, account_id: str, request: EditRequest) -> Plan:
-        """The masked region of the parent job's image rendered again, on its tier and size."""
+    async def edit(self, account_id: str, request: EditRequest, mask_sha256: str) -> Plan:
+        """The masked region of the parent job's image rendered again, on its tier and size;
+        `mask_sha256` is the mask's digest, taken once for the request's fingerprint."""
         parent = await self._jobs.get(account_id, request.job_id)
         _require_succeeded(parent, "edited")
         policy = self._policy()
@@ -391,6 +394,8 @@ class Planner:
                 request_id=job.job_id,
                 reference=source,
                 mask=request.mask,
+                reference_sha256=parent.asset.asset_id if parent.asset else "",
+                mask_sha256=mask_sha256,
             )
             return await self._render_from(source, order, progress)
 
