@@ -18,12 +18,14 @@ _COMPRESS_LEVEL = 1
 
 @dataclass(frozen=True)
 class Picture:
-    """A rendered image: PNG bytes of exactly `width` x `height`, and the seconds it took."""
+    """A rendered image: PNG bytes of exactly `width` x `height`, the seconds it took, and its
+    drift from the request's first reference when the backend measured it."""
 
     image: bytes
     width: int
     height: int
     seconds: float
+    drift: float | None = None
 
 
 class Backend(Protocol):

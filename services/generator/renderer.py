@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFilter, ImageOps
 
+from services.generator.drift import style_drift_of
 from services.generator.painting.landscape import paint_landscape
 from services.generator.painting.painter import Layer, Painter, font, vertical_gradient
 from services.generator.painting.scene import RGB, Scene, compose_scene, mix
@@ -73,6 +74,9 @@ class RenderResult:
     subjects: tuple[str, ...]
     text: str
     media_type: str = _MEDIA_TYPE
+    #: How far the image moved from `references[0]` (see `services.generator.drift`); None
+    #: without a reference.
+    drift: float | None = None
 
 
 def render(spec: RenderSpec, progress: Progress | None = None) -> RenderResult:
@@ -111,6 +115,8 @@ def render(spec: RenderSpec, progress: Progress | None = None) -> RenderResult:
     if mask is not None:
         picture = Image.composite(picture, references[0].convert("RGB"), mask)
 
+    # Measured here, on the decoded images, instead of by decoding both again downstream.
+    drift = style_drift_of(references[0], picture) if references else None
     report(0.9, "encoding")
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", compress_level=_COMPRESSION[spec.quality])
@@ -123,6 +129,7 @@ def render(spec: RenderSpec, progress: Progress | None = None) -> RenderResult:
         lighting=str(scene.lighting),
         subjects=tuple(sorted(str(subject) for subject in scene.subjects | {scene.terrain})),
         text=scene.text if spec.draw_text else "",
+        drift=drift,
     )
 
 

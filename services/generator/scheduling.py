@@ -133,7 +133,9 @@ class BuiltinBackend:
     async def render(self, tier: Tier, request: RenderRequest) -> Picture:
         rendered = await self.pool.render(RenderSpec.for_request(tier, request))
         result = rendered.result
-        return Picture(result.image, result.width, result.height, rendered.seconds)
+        return Picture(
+            result.image, result.width, result.height, rendered.seconds, drift=result.drift
+        )
 
     async def close(self) -> None:
         await self.pool.close()

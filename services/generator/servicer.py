@@ -36,6 +36,7 @@ from opentelemetry.trace import Status, StatusCode
 from tiergen.common.v1 import common_pb2
 from tiergen.generator.v1 import generator_pb2
 
+from services.generator.drift import style_drift
 from services.generator.picture import Backend, Picture
 from services.generator.resolution import AspectRatio, ImageSize, Resolution
 from services.generator.scheduling import TierQueue
@@ -130,6 +131,10 @@ class GeneratorServicer:
             info = image_info(
                 picture.image, picture.width, picture.height, common_pb2.IMAGE_FORMAT_PNG
             )
+        drift = picture.drift
+        if drift is None and request.references:
+            # A provider's image: decoded here, where rendering's CPU is budgeted.
+            drift = await asyncio.to_thread(style_drift, request.references[0], picture.image)
         yield _progress("done", 1.0)
         yield generator_pb2.RenderResponse(
             result=generator_pb2.RenderResult(
@@ -138,6 +143,7 @@ class GeneratorServicer:
                 backend=tier.backend,
                 seed=request.seed,
                 render_ms=round(picture.seconds * 1000),
+                drift=drift,
             )
         )
         for chunk in split(picture.image):

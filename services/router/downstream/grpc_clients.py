@@ -155,12 +155,17 @@ async def _receive_image(
     """Reads progress, then the result's info, then its chunks, from a Render or Upscale stream."""
     assembler: ChunkAssembler | None = None
     info = common_pb2.ImageInfo()
+    drift: float | None = None
     async for message in responses:
         kind = message.WhichOneof("payload")
         if kind == "progress":
             progress(message.progress.stage, message.progress.fraction)
         elif kind == "result":
             info = message.result.image
+            if isinstance(message, generator_pb2.RenderResponse) and message.result.HasField(
+                "drift"
+            ):
+                drift = message.result.drift
             assembler = ChunkAssembler("image", limit, expected=info)
         elif kind == "chunk":
             if assembler is None:
@@ -169,7 +174,7 @@ async def _receive_image(
     if assembler is None:
         raise Internal("the stream ended without a result")
     data = assembler.finish()
-    return Image(data, info.width, info.height, info.media_type, assembler.sha256)
+    return Image(data, info.width, info.height, info.media_type, assembler.sha256, drift)
 
 
 class GrpcRenderer:

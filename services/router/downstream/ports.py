@@ -39,6 +39,8 @@ class Image:
     height: int
     media_type: str
     sha256: str
+    #: How far it moved from the reference it was rendered from, as the generator measured it.
+    drift: float | None = None
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,6 @@ from services.router.jobs.store import JobStore
 from services.router.operations.telemetry import step
 from services.router.routing import checks
 from services.router.routing.catalogue import AspectRatio, ImageSize, Stage
-from services.router.routing.drift import style_drift
 from services.router.routing.policy import Decision, RouteRequest, RoutingPolicy
 from services.runtime import errors
 from services.runtime.errors import FailedPrecondition, InvalidArgument, TiergenError
@@ -297,7 +296,7 @@ class Planner:
                 strength=strength,
                 reference_sha256=parent_asset_id,
             )
-            return await self._render_from(reference, order, progress)
+            return await self._render_from(order, progress)
 
         return Plan([new_job], decision, decision.tier, render)
 
@@ -397,15 +396,11 @@ class Planner:
                 reference_sha256=parent.asset.asset_id if parent.asset else "",
                 mask_sha256=mask_sha256,
             )
-            return await self._render_from(source, order, progress)
+            return await self._render_from(order, progress)
 
         return Plan([new_job], None, tier.name, inpaint)
 
-    async def _render_from(
-        self, parent_image: bytes, order: RenderOrder, progress: ProgressSink
-    ) -> Delivery:
-        """Renders a job made from a parent's image, and measures how far it drifted from it."""
+    async def _render_from(self, order: RenderOrder, progress: ProgressSink) -> Delivery:
+        """Renders a job made from a parent's image; the generator says how far it drifted."""
         image = await self._renderer.render(order, progress)
-        with step("drift", job_id=order.request_id):
-            drift = await asyncio.to_thread(style_drift, parent_image, image.data)
-        return Delivery(image, drift)
+        return Delivery(image, image.drift)

@@ -74,18 +74,20 @@ class RenderRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[RenderSpec, _Mapping]] = ..., reference_chunk: _Optional[_Union[_common_pb2.ImageChunk, _Mapping]] = ..., mask_chunk: _Optional[_Union[_common_pb2.ImageChunk, _Mapping]] = ...) -> None: ...
 
 class RenderResult(_message.Message):
-    __slots__ = ("image", "tier", "backend", "seed", "render_ms")
+    __slots__ = ("image", "tier", "backend", "seed", "render_ms", "drift")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     RENDER_MS_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.ImageInfo
     tier: str
     backend: str
     seed: int
     render_ms: int
-    def __init__(self, image: _Optional[_Union[_common_pb2.ImageInfo, _Mapping]] = ..., tier: _Optional[str] = ..., backend: _Optional[str] = ..., seed: _Optional[int] = ..., render_ms: _Optional[int] = ...) -> None: ...
+    drift: float
+    def __init__(self, image: _Optional[_Union[_common_pb2.ImageInfo, _Mapping]] = ..., tier: _Optional[str] = ..., backend: _Optional[str] = ..., seed: _Optional[int] = ..., render_ms: _Optional[int] = ..., drift: _Optional[float] = ...) -> None: ...
 
 class RenderResponse(_message.Message):
     __slots__ = ("progress", "result", "chunk")

@@ -8,7 +8,7 @@ import random
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from services.router.routing.drift import style_drift
+from services.generator.drift import style_drift, style_drift_of
 
 
 def scene(
@@ -99,3 +99,8 @@ def test_unreadable_images_are_refused(bad: bytes) -> None:
         style_drift(good, bad)
     with pytest.raises(ValueError, match="parent is not a readable image"):
         style_drift(bad, good)
+
+
+def test_decoded_images_drift_as_their_encodings_do() -> None:
+    parent, child = scene(1), promote_like(scene(1))
+    assert style_drift_of(parent, child) == style_drift(encode(parent), encode(child))

@@ -1,4 +1,8 @@
-"""Style drift: how far a handed-over image moved from its parent, from 0 (same) to 1.
+"""Style drift: how far an image rendered from a reference moved from it, from 0 (same) to 1.
+
+Measured where the render happens, in the generator: the built-in renderer still holds both
+images decoded, so drift costs a resize instead of decoding a parent and a child again in the
+router (about 220 ms of CPU for two 2K PNGs); for a provider's image the generator decodes both.
 
 What it measures. Both images are decoded (alpha composited onto white), converted to RGB and
 reduced to a common 64x64 grid by area averaging, so size, aspect ratio and fine detail, which a
@@ -25,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["COLOUR_WEIGHT", "GRID", "STRUCTURE_WEIGHT", "style_drift"]
+__all__ = ["COLOUR_WEIGHT", "GRID", "STRUCTURE_WEIGHT", "style_drift", "style_drift_of"]
 
 #: Side in pixels of the common grid both images are reduced to.
 GRID = 64
@@ -46,7 +50,15 @@ _Pixels = npt.NDArray[np.float64]
 
 def style_drift(parent: bytes, child: bytes) -> float:
     """The drift of `child` from `parent`, both encoded images; ValueError if one is unreadable."""
-    first, second = _grid(parent, "parent"), _grid(child, "child")
+    return _drift(_grid(parent, "parent"), _grid(child, "child"))
+
+
+def style_drift_of(parent: Image.Image, child: Image.Image) -> float:
+    """The drift of `child` from `parent`, both decoded images."""
+    return _drift(_reduced(parent), _reduced(child))
+
+
+def _drift(first: _Pixels, second: _Pixels) -> float:
     structure = (1.0 - _mean_ssim(first @ _LUMA, second @ _LUMA)) / 2.0
     colour = 0.5 * float(np.abs(_histogram(first) - _histogram(second)).sum())
     drift = STRUCTURE_WEIGHT * structure + COLOUR_WEIGHT * colour
@@ -58,9 +70,14 @@ def _grid(encoded: bytes, name: str) -> _Pixels:
     try:
         with Image.open(io.BytesIO(encoded)) as image:
             image.draft("RGB", (GRID * 4, GRID * 4))
-            rgba = image.convert("RGBA")
+            return _reduced(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"the {name} is not a readable image: {exc}") from exc
+
+
+def _reduced(image: Image.Image) -> _Pixels:
+    """A decoded image as GRID x GRID x 3 floats in 0..1, alpha composited onto white."""
+    rgba = image.convert("RGBA")
     flattened = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     flattened.alpha_composite(rgba)
     small = flattened.convert("RGB").resize((GRID, GRID), Image.Resampling.BOX, reducing_gap=2.0)
