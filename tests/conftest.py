@@ -1,16 +1,31 @@
-"""Fixtures shared by every test: an in-memory span exporter and a restored environment."""
+"""Fixtures shared by every test: an in-memory span exporter, a restored environment, and the
+Hypothesis profiles (derandomised under CI, so a property test's verdict is not luck)."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from hypothesis import settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+# Under CI every run draws the same examples and remembers none: its verdict depends on the
+# code alone. Elsewhere the failures found are replayed first, from a directory outside the
+# repository, so no run depends on what an earlier one left in the tree.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile(
+    "dev",
+    database=DirectoryBasedExampleDatabase(Path(tempfile.gettempdir()) / "tiergen-hypothesis"),
+)
+settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
 
 _EXPORTER = InMemorySpanExporter()
 _PROVIDER = TracerProvider(resource=Resource.create({"service.name": "tiergen-tests"}))
