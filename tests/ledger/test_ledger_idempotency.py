@@ -195,3 +195,17 @@ async def test_concurrent_opens_grant_the_bonus_once(ledger):
         (0, GrantOutcome.ALREADY_OPEN)
     ] * 31 + [(400, GrantOutcome.GRANTED)]
     assert (await ledger.get_balance("dave")).available == 400
+
+
+@pytest.mark.parametrize(
+    "changed", [{"amount": 51}, {"kind": GrantKind.ADJUSTMENT}, {"reason": "another order"}]
+)
+async def test_a_key_reused_for_another_grant_is_refused(alice, changed):
+    request = {"amount": 50, "kind": GrantKind.PURCHASE, "reason": "order 7"}
+    await alice.grant("alice", idempotency_key="grant-1", **request)
+
+    with pytest.raises(AlreadyExists) as caught:
+        await alice.grant("alice", idempotency_key="grant-1", **(request | changed))
+
+    assert caught.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert (await alice.get_balance("alice")).available == 450
