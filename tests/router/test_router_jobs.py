@@ -1,5 +1,6 @@
-"""Tests of the job stores, each run on SQLite and on PostgreSQL: batches, idempotency,
-transitions, lineage, listing, recovery; then what only PostgreSQL has (replicas, outages)."""
+"""Tests of the job stores, each run on SQLite, on PostgreSQL and on the in-memory store the
+domain tests use (so that it keeps the same contract): batches, idempotency, transitions,
+lineage, listing, recovery; then what only PostgreSQL has (replicas, outages)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ from services.runtime.errors import (
     Unavailable,
 )
 from tests.postgres import Schemas, require_postgres, with_search_path
+from tests.router.fakes import MemoryJobStore, MemoryJobTables
 
 ULID = r"[0-9A-HJKMNP-TV-Z]{26}"
 ASSET = AssetRef("ab" * 32, AssetInfo(1024, 1024, "image/png", 12345))
@@ -102,9 +104,13 @@ class Database:
     clock: Clock
     #: PostgreSQL only: the schema, which is also its connections' application name.
     schema: str = ""
+    #: The in-memory store only: the tables every store opened on this database shares.
+    memory: MemoryJobTables | None = None
 
     async def open(self, **options: Any) -> JobStore:
         clock = options.pop("clock", self.clock)
+        if self.memory is not None:
+            return MemoryJobStore(self.memory, clock=clock)
         if self.kind == "sqlite":
             return await SqliteJobStore.open(Path(self.location), clock=clock, **options)
         options.setdefault("pool_size", 4)
@@ -116,6 +122,8 @@ class Database:
 
     async def execute_raw(self, statement: str) -> list[tuple[Any, ...]]:
         """Run SQL behind the store's back; the rows it returns."""
+        if self.memory is not None:
+            pytest.skip("the in-memory store has no SQL")
         if self.kind == "sqlite":
             with contextlib.closing(sqlite3.connect(self.location, isolation_level=None)) as db:
                 return [tuple(row) for row in db.execute(statement)]
@@ -129,9 +137,11 @@ def _postgres_database(schemas: Schemas, clock: Clock) -> Database:
     return Database("postgres", with_search_path(schema, application_name=schema), clock, schema)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"])
 def database(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Database:
     """A fresh job database on each store in turn."""
+    if request.param == "memory":
+        return Database("memory", "", clock, memory=MemoryJobTables())
     if request.param == "sqlite":
         return Database("sqlite", str(tmp_path / "jobs.db"), clock)
     return _postgres_database(request.getfixturevalue("postgres_schemas"), clock)
