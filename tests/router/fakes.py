@@ -50,11 +50,12 @@ from services.router.jobs.model import (
     Lease,
     NewJob,
 )
+from services.router.operations.events import BatchAccepted, BatchEvent, JobFinished
 from services.router.operations.limits import OperationLimits
 from services.router.operations.orchestrator import Orchestrator
 from services.router.routing.admission import Admission
-from services.router.routing.catalogue import pixel_size
-from services.router.routing.policy import Decision, RoutingPolicy
+from services.router.routing.catalogue import ImageSize, pixel_size
+from services.router.routing.policy import Decision, RouteRequest, RoutingPolicy
 from services.router.routing.pricing import PriceTable
 from services.runtime.errors import (
     AlreadyExists,
@@ -75,6 +76,8 @@ __all__ = [
     "RouterDomain",
     "Sleeps",
     "default_policy",
+    "finished",
+    "finished_jobs",
     "picture",
 ]
 
@@ -816,6 +819,16 @@ class RouterDomain:
             router, tables, jobs, assets, ledger, renderer, upscaler, clock, sleeps, policy, limits
         )
 
+    async def delivered(
+        self, account_id: str, tier: str = "nano", *, prompt: str = "a harbour town at dusk"
+    ) -> Job:
+        """One 1K image rendered on `tier` for the account, charged: a parent for handovers."""
+        request = RouteRequest(prompt=prompt, tier=tier, size=ImageSize.K1)
+        key = f"parent-{secrets.token_hex(4)}"
+        _, (job,) = await finished(self.router.generate(account_id, key, request))
+        assert job.status is JobStatus.SUCCEEDED, job
+        return job
+
     def replica(self) -> RouterDomain:
         return RouterDomain.build(
             policy=self.policy,
@@ -825,3 +838,24 @@ class RouterDomain:
             assets=self.assets,
             ledger=self.ledger,
         )
+
+
+async def finished(events: AsyncIterator[BatchEvent]) -> tuple[BatchRecord, list[Job]]:
+    """Reads a call's events to the end: the batch it accepted, and each job as it finished.
+
+    An error the call ends with is raised, as the caller would see it.
+    """
+    record: BatchRecord | None = None
+    jobs: list[Job] = []
+    async for event in events:
+        if isinstance(event, BatchAccepted):
+            record = event.record
+        elif isinstance(event, JobFinished):
+            jobs.append(event.job)
+    assert record is not None, "the call accepted no batch"
+    return record, jobs
+
+
+async def finished_jobs(events: AsyncIterator[BatchEvent]) -> list[Job]:
+    """The jobs the rest of a call's events finished (after its batch was read)."""
+    return [event.job async for event in events if isinstance(event, JobFinished)]

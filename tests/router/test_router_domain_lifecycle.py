@@ -1,0 +1,256 @@
+"""The lives of running batches at the router's domain, over in-memory ports: a router that
+stops drains them as SHUTTING_DOWN, a caller or a router leaving before a batch ran leaves
+nothing held, and a router that is gone has its batches recovered by another, while a live
+router's are never taken. The leases run on a clock the test moves, and the background rounds
+on an injected `sleep` the test ends: nothing waits for time."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+from prometheus_client import REGISTRY
+
+from services.router.assets.store import AssetInfo, AssetRef
+from services.router.jobs.model import HoldState, JobKind, JobStatus, Lease, NewJob
+from services.router.operations.events import BatchAccepted, JobFinished
+from services.router.routing.catalogue import ImageSize, Stage
+from services.router.routing.policy import RouteRequest
+from services.runtime.errors import Aborted, Unavailable
+from tests.router.fakes import RouterDomain, finished
+
+REQUEST = RouteRequest(prompt="a lighthouse at dawn", tier="standard", size=ImageSize.K1, n=2)
+
+
+@pytest.fixture
+def domain() -> RouterDomain:
+    return RouterDomain.build()
+
+
+async def running_batch(
+    domain: RouterDomain, account: str, key: str
+) -> tuple[str, asyncio.Task[list[object]]]:
+    """A batch whose renders wait at the renderer's gate, its events read by a task; returns
+    its id and that task (which ends with the stream's error, if any)."""
+    domain.renderer.gate = domain.renderer.gate or asyncio.Event()
+    events = domain.router.generate(account, key, REQUEST)
+    accepted = await anext(events)
+    assert isinstance(accepted, BatchAccepted)
+
+    async def read_the_rest() -> list[object]:
+        seen: list[object] = []
+        try:
+            async for event in events:
+                seen.append(event)
+        except Exception as error:
+            seen.append(error)
+        return seen
+
+    reader = asyncio.create_task(read_the_rest())
+    for _ in range(REQUEST.n):
+        await domain.renderer.entered.get()
+    return accepted.record.batch.batch_id, reader
+
+
+def recovered_total() -> float:
+    return REGISTRY.get_sample_value("tiergen_router_batches_recovered_total") or 0.0
+
+
+async def test_a_drain_ends_running_jobs_as_shutting_down_and_the_key_runs_again(
+    domain: RouterDomain,
+) -> None:
+    account = domain.ledger.open("acct")
+    batch_id, reader = await running_batch(domain, account, "k")
+
+    await domain.router.drain(grace=0)
+
+    *ended, error = await reader
+    assert isinstance(error, Unavailable) and error.reason == "SHUTTING_DOWN"
+    assert error.retry_after is not None and "same idempotency key" in error.message
+    jobs = [event.job for event in ended if isinstance(event, JobFinished)]
+    assert [(job.status, job.error and job.error.reason) for job in jobs] == [
+        (JobStatus.FAILED, "SHUTTING_DOWN")
+    ] * 2
+    assert domain.ledger.balance(account) == (400, 0)
+    # Refused before any work: forgotten, so that the key runs anew on another replica.
+    assert await domain.jobs.find_batch(account, "k") is None
+
+    with pytest.raises(Unavailable) as refused:
+        await finished(domain.router.generate(account, "later", REQUEST))
+    assert refused.value.reason == "SHUTTING_DOWN"
+    assert domain.ledger.balance(account) == (400, 0) and len(domain.ledger.holds) == 1
+
+    other = domain.replica()
+    record, again = await finished(other.router.generate(account, "k", REQUEST))
+    assert not record.replayed and record.batch.batch_id != batch_id
+    assert [job.status for job in again] == [JobStatus.SUCCEEDED] * 2
+
+
+async def test_a_caller_leaving_at_the_first_event_leaves_nothing_behind(
+    domain: RouterDomain,
+) -> None:
+    account = domain.ledger.open("acct")
+    events = domain.router.generate(account, "gone", REQUEST)
+    first = await anext(events)
+    assert isinstance(first, BatchAccepted)
+    assert domain.ledger.held(account) > 0
+
+    await events.aclose()
+
+    record = await domain.jobs.batch(account, first.record.batch.batch_id)
+    assert {job.status for job in record.jobs} == {JobStatus.CANCELLED}
+    assert record.batch.hold_state is HoldState.RELEASED
+    assert domain.ledger.balance(account) == (400, 0)
+
+
+async def test_a_router_closing_before_a_batch_ran_ends_its_stream_and_returns_all(
+    domain: RouterDomain,
+) -> None:
+    account = domain.ledger.open("acct")
+    events = domain.router.generate(account, "closing", REQUEST)
+    first = await anext(events)
+    assert isinstance(first, BatchAccepted)
+
+    # Before the batch's task has run a step: it is cancelled without ever starting.
+    await domain.router.close()
+
+    assert [event async for event in events] == []
+    record = await domain.jobs.batch(account, first.record.batch.batch_id)
+    assert {job.status for job in record.jobs} == {JobStatus.CANCELLED}
+    assert record.batch.hold_state is HoldState.RELEASED
+    assert domain.ledger.balance(account) == (400, 0)
+    assert domain.renderer.orders == []
+
+
+async def test_a_dead_routers_batch_is_recovered_by_another(domain: RouterDomain) -> None:
+    account = domain.ledger.open("acct")
+    batch_id, stalled = await running_batch(domain, account, "doomed")
+    assert domain.ledger.held(account) > 0
+    other = domain.replica()
+    before = recovered_total()
+
+    # Within its lease the batch is its router's; once the lease has run out, it is free.
+    assert await other.router.recover() == 0
+    domain.clock.advance(domain.limits.lease_seconds + 1)
+    assert await other.router.recover() == 1
+
+    assert recovered_total() == before + 1
+    record = await domain.jobs.batch(account, batch_id)
+    assert {job.status for job in record.jobs} == {JobStatus.FAILED}
+    assert {(job.error.code, job.error.reason) for job in record.jobs if job.error} == {
+        ("ABORTED", "ROUTER_LOST")
+    }
+    assert record.batch.hold_state is HoldState.RELEASED
+    assert domain.ledger.settlements == [("release", record.batch.hold_id)]
+    assert domain.ledger.balance(account) == (400, 0)
+
+    # Had the router only stalled, what it finishes later changes nothing.
+    assert domain.renderer.gate is not None
+    domain.renderer.gate.set()
+    *_, error = await stalled
+    assert isinstance(error, Aborted) and error.reason == "ROUTER_LOST"
+    after = await domain.jobs.batch(account, batch_id)
+    assert after.jobs == record.jobs and after.batch == record.batch
+    assert domain.ledger.balance(account) == (400, 0)
+
+
+async def test_a_live_routers_batch_is_never_claimed(domain: RouterDomain) -> None:
+    account = domain.ledger.open("acct")
+    batch_id, reader = await running_batch(domain, account, "long")
+    keeper = asyncio.create_task(domain.router.keep_leases())
+    other = domain.replica()
+    nap = await domain.sleeps.next()
+    assert nap.seconds == domain.limits.lease_seconds / 3
+    try:
+        # Four leases long: without renewals the batch would have been free three times over.
+        for _ in range(12):
+            domain.clock.advance(nap.seconds)
+            nap.end()
+            nap = await domain.sleeps.next()  # renewed, and asleep until the next round
+            assert await other.router.recover() == 0
+        assert domain.renderer.gate is not None
+        domain.renderer.gate.set()
+        ended = await reader
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+
+    assert [e.job.status for e in ended if isinstance(e, JobFinished)] == [JobStatus.SUCCEEDED] * 2
+    record = await domain.jobs.batch(account, batch_id)
+    assert record.batch.hold_state is HoldState.CAPTURED
+    assert domain.ledger.settlements == [("capture", record.batch.hold_id)]
+    assert domain.ledger.held(account) == 0
+
+
+async def test_recovery_takes_a_gone_routers_batch_at_its_next_round(domain: RouterDomain) -> None:
+    account = domain.ledger.open("acct")
+    batch_id, stalled = await running_batch(domain, account, "abandoned")
+    other = domain.replica()
+    watcher = asyncio.create_task(other.router.watch_abandoned())
+    try:
+        nap = await other.sleeps.next()
+        assert nap.seconds == other.limits.claim_interval_seconds
+        nap.end()
+        nap = await other.sleeps.next()  # a round within the lease: nothing taken
+        assert (await domain.jobs.batch(account, batch_id)).batch.hold_state is HoldState.OPEN
+
+        domain.clock.advance(domain.limits.lease_seconds + 1)
+        nap.end()
+        await other.sleeps.next()  # the round after the lease ran out
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+
+    record = await domain.jobs.batch(account, batch_id)
+    assert {job.status for job in record.jobs} == {JobStatus.FAILED}
+    assert record.batch.hold_state is HoldState.RELEASED
+    assert domain.ledger.balance(account) == (400, 0)
+    assert domain.renderer.gate is not None
+    domain.renderer.gate.set()
+    *_, error = await stalled
+    assert isinstance(error, Aborted) and error.reason == "ROUTER_LOST"
+
+
+async def test_routers_recovering_at_once_settle_each_batch_once(domain: RouterDomain) -> None:
+    account = domain.ledger.open("acct")
+    dead = Lease("dead-router", domain.limits.lease_seconds)
+    holds = []
+    for index in range(6):
+        hold_id = await domain.ledger.reserve(account, 4, f"hold-{index}", "abandoned", 900)
+        new = NewJob(
+            kind=JobKind.GENERATE,
+            prompt="a lighthouse",
+            seed=0,
+            width=1024,
+            height=1024,
+            quoted_cost=2,
+            tier="nano",
+            stage=Stage.EXPLORE,
+            size=ImageSize.K1,
+        )
+        record = await domain.jobs.create_batch(
+            account_id=account,
+            idempotency_key=f"batch-{index}",
+            fingerprint="fp",
+            jobs=[new, replace(new, variation=1, seed=1)],
+            hold_id=hold_id,
+            lease=dead,
+        )
+        if index == 0:
+            # One image delivered before its router died.
+            delivered = record.jobs[0]
+            await domain.jobs.mark_running(delivered.job_id)
+            asset = AssetRef("ab" * 32, AssetInfo(1024, 1024, "image/png", 100))
+            await domain.jobs.mark_succeeded(delivered.job_id, asset, 2)
+        holds.append(hold_id)
+    domain.clock.advance(dead.seconds + 1)
+    b, c = domain.replica(), domain.replica()
+
+    recovered = await asyncio.gather(b.router.recover(), c.router.recover())
+
+    assert sum(recovered) == len(holds)
+    assert sorted(domain.ledger.settlements) == sorted(
+        [("capture", holds[0])] + [("release", hold_id) for hold_id in holds[1:]]
+    )
+    assert domain.ledger.balance(account) == (398, 0)
