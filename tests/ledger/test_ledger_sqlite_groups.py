@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
+import threading
 from dataclasses import replace
 
 import pytest
 
 from services.ledger import rules
 from services.ledger.sqlite_store import SqliteStore
-from services.ledger.store import Decision, Snapshot
+from services.ledger.store import Decide, Decision, Snapshot
 from services.runtime.errors import Aborted, Internal
 from tests.ledger.commands import PROMOTIONS, reserve, run
 from tests.ledger.conftest import START
@@ -28,32 +28,58 @@ async def test_a_command_that_breaks_a_constraint_fails_alone_in_a_group(store):
     for name in ("alice", "bob"):
         await run(store, rules.OpenAccount(name, "open", START))
     expire = rules.ExpireHolds("alice", START)
+    writing, release = threading.Event(), threading.Event()
+    #: The commands in the order the writer thread decided them, each time it did.
+    decided: list[str] = []
 
-    def slow(snapshot: Snapshot) -> Decision:
-        # Holds the writer while the commands below queue up behind it, so that they are
-        # committed as one group.
-        time.sleep(0.3)
+    def hold_the_writer(snapshot: Snapshot) -> Decision:
+        # The writer waits here while the commands below queue up behind it.
+        writing.set()
+        assert release.wait(10), "the test never let the writer go on"
         return rules.decide(expire, snapshot, PROMOTIONS)
 
-    broken = reserve("bob", "broken")
+    def deciding(name: str, command: rules.Command, broken: bool = False) -> Decide:
+        def decide(snapshot: Snapshot) -> Decision:
+            decided.append(name)
+            decision = rules.decide(command, snapshot, PROMOTIONS)
+            if not broken:
+                return decision
+            # An entry of zero credits: the entries table refuses it.
+            entries = tuple(replace(entry, amount=0) for entry in decision.changes.entries)
+            return replace(decision, changes=replace(decision.changes, entries=entries))
 
-    def break_a_constraint(snapshot: Snapshot) -> Decision:
-        decision = rules.decide(broken, snapshot, PROMOTIONS)
-        # An entry of zero credits: the entries table refuses it.
-        entries = tuple(replace(entry, amount=0) for entry in decision.changes.entries)
-        return replace(decision, changes=replace(decision.changes, entries=entries))
+        return decide
 
-    first = asyncio.ensure_future(store.transact(rules.lookup(expire), slow))
-    await asyncio.sleep(0.05)
+    first = asyncio.ensure_future(store.transact(rules.lookup(expire), hold_the_writer))
+    assert await asyncio.to_thread(writing.wait, 10), "the writer never took the first command"
     good = [reserve(name, f"job-{n}") for n in range(4) for name in ("alice", "bob")]
-    answers = await asyncio.gather(
-        *(run(store, command) for command in good[:4]),
-        store.transact(rules.lookup(broken), break_a_constraint),
-        *(run(store, command) for command in good[4:]),
+    broken = reserve("bob", "broken")
+    commands = [*good[:4], broken, *good[4:]]
+    names = [f"{command.account_id}/{command.idempotency_key}" for command in commands]
+    queued = 0
+    all_queued = asyncio.Event()
+
+    async def submit(name: str, command: rules.Command) -> Decision:
+        nonlocal queued
+        queued += 1
+        if queued == len(commands):
+            all_queued.set()
+        # Queued by this step of the task, before the event's waiter runs again.
+        return await store.transact(
+            rules.lookup(command), deciding(name, command, broken=command is broken)
+        )
+
+    calls = asyncio.gather(
+        *(submit(name, command) for name, command in zip(names, commands, strict=True)),
         return_exceptions=True,
     )
+    await all_queued.wait()
+    release.set()
+    answers = await calls
     await first
 
+    # One group: decided up to the broken command, rolled back, then each command alone.
+    assert decided == [*names[:5], *names], decided
     failure = answers.pop(4)
     assert isinstance(failure, Internal), failure
     assert "refused a change" in failure.message
