@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
+from datetime import datetime
 
 import pytest
 import structlog
@@ -13,27 +13,46 @@ import structlog
 from services.ledger.ledger import Ledger
 
 
+class Rounds:
+    """Counts the sweeper's rounds (its calls of `sweep_expired`, which returns or raises
+    before the round's line is logged) and lets a test wait for them instead of for time."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ended = 0
+        self._ended = asyncio.Event()
+        sweep = ledger.sweep_expired
+
+        async def counted(now: datetime | None = None) -> int:
+            try:
+                return await sweep(now)
+            finally:
+                self.ended += 1
+                self._ended.set()
+
+        ledger.sweep_expired = counted  # type: ignore[method-assign]
+
+    async def wait(self, count: int, sweeper: asyncio.Task[None]) -> None:
+        """Returns once `count` rounds have ended; fails as soon as the sweeper stops (and after
+        5 s without the rounds)."""
+        async with asyncio.timeout(5):
+            while self.ended < count:
+                self._ended.clear()
+                ended = asyncio.ensure_future(self._ended.wait())
+                await asyncio.wait({ended, sweeper}, return_when=asyncio.FIRST_COMPLETED)
+                ended.cancel()
+                if sweeper.done():
+                    pytest.fail(f"the sweeper stopped after {self.ended} rounds: {sweeper!r}")
+
+
 @contextlib.asynccontextmanager
-async def sweeping(ledger: Ledger) -> AsyncIterator[None]:
+async def sweeping(ledger: Ledger) -> AsyncIterator[asyncio.Task[None]]:
     sweeper = asyncio.create_task(ledger.run_sweeper())
     try:
-        yield
+        yield sweeper
     finally:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
-
-
-async def logged(
-    logs: list[dict[str, Any]], wanted: Callable[[dict[str, Any]], bool], count: int = 1
-) -> list[dict[str, Any]]:
-    """The first `count` captured lines `wanted` picks, waiting for them to be logged."""
-    for _ in range(500):
-        found = [line for line in logs if wanted(line)]
-        if len(found) >= count:
-            return found[:count]
-        await asyncio.sleep(0.01)
-    pytest.fail(f"not logged; the sweeper logged {logs}")
 
 
 async def test_the_sweeper_logs_the_holds_it_returned(harness, clock):
@@ -42,25 +61,27 @@ async def test_the_sweeper_logs_the_holds_it_returned(harness, clock):
     for n in range(3):
         await ledger.reserve("alice", 10, f"job-{n}", ttl_seconds=30)
     clock.advance(minutes=1)
+    rounds = Rounds(ledger)
 
     with structlog.testing.capture_logs() as logs:
-        async with sweeping(ledger):
-            (line,) = await logged(logs, lambda line: line["event"] == "expired holds returned")
-            # Quiet once there is nothing left to return.
-            await asyncio.sleep(0.1)
+        async with sweeping(ledger) as sweeper:
+            # The round that returns the holds, then two with nothing left to return.
+            await rounds.wait(3, sweeper)
 
-    assert line == {"event": "expired holds returned", "holds": 3, "log_level": "info"}
-    assert [entry["event"] for entry in logs] == ["expired holds returned"]
+    assert logs == [{"event": "expired holds returned", "holds": 3, "log_level": "info"}]
 
 
 async def test_a_skipped_sweep_is_a_warning_and_the_sweeper_keeps_going(harness):
     ledger = await harness.open(sweep_interval_seconds=0.01)
     await ledger.close()
+    rounds = Rounds(ledger)
 
     with structlog.testing.capture_logs() as logs:
-        async with sweeping(ledger):
-            warnings = await logged(logs, lambda line: line["log_level"] == "warning", count=2)
+        async with sweeping(ledger) as sweeper:
+            await rounds.wait(2, sweeper)
 
+    warnings = [line for line in logs if line["log_level"] == "warning"]
+    assert len(warnings) >= 2 and len(warnings) == len(logs) == rounds.ended
     for warning in warnings:
         assert warning["event"] == "expiry sweep skipped"
         assert warning["code"] == "UNAVAILABLE"
