@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tiergen.router.v1 import router_pb2
 
@@ -55,6 +58,33 @@ async def test_readiness_is_not_serving_while_the_ledger_is_down(suite):
         assert await status("") == SERVING  # liveness: restarting would not bring it back
 
 
+class LoggedEvents:
+    """A log processor that sets an event when a line is logged, so that a test waits for what
+    the server did rather than for time."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def __call__(self, logger: Any, method: str, line: dict[str, Any]) -> dict[str, Any]:
+        if (event := self._events.get(line["event"])) is not None:
+            event.set()
+        return line
+
+    async def logged(self, event: str) -> None:
+        """Waits for a line with this event (fails after 15 s without it)."""
+        async with asyncio.timeout(15):
+            await self._events.setdefault(event, asyncio.Event()).wait()
+
+
+def rewrite(path: Path, text: str) -> None:
+    """Writes `text` and moves the file's modification time on by a second, so that the
+    reloader sees a change even where the file system's clock is coarse."""
+    before = path.stat().st_mtime_ns
+    path.write_text(text)
+    stamp = max(path.stat().st_mtime_ns, before + 1_000_000_000)
+    os.utime(path, ns=(stamp, stamp))
+
+
 async def test_price_changes_apply_without_a_restart_and_a_bad_file_is_ignored(suite, tmp_path):
     account = await suite.open_account()
     request = router_pb2.QuoteRequest(
@@ -66,15 +96,20 @@ async def test_price_changes_apply_without_a_restart_and_a_bad_file_is_ignored(s
         '[generate.nano]\n"1K" = 2', '[generate.nano]\n"1K" = 3'
     )
     assert repriced_table != DEFAULT_PRICES_TOML
-    prices.write_text(repriced_table)
+    events = LoggedEvents()
 
-    async def repriced() -> bool:
-        return (await suite.router.Quote(request)).decision.unit_cost == 3
+    with structlog.testing.capture_logs(processors=[events]) as logs:
+        rewrite(prices, repriced_table)
+        await events.logged("policy reloaded")
+        assert (await suite.router.Quote(request)).decision.unit_cost == 3
 
-    await _eventually(repriced)
-    prices.write_text('[generate.nano]\n"1K" = -5\n')
-    await asyncio.sleep(0.5)
-    assert (await suite.router.Quote(request)).decision.unit_cost == 3
+        rewrite(prices, '[generate.nano]\n"1K" = -5\n')
+        # The reloader read the bad file, and kept the policy it had.
+        await events.logged("policy reload failed; the previous policy stays")
+        assert (await suite.router.Quote(request)).decision.unit_cost == 3
+
+    (failure, *_) = [line for line in logs if line["log_level"] == "error"]
+    assert str(prices) in failure["error"] and "-5" in failure["error"]
 
 
 async def test_a_failing_backend_opens_its_circuit_and_later_calls_fail_fast(suite):
