@@ -40,7 +40,9 @@ def router_env(tmp_path: Path) -> dict[str, str]:
 
 
 async def _occupy_pro(suite) -> asyncio.Task[None]:
-    """A pro 4K render held in flight directly on the generator, filling the tier."""
+    """A pro 4K render held in flight directly on the generator, filling the tier; returns once
+    the generator says it is rendering, so the tier's only place is taken."""
+    rendering = asyncio.Event()
 
     async def render() -> None:
         async with grpc.aio.insecure_channel(suite.addresses["generator"]) as channel:
@@ -52,11 +54,18 @@ async def _occupy_pro(suite) -> asyncio.Task[None]:
             call = generator_pb2_grpc.GeneratorServiceStub(channel).Render(
                 iter([generator_pb2.RenderRequest(spec=spec)])
             )
-            async for _ in call:
-                pass
+            async for response in call:
+                progress = response.progress if response.HasField("progress") else None
+                if progress is not None and progress.stage == "rendering":
+                    rendering.set()
 
     task = asyncio.create_task(render())
-    await asyncio.sleep(0.5)  # the render has taken the tier's only slot
+    taken = asyncio.create_task(rendering.wait())
+    await asyncio.wait({task, taken}, return_when=asyncio.FIRST_COMPLETED)
+    taken.cancel()
+    if not rendering.is_set():
+        await task  # raises why the render ended
+        pytest.fail("the render ended before it took the tier's place")
     return task
 
 
