@@ -13,6 +13,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from services.runtime import errors
@@ -191,12 +192,42 @@ async def test_reflection_lists_the_services(probe):
     assert {SERVICE, "grpc.health.v1.Health"} <= names
 
 
-async def test_trace_context_and_deadline_cross_a_hop(probe, spans):
+def spans_ended(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch, wanted: set[tuple[str, SpanKind]]
+) -> asyncio.Event:
+    """An event set once every span `wanted` names (name, kind) has ended: a server span may
+    end after its caller has the answer."""
+    loop = asyncio.get_running_loop()
+    ended = asyncio.Event()
+    export = spans.export
+
+    def exporting(batch: Any) -> Any:
+        result = export(batch)
+        if wanted <= {(span.name, span.kind) for span in spans.get_finished_spans()}:
+            loop.call_soon_threadsafe(ended.set)
+        return result
+
+    monkeypatch.setattr(spans, "export", exporting)
+    return ended
+
+
+async def test_trace_context_and_deadline_cross_a_hop(probe, spans, monkeypatch):
     target, channel = probe
+    hop = {
+        (f"{SERVICE}/Forward", SpanKind.SERVER),
+        (f"{SERVICE}/Raise", SpanKind.CLIENT),
+        (f"{SERVICE}/Raise", SpanKind.SERVER),
+    }
+    ended = spans_ended(spans, monkeypatch, hop)
     reply = await channel.unary_unary(f"/{SERVICE}/Forward")(target.encode(), timeout=5.0)
     # The inner call inherited the outer deadline (5 s), not its own 100 s default.
     assert 0 < float(reply.decode()) < 6.0
-    await asyncio.sleep(0.05)  # the client span of a finished call ends in a callback
+    try:
+        async with asyncio.timeout(5):
+            await ended.wait()
+    except TimeoutError:
+        done = {(span.name, span.kind) for span in spans.get_finished_spans()}
+        pytest.fail(f"these spans never ended: {hop - done}")
     finished = {(s.name, s.kind): s for s in spans.get_finished_spans()}
     outer = finished[(f"{SERVICE}/Forward", SpanKind.SERVER)]
     client = finished[(f"{SERVICE}/Raise", SpanKind.CLIENT)]
