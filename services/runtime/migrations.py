@@ -96,6 +96,8 @@ class Schema:
     legacy_table: str = "schema_migrations"
     #: The newest hand-written version a legacy database had -> the revision equal to it.
     legacy_versions: Mapping[int, str] = field(default_factory=dict)
+    #: Dialect -> the legacy version table, where a dialect's store named it otherwise.
+    legacy_tables: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def version_table(self) -> str:
@@ -110,6 +112,8 @@ class _State:
     revision: str | None
     #: The newest version in the legacy table, when there is one and no Alembic revision.
     legacy_version: int | None
+    #: The legacy table read (the schema's, or its dialect's own).
+    legacy_table: str = ""
 
 
 def sqlalchemy_url(dsn: str) -> str:
@@ -225,13 +229,13 @@ def _mismatch(schema: Schema, dsn: str, state: _State, expected: str) -> str:
         adopted = schema.legacy_versions.get(state.legacy_version)
         if adopted is None:
             return (
-                f"{database} has version {state.legacy_version} in {schema.legacy_table}, "
+                f"{database} has version {state.legacy_version} in {state.legacy_table}, "
                 f"which this code cannot adopt (it adopts versions "
                 f"{', '.join(map(str, sorted(schema.legacy_versions))) or 'none'}), "
                 f"expected revision {expected}: run the release that made it first"
             )
         return (
-            f"{database} predates Alembic ({schema.legacy_table} version "
+            f"{database} predates Alembic ({state.legacy_table} version "
             f"{state.legacy_version}, revision {adopted}), expected {expected}: {run}"
         )
     return f"{database} has no schema revision, expected {expected}: {run}"
@@ -255,11 +259,12 @@ def _state(schema: Schema, connection: Connection) -> _State:
     revision = context.get_current_revision()
     if revision is not None:
         return _State(revision, None)
-    if not sqlalchemy.inspect(connection).has_table(schema.legacy_table):
+    legacy_table = schema.legacy_tables.get(connection.dialect.name, schema.legacy_table)
+    if not sqlalchemy.inspect(connection).has_table(legacy_table):
         return _State(None, None)
-    table = connection.dialect.identifier_preparer.quote(schema.legacy_table)
+    table = connection.dialect.identifier_preparer.quote(legacy_table)
     newest = connection.exec_driver_sql(f"SELECT max(version) FROM {table}").scalar()
-    return _State(None, None if newest is None else int(newest))
+    return _State(None, None if newest is None else int(newest), legacy_table)
 
 
 def _lock(schema: Schema, connection: Connection) -> None:
