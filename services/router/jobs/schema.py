@@ -1,0 +1,178 @@
+"""The job database's tables, for SQLite and PostgreSQL alike: columns, constraints and indexes.
+
+One `MetaData` describes both databases, so the job store's statements and the migrations
+that build the tables are made from the same definition (tests/router/test_router_migrations.py
+checks that a migrated database matches it). The constraints repeat, in the database, what the
+store checks before writing, so a row no router could have written cannot exist on either.
+
+Times are integer microseconds since the epoch; the reasons and the routing decision are JSON
+text. Two columns differ by dialect, each through a named variant:
+
+- `jobs.seq`, which orders jobs by creation, is PostgreSQL's identity column and SQLite's
+  `INTEGER PRIMARY KEY AUTOINCREMENT` (only that spelling makes it the rowid, and
+  AUTOINCREMENT keeps a forgotten job's seq from being reused, as the identity does).
+- `jobs.seed` is a uint64, which overflows both databases' BIGINT: NUMERIC(20) in PostgreSQL,
+  decimal TEXT in SQLite, whose NUMERIC would turn a large seed into an imprecise REAL. Its
+  range check is written per dialect accordingly.
+
+Constraint names are the ones PostgreSQL gave the constraints of the hand-written schema, so
+that existing PostgreSQL databases already carry them.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from services.router.jobs.model import HoldState, JobKind, JobStatus
+
+__all__ = ["UNFINISHED_STATUSES", "batches", "jobs", "metadata", "values_in"]
+
+metadata = sa.MetaData()
+
+#: The statuses of a job that has not finished, as the partial index `jobs_unfinished` spells
+#: them; a statement that should use that index spells its condition the same way.
+UNFINISHED_STATUSES: tuple[JobStatus, ...] = tuple(s for s in JobStatus if not s.is_final)
+
+
+def values_in(column: str, values: tuple[str, ...]) -> str:
+    """`column IN ('a', 'b')` as SQL text, for constraints and partial-index predicates, which
+    must carry their values as literals. The values are the enums' own, never user input."""
+    return f"{column} IN ({', '.join(repr(str(value)) for value in values)})"
+
+
+_OPEN_HOLD = f"hold_state = '{HoldState.OPEN.value}'"
+_UNFINISHED = values_in("status", UNFINISHED_STATUSES)
+_UINT64_LIMIT = 2**64
+
+
+def _dialect_check(name: str, **by_dialect: str) -> list[sa.CheckConstraint]:
+    """One CHECK constraint `name` whose text differs by dialect: one constraint per dialect,
+    each created only there."""
+    return [
+        sa.CheckConstraint(text, name=name).ddl_if(dialect=dialect)
+        for dialect, text in by_dialect.items()
+    ]
+
+
+batches = sa.Table(
+    "batches",
+    metadata,
+    sa.Column("batch_id", sa.Text, primary_key=True),
+    sa.Column("account_id", sa.Text, nullable=False),
+    sa.Column("idempotency_key", sa.Text, nullable=False),
+    sa.Column("fingerprint", sa.Text, nullable=False),
+    sa.Column("decision", sa.Text),
+    sa.Column("hold_id", sa.Text),
+    sa.Column("hold_state", sa.Text, nullable=False),
+    sa.Column("captured", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("create_us", sa.BigInteger, nullable=False),
+    # The router process running the batch; NULL for a batch of a router older than owners.
+    sa.Column("owner", sa.Text),
+    # Until when the owner holds the batch; read only where leases are timed (PostgreSQL).
+    sa.Column("lease_until_us", sa.BigInteger),
+    sa.PrimaryKeyConstraint("batch_id", name="batches_pkey"),
+    sa.UniqueConstraint(
+        "account_id", "idempotency_key", name="batches_account_id_idempotency_key_key"
+    ),
+    sa.CheckConstraint(values_in("hold_state", tuple(HoldState)), name="batches_hold_state_check"),
+    sa.CheckConstraint("captured >= 0", name="batches_captured_check"),
+    sa.CheckConstraint(
+        f"(hold_id IS NULL) = (hold_state = '{HoldState.NONE.value}')", name="batches_hold_check"
+    ),
+    # Unsettled batches by lease expiry: a claim reads only the expired (and the never leased),
+    # not the live batches every replica is running.
+    sa.Index(
+        "batches_unsettled_leases",
+        "lease_until_us",
+        postgresql_where=sa.text(_OPEN_HOLD),
+        sqlite_where=sa.text(_OPEN_HOLD),
+    ),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column(
+        "seq",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        sa.Identity(always=True),
+        nullable=False,
+    ),
+    sa.Column("job_id", sa.Text, nullable=False),
+    sa.Column("batch_id", sa.Text, nullable=False),
+    sa.Column("account_id", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("tier", sa.Text, nullable=False),
+    sa.Column("stage", sa.Text, nullable=False),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("seed", sa.Numeric(20, 0).with_variant(sa.Text(), "sqlite"), nullable=False),
+    sa.Column("variation", sa.Integer, nullable=False),
+    sa.Column("size", sa.Text),
+    sa.Column("aspect_ratio", sa.Text, nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("quoted_cost", sa.BigInteger, nullable=False),
+    sa.Column("cost", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("parent_job_id", sa.Text),
+    sa.Column("asset_id", sa.Text),
+    sa.Column("asset_width", sa.Integer),
+    sa.Column("asset_height", sa.Integer),
+    sa.Column("asset_media_type", sa.Text),
+    sa.Column("asset_size_bytes", sa.BigInteger),
+    sa.Column("reasons", sa.Text, nullable=False),
+    sa.Column("strength", sa.Double),
+    sa.Column("drift", sa.Double),
+    sa.Column("upscale_factor", sa.Double),
+    sa.Column("upscale_method", sa.Text),
+    sa.Column("error_code", sa.Text),
+    sa.Column("error_reason", sa.Text),
+    sa.Column("error_message", sa.Text),
+    sa.Column("create_us", sa.BigInteger, nullable=False),
+    sa.Column("start_us", sa.BigInteger),
+    sa.Column("finish_us", sa.BigInteger),
+    sa.Column("trace_id", sa.Text, nullable=False),
+    # Marked by the caller as one of the handful of viable compositions. SQLite has no
+    # BOOLEAN: there it is 0 or 1, and the type's own constraint says so.
+    sa.Column(
+        "shortlisted",
+        sa.Boolean(create_constraint=True, name="jobs_shortlisted_check"),
+        nullable=False,
+        server_default=sa.false(),
+    ),
+    sa.PrimaryKeyConstraint("seq", name="jobs_pkey"),
+    sa.UniqueConstraint("job_id", name="jobs_job_id_key"),
+    sa.ForeignKeyConstraint(["batch_id"], ["batches.batch_id"], name="jobs_batch_id_fkey"),
+    sa.ForeignKeyConstraint(["parent_job_id"], ["jobs.job_id"], name="jobs_parent_job_id_fkey"),
+    sa.CheckConstraint(values_in("kind", tuple(JobKind)), name="jobs_kind_check"),
+    sa.CheckConstraint(values_in("status", tuple(JobStatus)), name="jobs_status_check"),
+    *_dialect_check(
+        "jobs_seed_check",
+        postgresql=f"seed >= 0 AND seed < {_UINT64_LIMIT}",
+        # Decimal digits without a leading zero, and at most 2^64 - 1: of two such texts of
+        # one length, the text order is the numeric order.
+        sqlite=(
+            "seed <> '' AND seed NOT GLOB '*[^0-9]*' AND (seed = '0' OR seed NOT GLOB '0*')"
+            f" AND (length(seed) < {len(str(_UINT64_LIMIT - 1))}"
+            f" OR (length(seed) = {len(str(_UINT64_LIMIT - 1))}"
+            f" AND seed <= '{_UINT64_LIMIT - 1}'))"
+        ),
+    ),
+    sa.CheckConstraint("width > 0", name="jobs_width_check"),
+    sa.CheckConstraint("height > 0", name="jobs_height_check"),
+    sa.CheckConstraint("quoted_cost >= 0", name="jobs_quoted_cost_check"),
+    sa.CheckConstraint("cost >= 0 AND cost <= quoted_cost", name="jobs_cost_check"),
+    sa.CheckConstraint("drift >= 0 AND drift <= 1", name="jobs_drift_check"),
+    sa.Index("jobs_by_account", "account_id", "seq"),
+    sa.Index("jobs_by_batch", "batch_id", "variation"),
+    sa.Index("jobs_by_parent", "parent_job_id"),
+    sa.Index("jobs_by_asset", "asset_id"),
+    # Jobs in flight: what a claim looks for besides open holds, among every job ever made.
+    sa.Index(
+        "jobs_unfinished",
+        "seq",
+        postgresql_where=sa.text(_UNFINISHED),
+        sqlite_where=sa.text(_UNFINISHED),
+    ),
+    sqlite_autoincrement=True,
+)
