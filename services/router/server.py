@@ -24,8 +24,7 @@ from services.router.downstream.grpc_clients import (
     GrpcRenderer,
     GrpcUpscaler,
 )
-from services.router.jobs.postgres_store import PostgresJobStore
-from services.router.jobs.sqlite_store import SqliteJobStore
+from services.router.jobs.sql_store import SqlJobStore
 from services.router.jobs.store import JobStore
 from services.router.operations.limits import OperationLimits
 from services.router.operations.orchestrator import Orchestrator
@@ -59,12 +58,13 @@ def load_policy(settings: RouterSettings) -> RoutingPolicy:
 
 
 async def open_job_store(settings: RouterSettings) -> JobStore:
-    """SQLite for a `sqlite:///` DSN (creating the file's directory), PostgreSQL otherwise."""
+    """SQLite for a `sqlite:///` DSN (creating the file's directory, upgrading its schema),
+    PostgreSQL otherwise (refusing a schema `tiergen migrate` has not brought up to date)."""
     path = settings.jobs_sqlite_path
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return await SqliteJobStore.open(path)
-    return await PostgresJobStore.open(
+        return await SqlJobStore.open_sqlite(path)
+    return await SqlJobStore.open_postgres(
         settings.jobs_dsn,
         pool_size=settings.db_pool_size,
         timeout_seconds=settings.db_timeout_seconds,

@@ -14,6 +14,8 @@ from moto.server import ThreadedMotoServer
 from tiergen.common.v1 import common_pb2
 from tiergen.router.v1 import router_pb2
 
+from services.router.jobs.migrations import SCHEMA
+from services.runtime.migrations import upgrade
 from tests.postgres import POSTGRES_DSN, fresh_schema, with_search_path
 
 pytestmark = pytest.mark.postgres
@@ -21,8 +23,9 @@ pytestmark = pytest.mark.postgres
 
 @pytest.fixture
 def postgres_schema() -> Iterator[str]:
-    """A fresh schema on the test server, dropped afterwards."""
+    """A fresh schema on the test server, brought up to date, dropped afterwards."""
     with fresh_schema("router_suite", "the router's cluster store tests") as name:
+        upgrade(SCHEMA, with_search_path(name))
         yield name
 
 

@@ -6,14 +6,18 @@ these tests trace the statements the store's connection runs.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from services.router.assets.store import AssetInfo, AssetRef
+from services.router.jobs.databases import SqliteDatabase
 from services.router.jobs.model import JobKind, NewJob
-from services.router.jobs.sqlite_store import SqliteJobStore
+from services.router.jobs.sql_store import SqlJobStore
 from services.runtime.errors import FailedPrecondition
 
 ASSET = AssetRef("cd" * 32, AssetInfo(1024, 1024, "image/png", 222))
@@ -23,22 +27,32 @@ NEW_JOB = NewJob(
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
-    store = await SqliteJobStore.open(tmp_path / "router.db")
+async def store(tmp_path: Path) -> AsyncIterator[SqlJobStore]:
+    store = await SqlJobStore.open_sqlite(tmp_path / "router.db")
     try:
         yield store
     finally:
         await store.close()
 
 
-async def _traced(store: SqliteJobStore) -> list[str]:
+async def _on_connection(store: SqlJobStore, work: Callable[[sqlite3.Connection], Any]) -> Any:
+    """`work` on the store's connection, on the thread that owns it."""
+    database = store._database
+    assert isinstance(database, SqliteDatabase) and database._connection is not None
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(database._executor, work, database._connection)
+
+
+async def _traced(store: SqlJobStore) -> list[str]:
     statements: list[str] = []
-    await store._call(lambda: store._db.set_trace_callback(statements.append))
+    await _on_connection(store, lambda db: db.set_trace_callback(statements.append))
     return statements
 
 
-async def _synchronous(store: SqliteJobStore) -> int:
-    return int(await store._call(lambda: store._db.execute("PRAGMA synchronous").fetchone()[0]))
+async def _synchronous(store: SqlJobStore) -> int:
+    return int(
+        await _on_connection(store, lambda db: db.execute("PRAGMA synchronous").fetchone()[0])
+    )
 
 
 def _pragmas(statements: list[str]) -> list[str]:

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from services.router.assets.store import AssetInfo, AssetRef
-from services.router.jobs import postgres_store as jobs_postgres
+from services.router.jobs.migrations import SCHEMA
 from services.router.jobs.model import (
     HoldState,
     Job,
@@ -31,9 +31,10 @@ from services.router.jobs.model import (
     NewJob,
     UpscaleMethod,
 )
-from services.router.jobs.postgres_store import PostgresJobStore
+from services.router.jobs.queries import POSTGRESQL
 from services.router.jobs.rows import to_us
-from services.router.jobs.sqlite_store import SqliteJobStore
+from services.router.jobs.sql_store import SqlJobStore
+from services.router.jobs.statements import CLAIM_ABANDONED
 from services.router.jobs.store import JobStore
 from services.router.routing.catalogue import AspectRatio, ImageSize, Stage
 from services.router.routing.policy import Decision
@@ -47,6 +48,7 @@ from services.runtime.errors import (
     NotFound,
     Unavailable,
 )
+from services.runtime.migrations import upgrade
 from tests.postgres import Schemas, require_postgres, with_search_path
 from tests.router.fakes import MemoryJobStore, MemoryJobTables
 
@@ -112,13 +114,9 @@ class Database:
         if self.memory is not None:
             return MemoryJobStore(self.memory, clock=clock)
         if self.kind == "sqlite":
-            return await SqliteJobStore.open(Path(self.location), clock=clock, **options)
+            return await SqlJobStore.open_sqlite(Path(self.location), clock=clock, **options)
         options.setdefault("pool_size", 4)
-        return await PostgresJobStore.open(self.location, clock=clock, **options)
-
-    @property
-    def migrations_table(self) -> str:
-        return "schema_migrations" if self.kind == "sqlite" else "job_schema_migrations"
+        return await SqlJobStore.open_postgres(self.location, clock=clock, **options)
 
     async def execute_raw(self, statement: str) -> list[tuple[Any, ...]]:
         """Run SQL behind the store's back; the rows it returns."""
@@ -133,8 +131,11 @@ class Database:
 
 
 def _postgres_database(schemas: Schemas, clock: Clock) -> Database:
+    """A fresh schema brought up to date, as `tiergen migrate` would before routers start."""
     schema = schemas.create()
-    return Database("postgres", with_search_path(schema, application_name=schema), clock, schema)
+    dsn = with_search_path(schema, application_name=schema)
+    upgrade(SCHEMA, dsn)
+    return Database("postgres", dsn, clock, schema)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"])
@@ -693,20 +694,6 @@ class TestDurability:
         finally:
             await reopened.close()
 
-    async def test_migrations_are_recorded_once(self, database: Database) -> None:
-        for _ in range(2):
-            await (await database.open()).close()
-        rows = await database.execute_raw(f"SELECT version FROM {database.migrations_table}")
-        assert rows == [(1,), (2,), (3,)]
-
-    async def test_a_newer_schema_is_refused(self, database: Database) -> None:
-        await (await database.open()).close()
-        await database.execute_raw(
-            f"INSERT INTO {database.migrations_table} VALUES (99, 'future', 0)"
-        )
-        with pytest.raises(RuntimeError, match="schema version 99"):
-            await database.open()
-
     async def test_a_closed_store_refuses_work(self, database: Database) -> None:
         store = await database.open()
         await store.close()
@@ -715,7 +702,7 @@ class TestDurability:
 
     async def test_sqlite_runs_in_wal_mode(self, tmp_path: Path) -> None:
         path = tmp_path / "jobs.db"
-        await (await SqliteJobStore.open(path)).close()
+        await (await SqlJobStore.open_sqlite(path)).close()
         with contextlib.closing(sqlite3.connect(path)) as connection:
             assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
@@ -783,7 +770,7 @@ class TestLeases:
         await store.renew_leases(mine, [kept])
 
         # SQLite has one router: another owner means the earlier process is gone, renewed or not.
-        one_router = isinstance(store, SqliteJobStore)
+        one_router = isinstance(store, SqlJobStore) and store.dialect == "sqlite"
         assert await claimed(store, "other") == ([kept, taken] if one_router else [taken])
         assert await store.renew_leases(mine, [kept, taken]) == (
             frozenset() if one_router else {kept}
@@ -841,17 +828,14 @@ class TestPostgresLeases:
         } == dict(owners)
 
     async def test_a_batch_from_before_leases_waits_until_surely_abandoned(
-        self, postgres_database: Database, clock: Clock, monkeypatch: pytest.MonkeyPatch
+        self, postgres_database: Database, clock: Clock
     ) -> None:
-        # The database as routers older than leases left it, with one of their batches.
-        monkeypatch.setattr(jobs_postgres, "MIGRATIONS", jobs_postgres.MIGRATIONS[:2])
-        await (await postgres_database.open()).close()
+        # One of the batches routers older than leases wrote: no owner, no lease.
         await postgres_database.execute_raw(
             "INSERT INTO batches (batch_id, account_id, idempotency_key, fingerprint, hold_id,"
             f" hold_state, create_us) VALUES ('bat_old', 'a', 'k', 'fp', 'hold-old', 'open',"
             f" {to_us(clock.now)})"
         )
-        monkeypatch.undo()
 
         store = await postgres_database.open()
         try:
@@ -866,8 +850,6 @@ class TestPostgresLeases:
             assert await claimed(store, "new") == [newer]
         finally:
             await store.close()
-        rows = await postgres_database.execute_raw("SELECT version FROM job_schema_migrations")
-        assert rows == [(1,), (2,), (3,)]
 
     async def test_the_claim_can_use_the_partial_indexes(self, postgres_database: Database) -> None:
         await (await postgres_database.open()).close()
@@ -879,8 +861,8 @@ class TestPostgresLeases:
             await connection.execute("SET enable_seqscan = off")
             cursor = psycopg.AsyncClientCursor(connection)
             await cursor.execute(
-                "EXPLAIN (COSTS OFF) " + jobs_postgres._CLAIM_ABANDONED,
-                {"owner": "o", "until": 2, "now": 1, "unleased_before": 0, "limit": 10},
+                "EXPLAIN (COSTS OFF) " + CLAIM_ABANDONED.compiled(POSTGRESQL).sql,
+                {"claimant": "o", "until": 2, "now": 1, "unleased_before": 0, "limit": 10},
             )
             plan = "\n".join(row[0] for row in await cursor.fetchall())
         assert "batches_unsettled_leases" in plan, plan
@@ -895,7 +877,7 @@ class TestOpenJobStore:
         settings = RouterSettings.from_env({"TIERGEN_ROUTER_DSN": f"sqlite:///{path}"})
         store = await open_job_store(settings)
         try:
-            assert isinstance(store, SqliteJobStore)
+            assert isinstance(store, SqlJobStore) and store.dialect == "sqlite"
             await batch_of(store)
         finally:
             await store.close()
@@ -908,7 +890,7 @@ class TestOpenJobStore:
         )
         store = await open_job_store(settings)
         try:
-            assert isinstance(store, PostgresJobStore)
+            assert isinstance(store, SqlJobStore) and store.dialect == "postgresql"
             (job,) = await batch_of(store)
         finally:
             await store.close()
@@ -968,21 +950,6 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 @pytest.mark.postgres
 class TestPostgres:
     """What only the shared database has: replicas racing, and a database that goes away."""
-
-    async def test_replicas_starting_together_migrate_once(
-        self, postgres_database: Database
-    ) -> None:
-        stores = await asyncio.gather(*(postgres_database.open(pool_size=1) for _ in range(4)))
-        try:
-            records = await asyncio.gather(
-                *(batch_of(store, key=f"key-{i}") for i, store in enumerate(stores))
-            )
-        finally:
-            for store in stores:
-                await store.close()
-        assert len({jobs[0].batch_id for jobs in records}) == 4
-        rows = await postgres_database.execute_raw("SELECT version FROM job_schema_migrations")
-        assert rows == [(1,), (2,), (3,)]
 
     async def test_replicas_racing_one_key_create_one_batch(
         self, postgres_database: Database
@@ -1062,7 +1029,7 @@ class TestPostgres:
 
     async def test_an_unreachable_database_is_unavailable(self) -> None:
         with pytest.raises(Unavailable, match="cannot connect"):
-            await PostgresJobStore.open(
+            await SqlJobStore.open_postgres(
                 "postgresql://postgres@127.0.0.1:1/test?connect_timeout=1", timeout_seconds=0.5
             )
 

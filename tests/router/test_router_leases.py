@@ -30,8 +30,9 @@ from services.router.downstream.grpc_clients import (
     GrpcRenderer,
     GrpcUpscaler,
 )
+from services.router.jobs.migrations import SCHEMA
 from services.router.jobs.model import HoldState, JobKind, JobStatus, Lease, NewJob
-from services.router.jobs.postgres_store import PostgresJobStore
+from services.router.jobs.sql_store import SqlJobStore
 from services.router.operations.events import BatchAccepted
 from services.router.operations.limits import OperationLimits
 from services.router.operations.orchestrator import Orchestrator
@@ -41,6 +42,7 @@ from services.router.server import load_policy
 from services.router.settings import RouterSettings
 from services.runtime.channels import open_channel
 from services.runtime.errors import TiergenError
+from services.runtime.migrations import upgrade
 from tests.generator.fake_providers import FakeGemini, Mode
 from tests.postgres import fresh_schema, with_search_path
 from tests.router.gemini_tiers import standard_on_gemini
@@ -68,6 +70,7 @@ def generator_env(tmp_path: Path, gemini: FakeGemini) -> dict[str, str]:
 def job_dsn() -> Iterator[str]:
     """A DSN on a fresh schema of the test server, dropped afterwards."""
     with fresh_schema("router_leases", "the router's lease tests") as name:
+        upgrade(SCHEMA, with_search_path(name))
         yield with_search_path(name)
 
 
@@ -100,7 +103,7 @@ class Replica:
     """One router process, as far as the job store and the other replicas can tell."""
 
     router: Orchestrator
-    jobs: PostgresJobStore
+    jobs: SqlJobStore
     ledger: CountingLedger
     channels: list[grpc.aio.Channel]
     leases: asyncio.Task[None] | None = None
@@ -151,7 +154,7 @@ async def replicas(
             open_channel(addresses["generator"], services=[GENERATOR_SERVICE], default_timeout=60),
             open_channel(addresses["upscaler"], services=[UPSCALER_SERVICE], default_timeout=60),
         ]
-        jobs = await PostgresJobStore.open(job_dsn, pool_size=4)
+        jobs = await SqlJobStore.open_postgres(job_dsn, pool_size=4)
         ledger = CountingLedger(GrpcLedger(channels[0], timeout=30))
         router = Orchestrator(
             jobs=jobs,

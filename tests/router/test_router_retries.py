@@ -17,8 +17,10 @@ from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
 from services.generator.tiers import DEFAULT_CATALOGUE_TOML
+from services.router.jobs.migrations import SCHEMA
 from services.router.server import create_server as create_router
 from services.router.settings import RouterSettings
+from services.runtime.migrations import upgrade
 from services.runtime.status import from_rpc_error
 from tests.postgres import fresh_schema, with_search_path
 from tests.rich_errors import details
@@ -37,6 +39,7 @@ def job_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'router.db'}"
         return
     with fresh_schema("router_retries", "the router's retry tests on PostgreSQL") as schema:
+        upgrade(SCHEMA, with_search_path(schema))
         yield with_search_path(schema)
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from services.router.assets.store import LocalAssetStore
+from services.router.jobs.migrations import SCHEMA
 from services.router.jobs.model import (
     JobStatus,
 )
-from services.router.jobs.postgres_store import PostgresJobStore
-from services.router.jobs.sqlite_store import SqliteJobStore
+from services.router.jobs.sql_store import SqlJobStore
 from services.router.jobs.store import JobStore
 from services.router.operations.events import JobFinished
 from services.router.operations.limits import OperationLimits
@@ -23,6 +23,7 @@ from services.router.operations.orchestrator import Orchestrator
 from services.router.routing.catalogue import ImageSize
 from services.router.routing.policy import RouteRequest, RoutingPolicy
 from services.router.routing.pricing import PriceTable
+from services.runtime.migrations import upgrade
 from tests.postgres import fresh_schema, with_search_path
 from tests.router.fakes import MemoryLedger, PictureRenderer, PictureUpscaler
 
@@ -37,6 +38,7 @@ def job_dsn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield str(tmp_path / "jobs.db")
         return
     with fresh_schema("router_settlement", "the router's settlement tests") as schema:
+        upgrade(SCHEMA, with_search_path(schema))
         yield with_search_path(schema)
 
 
@@ -44,9 +46,9 @@ def job_dsn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 async def jobs(job_dsn: str) -> AsyncIterator[JobStore]:
     store: JobStore
     if job_dsn.startswith("postgresql"):
-        store = await PostgresJobStore.open(job_dsn)
+        store = await SqlJobStore.open_postgres(job_dsn)
     else:
-        store = await SqliteJobStore.open(Path(job_dsn))
+        store = await SqlJobStore.open_sqlite(Path(job_dsn))
     yield store
     await store.close()
 

@@ -18,6 +18,8 @@ from tiergen.common.v1 import common_pb2
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
 from services.cli.suite import Suite
+from services.router.jobs.migrations import SCHEMA
+from services.runtime.migrations import upgrade
 from tests.postgres import fresh_schema, with_search_path
 
 pytestmark = pytest.mark.slow
@@ -116,6 +118,7 @@ async def test_a_restarted_router_fails_abandoned_jobs_and_returns_their_credits
 def router_dsn() -> Iterator[str]:
     """A job store DSN on a fresh schema of the test server, dropped afterwards."""
     with fresh_schema("router_recovery", "the replica recovery test") as name:
+        upgrade(SCHEMA, with_search_path(name))
         yield with_search_path(name)
 
 

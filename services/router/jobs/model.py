@@ -8,19 +8,21 @@ A batch is also leased to the router process running it (`Lease`): the process r
 lease while it runs the batch, and once a lease runs out any router may claim the batch
 (`JobStore.claim_abandoned`), fail its unfinished jobs and settle its hold.
 
-Job lifecycle; every other transition is refused, and a final job never changes:
+Job lifecycle (`LIFECYCLE`, `may_move`); every other transition is refused, and a final job
+never changes:
 
     QUEUED -> RUNNING -> SUCCEEDED
     QUEUED | RUNNING -> FAILED | CANCELLED
 
-This module holds the records and the `JobStore` protocol; the stores are
-`services.router.jobs.sqlite_store.SqliteJobStore` (one process) and
-`services.router.jobs.postgres_store.PostgresJobStore` (replicas sharing one database).
+This module holds the records and the lifecycle rule; the contract of a store is
+`services.router.jobs.store.JobStore`, and its one implementation, on SQLite or PostgreSQL,
+`services.router.jobs.sql_store.SqlJobStore`.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -30,6 +32,7 @@ from services.router.routing.policy import Decision
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
+    "LIFECYCLE",
     "MAX_PAGE_SIZE",
     "Batch",
     "BatchRecord",
@@ -43,6 +46,7 @@ __all__ = [
     "Lease",
     "NewJob",
     "UpscaleMethod",
+    "may_move",
 ]
 
 #: Page size of `JobStore.list` when the caller gives none.
@@ -76,6 +80,19 @@ class JobStatus(enum.StrEnum):
 
 
 _FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+#: The job lifecycle: for each status a job can move to, the statuses it may move from.
+LIFECYCLE: Mapping[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.RUNNING: frozenset({JobStatus.QUEUED}),
+    JobStatus.SUCCEEDED: frozenset({JobStatus.RUNNING}),
+    JobStatus.FAILED: frozenset({JobStatus.QUEUED, JobStatus.RUNNING}),
+    JobStatus.CANCELLED: frozenset({JobStatus.QUEUED, JobStatus.RUNNING}),
+}
+
+
+def may_move(status: JobStatus, target: JobStatus) -> bool:
+    """Whether the lifecycle lets a job in `status` become `target`."""
+    return status in LIFECYCLE.get(target, frozenset())
 
 
 class UpscaleMethod(enum.StrEnum):

@@ -1,9 +1,10 @@
-"""What the SQLite and PostgreSQL job stores share: the row layout, ids, page tokens and checks.
+"""Rows of the job database and the records they hold: conversion both ways, ids, page tokens,
+and the checks and errors of the job store.
 
-Both databases hold the same columns with the same meaning: times as integer microseconds since
-the epoch, the reasons and the routing decision as JSON text (written and read only here), and
-each job's `seq`, which orders jobs by creation and is what a page token remembers. The checks
-run before any database work, so a bad request never reaches a store.
+Times are stored as integer microseconds since the epoch, the reasons and the routing decision
+as JSON text (written and read only here), and each job's `seq` orders jobs by creation and is
+what a page token remembers. The checks run before any database work, so a bad request never
+reaches the database.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import hashlib
 import json
 import math
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -39,9 +40,6 @@ from services.router.routing.policy import Decision
 from services.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 __all__ = [
-    "FORGETTABLE_BATCH",
-    "SOURCES",
-    "UNFINISHED",
     "Listing",
     "Row",
     "batch_from_row",
@@ -59,20 +57,11 @@ __all__ = [
     "job_not_found",
     "key_reused",
     "new_id",
+    "new_job_row",
     "refusal",
     "succeeded_changes",
     "to_us",
 ]
-
-#: For each status a job can move to, the statuses it may move from.
-SOURCES: Mapping[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.RUNNING: frozenset({JobStatus.QUEUED}),
-    JobStatus.SUCCEEDED: frozenset({JobStatus.RUNNING}),
-    JobStatus.FAILED: frozenset({JobStatus.QUEUED, JobStatus.RUNNING}),
-    JobStatus.CANCELLED: frozenset({JobStatus.QUEUED, JobStatus.RUNNING}),
-}
-#: The statuses of a job that has not finished, as stored.
-UNFINISHED: tuple[str, ...] = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 #: The columns `JobFilter` fields match, in the order a listing applies them.
@@ -191,17 +180,6 @@ def key_reused(idempotency_key: str, batch_id: str) -> AlreadyExists:
     )
 
 
-#: Selects the batch (parameter: its id) when it may be forgotten (`JobStore.forget_batch`):
-#: its hold settled or never placed, and every job failed or cancelled. Placeholders are `%s`;
-#: the SQLite store swaps them for `?`.
-FORGETTABLE_BATCH = (
-    "SELECT batch_id FROM batches WHERE batch_id = %s"
-    f" AND hold_state <> '{HoldState.OPEN.value}'"
-    " AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.batch_id = batches.batch_id"
-    f" AND jobs.status NOT IN ('{JobStatus.FAILED.value}', '{JobStatus.CANCELLED.value}'))"
-)
-
-
 def job_not_found(job_id: str) -> NotFound:
     """The error for a missing job, and for another account's job alike."""
     return NotFound(f"job {job_id!r} not found", reason="JOB_NOT_FOUND")
@@ -275,7 +253,7 @@ def _decode_decision(text: str) -> Decision:
 
 
 def job_from_row(row: Row) -> Job:
-    """A job from a row of `jobs` joined with its batch's `hold_id`."""
+    """A job from a row of `jobs` with its batch's `hold_id`."""
     asset = None
     if row["asset_id"] is not None:
         asset = AssetRef(
@@ -327,6 +305,35 @@ def job_from_row(row: Row) -> Job:
     )
 
 
+def new_job_row(new: NewJob, batch_id: str, account_id: str, now_us: int) -> dict[str, Any]:
+    """The row of a new, queued job: its columns but those left to their defaults."""
+    return {
+        "job_id": new_id("job_", now_us),
+        "batch_id": batch_id,
+        "account_id": account_id,
+        "kind": new.kind.value,
+        "status": JobStatus.QUEUED.value,
+        "tier": new.tier,
+        "stage": new.stage.value,
+        "prompt": new.prompt,
+        # Decimal text on both: SQLite keeps it as TEXT, PostgreSQL reads it as NUMERIC.
+        "seed": str(new.seed),
+        "variation": new.variation,
+        "size": None if new.size is None else new.size.value,
+        "aspect_ratio": new.aspect_ratio.value,
+        "width": new.width,
+        "height": new.height,
+        "quoted_cost": new.quoted_cost,
+        "parent_job_id": new.parent_job_id,
+        "reasons": encode_reasons(new.reasons),
+        "strength": new.strength,
+        "upscale_factor": new.upscale_factor,
+        "upscale_method": None if new.upscale_method is None else new.upscale_method.value,
+        "create_us": now_us,
+        "trace_id": new.trace_id,
+    }
+
+
 def batch_from_row(row: Row) -> Batch:
     """A batch from a row of `batches`."""
     return Batch(
@@ -352,7 +359,7 @@ class Listing:
 
     account_id: str
     #: `(column, value)` pairs every listed job matches.
-    conditions: tuple[tuple[str, str], ...]
+    conditions: tuple[tuple[str, str | bool], ...]
     limit: int
     before: int | None
     scope: str
@@ -370,7 +377,10 @@ class Listing:
         return cls(
             account_id=account_id,
             conditions=tuple(
-                (column, _condition_value(values[column]))
+                (
+                    column,
+                    values[column] if isinstance(values[column], bool) else str(values[column]),
+                )
                 for column in _FILTER_COLUMNS
                 if values[column] is not None
             ),
@@ -385,13 +395,6 @@ class Listing:
         more = len(rows) > self.limit
         token = _encode_page_token(rows[self.limit - 1]["seq"], self.scope) if more else ""
         return JobPage(jobs, token)
-
-
-def _condition_value(value: object) -> str:
-    # "1"/"0" compare equal to SQLite's INTEGER flag and cast to PostgreSQL's BOOLEAN.
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    return str(value)
 
 
 def _listing_scope(account_id: str, filters: JobFilter) -> str:
