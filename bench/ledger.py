@@ -42,6 +42,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 
 from bench.processes import ProcessGroup, ServerProcess
+from services.ledger.migrations import SCHEMA as LEDGER_SCHEMA
+from services.runtime.migrations import upgrade
 from services.runtime.server import ServiceRegistration, create_server, serve_forever
 from services.runtime.settings import ServerSettings
 
@@ -253,8 +255,11 @@ async def _postgres_schema(dsn: str) -> AsyncIterator[str]:
     ) as connection:
         await connection.execute(f'CREATE SCHEMA "{schema}"')
     separator = "&" if "?" in dsn else "?"
+    schema_dsn = f"{dsn}{separator}options=-csearch_path%3D{schema}"
     try:
-        yield f"{dsn}{separator}options=-csearch_path%3D{schema}"
+        # The ledger refuses a PostgreSQL schema that is not current: migrate, as an operator.
+        await asyncio.to_thread(upgrade, LEDGER_SCHEMA, schema_dsn)
+        yield schema_dsn
     finally:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
             await connection.execute(f'DROP SCHEMA "{schema}" CASCADE')

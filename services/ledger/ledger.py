@@ -93,16 +93,13 @@ _CREDITS_BY_KIND = {kind: _CREDITS.labels(kind.value.lower()) for kind in EntryK
 _R = TypeVar("_R", OpenAccountResult, CheckInResult, HoldResult, GrantResult, ExpiryResult)
 
 
-async def _open_store(settings: LedgerSettings, now: datetime) -> LedgerStore:
-    """The store the DSN names, migrated and ready."""
+async def _open_store(settings: LedgerSettings) -> LedgerStore:
+    """The store the DSN names, its schema current and ready."""
     path = settings.sqlite_path
     if path is not None:
-        return await SqliteStore.open(
-            path, now=now, lock_timeout_seconds=settings.lock_timeout_seconds
-        )
+        return await SqliteStore.open(path, lock_timeout_seconds=settings.lock_timeout_seconds)
     return await PostgresStore.open(
         settings.dsn,
-        now=now,
         pool_size=settings.pool_size,
         timeout_seconds=settings.db_timeout_seconds,
         lock_timeout_seconds=settings.lock_timeout_seconds,
@@ -124,9 +121,11 @@ class Ledger:
 
     @classmethod
     async def open(cls, settings: LedgerSettings, clock: Clock | None = None) -> Ledger:
-        """Open the configured store (applying migrations); raises Unavailable if it cannot."""
+        """Open the configured store: a SQLite file upgraded to the current schema, or a PostgreSQL
+        database whose schema must already be current (SchemaNotCurrent otherwise); raises
+        Unavailable if it cannot be reached."""
         clock = clock or SystemClock()
-        return cls(await _open_store(settings, clock.now()), settings, clock)
+        return cls(await _open_store(settings), settings, clock)
 
     async def close(self) -> None:
         await self._store.close()

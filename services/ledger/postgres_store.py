@@ -17,6 +17,10 @@ commit, in one more. A group holds at most one command per account; a command wh
 is already in the group waits for the next. Should anything but the database's absence fail a
 group, each of its commands runs again in a transaction of its own, so that a failure stays
 the failing command's.
+
+The schema must be current at open: the replicas share the database, so upgrading it is an
+operator's step before a rollout (`tiergen migrate`), never a replica's. A schema behind or
+ahead of this code is refused with one line naming that command (SchemaNotCurrent).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from psycopg import errors as pg_errors
 from psycopg import pq
 
 from services.ledger import tables
+from services.ledger.migrations import SCHEMA
 from services.ledger.model import Account, Entry, Hold, to_micros
 from services.ledger.store import (
     Changes,
@@ -46,90 +51,13 @@ from services.ledger.store import (
     Snapshot,
 )
 from services.runtime.errors import Aborted, Internal, Unavailable
+from services.runtime.migrations import require_current
 
-__all__ = ["MIGRATIONS", "PostgresStore"]
+__all__ = ["PostgresStore"]
 
 _T = TypeVar("_T")
 _Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 _ClientCursor = psycopg.AsyncClientCursor[tuple[Any, ...]]
-
-#: Schema versions in order; each is applied once, in one transaction, and recorded.
-MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
-    (
-        1,
-        "accounts, holds, append-only entries, idempotency records",
-        (
-            """CREATE TABLE accounts (
-                account_id TEXT PRIMARY KEY,
-                available BIGINT NOT NULL CHECK (available >= 0),
-                held BIGINT NOT NULL CHECK (held >= 0),
-                promotional_granted BIGINT NOT NULL CHECK (promotional_granted >= 0),
-                purchased BIGINT NOT NULL CHECK (purchased >= 0),
-                adjusted BIGINT NOT NULL CHECK (adjusted >= 0),
-                consumed BIGINT NOT NULL CHECK (consumed >= 0),
-                last_sequence BIGINT NOT NULL CHECK (last_sequence >= 0),
-                opened_at_us BIGINT NOT NULL
-            )""",
-            """CREATE TABLE holds (
-                hold_id TEXT PRIMARY KEY,
-                account_id TEXT NOT NULL REFERENCES accounts (account_id),
-                amount BIGINT NOT NULL CHECK (amount > 0),
-                captured_amount BIGINT NOT NULL
-                    CHECK (captured_amount >= 0 AND captured_amount <= amount),
-                status TEXT NOT NULL CHECK (status IN ('open', 'captured', 'released', 'expired')),
-                memo TEXT NOT NULL,
-                created_at_us BIGINT NOT NULL,
-                expires_at_us BIGINT NOT NULL,
-                resolved_at_us BIGINT
-            )""",
-            "CREATE INDEX holds_open_by_account ON holds (account_id, expires_at_us)"
-            " WHERE status = 'open'",
-            "CREATE INDEX holds_open_by_expiry ON holds (expires_at_us) WHERE status = 'open'",
-            """CREATE TABLE entries (
-                account_id TEXT NOT NULL REFERENCES accounts (account_id),
-                sequence BIGINT NOT NULL CHECK (sequence > 0),
-                kind TEXT NOT NULL,
-                amount BIGINT NOT NULL CHECK (amount > 0),
-                source TEXT NOT NULL,
-                destination TEXT NOT NULL CHECK (destination <> source),
-                hold_id TEXT REFERENCES holds (hold_id),
-                memo TEXT NOT NULL,
-                created_at_us BIGINT NOT NULL,
-                available_after BIGINT NOT NULL,
-                held_after BIGINT NOT NULL,
-                PRIMARY KEY (account_id, sequence)
-            )""",
-            "CREATE INDEX entries_by_time ON entries (account_id, created_at_us)",
-            """CREATE FUNCTION ledger_entries_refuse_change() RETURNS trigger
-            LANGUAGE plpgsql AS $$
-            BEGIN
-                RAISE EXCEPTION 'ledger entries are append-only'
-                    USING ERRCODE = 'integrity_constraint_violation';
-            END
-            $$""",
-            """CREATE TRIGGER entries_refuse_update_or_delete BEFORE UPDATE OR DELETE ON entries
-            FOR EACH ROW EXECUTE FUNCTION ledger_entries_refuse_change()""",
-            """CREATE TRIGGER entries_refuse_truncate BEFORE TRUNCATE ON entries
-            FOR EACH STATEMENT EXECUTE FUNCTION ledger_entries_refuse_change()""",
-            """CREATE TABLE idempotency_records (
-                scope TEXT NOT NULL,
-                idempotency_key TEXT NOT NULL,
-                fingerprint TEXT NOT NULL,
-                outcome TEXT NOT NULL,
-                created_at_us BIGINT NOT NULL,
-                PRIMARY KEY (scope, idempotency_key)
-            )""",
-        ),
-    ),
-)
-
-_CREATE_MIGRATIONS = """CREATE TABLE IF NOT EXISTS schema_migrations (
-    version INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    applied_at_us BIGINT NOT NULL
-)"""
-#: Serialises migrations when several ledger processes start against one database at once.
-_MIGRATION_LOCK = 0x7469657267656E  # "tiergen"
 
 #: Rolled back and retried; what a concurrent transaction can cause, never the caller.
 _CONFLICTS = (
@@ -198,12 +126,13 @@ class PostgresStore:
         cls,
         dsn: str,
         *,
-        now: datetime,
         pool_size: int = 10,
         timeout_seconds: float = 5.0,
         lock_timeout_seconds: float = 5.0,
     ) -> PostgresStore:
-        """Connect, migrate the schema, and keep a pool of up to `pool_size` connections."""
+        """Connect to a database whose schema is current, keeping a pool of up to `pool_size`
+        connections. Replicas share the database, so upgrading its schema is an operator's step
+        (`tiergen migrate`), never a replica's: a schema behind or ahead is a ConfigError."""
         lock_timeout_ms = str(max(1, round(lock_timeout_seconds * 1000)))
 
         async def configure(connection: _Connection) -> None:
@@ -226,7 +155,7 @@ class PostgresStore:
             # Commands queue up behind a few groups at a time, which is what makes groups; the
             # rest of the pool serves reads.
             store = cls(pool, timeout_seconds, max(1, pool_size // 2))
-            await store._run(lambda connection: _migrate(connection, to_micros(now)))
+            await asyncio.to_thread(require_current, SCHEMA, dsn)
         except BaseException as error:
             await pool.close()
             if isinstance(error, psycopg_pool.PoolTimeout):
@@ -381,23 +310,6 @@ class PostgresStore:
             except psycopg.Error as error:
                 raise Internal(f"the ledger database refused a change: {error}") from error
         raise AssertionError("unreachable: the last attempt either returns or raises")
-
-
-async def _migrate(connection: _Connection, now_us: int) -> None:
-    async with connection.transaction():
-        await connection.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-        await connection.execute(_CREATE_MIGRATIONS)
-        cursor = await connection.execute("SELECT version FROM schema_migrations")
-        applied = {row[0] for row in await cursor.fetchall()}
-        for version, name, statements in MIGRATIONS:
-            if version in applied:
-                continue
-            for statement in statements:
-                await connection.execute(statement)
-            await connection.execute(
-                "INSERT INTO schema_migrations (version, name, applied_at_us) VALUES (%s, %s, %s)",
-                (version, name, now_us),
-            )
 
 
 async def _transact(connection: _Connection, lookup: Lookup, decide: Decide) -> Decision:

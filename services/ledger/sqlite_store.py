@@ -7,6 +7,10 @@ commit with `synchronous=FULL` durability. Callers are answered only after the c
 their command. Should one command of a group fail to write (a constraint the rules should never
 break), the group is rolled back and each of its commands runs again in a transaction of its
 own, so that the failure stays that command's. Reads use their own read-only connections.
+
+The schema is brought up to date at open (`services.runtime.migrations.upgrade`), never per
+command: one process owns the file, so nothing else would. A file already current costs one
+read of its version table.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from services.ledger import tables
+from services.ledger.migrations import SCHEMA
 from services.ledger.model import Account, Entry, Hold, to_micros
 from services.ledger.store import (
     Changes,
@@ -36,79 +41,11 @@ from services.ledger.store import (
     WriteConflict,
 )
 from services.runtime.errors import Aborted, Internal, TiergenError, Unavailable
+from services.runtime.migrations import upgrade
 
-__all__ = ["MIGRATIONS", "SqliteStore"]
+__all__ = ["SqliteStore"]
 
 _T = TypeVar("_T")
-
-#: Schema versions in order; each is applied once, in one transaction, and recorded.
-MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
-    (
-        1,
-        "accounts, holds, append-only entries, idempotency records",
-        (
-            """CREATE TABLE accounts (
-                account_id TEXT PRIMARY KEY,
-                available INTEGER NOT NULL CHECK (available >= 0),
-                held INTEGER NOT NULL CHECK (held >= 0),
-                promotional_granted INTEGER NOT NULL CHECK (promotional_granted >= 0),
-                purchased INTEGER NOT NULL CHECK (purchased >= 0),
-                adjusted INTEGER NOT NULL CHECK (adjusted >= 0),
-                consumed INTEGER NOT NULL CHECK (consumed >= 0),
-                last_sequence INTEGER NOT NULL CHECK (last_sequence >= 0),
-                opened_at_us INTEGER NOT NULL
-            ) STRICT""",
-            """CREATE TABLE holds (
-                hold_id TEXT PRIMARY KEY,
-                account_id TEXT NOT NULL REFERENCES accounts (account_id),
-                amount INTEGER NOT NULL CHECK (amount > 0),
-                captured_amount INTEGER NOT NULL
-                    CHECK (captured_amount >= 0 AND captured_amount <= amount),
-                status TEXT NOT NULL CHECK (status IN ('open', 'captured', 'released', 'expired')),
-                memo TEXT NOT NULL,
-                created_at_us INTEGER NOT NULL,
-                expires_at_us INTEGER NOT NULL,
-                resolved_at_us INTEGER
-            ) STRICT""",
-            "CREATE INDEX holds_open_by_account ON holds (account_id, expires_at_us)"
-            " WHERE status = 'open'",
-            "CREATE INDEX holds_open_by_expiry ON holds (expires_at_us) WHERE status = 'open'",
-            """CREATE TABLE entries (
-                account_id TEXT NOT NULL REFERENCES accounts (account_id),
-                sequence INTEGER NOT NULL CHECK (sequence > 0),
-                kind TEXT NOT NULL,
-                amount INTEGER NOT NULL CHECK (amount > 0),
-                source TEXT NOT NULL,
-                destination TEXT NOT NULL CHECK (destination <> source),
-                hold_id TEXT REFERENCES holds (hold_id),
-                memo TEXT NOT NULL,
-                created_at_us INTEGER NOT NULL,
-                available_after INTEGER NOT NULL,
-                held_after INTEGER NOT NULL,
-                PRIMARY KEY (account_id, sequence)
-            ) STRICT, WITHOUT ROWID""",
-            "CREATE INDEX entries_by_time ON entries (account_id, created_at_us)",
-            """CREATE TRIGGER entries_refuse_update BEFORE UPDATE ON entries
-            BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END""",
-            """CREATE TRIGGER entries_refuse_delete BEFORE DELETE ON entries
-            BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END""",
-            """CREATE TABLE idempotency_records (
-                scope TEXT NOT NULL,
-                idempotency_key TEXT NOT NULL,
-                fingerprint TEXT NOT NULL,
-                outcome TEXT NOT NULL,
-                created_at_us INTEGER NOT NULL,
-                PRIMARY KEY (scope, idempotency_key)
-            ) STRICT, WITHOUT ROWID""",
-        ),
-    ),
-)
-
-_CREATE_MIGRATIONS = """CREATE TABLE IF NOT EXISTS schema_migrations (
-    version INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    applied_at_us INTEGER NOT NULL
-)"""
 
 #: Commands committed together at most; bounds the latency a full queue adds to one command.
 _MAX_BATCH = 128
@@ -143,16 +80,17 @@ class SqliteStore:
         self._closed = False
 
     @classmethod
-    async def open(
-        cls, path: Path, *, now: datetime, lock_timeout_seconds: float = 5.0
-    ) -> SqliteStore:
-        """Open (creating if needed) the database, migrate it and start the writer."""
+    async def open(cls, path: Path, *, lock_timeout_seconds: float = 5.0) -> SqliteStore:
+        """Open (creating if needed) the database, upgrade its schema and start the writer: one
+        process owns the file, so nothing else would upgrade it."""
         store = cls(path, lock_timeout_seconds)
         try:
-            connection = await asyncio.to_thread(store._connect_writer, to_micros(now))
-        except (sqlite3.Error, OSError) as error:
+            connection = await asyncio.to_thread(store._connect_writer)
+        except BaseException as error:
             store._readers.shutdown()
-            raise Unavailable(f"cannot open the ledger database {path}: {error}") from error
+            if isinstance(error, sqlite3.Error | OSError):
+                raise Unavailable(f"cannot open the ledger database {path}: {error}") from error
+            raise
         # A daemon, so that a process that never closes the store can still exit: a commit cut
         # short rolls back as a whole, and its callers were never answered.
         store._writer = threading.Thread(
@@ -223,7 +161,7 @@ class SqliteStore:
         for connection in self._reader_connections:
             connection.close()
 
-    def _connect_writer(self, now_us: int) -> sqlite3.Connection:
+    def _connect_writer(self) -> sqlite3.Connection:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         connection = sqlite3.connect(
             self._path, timeout=self._lock_timeout, isolation_level=None, check_same_thread=False
@@ -232,7 +170,8 @@ class SqliteStore:
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = FULL")
             connection.execute("PRAGMA foreign_keys = ON")
-            _migrate(connection, now_us)
+            # WAL is set first: the migration's own connection then shares the same journal.
+            upgrade(SCHEMA, f"sqlite:///{self._path}")
         except BaseException:
             connection.close()
             raise
@@ -300,26 +239,6 @@ class SqliteStore:
             with self._reader_lock:
                 self._reader_connections.append(connection)
         return connection
-
-
-def _migrate(connection: sqlite3.Connection, now_us: int) -> None:
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        connection.execute(_CREATE_MIGRATIONS)
-        applied = {row[0] for row in connection.execute("SELECT version FROM schema_migrations")}
-        for version, name, statements in MIGRATIONS:
-            if version in applied:
-                continue
-            for statement in statements:
-                connection.execute(statement)
-            connection.execute(
-                "INSERT INTO schema_migrations (version, name, applied_at_us) VALUES (?, ?, ?)",
-                (version, name, now_us),
-            )
-        connection.execute("COMMIT")
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
 
 
 class _GroupFailed(Exception):

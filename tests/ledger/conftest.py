@@ -23,9 +23,11 @@ from grpc_health.v1 import health_pb2_grpc
 from tiergen.ledger.v1 import ledger_pb2_grpc
 
 from services.ledger.ledger import Ledger
+from services.ledger.migrations import SCHEMA as LEDGER_SCHEMA
 from services.ledger.model import Clock
 from services.ledger.server import create_server
 from services.ledger.settings import LedgerSettings
+from services.runtime.migrations import upgrade
 from services.runtime.settings import ServerSettings
 from tests.ledger.served import Served, ServeFactory
 from tests.postgres import Schemas, require_postgres, with_search_path
@@ -153,7 +155,10 @@ async def postgres_harness(
 
 def _postgres_harness(schemas: Schemas, clock: ManualClock) -> LedgerHarness:
     name = schemas.create()
-    return LedgerHarness("postgres", with_search_path(name, application_name=name), clock, name)
+    dsn = with_search_path(name, application_name=name)
+    # On PostgreSQL the schema is an operator's step (`tiergen migrate`), never the ledger's.
+    upgrade(LEDGER_SCHEMA, dsn)
+    return LedgerHarness("postgres", dsn, clock, name)
 
 
 @pytest.fixture

@@ -6,8 +6,10 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from services.ledger.migrations import SCHEMA as LEDGER_SCHEMA
 from services.ledger.model import EntryKind, GrantKind
 from services.runtime.errors import InvalidArgument, NotFound
+from services.runtime.migrations import head
 
 
 @pytest.fixture
@@ -163,8 +165,8 @@ async def test_postgres_also_refuses_to_truncate_entries(harness, busy_alice):
 async def test_migrations_are_recorded_and_applied_once(harness, busy_alice):
     reopened = await harness.open()
 
-    rows = await harness.execute_raw("SELECT version, name FROM schema_migrations")
+    rows = await harness.execute_raw("SELECT version_num FROM alembic_version_ledger")
 
-    assert [row[0] for row in rows] == [1]
+    assert [row[0] for row in rows] == [head(LEDGER_SCHEMA)]
     assert (await reopened.get_balance("alice")).held == 50
     assert (await reopened.list_entries("alice")).entries[-1].sequence == 7

@@ -27,9 +27,11 @@ from hypothesis.stateful import (
 )
 
 from services.ledger.ledger import Ledger
+from services.ledger.migrations import SCHEMA as LEDGER_SCHEMA
 from services.ledger.model import Balance, GrantKind, GrantOutcome, HoldStatus, iso_week
 from services.ledger.settings import LedgerSettings
 from services.runtime.errors import AlreadyExists, TiergenError
+from services.runtime.migrations import upgrade
 from tests.postgres import with_search_path
 
 T = TypeVar("T")
@@ -416,6 +418,7 @@ def test_the_ledger_behaves_like_its_model(request, store, examples):
             if schemas is not None:
                 # Dropped with the session's other schemas.
                 dsn = with_search_path(schemas.create())
+                upgrade(LEDGER_SCHEMA, dsn)
                 return dsn, lambda: None
             directory = Path(tempfile.mkdtemp(prefix="ledger-model-"))
             return f"sqlite:///{directory / 'ledger.db'}", lambda: shutil.rmtree(directory)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture
 async def store(postgres_harness):
     # One group in flight: what arrives meanwhile waits and forms the next group.
-    store = await PostgresStore.open(postgres_harness.dsn, now=START, pool_size=2)
+    store = await PostgresStore.open(postgres_harness.dsn, pool_size=2)
     for name in ("alice", "bob", "carol", "zed"):
         await run(store, rules.OpenAccount(name, "open", START))
     yield store

@@ -19,7 +19,7 @@ from tests.ledger.conftest import START
 
 @pytest.fixture
 async def store(tmp_path):
-    store = await SqliteStore.open(tmp_path / "ledger.db", now=START)
+    store = await SqliteStore.open(tmp_path / "ledger.db")
     yield store
     await store.close()
 
@@ -92,7 +92,7 @@ async def test_a_command_that_breaks_a_constraint_fails_alone_in_a_group(store):
 
 async def test_an_unusable_database_fails_the_whole_group(store, tmp_path):
     await run(store, rules.OpenAccount("alice", "open", START))
-    impatient = await SqliteStore.open(tmp_path / "ledger.db", now=START, lock_timeout_seconds=0.05)
+    impatient = await SqliteStore.open(tmp_path / "ledger.db", lock_timeout_seconds=0.05)
     # Another connection holds the write lock past the store's lock timeout.
     blocker = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")

@@ -15,8 +15,10 @@ from services.cli.ledger import (
     verify_command,
 )
 from services.ledger.ledger import Ledger
+from services.ledger.migrations import SCHEMA as LEDGER_SCHEMA
 from services.ledger.model import GrantKind, SystemClock
 from services.ledger.settings import LedgerSettings
+from services.runtime.migrations import upgrade
 from tests.postgres import with_search_path
 
 INVARIANTS = [
@@ -143,6 +145,7 @@ async def test_an_unreachable_postgres_server_is_one_line(monkeypatch, capsys):
 @pytest.mark.postgres
 async def test_the_printed_dsn_hides_its_password(postgres_schemas, capsys):
     dsn = with_search_path(postgres_schemas.create())
+    upgrade(LEDGER_SCHEMA, dsn)
     with_password = dsn.replace("postgresql://postgres@", "postgresql://postgres:s3cret@", 1)
     assert with_password != dsn
 
@@ -156,6 +159,7 @@ async def test_the_printed_dsn_hides_its_password(postgres_schemas, capsys):
 @pytest.mark.postgres
 async def test_a_password_given_as_a_parameter_is_hidden_too(postgres_schemas, capsys):
     dsn = with_search_path(postgres_schemas.create())
+    upgrade(LEDGER_SCHEMA, dsn)
 
     assert await verify(dsn=f"{dsn}&password=s3cret") == 0
 
