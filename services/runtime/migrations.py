@@ -26,7 +26,10 @@ a migration that fails leaves the database as it was, and two runs at once apply
 once. What that costs: a revision cannot use a statement PostgreSQL refuses inside a
 transaction (`CREATE INDEX CONCURRENTLY`); such a change needs a revision run on its own.
 Opening a current database costs one read of its version table; Alembic's environment is loaded
-only when there is something to apply.
+only when there is something to apply. On SQLite the runner's connections leave `foreign_keys`
+off (SQLite's default, and a pragma no transaction may change), so a revision may rebuild a
+table (Alembic's batch mode) without its references getting in the way; such a revision
+checks them itself (`PRAGMA foreign_key_check`).
 """
 
 from __future__ import annotations
@@ -121,7 +124,9 @@ def sqlalchemy_url(dsn: str) -> str:
     `postgres://...` with the psycopg 3 driver named (query options such as
     `?options=-csearch_path%3D<schema>` kept)."""
     if dsn.startswith(_SQLITE_PREFIX) and len(dsn) > len(_SQLITE_PREFIX):
-        return dsn
+        path = dsn.removeprefix(_SQLITE_PREFIX)
+        # As the router's settings read its path; SQLAlchemy would take `~` literally.
+        return _SQLITE_PREFIX + str(Path(path).expanduser()) if path.startswith("~") else dsn
     for prefix in _POSTGRES_PREFIXES:
         if dsn.startswith(prefix):
             return "postgresql+psycopg://" + dsn.removeprefix(prefix)
@@ -271,10 +276,17 @@ def _lock(schema: Schema, connection: Connection) -> None:
     """Serialise upgrades of one schema: SQLite's BEGIN IMMEDIATE already took the write lock;
     on PostgreSQL an advisory lock per service and schema, released at commit."""
     if connection.dialect.name == "postgresql":
-        connection.execute(
-            sqlalchemy.text("SELECT pg_advisory_xact_lock(:class, hashtext(current_schema()))"),
-            {"class": _LOCK_CLASS + zlib.crc32(schema.name.encode()) % 1000},
-        )
+        connection.execute(_ADVISORY_LOCK, {"class": _lock_class(schema)})
+
+
+_ADVISORY_LOCK = sqlalchemy.text(
+    "SELECT pg_advisory_xact_lock(:class, hashtext(coalesce(current_schema(), '')))"
+)
+
+
+def _lock_class(schema: Schema) -> int:
+    """The advisory lock's first key for `schema`: one per service, stable across processes."""
+    return _LOCK_CLASS + zlib.crc32(schema.name.encode()) % 1000
 
 
 @contextlib.contextmanager
@@ -289,9 +301,17 @@ def _connected(schema: Schema, dsn: str) -> Iterator[Connection]:
                 f"cannot connect to the {schema.name} database {redact(dsn)}: "
                 f"{_first_line(error.orig)}",
                 retry_after=1.0,
-            ) from None
+            ) from error
         with connection:
-            yield connection
+            try:
+                yield connection
+            except sqlalchemy.exc.OperationalError as error:
+                # The database, not the migration, failed: locked, gone, out of space.
+                raise Unavailable(
+                    f"the {schema.name} database {redact(dsn)} cannot be used: "
+                    f"{_first_line(error.orig)}",
+                    retry_after=1.0,
+                ) from error
     finally:
         engine.dispose()
 
