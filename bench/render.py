@@ -43,8 +43,8 @@ from tiergen.generator.v1 import generator_pb2, generator_pb2_grpc
 
 from bench.processes import ProcessGroup
 from services.generator.renderer import RenderSpec, render
-from services.generator.resolution import ImageSize, Resolution
 from services.generator.tiers import Quality, RenderRequest, load_catalogue, validate_request
+from services.runtime.resolution import ImageSize, Resolution
 
 __all__ = ["main", "run"]
 

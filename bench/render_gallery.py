@@ -17,8 +17,8 @@ from PIL import Image, ImageDraw
 
 from services.generator.painting.painter import font
 from services.generator.renderer import RenderSpec, render
-from services.generator.resolution import AspectRatio, Resolution
 from services.generator.tiers import RenderRequest, Tier, load_catalogue, validate_request
+from services.runtime.resolution import AspectRatio, Resolution
 
 __all__ = ["main"]
 

@@ -24,9 +24,9 @@ from prometheus_client import Gauge
 
 from services.generator.picture import Picture
 from services.generator.renderer import RenderResult, RenderSpec, render
-from services.generator.resolution import ImageSize
 from services.generator.tiers import Quality, RenderRequest, Tier
 from services.runtime.errors import QuotaViolation, ResourceExhausted, Unavailable
+from services.runtime.resolution import ImageSize
 from services.runtime.workers import end_with_server
 
 __all__ = [

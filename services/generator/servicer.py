@@ -38,11 +38,17 @@ from tiergen.generator.v1 import generator_pb2
 
 from services.generator.drift import style_drift
 from services.generator.picture import Backend, Picture
-from services.generator.resolution import AspectRatio, ImageSize, Resolution
 from services.generator.scheduling import TierQueue
 from services.generator.tiers import RenderRequest, Tier, TierCatalogue, validate_request
 from services.runtime.chunks import ChunkAssembler, drain, image_info, split
 from services.runtime.errors import FieldViolation, InvalidArgument, TiergenError
+from services.runtime.resolution import AspectRatio, ImageSize, Resolution
+from services.runtime.resolution_proto import (
+    aspect_ratio_from_proto,
+    aspect_ratio_to_proto,
+    size_from_proto,
+    size_to_proto,
+)
 
 __all__ = ["GeneratorServicer"]
 
@@ -54,25 +60,7 @@ _RenderContext: TypeAlias = (
 
 _SPEC_FIELD = "spec"
 
-_Member = TypeVar("_Member")
-
-_SIZES: dict[ImageSize, common_pb2.ImageSize] = {
-    ImageSize.K1: common_pb2.IMAGE_SIZE_1K,
-    ImageSize.K2: common_pb2.IMAGE_SIZE_2K,
-    ImageSize.K4: common_pb2.IMAGE_SIZE_4K,
-}
-_RATIOS: dict[AspectRatio, common_pb2.AspectRatio] = {
-    AspectRatio.R1_1: common_pb2.ASPECT_RATIO_1_1,
-    AspectRatio.R3_2: common_pb2.ASPECT_RATIO_3_2,
-    AspectRatio.R2_3: common_pb2.ASPECT_RATIO_2_3,
-    AspectRatio.R4_3: common_pb2.ASPECT_RATIO_4_3,
-    AspectRatio.R3_4: common_pb2.ASPECT_RATIO_3_4,
-    AspectRatio.R16_9: common_pb2.ASPECT_RATIO_16_9,
-    AspectRatio.R9_16: common_pb2.ASPECT_RATIO_9_16,
-    AspectRatio.R21_9: common_pb2.ASPECT_RATIO_21_9,
-}
-_SIZES_FROM_PROTO: dict[int, ImageSize] = {number: size for size, number in _SIZES.items()}
-_RATIOS_FROM_PROTO: dict[int, AspectRatio] = {number: ratio for ratio, number in _RATIOS.items()}
+_Value = TypeVar("_Value", ImageSize, AspectRatio)
 
 #: The domain takes a list of references; this contract carries one, called `reference`.
 _CONTRACT_FIELDS = {"references": "reference", "references[0]": "reference"}
@@ -248,11 +236,13 @@ class GeneratorServicer:
             # An unknown tier is refused by validation, which reports every bad field at once.
             size = ImageSize.K1 if tier is None else tier.smallest_size
         else:
-            size = _member(_SIZES_FROM_PROTO, size_number, "resolution.size")
+            size = _known(size_from_proto(size_number), size_number, "resolution.size")
         if ratio_number == common_pb2.ASPECT_RATIO_UNSPECIFIED:
             ratio = AspectRatio.R1_1
         else:
-            ratio = _member(_RATIOS_FROM_PROTO, ratio_number, "resolution.aspect_ratio")
+            ratio = _known(
+                aspect_ratio_from_proto(ratio_number), ratio_number, "resolution.aspect_ratio"
+            )
         return Resolution(size, ratio)
 
     def _validate(self, request: RenderRequest) -> Tier:
@@ -276,11 +266,11 @@ def _announced(info: common_pb2.ImageInfo) -> bool:
     return info.size_bytes != 0 or bool(info.sha256)
 
 
-def _member(table: Mapping[int, _Member], number: int, field: str) -> _Member:
-    try:
-        return table[number]
-    except KeyError:
-        raise InvalidArgument(f"{field} has an unknown value {number}", field=field) from None
+def _known(value: _Value | None, number: int, field: str) -> _Value:
+    """`value`, the domain's reading of enum `number`; InvalidArgument when it has none."""
+    if value is None:
+        raise InvalidArgument(f"{field} has an unknown value {number}", field=field)
+    return value
 
 
 def _progress(stage: str, fraction: float) -> generator_pb2.RenderResponse:
@@ -294,8 +284,8 @@ def _tier(tier: Tier) -> generator_pb2.Tier:
         name=tier.name,
         display_name=tier.display_name,
         backend=tier.backend,
-        sizes=[_SIZES[size] for size in tier.sizes],
-        aspect_ratios=[_RATIOS[ratio] for ratio in tier.aspect_ratios],
+        sizes=[size_to_proto(size) for size in tier.sizes],
+        aspect_ratios=[aspect_ratio_to_proto(ratio) for ratio in tier.aspect_ratios],
         max_reference_images=tier.capabilities.max_reference_images,
         text_rendering=tier.capabilities.text_rendering,
         inpainting=tier.capabilities.inpainting,

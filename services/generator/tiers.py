@@ -14,12 +14,11 @@ from typing import Any, TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
-from services.generator.resolution import AspectRatio, ImageSize, Resolution
 from services.runtime.errors import FieldViolation, InvalidArgument
+from services.runtime.resolution import MAX_PROMPT_CHARS, AspectRatio, ImageSize, Resolution
 
 __all__ = [
     "DEFAULT_CATALOGUE_TOML",
-    "MAX_PROMPT_CHARS",
     "Capabilities",
     "Quality",
     "ReferenceLimits",
@@ -31,9 +30,6 @@ __all__ = [
     "parse_catalogue",
     "validate_request",
 ]
-
-#: Longest prompt any tier accepts, in characters.
-MAX_PROMPT_CHARS = 2000
 
 #: Image encodings accepted for reference images and masks.
 _IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")

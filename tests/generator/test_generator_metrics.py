@@ -7,9 +7,9 @@ from dataclasses import replace
 
 from prometheus_client import REGISTRY
 
-from services.generator.resolution import ImageSize
 from services.generator.scheduling import TierQueue
 from services.generator.tiers import load_catalogue
+from services.runtime.resolution import ImageSize
 
 
 def _renders(tier: str, state: str) -> float | None:

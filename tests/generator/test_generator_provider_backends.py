@@ -21,9 +21,9 @@ from services.generator.providers import (
 from services.generator.providers.gemini import generate_content_body
 from services.generator.providers.instant import colour_of
 from services.generator.providers.openai import openai_mask, openai_size
-from services.generator.resolution import AspectRatio, ImageSize, Resolution
 from services.generator.tiers import RenderRequest, TierCatalogue, parse_catalogue
 from services.runtime.errors import FailedPrecondition, TiergenError, Unavailable
+from services.runtime.resolution import AspectRatio, ImageSize, Resolution
 from tests.generator.fake_providers import FakeGemini, FakeOpenAI, Mode, colour_for
 
 TIERS = """\

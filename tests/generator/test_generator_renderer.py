@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from services.generator.renderer import RenderResult, RenderSpec, render
-from services.generator.resolution import AspectRatio, ImageSize, Resolution, pixel_size
 from services.generator.tiers import Quality, RenderRequest, load_catalogue
 from services.runtime.errors import InvalidArgument
+from services.runtime.resolution import AspectRatio, ImageSize, Resolution, pixel_size
 
 # Small pictures keep the suite fast; the renderer draws any size the same way.
 WIDTH, HEIGHT = 320, 192

@@ -29,8 +29,9 @@ from tiergen.generator.v1 import generator_pb2, generator_pb2_grpc
 from services.generator.renderer import RenderSpec, render
 from services.generator.server import SERVICE_NAME, create_server
 from services.generator.settings import GeneratorSettings
-from services.generator.tiers import MAX_PROMPT_CHARS, Quality
+from services.generator.tiers import Quality
 from services.runtime.chunks import CHUNK_BYTES, image_info, split
+from services.runtime.resolution import MAX_PROMPT_CHARS
 from services.runtime.settings import ConfigError, ServerSettings
 from tests.rich_errors import bad_fields, details
 

@@ -13,10 +13,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from services.generator.resolution import AspectRatio, ImageSize, Resolution
 from services.generator.tiers import (
     DEFAULT_CATALOGUE_TOML,
-    MAX_PROMPT_CHARS,
     Quality,
     ReferenceLimits,
     RenderRequest,
@@ -27,6 +25,7 @@ from services.generator.tiers import (
     validate_request,
 )
 from services.runtime.errors import InvalidArgument
+from services.runtime.resolution import MAX_PROMPT_CHARS, AspectRatio, ImageSize, Resolution
 
 ONE_TIER = """
 [tiers.solo]

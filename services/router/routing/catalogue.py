@@ -11,9 +11,9 @@ import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from services.generator.resolution import AspectRatio, ImageSize, pixel_size
 from services.runtime.errors import InvalidArgument
 from services.runtime.identifiers import excerpt
+from services.runtime.resolution import AspectRatio, ImageSize, pixel_size
 
 __all__ = [
     "DEFAULT_CATALOGUE",

@@ -1,11 +1,20 @@
-"""Image sizes and aspect ratios the generator offers, and the exact pixel size of each pair."""
+"""What a render may ask for, in one vocabulary for the router and the generator: size classes,
+aspect ratios, the exact pixel size of each pair, and the longest prompt.
+
+Both services speak of the same images, so they share these values instead of each keeping a
+copy that could drift; neither imports the other's code. Free of gRPC, so domain modules use it:
+the mapping to `tiergen.common.v1`'s enums is `services.runtime.resolution_proto`, for the edges.
+"""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
 
-__all__ = ["AspectRatio", "ImageSize", "Resolution", "pixel_size"]
+__all__ = ["MAX_PROMPT_CHARS", "AspectRatio", "ImageSize", "Resolution", "pixel_size"]
+
+#: Longest prompt accepted, in characters, by the router and by every tier of the generator.
+MAX_PROMPT_CHARS = 2000
 
 
 class ImageSize(enum.StrEnum):
