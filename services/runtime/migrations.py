@@ -164,14 +164,14 @@ def current(schema: Schema, dsn: str) -> str | None:
     """The revision the database at `dsn` is at; None when it has none (empty, or made before
     Alembic and not adopted yet)."""
     with _connected(schema, dsn) as connection:
-        return _state(schema, connection).revision
+        return _state(schema, dsn, connection).revision
 
 
 def require_current(schema: Schema, dsn: str) -> None:
     """Return when the database at `dsn` is at this code's newest revision; otherwise raise
     SchemaNotCurrent, naming the database, what it has, what is expected, and what to run."""
     with _connected(schema, dsn) as connection:
-        state = _state(schema, connection)
+        state = _state(schema, dsn, connection)
     expected = head(schema)
     if state.revision == expected:
         return
@@ -183,7 +183,7 @@ def upgrade(schema: Schema, dsn: str) -> list[str]:
     then apply what is missing, all in one transaction. The revisions applied, oldest first."""
     expected = head(schema)
     with _connected(schema, dsn) as connection:
-        state = _state(schema, connection)
+        state = _state(schema, dsn, connection)
         connection.rollback()
     if state.revision == expected:
         return []
@@ -195,7 +195,7 @@ def upgrade(schema: Schema, dsn: str) -> list[str]:
 def _upgrade_locked(schema: Schema, dsn: str, connection: Connection, expected: str) -> list[str]:
     scripts = _scripts(schema.script_location)
     # Read again under the lock: another run may have finished meanwhile.
-    state = _state(schema, connection)
+    state = _state(schema, dsn, connection)
     start = state.revision
     if start is None and state.legacy_version is not None:
         start = schema.legacy_versions.get(state.legacy_version)
@@ -259,13 +259,24 @@ def _known(scripts: ScriptDirectory, revision: str) -> bool:
         return False
 
 
-def _state(schema: Schema, connection: Connection) -> _State:
-    context = MigrationContext.configure(connection, opts={"version_table": schema.version_table})
-    revision = context.get_current_revision()
-    if revision is not None:
-        return _State(revision, None)
+def _state(schema: Schema, dsn: str, connection: Connection) -> _State:
+    # Read directly rather than through a MigrationContext, which logs its set-up at INFO: a
+    # service checks at every start, and those lines would be noise in its log.
+    inspector = sqlalchemy.inspect(connection)
+    if inspector.has_table(schema.version_table):
+        version_table = sqlalchemy.table(schema.version_table, sqlalchemy.column("version_num"))
+        revisions = connection.execute(sqlalchemy.select(version_table.c.version_num)).scalars()
+        found = sorted(revisions)
+        if len(found) > 1:
+            # Revisions are one line of history here; branches would need a merge revision.
+            raise SchemaNotCurrent(
+                f"the {schema.name} database {redact(dsn)} has several revisions at once "
+                f"({', '.join(found)}); this code expects one line of history"
+            )
+        if found:
+            return _State(found[0], None)
     legacy_table = schema.legacy_tables.get(connection.dialect.name, schema.legacy_table)
-    if not sqlalchemy.inspect(connection).has_table(legacy_table):
+    if not inspector.has_table(legacy_table):
         return _State(None, None)
     table = connection.dialect.identifier_preparer.quote(legacy_table)
     newest = connection.exec_driver_sql(f"SELECT max(version) FROM {table}").scalar()
