@@ -26,10 +26,13 @@ a migration that fails leaves the database as it was, and two runs at once apply
 once. What that costs: a revision cannot use a statement PostgreSQL refuses inside a
 transaction (`CREATE INDEX CONCURRENTLY`); such a change needs a revision run on its own.
 Opening a current database costs one read of its version table; Alembic's environment is loaded
-only when there is something to apply. On SQLite the runner's connections leave `foreign_keys`
-off (SQLite's default, and a pragma no transaction may change), so a revision may rebuild a
-table (Alembic's batch mode) without its references getting in the way; such a revision
-checks them itself (`PRAGMA foreign_key_check`).
+only when there is something to apply. SQLAlchemy and Alembic are imported when a database is
+first looked at, not with this module: the stores import it, and so every `tiergen` command
+would otherwise pay the quarter of a second their import takes.
+
+On SQLite the runner's connections leave `foreign_keys` off (SQLite's default, and a pragma no
+transaction may change), so a revision may rebuild a table (Alembic's batch mode) without its
+references getting in the way; such a revision checks them itself (`PRAGMA foreign_key_check`).
 """
 
 from __future__ import annotations
@@ -42,21 +45,15 @@ import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-import sqlalchemy
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.pool import NullPool
 
 from services.runtime.errors import Unavailable
 from services.runtime.settings import ConfigError
+
+if TYPE_CHECKING:
+    from alembic.script import ScriptDirectory
+    from sqlalchemy.engine import Connection, Engine
 
 __all__ = [
     "Schema",
@@ -193,6 +190,10 @@ def upgrade(schema: Schema, dsn: str) -> list[str]:
 
 
 def _upgrade_locked(schema: Schema, dsn: str, connection: Connection, expected: str) -> list[str]:
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+
     scripts = _scripts(schema.script_location)
     # Read again under the lock: another run may have finished meanwhile.
     state = _state(schema, dsn, connection)
@@ -249,10 +250,14 @@ def _mismatch(schema: Schema, dsn: str, state: _State, expected: str) -> str:
 @functools.cache
 def _scripts(location: Path) -> ScriptDirectory:
     """The scripts at `location`, read once per process."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory(str(location))
 
 
 def _known(scripts: ScriptDirectory, revision: str) -> bool:
+    from alembic.util.exc import CommandError
+
     try:
         return scripts.get_revision(revision) is not None
     except CommandError:
@@ -260,6 +265,8 @@ def _known(scripts: ScriptDirectory, revision: str) -> bool:
 
 
 def _state(schema: Schema, dsn: str, connection: Connection) -> _State:
+    import sqlalchemy
+
     # Read directly rather than through a MigrationContext, which logs its set-up at INFO: a
     # service checks at every start, and those lines would be noise in its log.
     inspector = sqlalchemy.inspect(connection)
@@ -287,12 +294,10 @@ def _lock(schema: Schema, connection: Connection) -> None:
     """Serialise upgrades of one schema: SQLite's BEGIN IMMEDIATE already took the write lock;
     on PostgreSQL an advisory lock per service and schema, released at commit."""
     if connection.dialect.name == "postgresql":
-        connection.execute(_ADVISORY_LOCK, {"class": _lock_class(schema)})
-
-
-_ADVISORY_LOCK = sqlalchemy.text(
-    "SELECT pg_advisory_xact_lock(:class, hashtext(coalesce(current_schema(), '')))"
-)
+        connection.exec_driver_sql(
+            "SELECT pg_advisory_xact_lock(%(class)s, hashtext(coalesce(current_schema(), '')))",
+            {"class": _lock_class(schema)},
+        )
 
 
 def _lock_class(schema: Schema) -> int:
@@ -303,6 +308,8 @@ def _lock_class(schema: Schema) -> int:
 @contextlib.contextmanager
 def _connected(schema: Schema, dsn: str) -> Iterator[Connection]:
     """A connection to the database at `dsn`; Unavailable (the DSN redacted) if none can be made."""
+    import sqlalchemy
+
     engine = _engine(dsn)
     try:
         try:
@@ -328,6 +335,10 @@ def _connected(schema: Schema, dsn: str) -> Iterator[Connection]:
 
 
 def _engine(dsn: str) -> Engine:
+    import sqlalchemy
+    from sqlalchemy import event
+    from sqlalchemy.pool import NullPool
+
     url = sqlalchemy_url(dsn)
     engine = sqlalchemy.create_engine(url, poolclass=NullPool)
     if engine.dialect.name == "sqlite":
