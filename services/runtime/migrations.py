@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import shlex
 import threading
 import zlib
@@ -73,6 +74,10 @@ _SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
 _MASK = "***"
 #: The first key of the advisory lock that serialises migrations on PostgreSQL ("tg").
 _LOCK_CLASS = 0x7467
+
+# Alembic announces each of its plugins at INFO when it is first imported, which is in the
+# middle of a service's start: lines about Alembic's insides, not about the service.
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 #: Alembic's `context` is one module-level proxy: two environments run at once in one process
 #: (a ledger and a router opening their SQLite files in a test) would trample each other's.
