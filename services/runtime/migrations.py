@@ -137,6 +137,8 @@ def sqlalchemy_url(dsn: str) -> str:
 
 def redact(dsn: str) -> str:
     """`dsn` with its password (in the user part or the query) masked, fit for any message."""
+    if dsn.startswith("sqlite:"):
+        return dsn  # a file path: nothing secret, and urlunsplit would drop a slash
     try:
         parts = urlsplit(dsn)
         netloc = parts.netloc
@@ -165,15 +167,13 @@ def head(schema: Schema) -> str:
 def current(schema: Schema, dsn: str) -> str | None:
     """The revision the database at `dsn` is at; None when it has none (empty, or made before
     Alembic and not adopted yet)."""
-    with _connected(schema, dsn) as connection:
-        return _state(schema, dsn, connection).revision
+    return _observe(schema, dsn).revision
 
 
 def require_current(schema: Schema, dsn: str) -> None:
     """Return when the database at `dsn` is at this code's newest revision; otherwise raise
     SchemaNotCurrent, naming the database, what it has, what is expected, and what to run."""
-    with _connected(schema, dsn) as connection:
-        state = _state(schema, dsn, connection)
+    state = _observe(schema, dsn)
     expected = head(schema)
     if state.revision == expected:
         return
@@ -184,14 +184,21 @@ def upgrade(schema: Schema, dsn: str) -> list[str]:
     """Bring the database at `dsn` to the newest revision: adopt a database made before Alembic,
     then apply what is missing, all in one transaction. The revisions applied, oldest first."""
     expected = head(schema)
-    with _connected(schema, dsn) as connection:
-        state = _state(schema, dsn, connection)
-        connection.rollback()
-    if state.revision == expected:
+    if _observe(schema, dsn).revision == expected:
         return []
     with _ENVIRONMENT_LOCK, _connected(schema, dsn) as connection, connection.begin():
         _lock(schema, connection)
         return _upgrade_locked(schema, dsn, connection, expected)
+
+
+def _observe(schema: Schema, dsn: str) -> _State:
+    """What the database at `dsn` says about its schema, changing nothing: a SQLite file that
+    does not exist is not made by looking at it."""
+    url = sqlalchemy_url(dsn)
+    if url.startswith(_SQLITE_PREFIX) and not Path(url.removeprefix(_SQLITE_PREFIX)).exists():
+        return _State(None, None)
+    with _connected(schema, dsn) as connection:
+        return _state(schema, dsn, connection)
 
 
 def _upgrade_locked(schema: Schema, dsn: str, connection: Connection, expected: str) -> list[str]:
