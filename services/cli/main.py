@@ -25,8 +25,11 @@ from services.cli.demo import DEFAULT_PROMPT, DemoFailed, run_demo
 from services.cli.ledger import add_ledger_commands
 from services.cli.load import LoadError, LoadPlan, parse_mix, run_load
 from services.cli.load import summary as load_summary
+from services.cli.migrate import add_migrate_command, migrate_local_postgres
 from services.cli.router_client import RouterClient, new_key
 from services.cli.suite import SERVICES, Suite, SuiteError
+from services.runtime.errors import TiergenError
+from services.runtime.settings import ConfigError
 from services.runtime.status import from_rpc_error
 from services.runtime.tracing import configure_tracing
 
@@ -303,6 +306,7 @@ def _demo(options: argparse.Namespace) -> None:
     if options.router:
         document = run(options.router)
     else:
+        _migrate_local()
         with tempfile.TemporaryDirectory(prefix="tiergen-demo-") as data_dir:
             sink(f"starting a fresh suite in {data_dir}")
             with Suite(Path(data_dir)) as suite:
@@ -320,6 +324,15 @@ def _demo(options: argparse.Namespace) -> None:
         print(f"balance after {step['step']:<13} {step['available']}")
 
 
+def _migrate_local() -> None:
+    """The local suite's PostgreSQL databases, if it is given any, brought up to date: its
+    services refuse one that is not (SQLite files are upgraded by their stores)."""
+    try:
+        migrate_local_postgres(os.environ, _say)
+    except (ConfigError, TiergenError) as error:
+        raise CommandError(str(error)) from None
+
+
 def _up(options: argparse.Namespace) -> None:
     stop = False
 
@@ -330,6 +343,7 @@ def _up(options: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     options.data_dir.mkdir(parents=True, exist_ok=True)
+    _migrate_local()
     suite = Suite(
         options.data_dir.resolve(),
         host=options.host,
@@ -551,6 +565,7 @@ def _parser() -> argparse.ArgumentParser:
     load.set_defaults(stage="explore", handler=lambda options: asyncio.run(_load(options)))
 
     add_ledger_commands(commands)
+    add_migrate_command(commands)
 
     bench = commands.add_parser("bench", help="run a benchmark and print its figures")
     bench.add_argument("name", choices=BENCHMARKS)
@@ -578,7 +593,8 @@ def _describe(error: grpc.aio.AioRpcError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     options = _parser().parse_args(argv)
     # Client commands trace too: their spans are the roots of the suite's traces.
-    provider = configure_tracing("cli") if options.command not in ("up", "serve", "bench") else None
+    untraced = ("up", "serve", "bench", "migrate")
+    provider = configure_tracing("cli") if options.command not in untraced else None
     try:
         options.handler(options)
     except grpc.aio.AioRpcError as error:
