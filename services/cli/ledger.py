@@ -7,12 +7,12 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from services.ledger.ledger import Ledger
 from services.ledger.model import InvariantCheck
 from services.ledger.settings import DEFAULT_DSN, LedgerSettings
 from services.runtime.errors import Internal, TiergenError
+from services.runtime.migrations import redact
 from services.runtime.settings import ConfigError
 
 __all__ = ["EXIT_UNREADABLE", "EXIT_VIOLATED", "add_ledger_commands", "verify_command"]
@@ -43,7 +43,7 @@ def verify_command(dsn: str | None, data_dir: Path | None) -> int:
     except (ConfigError, TiergenError) as error:
         print(f"tiergen ledger verify: {error}", file=sys.stderr)
         return EXIT_UNREADABLE
-    print(f"ledger at {_redacted(dsn)}")
+    print(f"ledger at {redact(dsn)}")
     for check in checks:
         print(f"{'OK' if check.ok else 'FAILED':<7} {check.name}: {check.detail}")
     failed = sum(not check.ok for check in checks)
@@ -98,21 +98,3 @@ async def _verify(settings: LedgerSettings) -> list[InvariantCheck]:
             return await ledger.verify(sweep=False)
     finally:
         await ledger.close()
-
-
-def _redacted(dsn: str) -> str:
-    """The DSN with its password (in the address or as a parameter) masked, fit to print."""
-    if dsn.startswith("sqlite:"):
-        return dsn  # a file path: nothing secret, and urlunsplit would drop a slash
-    parts = urlsplit(dsn)
-    if parts.password is not None:
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        port = f":{parts.port}" if parts.port is not None else ""
-        parts = parts._replace(netloc=f"{parts.username}:***@{host}{port}")
-    parameters = parse_qsl(parts.query, keep_blank_values=True)
-    if any(name == "password" for name, _ in parameters):
-        masked = [(name, "***" if name == "password" else value) for name, value in parameters]
-        parts = parts._replace(query=urlencode(masked, safe="*"))
-    return urlunsplit(parts)
