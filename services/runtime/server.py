@@ -77,6 +77,8 @@ class Server:
         self._tasks: list[asyncio.Task[None]] = []
         self._metrics: MetricsEndpoint | None = None
         self._stopped = False
+        #: What keeps readiness NOT_SERVING now (a dependency down, a catalogue not known yet).
+        self._not_ready: set[str] = set()
 
     @property
     def metrics_port(self) -> int | None:
@@ -112,16 +114,23 @@ class Server:
         await self.set_serving(True)
         self._tasks = [asyncio.create_task(work()) for work in self._background]
 
-    async def set_serving(self, serving: bool) -> None:
+    async def set_serving(self, serving: bool, *, cause: str = "dependencies") -> None:
         """Flips the per-service health (readiness) while a hard dependency is down.
 
+        Readiness is SERVING only when no `cause` holds it down: each watcher (dependencies, the
+        router's tier catalogue) sets its own, and one clearing its cause does not hide another's.
+        A cause set before `start` holds readiness down from the first moment.
         The overall "" status (liveness) stays SERVING: restarting a healthy process would not
         bring its dependency back. It turns NOT_SERVING only at shutdown.
         """
+        if serving:
+            self._not_ready.discard(cause)
+        else:
+            self._not_ready.add(cause)
         status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
+            health_pb2.HealthCheckResponse.NOT_SERVING
+            if self._not_ready
+            else health_pb2.HealthCheckResponse.SERVING
         )
         for name in self._services:
             await self.health.set(name, status)
