@@ -28,7 +28,9 @@ from services.router.jobs.sql_store import SqlJobStore
 from services.router.jobs.store import JobStore
 from services.router.operations.limits import OperationLimits
 from services.router.operations.orchestrator import Orchestrator
-from services.router.routing.admission import Admission
+from services.router.routing.admission import capacities
+from services.router.routing.catalogue import TierCatalogue
+from services.router.routing.catalogue_watch import CatalogueWatcher, log_notes
 from services.router.routing.policy import RoutingPolicy
 from services.router.routing.pricing import PriceTable
 from services.router.routing.toml_source import RouterConfigError
@@ -36,7 +38,7 @@ from services.router.servicer import RouterServicer
 from services.router.settings import RouterSettings
 from services.runtime.channels import open_channel
 from services.runtime.dependencies import Dependency, watch_dependencies
-from services.runtime.errors import NotFound, TiergenError
+from services.runtime.errors import NotFound
 from services.runtime.server import Server, ServiceRegistration
 from services.runtime.server import create_server as create_grpc_server
 from services.runtime.settings import ConfigError
@@ -49,7 +51,8 @@ SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 
 
 def load_policy(settings: RouterSettings) -> RoutingPolicy:
-    """The price table and routing policy from their files (embedded defaults when unset)."""
+    """The price table and routing policy from their files (embedded defaults when unset),
+    without the generator's tiers: a bad file is a configuration error before any is known."""
     try:
         prices = PriceTable.load(settings.prices_file)
         return RoutingPolicy.load(settings.policy_file, prices=prices)
@@ -142,7 +145,6 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
     # earlier process, on a shared PostgreSQL store the replicas whose leases ran out (a
     # replica still within its lease is recovered by a later `watch_abandoned` round).
     await router.recover()
-    await read_capacity(router.admission, generator)
     servicer = RouterServicer(router, ledger)
 
     async def close_channels() -> None:
@@ -175,34 +177,29 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
     # Without the ledger no credit can be held, so no request can be served.
     ledger_dependency = Dependency("ledger", ledger_channel, LEDGER_SERVICE)
     server.add_background(lambda: watch_dependencies(server, [ledger_dependency]))
+    # Without the generator's tiers nothing can be routed: not ready until it has told them.
+    # Read once now, so that a router whose generator is up serves from its first moment.
+    tiers = CatalogueWatcher(
+        generator,
+        lambda catalogue: adopt_catalogue(router, catalogue),
+        ready=lambda serving: server.set_serving(serving, cause="catalogue"),
+        interval=settings.catalogue_interval_seconds,
+    )
+    await tiers.refresh()
+    server.add_background(tiers.watch)
     server.add_background(router.watch_abandoned)
-    server.add_background(lambda: watch_capacity(router.admission, generator))
     server.add_drain_hook(router.drain)
     server.add_background(lambda: reload_policy_on_change(router, settings))
     return server, port
 
 
-#: How often the generator's tier capacities are read again.
-_CAPACITY_INTERVAL_SECONDS = 30.0
-
-
-async def watch_capacity(
-    admission: Admission, generator: GrpcRenderer, interval: float = _CAPACITY_INTERVAL_SECONDS
-) -> None:
-    """Keeps admission sized to the generator's tiers, read at start and every `interval`;
-    until the generator first answers, admission lets every batch through and the generator's
-    own refusals apply."""
-    while True:
-        await asyncio.sleep(interval)
-        await read_capacity(admission, generator)
-
-
-async def read_capacity(admission: Admission, generator: GrpcRenderer) -> None:
-    """Sizes admission to the generator's tiers once; a generator not answering is logged."""
-    try:
-        admission.configure(await generator.capacities())
-    except TiergenError as error:
-        _log.warning("could not read the generator's tier capacities", error=error.message)
+def adopt_catalogue(router: Orchestrator, catalogue: TierCatalogue) -> None:
+    """Routes to the generator's tiers as `catalogue` describes them, and admits batches up to
+    the capacity it reports: one ListTiers answer feeds both."""
+    policy = router.policy.with_catalogue(catalogue)
+    router.use_policy(policy)
+    router.admission.configure(capacities(catalogue))
+    log_notes(policy.notes)
 
 
 def _modified(path: Path) -> float | None:
@@ -225,8 +222,13 @@ async def reload_policy_on_change(router: Orchestrator, settings: RouterSettings
             continue
         seen = current
         try:
-            router.use_policy(load_policy(settings))
+            policy = load_policy(settings)
         except ConfigError as error:
             _log.error("policy reload failed; the previous policy stays", error=str(error))
-        else:
-            _log.info("policy reloaded", files=[str(f) for f in files])
+            continue
+        offered = router.policy.offered
+        if offered is not None:
+            policy = policy.with_catalogue(offered)
+        router.use_policy(policy)
+        _log.info("policy reloaded", files=[str(f) for f in files])
+        log_notes(policy.notes)

@@ -1,9 +1,14 @@
-"""The router's gRPC edge: translates messages to the domain and back; nothing else."""
+"""The router's gRPC edge: translates messages to the domain and back; nothing else.
+
+The domain names the fields of its own requests (`prompt`, `tier`, `size`, ...); the edge maps
+them to the field paths of the message it serves (`spec.prompt` in a Generate, `resolution` in
+a Promote), so a refusal points at what the caller sent.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -23,17 +28,15 @@ from services.router.operations.events import (
 )
 from services.router.operations.orchestrator import Orchestrator
 from services.router.operations.planning import EditRequest, Handover, UpscaleRequest
-from services.router.routing.catalogue import Fidelity
+from services.router.routing.catalogue import AspectRatio, Fidelity, Stage
 from services.router.routing.policy import Decision, RouteRequest
-from services.router.translate import (
+from services.runtime.errors import FieldViolation, InvalidArgument
+from services.runtime.resolution_proto import (
     aspect_ratio_from_proto,
     aspect_ratio_to_proto,
     size_from_proto,
     size_to_proto,
-    stage_from_proto,
-    stage_to_proto,
 )
-from services.runtime.errors import InvalidArgument
 
 __all__ = ["RouterServicer"]
 
@@ -65,6 +68,12 @@ _FIDELITIES = {
     router_pb2.FIDELITY_BALANCED: Fidelity.BALANCED,
     router_pb2.FIDELITY_HIGH: Fidelity.HIGH,
 }
+_STAGES = {
+    Stage.EXPLORE: common_pb2.STAGE_EXPLORE,
+    Stage.VALIDATE: common_pb2.STAGE_VALIDATE,
+    Stage.REFINE: common_pb2.STAGE_REFINE,
+    Stage.ENHANCE: common_pb2.STAGE_ENHANCE,
+}
 _KINDS = {
     JobKind.GENERATE: router_pb2.JOB_KIND_GENERATE,
     JobKind.PROMOTE: router_pb2.JOB_KIND_PROMOTE,
@@ -78,8 +87,50 @@ _STATUSES = {
     JobStatus.FAILED: router_pb2.JOB_STATUS_FAILED,
     JobStatus.CANCELLED: router_pb2.JOB_STATUS_CANCELLED,
 }
+_STAGES_BACK = {int(value): stage for stage, value in _STAGES.items()}
 _KINDS_BACK = {int(value): kind for kind, value in _KINDS.items()}
 _STATUSES_BACK = {int(value): status for status, value in _STATUSES.items()}
+
+#: Where the domain's fields of a generation are in a GenerationSpec (Quote and Generate). A
+#: size not offered points at the resolution as a whole, as it always has.
+_SPEC_FIELDS = {
+    "prompt": "spec.prompt",
+    "tier": "spec.tier",
+    "n": "spec.n",
+    "stage": "spec.stage",
+    "size": "spec.resolution",
+    "aspect_ratio": "spec.resolution.aspect_ratio",
+}
+#: Where the domain's fields of a handover are in a PromoteRequest.
+_PROMOTE_FIELDS = {"size": "resolution", "aspect_ratio": "resolution.aspect_ratio"}
+
+
+@contextlib.contextmanager
+def _fields_of(paths: Mapping[str, str]) -> Iterator[None]:
+    """Re-raises the domain's InvalidArgument with its fields as `paths` places them in the
+    request being served; fields already given as paths are left as they are."""
+    try:
+        yield
+    except InvalidArgument as error:
+        raise InvalidArgument(
+            error.message,
+            violations=[
+                FieldViolation(paths.get(v.field, v.field), v.description) for v in error.violations
+            ],
+            reason=error.reason,
+            metadata=error.metadata,
+        ) from None
+
+
+def _stage_to_proto(stage: Stage) -> common_pb2.Stage:
+    return _STAGES[stage]
+
+
+def _stage_from_proto(value: int) -> Stage | None:
+    """Explore for STAGE_UNSPECIFIED; None for a value this router does not know."""
+    if value == common_pb2.STAGE_UNSPECIFIED:
+        return Stage.EXPLORE
+    return _STAGES_BACK.get(value)
 
 
 def _enum(table: dict[Any, Any], value: int, field: str) -> Any:
@@ -106,7 +157,7 @@ def job_message(job: Job, children: tuple[Job, ...] = ()) -> router_pb2.Job:
         kind=_KINDS[job.kind],
         status=_STATUSES[job.status],
         tier=job.tier,
-        stage=stage_to_proto(job.stage),
+        stage=_stage_to_proto(job.stage),
         prompt=job.prompt,
         seed=job.seed,
         variation=job.variation,
@@ -177,10 +228,10 @@ def decision_message(decision: Decision) -> router_pb2.Decision:
 
 
 def _route_request(spec: router_pb2.GenerationSpec, deadline: float | None) -> RouteRequest:
-    stage = stage_from_proto(spec.stage)
+    stage = _stage_from_proto(spec.stage)
     if stage is None:
         raise InvalidArgument(f"spec.stage has an unknown value {spec.stage}", field="spec.stage")
-    ratio = aspect_ratio_from_proto(spec.resolution.aspect_ratio)
+    ratio = _aspect_ratio(spec.resolution.aspect_ratio)
     if ratio is None:
         raise InvalidArgument(
             f"spec.resolution.aspect_ratio has an unknown value {spec.resolution.aspect_ratio}",
@@ -203,6 +254,13 @@ def _route_request(spec: router_pb2.GenerationSpec, deadline: float | None) -> R
         allow_downgrade=spec.allow_downgrade,
         deadline_seconds=deadline,
     )
+
+
+def _aspect_ratio(value: int) -> AspectRatio | None:
+    """Square for ASPECT_RATIO_UNSPECIFIED; None for a value this router does not know."""
+    if value == common_pb2.ASPECT_RATIO_UNSPECIFIED:
+        return AspectRatio.R1_1
+    return aspect_ratio_from_proto(value)
 
 
 def _batch_message(event: BatchAccepted) -> router_pb2.Batch:
@@ -234,9 +292,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Quote(
         self, request: router_pb2.QuoteRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> router_pb2.QuoteResponse:
-        quote = await self._router.quote(
-            request.account_id, _route_request(request.spec, context.time_remaining())
-        )
+        with _fields_of(_SPEC_FIELDS):
+            quote = await self._router.quote(
+                request.account_id, _route_request(request.spec, context.time_remaining())
+            )
         available = quote.available or 0
         return router_pb2.QuoteResponse(
             decision=decision_message(quote.decision),
@@ -252,13 +311,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         seed = request.spec.seed if request.spec.HasField("seed") else None
         events = self._router.generate(request.account_id, request.idempotency_key, route, seed)
         async with contextlib.aclosing(events):
-            async for event in events:
-                if isinstance(event, BatchAccepted):
-                    yield router_pb2.GenerateResponse(batch=_batch_message(event))
-                elif isinstance(event, JobProgressed):
-                    yield router_pb2.GenerateResponse(progress=_progress(event))
-                else:
-                    yield router_pb2.GenerateResponse(job=job_message(event.job))
+            with _fields_of(_SPEC_FIELDS):
+                async for event in events:
+                    if isinstance(event, BatchAccepted):
+                        yield router_pb2.GenerateResponse(batch=_batch_message(event))
+                    elif isinstance(event, JobProgressed):
+                        yield router_pb2.GenerateResponse(progress=_progress(event))
+                    else:
+                        yield router_pb2.GenerateResponse(job=job_message(event.job))
 
     async def _single(
         self,
@@ -283,11 +343,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 f"resolution.size has an unknown value {request.resolution.size}",
                 field="resolution.size",
             )
-        ratio = (
-            aspect_ratio_from_proto(request.resolution.aspect_ratio)
-            if request.resolution.aspect_ratio
-            else None
-        )
+        ratio = aspect_ratio_from_proto(request.resolution.aspect_ratio)
         if ratio is None and request.resolution.aspect_ratio:
             raise InvalidArgument(
                 f"resolution.aspect_ratio has an unknown value {request.resolution.aspect_ratio}",
@@ -306,8 +362,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             seed=request.seed if request.HasField("seed") else None,
         )
         events = self._router.promote(request.account_id, request.idempotency_key, handover)
-        async for message in self._single(events, router_pb2.PromoteResponse):
-            yield message
+        with _fields_of(_PROMOTE_FIELDS):
+            async for message in self._single(events, router_pb2.PromoteResponse):
+                yield message
 
     async def Upscale(
         self, request: router_pb2.UpscaleRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -362,7 +419,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def ListJobs(
         self, request: router_pb2.ListJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> router_pb2.ListJobsResponse:
-        stage = stage_from_proto(request.stage) if request.stage else None
+        stage = _stage_from_proto(request.stage) if request.stage else None
         if stage is None and request.stage:
             raise InvalidArgument(f"stage has an unknown value {request.stage}", field="stage")
         filters = JobFilter(

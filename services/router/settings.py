@@ -135,6 +135,8 @@ class RouterSettings:
     ledger_timeout_seconds: float = 10.0
     max_image_bytes: int = 256 * 1024 * 1024
     reload_interval_seconds: float = 5.0
+    #: How often the generator's tier catalogue is read again (ListTiers).
+    catalogue_interval_seconds: float = 30.0
     breaker_threshold: int = 5
     breaker_cooldown_seconds: float = 10.0
 
@@ -198,6 +200,9 @@ class RouterSettings:
             ),
             reload_interval_seconds=env.number(
                 "TIERGEN_ROUTER_RELOAD_INTERVAL_SECONDS", 5.0, minimum=0.1, maximum=3600.0
+            ),
+            catalogue_interval_seconds=env.number(
+                "TIERGEN_ROUTER_CATALOGUE_INTERVAL_SECONDS", 30.0, minimum=0.01, maximum=3600.0
             ),
             call_timeout_seconds=env.number(
                 "TIERGEN_ROUTER_CALL_TIMEOUT_SECONDS", 300.0, minimum=1.0, maximum=3600.0

@@ -64,6 +64,7 @@ from services.runtime.errors import (
     NotFound,
     TiergenError,
 )
+from tests.router.generator_tiers import reported_tiers
 
 __all__ = [
     "ManualClock",
@@ -99,8 +100,9 @@ def picture(width: int, height: int, seed: int) -> Image:
 
 @functools.cache
 def default_policy() -> RoutingPolicy:
-    """The embedded routing policy and price table (immutable, so read once)."""
-    return RoutingPolicy.load(prices=PriceTable.load())
+    """The embedded routing policy and price table, routing to the generator's embedded tiers
+    (immutable, so read once)."""
+    return RoutingPolicy.load(prices=PriceTable.load(), catalogue=reported_tiers())
 
 
 class ManualClock:

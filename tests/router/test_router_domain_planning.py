@@ -223,12 +223,12 @@ async def test_bad_edits_change_nothing(domain: RouterDomain, case: str, reason:
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
-        ({"tier": "ultra"}, "spec.tier"),
-        ({"n": -1}, "spec.n"),
-        ({"n": 65}, "spec.n"),
-        ({"prompt": ""}, "spec.prompt"),
-        ({"prompt": "x" * 2001}, "spec.prompt"),
-        ({"size": ImageSize.K2}, "spec.resolution"),
+        ({"tier": "ultra"}, "tier"),
+        ({"n": -1}, "n"),
+        ({"n": 65}, "n"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "x" * 2001}, "prompt"),
+        ({"size": ImageSize.K2}, "size"),
     ],
 )
 async def test_bad_generate_requests_change_nothing(

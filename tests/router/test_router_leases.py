@@ -156,13 +156,15 @@ async def replicas(
         ]
         jobs = await SqlJobStore.open_postgres(job_dsn, pool_size=4)
         ledger = CountingLedger(GrpcLedger(channels[0], timeout=30))
+        renderer = GrpcRenderer(channels[1], 60, 64 << 20)
         router = Orchestrator(
             jobs=jobs,
             assets=LocalAssetStore(tmp_path / "assets"),
             ledger=ledger,
-            renderer=GrpcRenderer(channels[1], 60, 64 << 20),
+            renderer=renderer,
             upscaler=GrpcUpscaler(channels[2], 60, 64 << 20),
-            policy=policy,
+            # Each replica routes to the tiers the generator reports, as a started router does.
+            policy=policy.with_catalogue(await renderer.tiers()),
             limits=OperationLimits(lease_seconds=LEASE_SECONDS, progress_interval_seconds=0),
         )
         replica = Replica(router, jobs, ledger, channels)

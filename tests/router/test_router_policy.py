@@ -1,24 +1,63 @@
-"""Tests of the routing policy: automatic and explicit routing, budgets, deadlines, promotes."""
+"""Tests of the routing policy: automatic and explicit routing, budgets, deadlines, promotes,
+edits, and routing to the tiers the generator offers (features, aspect ratios, prices)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from services.router.routing.catalogue import AspectRatio, Fidelity, ImageSize, Stage
+from services.router.routing.catalogue import (
+    AspectRatio,
+    Fidelity,
+    ImageSize,
+    Stage,
+    TierCatalogue,
+    TierSpec,
+)
 from services.router.routing.policy import (
     DEFAULT_POLICY_TOML,
-    MAX_PROMPT_CHARS,
+    Note,
     RouterConfigError,
     RouteRequest,
     RoutingPolicy,
     insufficient_credits,
 )
-from services.router.routing.pricing import PriceTable
-from services.runtime.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
+from services.router.routing.pricing import DEFAULT_PRICES_TOML, PriceTable
+from services.runtime.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    Unavailable,
+)
+from services.runtime.resolution import MAX_PROMPT_CHARS
 
 PLAIN = "a lighthouse on a cliff at dusk"
+K1, K2, K4 = ImageSize.K1, ImageSize.K2, ImageSize.K4
+
+#: The generator's three tiers, with the latencies these tests reason about.
+TIERS = TierCatalogue(
+    (
+        TierSpec("nano", (K1,), {K1: 0.05}, max_reference_images=1),
+        TierSpec(
+            "standard",
+            (K1, K2),
+            {K1: 0.3, K2: 1.0},
+            inpainting=True,
+            text_rendering=True,
+            max_reference_images=4,
+        ),
+        TierSpec(
+            "pro",
+            (K1, K2, K4),
+            {K1: 0.6, K2: 1.5, K4: 5.0},
+            inpainting=True,
+            text_rendering=True,
+            max_reference_images=8,
+        ),
+    )
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +67,21 @@ def prices() -> PriceTable:
 
 @pytest.fixture(scope="module")
 def policy(prices: PriceTable) -> RoutingPolicy:
-    return RoutingPolicy.load(prices=prices)
+    return RoutingPolicy.load(prices=prices, catalogue=TIERS)
+
+
+def offering(policy: RoutingPolicy, *tiers: TierSpec) -> RoutingPolicy:
+    """`policy` once the generator offers `tiers` (the others as they are) in its rank order."""
+    changed = {tier.name: tier for tier in tiers}
+    return policy.with_catalogue(
+        TierCatalogue(tuple(changed.get(tier.name, tier) for tier in TIERS))
+    )
+
+
+def tier(name: str) -> TierSpec:
+    found = TIERS.find(name)
+    assert found is not None
+    return found
 
 
 def fields(error: InvalidArgument) -> list[str]:
@@ -258,24 +311,16 @@ def test_affordable_and_unknown_budgets(policy: RoutingPolicy) -> None:
 @pytest.mark.parametrize(
     ("request_", "field", "reason"),
     [
-        (RouteRequest("", tier="nano"), "spec.prompt", "PROMPT_EMPTY"),
-        (RouteRequest("   \n", tier="nano"), "spec.prompt", "PROMPT_EMPTY"),
-        (RouteRequest("x" * (MAX_PROMPT_CHARS + 1)), "spec.prompt", "PROMPT_TOO_LONG"),
-        (RouteRequest(PLAIN, n=65), "spec.n", "N_OUT_OF_RANGE"),
-        (RouteRequest(PLAIN, n=-1), "spec.n", "N_OUT_OF_RANGE"),
-        (RouteRequest(PLAIN, tier="ultra"), "spec.tier", "UNKNOWN_TIER"),
-        (RouteRequest(PLAIN, tier="Pro"), "spec.tier", "UNKNOWN_TIER"),
-        (
-            RouteRequest(PLAIN, tier="nano", size=ImageSize.K2),
-            "spec.resolution",
-            "SIZE_NOT_OFFERED",
-        ),
-        (
-            RouteRequest(PLAIN, tier="standard", size=ImageSize.K4),
-            "spec.resolution",
-            "SIZE_NOT_OFFERED",
-        ),
-        (RouteRequest(PLAIN, stage=Stage.ENHANCE), "spec.stage", "ENHANCE_IS_UPSCALE"),
+        (RouteRequest("", tier="nano"), "prompt", "PROMPT_EMPTY"),
+        (RouteRequest("   \n", tier="nano"), "prompt", "PROMPT_EMPTY"),
+        (RouteRequest("x" * (MAX_PROMPT_CHARS + 1)), "prompt", "PROMPT_TOO_LONG"),
+        (RouteRequest(PLAIN, n=65), "n", "N_OUT_OF_RANGE"),
+        (RouteRequest(PLAIN, n=-1), "n", "N_OUT_OF_RANGE"),
+        (RouteRequest(PLAIN, tier="ultra"), "tier", "UNKNOWN_TIER"),
+        (RouteRequest(PLAIN, tier="Pro"), "tier", "UNKNOWN_TIER"),
+        (RouteRequest(PLAIN, tier="nano", size=ImageSize.K2), "size", "SIZE_NOT_OFFERED"),
+        (RouteRequest(PLAIN, tier="standard", size=ImageSize.K4), "size", "SIZE_NOT_OFFERED"),
+        (RouteRequest(PLAIN, stage=Stage.ENHANCE), "stage", "ENHANCE_IS_UPSCALE"),
     ],
 )
 def test_bad_requests(
@@ -294,7 +339,7 @@ def test_limits_are_inclusive(policy: RoutingPolicy) -> None:
 def test_every_bad_field_is_reported(policy: RoutingPolicy) -> None:
     with pytest.raises(InvalidArgument) as caught:
         policy.decide(RouteRequest("", tier="ultra", n=65))
-    assert fields(caught.value) == ["spec.prompt", "spec.n", "spec.tier"]
+    assert fields(caught.value) == ["prompt", "n", "tier"]
     assert caught.value.reason == "INVALID_ARGUMENT"
 
 
@@ -340,7 +385,7 @@ class TestPromotion:
     def test_size_the_target_does_not_offer(self, policy: RoutingPolicy) -> None:
         with pytest.raises(InvalidArgument) as caught:
             policy.promotion("nano", "standard", ImageSize.K4)
-        assert (fields(caught.value), caught.value.reason) == (["resolution"], "SIZE_NOT_OFFERED")
+        assert (fields(caught.value), caught.value.reason) == (["size"], "SIZE_NOT_OFFERED")
 
     def test_parent_without_a_tier(self, policy: RoutingPolicy) -> None:
         with pytest.raises(InvalidArgument) as caught:
@@ -364,11 +409,14 @@ class TestPolicyFile:
         path.write_text(text)
         return path
 
+    def load(self, path: Path, prices: PriceTable) -> RoutingPolicy:
+        return RoutingPolicy.load(path, prices=prices, catalogue=TIERS)
+
     def test_a_policy_file_changes_routing(self, tmp_path: Path, prices: PriceTable) -> None:
         text = DEFAULT_POLICY_TOML.replace(
             '[stages.explore]\ntier = "nano"', '[stages.explore]\ntier = "standard"'
         ).replace('# [latency.pro]\n# "4K" = 40.0', '[latency.standard]\n"1K" = 3.0')
-        policy = RoutingPolicy.load(self.write(tmp_path, text), prices=prices)
+        policy = self.load(self.write(tmp_path, text), prices)
         assert policy.decide(RouteRequest(PLAIN)).tier == "standard"
         quick = policy.decide(RouteRequest(PLAIN, deadline_seconds=1.0))
         assert quick.tier == "nano"
@@ -376,36 +424,37 @@ class TestPolicyFile:
 
     def test_reload_reads_the_file_again(self, tmp_path: Path, prices: PriceTable) -> None:
         path = self.write(tmp_path, DEFAULT_POLICY_TOML)
-        assert RoutingPolicy.load(path, prices=prices).decide(RouteRequest(PLAIN)).tier == "nano"
+        assert self.load(path, prices).decide(RouteRequest(PLAIN)).tier == "nano"
         path.write_text(DEFAULT_POLICY_TOML.replace('tier = "nano"', 'tier = "pro"', 1))
-        assert RoutingPolicy.load(path, prices=prices).decide(RouteRequest(PLAIN)).tier == "pro"
+        assert self.load(path, prices).decide(RouteRequest(PLAIN)).tier == "pro"
 
     def test_keywords_come_from_the_file(self, tmp_path: Path, prices: PriceTable) -> None:
         text = DEFAULT_POLICY_TOML.replace('"marble", ', '"terrazzo", ').replace(
             "quoted_text = true", "quoted_text = false"
         )
-        policy = RoutingPolicy.load(self.write(tmp_path, text), prices=prices)
+        policy = self.load(self.write(tmp_path, text), prices)
         assert policy.decide(RouteRequest("a terrazzo floor", stage=Stage.REFINE)).tier == "pro"
         assert policy.decide(RouteRequest("a marble floor", stage=Stage.REFINE)).tier == "standard"
         assert policy.decide(RouteRequest('a "SALE" sign', stage=Stage.REFINE)).tier == "standard"
+
+    def test_a_file_loads_before_the_generators_tiers_are_known(self, prices: PriceTable) -> None:
+        policy = RoutingPolicy.load(prices=prices)
+        assert not policy.known
+        assert policy.notes == ()
+        assert policy.with_catalogue(TIERS).known
 
     @pytest.mark.parametrize(
         ("old", "new", "expected"),
         [
             (
-                'signal_tier = "pro"',
-                'signal_tier = "ultra"',
-                ":19: stages.refine.signal_tier: unknown tier 'ultra'",
+                '[stages.refine.fidelity]\nhigh = "pro"',
+                "[stages.refine.fidelity]\nhigh = 3",
+                ":22: stages.refine.fidelity.high: must be a tier name, not 3",
             ),
             (
                 '[stages.explore]\ntier = "nano"',
-                '[stages.explore]\ntier = "Nano"',
-                ":5: stages.explore.tier: unknown tier 'Nano'",
-            ),
-            (
-                '[stages.refine.fidelity]\nhigh = "pro"',
-                "[stages.refine.fidelity]\nhigh = 3",
-                ":22: stages.refine.fidelity.high: unknown tier 3",
+                '[stages.explore]\ntier = "auto"',
+                ":5: stages.explore.tier: 'auto' asks the router to choose",
             ),
             (
                 '[stages.refine.fidelity]\nhigh = "pro"',
@@ -455,8 +504,8 @@ class TestPolicyFile:
             ("[signals]", "[signals]\ncolours = []", ":27: signals.colours: unknown key"),
             (
                 '# [latency.pro]\n# "4K" = 40.0',
-                '[latency.nano]\n"2K" = 1.0',
-                "latency.nano.2K: tier nano offers sizes 1K",
+                '[latency.nano]\n"8K" = 1.0',
+                "latency.nano.8K: not a size",
             ),
             (
                 '# [latency.pro]\n# "4K" = 40.0',
@@ -465,8 +514,8 @@ class TestPolicyFile:
             ),
             (
                 '# [latency.pro]\n# "4K" = 40.0',
-                '[latency.ultra]\n"4K" = 1',
-                "latency.ultra: unknown tier",
+                '[fallback]\npro = "pro"',
+                "fallback.pro: falls back to itself",
             ),
             ("[signals]", "[routing]\n[signals]", "routing: unknown key"),
             ("[signals]", "[signals", "not valid TOML"),
@@ -485,3 +534,199 @@ class TestPolicyFile:
     def test_missing_file(self, tmp_path: Path, prices: PriceTable) -> None:
         with pytest.raises(RouterConfigError, match="cannot read"):
             RoutingPolicy.load(tmp_path / "absent.toml", prices=prices)
+
+    @pytest.mark.parametrize(
+        ("old", "new", "note"),
+        [
+            (
+                'signal_tier = "pro"',
+                'signal_tier = "ultra"',
+                Note(
+                    "error",
+                    "policy stages.refine names tier ultra, which is not routed (the generator"
+                    " does not offer it); its rule is skipped",
+                ),
+            ),
+            (
+                '# [latency.pro]\n# "4K" = 40.0',
+                '[latency.nano]\n"2K" = 1.0',
+                Note("warning", "policy latency.nano.2K ignored: nano is not routed at 2K"),
+            ),
+            (
+                '# [latency.pro]\n# "4K" = 40.0',
+                '[latency.ultra]\n"4K" = 1',
+                Note("warning", "policy latency.ultra ignored: tier ultra is not routed"),
+            ),
+            (
+                '# [latency.pro]\n# "4K" = 40.0',
+                '[fallback]\nnano = "pro"',
+                Note(
+                    "warning", "policy fallback nano -> pro ignored: pro does not rank below nano"
+                ),
+            ),
+        ],
+    )
+    def test_what_the_generator_does_not_offer_is_noted_when_its_tiers_arrive(
+        self, tmp_path: Path, prices: PriceTable, old: str, new: str, note: Note
+    ) -> None:
+        path = self.write(tmp_path, DEFAULT_POLICY_TOML.replace(old, new, 1))
+        assert RoutingPolicy.load(path, prices=prices).notes == ()
+        assert self.load(path, prices).notes == (note,)
+
+
+class TestTiersFromTheGenerator:
+    def test_nothing_is_decided_before_the_generator_answers(self, prices: PriceTable) -> None:
+        unknown = RoutingPolicy.load(prices=prices)
+        calls = [
+            lambda: unknown.quote(RouteRequest(PLAIN)),
+            lambda: unknown.decide(RouteRequest(PLAIN, tier="nano")),
+            lambda: unknown.promotion("nano", "pro"),
+            lambda: unknown.edit_tier("standard", K1, AspectRatio.R1_1),
+            lambda: unknown.fallback_for("pro", K1),
+            lambda: unknown.catalogue,
+        ]
+        for call in calls:
+            with pytest.raises(Unavailable) as caught:
+                call()
+            assert caught.value.reason == "CATALOGUE_UNKNOWN"
+            assert caught.value.retry_after is not None
+
+    def test_a_tier_the_generator_stops_offering_is_unknown(self, policy: RoutingPolicy) -> None:
+        without_pro = policy.with_catalogue(TierCatalogue((tier("nano"), tier("standard"))))
+        with pytest.raises(InvalidArgument) as caught:
+            without_pro.decide(RouteRequest(PLAIN, tier="pro"))
+        assert (fields(caught.value), caught.value.reason) == (["tier"], "UNKNOWN_TIER")
+        # Automatic routing raised by a signal to pro keeps standard instead, and says why.
+        refine = without_pro.decide(RouteRequest("a chrome teapot", stage=Stage.REFINE))
+        assert refine.tier == "standard"
+        assert refine.reasons[1] == (
+            "prompt asks for fine material ('chrome'): pro is not routed (the generator does"
+            " not offer it), kept standard"
+        )
+
+    def test_a_tier_offered_without_a_price_is_refused_by_name(
+        self, tmp_path: Path, prices: PriceTable
+    ) -> None:
+        # The embedded price table without its [generate.pro] table.
+        path = tmp_path / "prices.toml"
+        start = DEFAULT_PRICES_TOML.index("[generate.pro]")
+        end = DEFAULT_PRICES_TOML.index("# Credits per upscaled image")
+        path.write_text(DEFAULT_PRICES_TOML[:start] + DEFAULT_PRICES_TOML[end:])
+        policy = RoutingPolicy.load(prices=PriceTable.load(path), catalogue=TIERS)
+        assert policy.catalogue.names == ("nano", "standard")
+        with pytest.raises(InvalidArgument) as caught:
+            policy.decide(RouteRequest(PLAIN, tier="pro"))
+        assert (fields(caught.value), caught.value.reason) == (["tier"], "TIER_NOT_PRICED")
+        assert "'pro'" in caught.value.message
+        assert [note.level for note in policy.notes] == ["error", "error"]
+
+    def test_a_stage_whose_tier_is_not_routed_cannot_route_automatically(
+        self, policy: RoutingPolicy
+    ) -> None:
+        without_nano = policy.with_catalogue(TierCatalogue((tier("standard"), tier("pro"))))
+        with pytest.raises(FailedPrecondition) as caught:
+            without_nano.decide(RouteRequest(PLAIN, stage=Stage.EXPLORE))
+        assert caught.value.reason == "STAGE_NOT_ROUTABLE"
+        assert caught.value.metadata == {"stage": "explore", "tier": "nano"}
+        assert without_nano.decide(RouteRequest(PLAIN, tier="standard")).tier == "standard"
+        assert (
+            Note(
+                "error",
+                "policy stages.explore names tier nano, which is not routed (the generator does not"
+                " offer it); its rule is skipped",
+            )
+            in without_nano.notes
+        )
+
+    def test_an_aspect_ratio_the_tier_does_not_offer(self, policy: RoutingPolicy) -> None:
+        square_nano = offering(policy, replace(tier("nano"), aspect_ratios=(AspectRatio.R1_1,)))
+        wide = RouteRequest(PLAIN, aspect_ratio=AspectRatio.R16_9)
+        with pytest.raises(InvalidArgument) as caught:
+            square_nano.decide(replace(wide, tier="nano"))
+        assert (fields(caught.value), caught.value.reason) == (
+            ["aspect_ratio"],
+            "ASPECT_RATIO_NOT_OFFERED",
+        )
+        raised = square_nano.decide(wide)
+        assert (raised.tier, raised.aspect_ratio) == ("standard", AspectRatio.R16_9)
+        assert raised.reasons[1] == "nano does not offer 16:9: raised to standard"
+        # A downgrade or a deadline never lands on a tier without the ratio.
+        poor = replace(wide, tier="standard", available=3, allow_downgrade=True)
+        assert square_nano.quote(poor).decision.tier == "standard"
+
+    def test_latencies_are_the_generators(self, policy: RoutingPolicy) -> None:
+        slow_nano = offering(policy, replace(tier("nano"), expected_latency_seconds={K1: 9.0}))
+        with pytest.raises(DeadlineExceeded):
+            slow_nano.decide(RouteRequest(PLAIN, deadline_seconds=1.0))
+
+    def test_a_promote_needs_a_target_that_takes_the_parents_image(
+        self, policy: RoutingPolicy
+    ) -> None:
+        blind_pro = offering(policy, replace(tier("pro"), max_reference_images=0))
+        with pytest.raises(InvalidArgument) as caught:
+            blind_pro.promotion("nano", "pro")
+        assert (fields(caught.value), caught.value.reason) == (["tier"], "TIER_TAKES_NO_REFERENCE")
+        square_pro = offering(policy, replace(tier("pro"), aspect_ratios=(AspectRatio.R1_1,)))
+        with pytest.raises(InvalidArgument) as caught:
+            square_pro.promotion("nano", "pro", aspect_ratio=AspectRatio.R3_2)
+        assert (fields(caught.value), caught.value.reason) == (
+            ["aspect_ratio"],
+            "ASPECT_RATIO_NOT_OFFERED",
+        )
+
+    def test_a_parent_whose_tier_is_gone_may_go_to_any_tier(self, policy: RoutingPolicy) -> None:
+        without_nano = policy.with_catalogue(TierCatalogue((tier("standard"), tier("pro"))))
+        decision = without_nano.promotion("nano", "standard")
+        assert decision.tier == "standard"
+        assert decision.reasons[0] == "promote from nano (no longer offered) to standard"
+
+    @pytest.mark.parametrize(
+        ("tiers", "size", "reason"),
+        [
+            ({"standard": {"inpainting": False}}, K1, "TIER_CANNOT_INPAINT"),
+            ({"standard": {"sizes": (K1,), "expected_latency_seconds": {K1: 0.3}}}, K2, None),
+            ({"standard": {"aspect_ratios": (AspectRatio.R3_2,)}}, K1, None),
+        ],
+    )
+    def test_an_edit_runs_on_its_tier_only_while_it_can(
+        self,
+        policy: RoutingPolicy,
+        tiers: dict[str, dict[str, object]],
+        size: ImageSize,
+        reason: str | None,
+    ) -> None:
+        assert policy.edit_tier("standard", size, AspectRatio.R1_1).name == "standard"
+        changed = offering(
+            policy, *(replace(tier(name), **fields_) for name, fields_ in tiers.items())
+        )
+        with pytest.raises(InvalidArgument) as caught:
+            changed.edit_tier("standard", size, AspectRatio.R1_1)
+        assert fields(caught.value) == ["job_id"]
+        expected = reason or ("SIZE_NOT_OFFERED" if size is K2 else "ASPECT_RATIO_NOT_OFFERED")
+        assert caught.value.reason == expected
+
+    def test_an_edit_on_a_tier_the_generator_no_longer_offers(self, policy: RoutingPolicy) -> None:
+        without_standard = policy.with_catalogue(TierCatalogue((tier("nano"), tier("pro"))))
+        with pytest.raises(InvalidArgument) as caught:
+            without_standard.edit_tier("standard", K1, AspectRatio.R1_1)
+        assert (fields(caught.value), caught.value.reason) == (["job_id"], "UNKNOWN_TIER")
+
+    def test_fallbacks_follow_the_generators_ranks(self, policy: RoutingPolicy) -> None:
+        with_fallback = replace(policy, fallback={"pro": "standard"})
+        assert with_fallback.fallback_for("pro", K2) == "standard"
+        assert with_fallback.fallback_for("pro", K4) is None  # standard has no 4K
+        square = offering(
+            with_fallback, replace(tier("standard"), aspect_ratios=(AspectRatio.R1_1,))
+        )
+        assert square.fallback_for("pro", K2, AspectRatio.R1_1) == "standard"
+        assert square.fallback_for("pro", K2, AspectRatio.R16_9) is None
+        reordered = with_fallback.with_catalogue(
+            TierCatalogue((tier("nano"), tier("pro"), tier("standard")))
+        )
+        assert reordered.fallback_for("pro", K2) is None
+        assert reordered.notes == (
+            Note(
+                "warning",
+                "policy fallback pro -> standard ignored: standard does not rank below pro",
+            ),
+        )

@@ -26,6 +26,7 @@ from services.router.routing.pricing import PriceTable
 from services.runtime.migrations import upgrade
 from tests.postgres import fresh_schema, with_search_path
 from tests.router.fakes import MemoryLedger, PictureRenderer, PictureUpscaler
+from tests.router.generator_tiers import reported_tiers
 
 #: Three standard 1K images at 6 credits, rendered one at a time.
 REQUEST = RouteRequest(prompt="a harbour at dawn", tier="standard", size=ImageSize.K1, n=3)
@@ -74,7 +75,7 @@ def router(
         ledger=ledger,
         renderer=renderer,
         upscaler=PictureUpscaler(),
-        policy=RoutingPolicy.load(prices=PriceTable.load()),
+        policy=RoutingPolicy.load(prices=PriceTable.load(), catalogue=reported_tiers()),
         limits=OperationLimits(parallel_jobs=1, progress_interval_seconds=0),
     )
 

@@ -18,10 +18,15 @@ from services.router.downstream.ports import (
     RenderOrder,
     UpscaleOrder,
 )
-from services.router.routing.admission import TierCapacity
-from services.router.translate import aspect_ratio_to_proto, size_to_proto
+from services.router.routing.catalogue import ImageSize, TierCatalogue, TierSpec
 from services.runtime.chunks import ChunkAssembler, image_info, split
 from services.runtime.errors import Internal
+from services.runtime.resolution_proto import (
+    aspect_ratio_from_proto,
+    aspect_ratio_to_proto,
+    size_from_proto,
+    size_to_proto,
+)
 from services.runtime.status import from_rpc_error
 
 __all__ = [
@@ -185,21 +190,18 @@ class GrpcRenderer:
         self._timeout = timeout
         self._limit = max_image_bytes
 
-    async def capacities(self) -> dict[str, TierCapacity]:
-        """What each tier takes at once (running plus waiting), from ListTiers."""
+    async def tiers(self) -> TierCatalogue:
+        """The generator's catalogue, capacities included, from one ListTiers call."""
         try:
             reply = await self._stub.ListTiers(
                 generator_pb2.ListTiersRequest(), timeout=min(self._timeout, 5.0)
             )
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
-        return {
-            tier.name: TierCapacity(
-                places=tier.max_concurrency + tier.queue_limit,
-                retry_after_seconds=min(tier.expected_latency_ms or [1000]) / 1000,
-            )
-            for tier in reply.tiers
-        }
+        names = [tier.name for tier in reply.tiers]
+        if len(set(names)) != len(names) or not all(names):
+            raise Internal(f"the generator's ListTiers names tiers {names!r}: empty or repeated")
+        return TierCatalogue(tuple(_tier(tier) for tier in reply.tiers))
 
     async def render(self, order: RenderOrder, progress: ProgressSink) -> Image:
         spec = generator_pb2.RenderSpec(
@@ -239,6 +241,35 @@ class GrpcRenderer:
             return await _receive_image(call, progress, self._limit)
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
+
+
+def _tier(message: generator_pb2.Tier) -> TierSpec:
+    """One tier of a ListTiers answer. Sizes and aspect ratios this router does not know (a
+    newer generator's) are left out: it could neither price nor request them."""
+    if len(message.expected_latency_ms) != len(message.sizes):
+        raise Internal(
+            f"the generator's tier {message.name!r} lists {len(message.sizes)} sizes but"
+            f" {len(message.expected_latency_ms)} latencies"
+        )
+    latencies: dict[ImageSize, float] = {}
+    for value, milliseconds in zip(message.sizes, message.expected_latency_ms, strict=True):
+        size = size_from_proto(value)
+        if size is not None:
+            latencies[size] = milliseconds / 1000
+    if not latencies:
+        raise Internal(f"the generator's tier {message.name!r} offers no size this router knows")
+    ratios = [aspect_ratio_from_proto(value) for value in message.aspect_ratios]
+    return TierSpec(
+        name=message.name,
+        sizes=tuple(latencies),
+        expected_latency_seconds=latencies,
+        aspect_ratios=tuple(ratio for ratio in ratios if ratio is not None),
+        inpainting=message.inpainting,
+        text_rendering=message.text_rendering,
+        max_reference_images=message.max_reference_images,
+        max_concurrency=message.max_concurrency,
+        queue_limit=message.queue_limit,
+    )
 
 
 class GrpcUpscaler:

@@ -231,7 +231,7 @@ class Planner:
             try:
                 return Delivery(await self._renderer.render(order, progress))
             except TiergenError as error:
-                lower = policy.fallback_for(decision.tier, decision.size)
+                lower = policy.fallback_for(decision.tier, decision.size, decision.aspect_ratio)
                 if not automatic or lower is None or not refused_before_work(error):
                     raise
                 _log.warning(
@@ -347,20 +347,15 @@ class Planner:
         parent = await self._jobs.get(account_id, request.job_id)
         _require_succeeded(parent, "edited")
         policy = self._policy()
-        tier = policy.catalogue.find(parent.tier)
-        if tier is None or parent.size is None:
+        if not parent.tier or parent.size is None:
             raise InvalidArgument(
                 f"job {parent.job_id} was not rendered by a tier (an upscale); edit the job it "
                 "was made from",
                 field="job_id",
                 reason="PARENT_NOT_EDITABLE",
             )
-        if not tier.inpainting:
-            raise InvalidArgument(
-                f"tier {tier.name} cannot in-paint; promote the job to a tier that can, then edit",
-                field="job_id",
-                reason="TIER_CANNOT_INPAINT",
-            )
+        # The generator's catalogue as it is now: its tier may have lost in-painting since.
+        tier = policy.edit_tier(parent.tier, parent.size, parent.aspect_ratio)
         await asyncio.to_thread(checks.check_mask, request.mask, parent.width, parent.height)
         prompt = checks.check_prompt(request.prompt or parent.prompt)
         seed = parent.seed if request.seed is None else request.seed

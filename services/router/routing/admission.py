@@ -5,7 +5,8 @@ rest with RESOURCE_EXHAUSTED. Were the router to hold credits first and learn of
 from the generator, a burst would hold credits for work that never runs, and calls arriving
 meanwhile would be refused INSUFFICIENT_CREDITS while the account can pay. So the router keeps
 its own count of the places its batches occupy in each tier, bounded by the capacity the
-generator reports (`ListTiers`: running plus waiting), and refuses a batch that finds no place
+generator reports in the same `ListTiers` answer the tier catalogue comes from (running plus
+waiting; see `capacities`), and refuses a batch that finds no place
 before it holds a credit or records anything: the key stays free for a retry.
 
 A batch occupies as many places as it renders at once (at most the router's parallel jobs), from
@@ -21,9 +22,10 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from services.router.routing.catalogue import TierCatalogue
 from services.runtime.errors import QuotaViolation, ResourceExhausted
 
-__all__ = ["Admission", "TierCapacity"]
+__all__ = ["Admission", "TierCapacity", "capacities"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,17 @@ class TierCapacity:
     places: int
     #: About one render's time: when a place frees, so when a refused call may retry.
     retry_after_seconds: float
+
+
+def capacities(catalogue: TierCatalogue) -> dict[str, TierCapacity]:
+    """What each of the generator's tiers takes at once, as its catalogue reports it."""
+    return {
+        tier.name: TierCapacity(
+            places=tier.places,
+            retry_after_seconds=min(tier.expected_latency_seconds.values(), default=1.0),
+        )
+        for tier in catalogue
+    }
 
 
 class Admission:

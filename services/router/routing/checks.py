@@ -8,8 +8,8 @@ import math
 
 from PIL import Image as PILImage
 
-from services.router.routing.policy import MAX_PROMPT_CHARS
 from services.runtime.errors import InvalidArgument
+from services.runtime.resolution import MAX_PROMPT_CHARS
 
 __all__ = [
     "DEFAULT_HANDOVER_STRENGTH",

@@ -1,59 +1,74 @@
 """The routing policy: which tier and size a generation or a promote gets, its cost, and why.
 
-The policy is data, read from TOML (embedded defaults in `DEFAULT_POLICY_TOML`). For an `auto`
-request the tier comes from these rules, applied in order and each recorded as a reason:
+The rules come from the policy file (`services.router.routing.policy_file`), the prices from the
+price table, and the tiers from the generator (`offered`, None until it first answers; then every
+decision is refused UNAVAILABLE, CATALOGUE_UNKNOWN). Only tiers that are both offered and priced
+are routed (`services.router.routing.routable`). For an `auto` request the tier comes from these
+rules, applied in order and each recorded as a reason:
 
 1. the stage's tier (`[stages.<stage>] tier`);
 2. the caller's fidelity, when the stage maps it (`[stages.<stage>.fidelity]`);
 3. prompt signals raise the tier to at least `signal_tier` (see `PromptSignals`);
 4. a reference image raises it to at least `reference_tier`;
-5. a requested size the tier does not offer raises it to the nearest tier above that does;
+5. a requested size or aspect ratio the tier does not offer raises it to the nearest tier above
+   that does;
 6. a deadline shorter than the tier's expected latency for one image lowers it to the nearest
    tier below that can make it (images of a batch render concurrently, so one image's latency
    is the estimate); DeadlineExceeded when none can;
 7. when the caller's available credits are known and do not cover the total, a request that
    allows a downgrade gets the nearest cheaper tier that fits; otherwise it is unaffordable.
 
-An explicit tier skips rules 1-6: it is honoured as asked, or refused when unknown or when it
-does not offer the requested size.
+A rule naming a tier that is not routed is skipped, and says so in the reasons; a stage whose
+own tier is not routed cannot be routed automatically (FailedPrecondition, STAGE_NOT_ROUTABLE).
+An explicit tier skips rules 1-6: it is honoured as asked, or refused when it is not offered
+(UNKNOWN_TIER), not priced (TIER_NOT_PRICED), or does not offer the size or aspect ratio.
+
+Errors name the domain's fields (`prompt`, `tier`, `n`, `stage`, `size`, `aspect_ratio`,
+`job_id`); the gRPC edge maps them to the field paths of the request it serves.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from services.router.routing.catalogue import (
-    DEFAULT_CATALOGUE,
     AspectRatio,
-    Fidelity,
     ImageSize,
     Stage,
     TierCatalogue,
     TierSpec,
+    catalogue_unknown,
     pixel_size,
+    ratio_not_offered,
+    size_not_offered,
+)
+from services.router.routing.decision import Decision, Quote, RouteRequest, insufficient_credits
+from services.router.routing.policy_file import (
+    AUTO,
+    DEFAULT_POLICY_TOML,
+    PolicyRules,
+    StageRule,
 )
 from services.router.routing.pricing import PriceTable
+from services.router.routing.routable import Note, Routable, reconcile
+from services.router.routing.signals import PromptSignals
 from services.router.routing.toml_source import RouterConfigError, TomlSource
 from services.runtime.errors import (
     DeadlineExceeded,
     FailedPrecondition,
-    FieldViolation,
     InvalidArgument,
 )
-from services.runtime.identifiers import excerpt
+from services.runtime.resolution import MAX_PROMPT_CHARS
 
 __all__ = [
     "AUTO",
     "DEFAULT_POLICY_TOML",
     "MAX_N",
-    "MAX_PROMPT_CHARS",
     "PROMOTE_SIZE_LIMIT",
     "Decision",
+    "Note",
     "PromptSignals",
     "Quote",
     "RouteRequest",
@@ -63,211 +78,34 @@ __all__ = [
     "insufficient_credits",
 ]
 
-#: Longest prompt accepted, in characters.
-MAX_PROMPT_CHARS = 2000
 #: Most variations one Generate call may ask for.
 MAX_N = 64
-#: Tier name that asks the policy to choose (as does an empty tier).
-AUTO = "auto"
 #: A promote without a size gets the target tier's largest size up to this one.
 PROMOTE_SIZE_LIMIT = ImageSize.K2
-
-DEFAULT_POLICY_TOML = """\
-# Routing policy: how an `auto` request picks its tier. Stages are explore, validate and refine;
-# enhance is served by Upscale, not by a tier.
-
-[stages.explore]
-tier = "nano"
-
-[stages.validate]
-tier = "nano"
-# A reference image here is a winner being re-run with small changes; nano follows a reference
-# only loosely.
-reference_tier = "standard"
-
-[stages.validate.fidelity]
-high = "standard"
-
-[stages.refine]
-tier = "standard"
-# Text, fine materials, reflections and crowds are where the pro tier earns its price.
-signal_tier = "pro"
-
-[stages.refine.fidelity]
-high = "pro"
-
-# Prompt signals: quoted_text is text in double quotes ("SALE" or \u201cSALE\u201d) to draw in
-# the image; each keyword list matches whole words or phrases, ignoring case.
-[signals]
-quoted_text = true
-materials = [
-  "marble", "brushed steel", "brushed metal", "chrome", "gold leaf", "velvet", "silk", "satin",
-  "leather", "porcelain", "crystal", "wood grain", "fur", "lace", "embroidery", "knitted",
-]
-reflections = [
-  "reflection", "reflections", "reflective", "reflecting", "mirror", "mirrors", "mirrored",
-  "glossy", "specular", "refraction", "wet pavement", "puddle", "puddles",
-]
-many_subjects = [
-  "crowd", "crowds", "crowded", "group of", "groups of", "audience", "team of", "family of",
-  "flock of", "herd of", "army of", "dozens of", "hundreds of", "many people", "busy street",
-]
-
-# When an automatically routed generation's tier fails retryably (its backend unavailable or
-# overloaded, never an ambiguous timeout that may already have been billed upstream), render
-# on a lower tier instead and charge that tier's price. Off unless listed:
-# [fallback]
-# pro = "standard"
-# standard = "nano"
-
-# Expected seconds per image, overriding the built-in renderer's figures for slower backends:
-# [latency.pro]
-# "4K" = 40.0
-"""
-
-_SIGNAL_LABELS: Mapping[str, str] = {
-    "materials": "fine material",
-    "reflections": "reflections",
-    "many_subjects": "many subjects",
-}
-_QUOTED = re.compile(r"\"([^\"\n]*\S[^\"\n]*)\"|\u201c([^\u201d\n]*\S[^\u201d\n]*)\u201d")
-_ROUTED_STAGES = (Stage.EXPLORE, Stage.VALIDATE, Stage.REFINE)
-_STAGE_KEYS = frozenset({"tier", "fidelity", "signal_tier", "reference_tier"})
-_SIGNAL_KEYS = frozenset({"quoted_text", *_SIGNAL_LABELS})
-
-
-@dataclass(frozen=True)
-class RouteRequest:
-    """A generation as the caller asks for it.
-
-    `tier` is "" or "auto" for an automatic choice. `size` None lets the policy choose.
-    `n` 0 means 1. `available` is the account's available credits, None when unknown (then
-    affordability is not checked). `deadline_seconds` is the time left before the caller's
-    deadline, None when there is none.
-    """
-
-    prompt: str
-    tier: str = ""
-    stage: Stage = Stage.EXPLORE
-    size: ImageSize | None = None
-    aspect_ratio: AspectRatio = AspectRatio.R1_1
-    n: int = 1
-    fidelity: Fidelity = Fidelity.UNSPECIFIED
-    allow_downgrade: bool = False
-    has_reference: bool = False
-    available: int | None = None
-    deadline_seconds: float | None = None
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What will run, at what price, and why (reasons in the order the policy applied them)."""
-
-    tier: str
-    size: ImageSize
-    aspect_ratio: AspectRatio
-    width: int
-    height: int
-    unit_cost: int
-    n: int
-    total_cost: int
-    reasons: tuple[str, ...]
-    #: A cheaper tier than the policy's first choice was taken to fit the budget.
-    downgraded: bool = False
-
-
-@dataclass(frozen=True)
-class Quote:
-    """A decision and whether the caller's available credits cover it."""
-
-    decision: Decision
-    #: None when the caller's credits were not known; the quote then counts as affordable.
-    available: int | None
-
-    @property
-    def shortfall(self) -> int:
-        """Credits missing to pay the total, 0 when affordable."""
-        if self.available is None:
-            return 0
-        return max(0, self.decision.total_cost - self.available)
-
-    @property
-    def affordable(self) -> bool:
-        """Whether the available credits cover the total."""
-        return self.shortfall == 0
-
-
-@dataclass(frozen=True)
-class StageRule:
-    """How `auto` routes one stage: its tier, the fidelity overrides and the raising rules."""
-
-    tier: str
-    fidelity: Mapping[Fidelity, str] = field(default_factory=dict)
-    signal_tier: str | None = None
-    reference_tier: str | None = None
-
-
-@dataclass(frozen=True)
-class PromptSignals:
-    """Keyword rules that spot prompts needing a better tier.
-
-    `quoted_text`: text between double quotes (straight or curly) is text to draw in the image.
-    `keywords` maps a signal ("materials", "reflections", "many_subjects") to words or phrases
-    matched whole, ignoring case, with any run of spaces between the words of a phrase.
-    """
-
-    quoted_text: bool
-    keywords: Mapping[str, tuple[str, ...]]
-    _patterns: Mapping[str, re.Pattern[str]] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        patterns = {
-            signal: re.compile(
-                r"(?<!\w)(?:"
-                + "|".join(
-                    r"\s+".join(re.escape(word) for word in phrase.split())
-                    for phrase in sorted(phrases, key=len, reverse=True)
-                )
-                + r")(?!\w)",
-                re.IGNORECASE,
-            )
-            for signal, phrases in self.keywords.items()
-            if phrases
-        }
-        object.__setattr__(self, "_patterns", patterns)
-
-    def detect(self, prompt: str) -> tuple[str, ...]:
-        """The signals found in `prompt`, each described with the words that matched."""
-        found: list[str] = []
-        if self.quoted_text:
-            quoted = _QUOTED.search(prompt)
-            if quoted:
-                text = quoted.group(1) or quoted.group(2)
-                found.append(f"text in quotes ({_shorten(text)!r})")
-        for signal, pattern in self._patterns.items():
-            match = pattern.search(prompt)
-            if match:
-                found.append(f"{_SIGNAL_LABELS[signal]} ({match.group(0)!r})")
-        return tuple(found)
 
 
 @dataclass(frozen=True)
 class RoutingPolicy:
-    """Routing rules, the prices they quote from, and the tiers with their expected latencies."""
+    """Routing rules, the prices they quote from, and the generator's tiers they route to."""
 
     stages: Mapping[Stage, StageRule]
     signals: PromptSignals
     prices: PriceTable
-    catalogue: TierCatalogue = DEFAULT_CATALOGUE
     #: For an automatically routed generation whose tier fails retryably: the tier to try
     #: instead, always a lower (cheaper) one, so the credits held cover it.
     fallback: Mapping[str, str] = field(default_factory=dict)
+    #: Expected seconds per image by tier and size, in place of the generator's figures.
+    latency: Mapping[str, Mapping[ImageSize, float]] = field(default_factory=dict)
+    #: The generator's tiers as it last reported them; None until it first answers.
+    offered: TierCatalogue | None = None
+    _routable: Routable | None = field(init=False, repr=False, compare=False)
 
-    def fallback_for(self, tier: str, size: ImageSize) -> str | None:
-        """The tier to render on when `tier` fails retryably, if the policy names one for it."""
-        lower = self.fallback.get(tier)
-        spec = self.catalogue.find(lower) if lower else None
-        return lower if spec is not None and spec.offers(size) else None
+    def __post_init__(self) -> None:
+        routable = None
+        if self.offered is not None:
+            rules = PolicyRules(self.stages, self.signals, self.fallback, self.latency)
+            routable = reconcile(self.offered, self.prices, rules)
+        object.__setattr__(self, "_routable", routable)
 
     @classmethod
     def load(
@@ -275,9 +113,10 @@ class RoutingPolicy:
         path: Path | None = None,
         *,
         prices: PriceTable,
-        catalogue: TierCatalogue = DEFAULT_CATALOGUE,
+        catalogue: TierCatalogue | None = None,
     ) -> RoutingPolicy:
-        """The policy in the TOML file at `path`, or the embedded defaults when `path` is None.
+        """The policy in the TOML file at `path`, or the embedded defaults when `path` is None,
+        routing to `catalogue` (None: not known yet).
 
         Raises RouterConfigError naming the file, the bad entry and (when found) its line. A
         reload is another `load`; the caller swaps the policy it holds only when this succeeds.
@@ -293,17 +132,66 @@ class RoutingPolicy:
         source: TomlSource,
         *,
         prices: PriceTable,
-        catalogue: TierCatalogue = DEFAULT_CATALOGUE,
+        catalogue: TierCatalogue | None = None,
     ) -> RoutingPolicy:
-        """The policy described by `source`, checked against `catalogue`."""
-        return _PolicyParser(source, catalogue).policy(prices)
+        """The policy described by `source`, routing to `catalogue` (None: not known yet)."""
+        rules = PolicyRules.parse(source)
+        return cls(
+            stages=rules.stages,
+            signals=rules.signals,
+            prices=prices,
+            fallback=rules.fallback,
+            latency=rules.latency,
+            offered=catalogue,
+        )
+
+    def with_catalogue(self, offered: TierCatalogue) -> RoutingPolicy:
+        """This policy routing to the generator's tiers as `offered` now describes them."""
+        return replace(self, offered=offered)
+
+    @property
+    def known(self) -> bool:
+        """Whether the generator has told its tiers."""
+        return self._routable is not None
+
+    @property
+    def catalogue(self) -> TierCatalogue:
+        """The tiers routed; Unavailable (CATALOGUE_UNKNOWN) until the generator has answered."""
+        return self._reconciled().catalogue
+
+    @property
+    def notes(self) -> tuple[Note, ...]:
+        """What reconciling the generator's tiers with the prices and rules left out."""
+        return () if self._routable is None else self._routable.notes
+
+    def _reconciled(self) -> Routable:
+        if self._routable is None:
+            raise catalogue_unknown()
+        return self._routable
+
+    def require_tier(self, name: str, *, field: str) -> TierSpec:
+        """The routed tier called `name`; InvalidArgument on `field` when the generator does not
+        offer it (UNKNOWN_TIER) or the price table has no price for it (TIER_NOT_PRICED)."""
+        return self._reconciled().require(name, field=field)
+
+    def fallback_for(
+        self, tier: str, size: ImageSize, aspect_ratio: AspectRatio | None = None
+    ) -> str | None:
+        """The tier to render on when `tier` fails retryably, if the policy names one for it
+        that offers `size` (and `aspect_ratio`, when given)."""
+        routable = self._reconciled()
+        lower = routable.fallback.get(tier)
+        spec = routable.catalogue.find(lower) if lower else None
+        return lower if spec is not None and spec.offers(size, aspect_ratio) else None
 
     def quote(self, request: RouteRequest) -> Quote:
         """The decision for `request` and whether it is affordable; never raises for credits.
 
-        InvalidArgument for a bad request (fields "spec.prompt", "spec.n", "spec.stage",
-        "spec.tier", "spec.resolution"); DeadlineExceeded when no tier can meet the deadline.
+        Unavailable until the generator's tiers are known; InvalidArgument for a bad request
+        (fields "prompt", "n", "stage", "tier", "size", "aspect_ratio"); DeadlineExceeded when
+        no tier can meet the deadline.
         """
+        self._reconciled()  # nothing is decided before the tiers are known
         self._check(request)
         reasons: list[str] = []
         explicit = self._explicit_tier(request)
@@ -311,7 +199,7 @@ class RoutingPolicy:
             tier, size = self._honour(explicit, request, reasons)
         else:
             tier = self._auto_tier(request, reasons)
-            tier, size = self._fit_size(tier, request.size, reasons)
+            tier, size = self._fit_size(tier, request, reasons)
             tier, size = self._meet_deadline(tier, size, request, reasons)
         decision = self._priced(tier, size, request.aspect_ratio, request.n or 1, reasons)
         return self._fit_budget(decision, request)
@@ -337,28 +225,48 @@ class RoutingPolicy:
     ) -> Decision:
         """The decision for promoting a job rendered on `parent_tier` to `target_tier`.
 
-        The target must rank above the parent (InvalidArgument on "tier", reason
-        PROMOTE_NOT_HIGHER); a size it does not offer is InvalidArgument on "resolution"; no
-        size means the target's largest up to `PROMOTE_SIZE_LIMIT`. A parent that was not
-        rendered by a tier (an upscale) is InvalidArgument on "job_id". Whether it is
-        affordable is for the hold to tell (see `insufficient_credits`).
+        The target must be routed (InvalidArgument on "tier": UNKNOWN_TIER, TIER_NOT_PRICED),
+        rank above the parent (PROMOTE_NOT_HIGHER) and take a reference image, the parent's
+        (TIER_TAKES_NO_REFERENCE); a size or aspect ratio it does not offer is InvalidArgument
+        on "size" or "aspect_ratio"; no size means the target's largest up to
+        `PROMOTE_SIZE_LIMIT`. A parent that was not rendered by a tier (an upscale) is
+        InvalidArgument on "job_id"; one whose tier the generator no longer offers may go to
+        any tier. Whether it is affordable is for the hold to tell (see `insufficient_credits`).
         """
-        parent = self.catalogue.find(parent_tier)
-        if parent is None:
+        routable = self._reconciled()
+        if not parent_tier:
             raise InvalidArgument(
-                f"the job was not rendered by a tier ({parent_tier!r}), so it cannot be promoted",
+                "the job was not rendered by a tier (an upscale), so it cannot be promoted",
                 field="job_id",
                 reason="PARENT_NOT_PROMOTABLE",
             )
-        target = self.catalogue.require(target_tier, field="tier")
-        if self.catalogue.rank(target) <= self.catalogue.rank(parent):
+        target = self.require_tier(target_tier, field="tier")
+        offered = routable.offered
+        parent = offered.find(parent_tier)
+        if parent is not None:
+            # Ranked among every tier offered: the parent's own tier may have lost its price.
+            ranked = offered.find(target.name)
+            assert ranked is not None, "a routed tier is an offered one"
+            if offered.rank(ranked) <= offered.rank(parent):
+                raise InvalidArgument(
+                    f"a promote goes to a tier above {parent.name}; {target.name} is not"
+                    f" (tiers from lowest: {', '.join(routable.catalogue.names)})",
+                    field="tier",
+                    reason="PROMOTE_NOT_HIGHER",
+                )
+            reasons = [f"promote from {parent.name} to {target.name}"]
+        else:
+            reasons = [f"promote from {parent_tier} (no longer offered) to {target.name}"]
+        if target.max_reference_images < 1:
             raise InvalidArgument(
-                f"a promote goes to a tier above {parent.name}; {target.name} is not"
-                f" (tiers from lowest: {', '.join(self.catalogue.names)})",
+                f"tier {target.name!r} takes no reference image, so the job's image cannot be"
+                " handed over to it",
                 field="tier",
-                reason="PROMOTE_NOT_HIGHER",
+                reason="TIER_TAKES_NO_REFERENCE",
+                metadata={"tier": target.name},
             )
-        reasons = [f"promote from {parent.name} to {target.name}"]
+        if aspect_ratio not in target.aspect_ratios:
+            raise ratio_not_offered(target, aspect_ratio, "aspect_ratio")
         if size is None:
             size = target.largest_size_up_to(PROMOTE_SIZE_LIMIT)
             reasons.append(
@@ -366,56 +274,75 @@ class RoutingPolicy:
                 f" {PROMOTE_SIZE_LIMIT}"
             )
         elif not target.offers(size):
-            raise _size_not_offered(target, size, "resolution")
+            raise size_not_offered(target, size, "size")
         return self._priced(target, size, aspect_ratio, 1, reasons)
 
-    def _check(self, request: RouteRequest) -> None:
-        violations: list[tuple[FieldViolation, str]] = []
+    def edit_tier(self, tier_name: str, size: ImageSize, aspect_ratio: AspectRatio) -> TierSpec:
+        """The tier an edit of a job rendered on `tier_name` at `size` and `aspect_ratio` runs
+        on, its own; InvalidArgument on "job_id" when that tier is not routed, cannot in-paint
+        (TIER_CANNOT_INPAINT) or no longer offers the job's size or aspect ratio."""
+        tier = self.require_tier(tier_name, field="job_id")
+        if not tier.inpainting:
+            raise InvalidArgument(
+                f"tier {tier.name} cannot in-paint; promote the job to a tier that can, then edit",
+                field="job_id",
+                reason="TIER_CANNOT_INPAINT",
+                metadata={"tier": tier.name},
+            )
+        if not tier.offers(size):
+            raise size_not_offered(tier, size, "job_id")
+        if aspect_ratio not in tier.aspect_ratios:
+            raise ratio_not_offered(tier, aspect_ratio, "job_id")
+        return tier
 
-        def reject(field_path: str, reason: str, description: str) -> None:
-            violations.append((FieldViolation(field_path, description), reason))
+    def _check(self, request: RouteRequest) -> None:
+        """Every bad field of `request` at once: one InvalidArgument with a violation each."""
+        errors: list[InvalidArgument] = []
+
+        def refuse(field_name: str, reason: str, description: str) -> None:
+            errors.append(InvalidArgument(description, field=field_name, reason=reason))
 
         if not request.prompt.strip():
-            reject("spec.prompt", "PROMPT_EMPTY", "prompt is empty")
+            refuse("prompt", "PROMPT_EMPTY", "prompt is empty")
         elif len(request.prompt) > MAX_PROMPT_CHARS:
-            reject(
-                "spec.prompt",
+            refuse(
+                "prompt",
                 "PROMPT_TOO_LONG",
                 f"prompt is {len(request.prompt)} characters; at most {MAX_PROMPT_CHARS}",
             )
         if not 0 <= request.n <= MAX_N:
-            reject("spec.n", "N_OUT_OF_RANGE", f"n is {request.n}; it must be 1 to {MAX_N}")
+            refuse("n", "N_OUT_OF_RANGE", f"n is {request.n}; it must be 1 to {MAX_N}")
         if request.stage not in self.stages:
-            reject(
-                "spec.stage",
+            refuse(
+                "stage",
                 "ENHANCE_IS_UPSCALE",
                 f"stage {request.stage} lifts an existing image; call Upscale on its job"
                 " instead of generating",
             )
         if request.tier not in ("", AUTO):
-            tier = self.catalogue.find(request.tier)
-            if tier is None:
-                reject(
-                    "spec.tier",
-                    "UNKNOWN_TIER",
-                    f"unknown tier {excerpt(request.tier)}; known tiers: auto,"
-                    f" {', '.join(self.catalogue.names)}",
-                )
-            elif request.size is not None and not tier.offers(request.size):
-                error = _size_not_offered(tier, request.size, "spec.resolution")
-                reject("spec.resolution", error.reason, error.message)
-        if violations:
-            reasons = {reason for _, reason in violations}
+            try:
+                tier = self.require_tier(request.tier, field="tier")
+            except InvalidArgument as error:
+                errors.append(error)
+            else:
+                if request.size is not None and not tier.offers(request.size):
+                    errors.append(size_not_offered(tier, request.size, "size"))
+                if request.aspect_ratio not in tier.aspect_ratios:
+                    errors.append(ratio_not_offered(tier, request.aspect_ratio, "aspect_ratio"))
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            reasons = {error.reason for error in errors}
             raise InvalidArgument(
-                "; ".join(violation.description for violation, _ in violations),
-                violations=[violation for violation, _ in violations],
+                "; ".join(error.message for error in errors),
+                violations=[violation for error in errors for violation in error.violations],
                 reason=reasons.pop() if len(reasons) == 1 else None,
             )
 
     def _explicit_tier(self, request: RouteRequest) -> TierSpec | None:
         if request.tier in ("", AUTO):
             return None
-        return self.catalogue.require(request.tier, field="spec.tier")
+        return self.require_tier(request.tier, field="tier")
 
     def _honour(
         self, tier: TierSpec, request: RouteRequest, reasons: list[str]
@@ -435,12 +362,29 @@ class RoutingPolicy:
         return tier, size
 
     def _auto_tier(self, request: RouteRequest, reasons: list[str]) -> TierSpec:
+        catalogue = self.catalogue
         rule = self.stages[request.stage]
-        tier = self.catalogue.require(rule.tier, field="spec.tier")
+        tier = catalogue.find(rule.tier)
+        if tier is None:
+            raise FailedPrecondition(
+                f"stage {request.stage} routes to tier {rule.tier}, which is not routed now"
+                f" ({self._why_not(rule.tier)}); name a tier explicitly"
+                f" ({', '.join(catalogue.names)})",
+                reason="STAGE_NOT_ROUTABLE",
+                metadata={"stage": str(request.stage), "tier": rule.tier},
+            )
         reasons.append(f"stage {request.stage} routes to {tier.name}")
         if request.fidelity in rule.fidelity:
-            tier = self.catalogue.require(rule.fidelity[request.fidelity], field="spec.tier")
-            reasons.append(f"fidelity {request.fidelity} routes to {tier.name}")
+            name = rule.fidelity[request.fidelity]
+            chosen = catalogue.find(name)
+            if chosen is None:
+                reasons.append(
+                    f"fidelity {request.fidelity} routes to {name}, which is not routed"
+                    f" ({self._why_not(name)}): kept {tier.name}"
+                )
+            else:
+                tier = chosen
+                reasons.append(f"fidelity {request.fidelity} routes to {tier.name}")
         if rule.signal_tier is not None:
             signals = self.signals.detect(request.prompt)
             if signals:
@@ -452,27 +396,47 @@ class RoutingPolicy:
         return tier
 
     def _raise_to(self, tier: TierSpec, floor_name: str, why: str, reasons: list[str]) -> TierSpec:
-        floor = self.catalogue.require(floor_name, field="spec.tier")
-        if self.catalogue.rank(floor) > self.catalogue.rank(tier):
+        catalogue = self.catalogue
+        floor = catalogue.find(floor_name)
+        if floor is None:
+            reasons.append(
+                f"{why}: {floor_name} is not routed ({self._why_not(floor_name)}), kept {tier.name}"
+            )
+            return tier
+        if catalogue.rank(floor) > catalogue.rank(tier):
             reasons.append(f"{why}: raised to {floor.name}")
             return floor
         reasons.append(f"{why}: {tier.name} already ranks at or above {floor.name}")
         return tier
 
+    def _why_not(self, name: str) -> str:
+        return self._reconciled().why_not(name)
+
     def _fit_size(
-        self, tier: TierSpec, size: ImageSize | None, reasons: list[str]
+        self, tier: TierSpec, request: RouteRequest, reasons: list[str]
     ) -> tuple[TierSpec, ImageSize]:
+        size, ratio = request.size, request.aspect_ratio
+        if not tier.offers(size or tier.smallest_size, ratio):
+            larger = next(
+                (
+                    above
+                    for above in self.catalogue.above(tier)
+                    if above.offers(size or above.smallest_size, ratio)
+                ),
+                None,
+            )
+            missing = ratio if ratio not in tier.aspect_ratios else size
+            if larger is None:
+                if missing is ratio:
+                    raise ratio_not_offered(tier, ratio, "aspect_ratio")
+                assert size is not None, "a tier offers its own smallest size"
+                raise size_not_offered(tier, size, "size")
+            reasons.append(f"{tier.name} does not offer {missing}: raised to {larger.name}")
+            tier = larger
         if size is None:
             size = tier.smallest_size
             reasons.append(f"size not given: {size}, the smallest {tier.name} offers")
-            return tier, size
-        if tier.offers(size):
-            return tier, size
-        larger = next((above for above in self.catalogue.above(tier) if above.offers(size)), None)
-        if larger is None:
-            raise _size_not_offered(tier, size, "spec.resolution")
-        reasons.append(f"{tier.name} does not offer {size}: raised to {larger.name}")
-        return larger, size
+        return tier, size
 
     def _meet_deadline(
         self, tier: TierSpec, size: ImageSize, request: RouteRequest, reasons: list[str]
@@ -483,7 +447,7 @@ class RoutingPolicy:
         candidates = [(tier, size)] + [
             (lower, lower_size)
             for lower in self.catalogue.below(tier)
-            if (lower_size := _size_on(lower, size, request.size is not None)) is not None
+            if (lower_size := _size_on(lower, size, request)) is not None
         ]
         for candidate, candidate_size in candidates:
             expected = candidate.expected_latency_seconds[candidate_size]
@@ -511,10 +475,11 @@ class RoutingPolicy:
             return Quote(decision, available)
         if not request.allow_downgrade:
             return Quote(decision, available)
-        tier = self.catalogue.require(decision.tier, field="spec.tier")
+        catalogue = self.catalogue
+        tier = catalogue.require(decision.tier, field="tier")
         deadline = request.deadline_seconds
-        for lower in self.catalogue.below(tier):
-            size = _size_on(lower, decision.size, request.size is not None)
+        for lower in catalogue.below(tier):
+            size = _size_on(lower, decision.size, request)
             if size is None:
                 continue
             if deadline is not None and lower.expected_latency_seconds[size] > deadline:
@@ -555,196 +520,11 @@ class RoutingPolicy:
         )
 
 
-def _size_on(tier: TierSpec, size: ImageSize, size_given: bool) -> ImageSize | None:
-    """The size `tier` would render instead of another tier's `size`, or None if it cannot."""
+def _size_on(tier: TierSpec, size: ImageSize, request: RouteRequest) -> ImageSize | None:
+    """The size `tier` would render instead of another tier's `size`, or None if it cannot
+    (it lacks the requested size or aspect ratio)."""
+    if request.aspect_ratio not in tier.aspect_ratios:
+        return None
     if tier.offers(size):
         return size
-    return None if size_given else tier.smallest_size
-
-
-def _size_not_offered(tier: TierSpec, size: ImageSize, field_path: str) -> InvalidArgument:
-    return InvalidArgument(
-        f"tier {tier.name!r} offers sizes {', '.join(tier.sizes)}, not {size}",
-        field=field_path,
-        reason="SIZE_NOT_OFFERED",
-    )
-
-
-def insufficient_credits(decision: Decision, available: int) -> FailedPrecondition:
-    """The refusal of `decision` when only `available` credits are there (INSUFFICIENT_CREDITS)."""
-    shortfall = decision.total_cost - available
-    return FailedPrecondition(
-        f"{decision.n} {decision.tier} image(s) at {decision.size} cost {decision.total_cost}"
-        f" credits; {available} available, {shortfall} short",
-        reason="INSUFFICIENT_CREDITS",
-        metadata={
-            "available": str(available),
-            "required": str(decision.total_cost),
-            "shortfall": str(shortfall),
-            "tier": decision.tier,
-        },
-    )
-
-
-def _shorten(text: str, limit: int = 40) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
-
-
-class _PolicyParser:
-    """Reads a policy document, naming the first bad entry it meets."""
-
-    def __init__(self, source: TomlSource, catalogue: TierCatalogue) -> None:
-        self.source = source
-        self.catalogue = catalogue
-
-    def policy(self, prices: PriceTable) -> RoutingPolicy:
-        document = self.source.parse()
-        self._known_keys(document, (), frozenset({"stages", "signals", "latency", "fallback"}))
-        stages_table = self._table(document, ("stages",))
-        for name in stages_table:
-            if name == Stage.ENHANCE:
-                raise self.source.error(
-                    ("stages", name), "enhance is served by Upscale, not routed to a tier"
-                )
-            if name not in _ROUTED_STAGES:
-                raise self.source.error(
-                    ("stages", name),
-                    f"unknown stage; stages are {', '.join(_ROUTED_STAGES)}",
-                )
-        stages = {stage: self._stage_rule(stages_table, stage) for stage in _ROUTED_STAGES}
-        signals = self._signals(document.get("signals", {}))
-        catalogue = self._latencies(document.get("latency", {}))
-        fallback = self._fallback(document.get("fallback", {}))
-        return RoutingPolicy(
-            stages=stages, signals=signals, prices=prices, catalogue=catalogue, fallback=fallback
-        )
-
-    def _fallback(self, table: object) -> dict[str, str]:
-        path = ("fallback",)
-        if not isinstance(table, dict):
-            raise self.source.error(path, "must be a table of tier = lower tier")
-        fallback = {}
-        for name, lower in table.items():
-            tier = self._tier(name, (*path, name))
-            target = self._tier(lower, (*path, name))
-            ranks = [
-                self.catalogue.rank(self.catalogue.require(t, field="fallback"))
-                for t in (target, tier)
-            ]
-            if ranks[0] >= ranks[1]:
-                raise self.source.error(
-                    (*path, name),
-                    f"falls back to {target}, which does not rank below {tier}: the credits "
-                    "held for a tier must cover its fallback",
-                )
-            fallback[tier] = target
-        return fallback
-
-    def _stage_rule(self, stages: Mapping[str, Any], stage: Stage) -> StageRule:
-        path = ("stages", str(stage))
-        table = self._table(stages, path)
-        self._known_keys(table, path, _STAGE_KEYS)
-        if "tier" not in table:
-            raise self.source.error((*path, "tier"), "missing")
-        fidelity: dict[Fidelity, str] = {}
-        if "fidelity" in table:
-            fidelity_path = (*path, "fidelity")
-            for name, tier in self._table(table, fidelity_path).items():
-                if name == Fidelity.UNSPECIFIED or name not in set(Fidelity):
-                    raise self.source.error(
-                        (*fidelity_path, name),
-                        "unknown fidelity; expected draft, balanced or high",
-                    )
-                fidelity[Fidelity(name)] = self._tier(tier, (*fidelity_path, name))
-        return StageRule(
-            tier=self._tier(table["tier"], (*path, "tier")),
-            fidelity=fidelity,
-            signal_tier=self._optional_tier(table, path, "signal_tier"),
-            reference_tier=self._optional_tier(table, path, "reference_tier"),
-        )
-
-    def _optional_tier(
-        self, table: Mapping[str, Any], path: tuple[str, ...], key: str
-    ) -> str | None:
-        if key not in table:
-            return None
-        return self._tier(table[key], (*path, key))
-
-    def _tier(self, value: object, path: tuple[str, ...]) -> str:
-        if not isinstance(value, str) or self.catalogue.find(value) is None:
-            raise self.source.error(
-                path, f"unknown tier {value!r}; known tiers: {', '.join(self.catalogue.names)}"
-            )
-        return value
-
-    def _signals(self, table: object) -> PromptSignals:
-        path = ("signals",)
-        if not isinstance(table, dict):
-            raise self.source.error(path, "must be a table")
-        self._known_keys(table, path, _SIGNAL_KEYS)
-        quoted_text = table.get("quoted_text", True)
-        if not isinstance(quoted_text, bool):
-            raise self.source.error(
-                (*path, "quoted_text"), f"must be true or false, not {quoted_text!r}"
-            )
-        keywords: dict[str, tuple[str, ...]] = {}
-        for signal in _SIGNAL_LABELS:
-            phrases = table.get(signal, [])
-            if not isinstance(phrases, list) or not all(
-                isinstance(phrase, str) and phrase.strip() for phrase in phrases
-            ):
-                raise self.source.error(
-                    (*path, signal), "must be a list of non-empty words or phrases"
-                )
-            keywords[signal] = tuple(phrase.strip() for phrase in phrases)
-        return PromptSignals(quoted_text=quoted_text, keywords=keywords)
-
-    def _latencies(self, table: object) -> TierCatalogue:
-        path = ("latency",)
-        if not isinstance(table, dict):
-            raise self.source.error(path, "must be a table")
-        unknown = sorted(set(table) - set(self.catalogue.names))
-        if unknown:
-            raise self.source.error(
-                (*path, unknown[0]),
-                f"unknown tier; known tiers: {', '.join(self.catalogue.names)}",
-            )
-        tiers = []
-        for tier in self.catalogue:
-            overrides = table.get(tier.name, {})
-            tier_path = (*path, tier.name)
-            if not isinstance(overrides, dict):
-                raise self.source.error(tier_path, "must be a table of seconds per size")
-            latencies = dict(tier.expected_latency_seconds)
-            for size_name, seconds in overrides.items():
-                where = (*tier_path, size_name)
-                if size_name not in set(ImageSize) or not tier.offers(ImageSize(size_name)):
-                    raise self.source.error(
-                        where, f"tier {tier.name} offers sizes {', '.join(tier.sizes)}"
-                    )
-                if (
-                    not isinstance(seconds, int | float)
-                    or isinstance(seconds, bool)
-                    or not math.isfinite(seconds)
-                    or seconds <= 0
-                ):
-                    raise self.source.error(where, f"must be seconds > 0, not {seconds!r}")
-                latencies[ImageSize(size_name)] = float(seconds)
-            tiers.append(replace(tier, expected_latency_seconds=latencies))
-        return TierCatalogue(tiers=tuple(tiers))
-
-    def _table(self, parent: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
-        value = parent.get(path[-1])
-        if not isinstance(value, dict):
-            raise self.source.error(path, "missing table" if value is None else "must be a table")
-        return value
-
-    def _known_keys(
-        self, table: Mapping[str, Any], path: tuple[str, ...], known: frozenset[str]
-    ) -> None:
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise self.source.error(
-                (*path, unknown[0]), f"unknown key; expected some of {', '.join(sorted(known))}"
-            )
+    return None if request.size is not None else tier.smallest_size

@@ -1,4 +1,10 @@
-"""The price table: credits per generated image by tier and size, and per upscale by output size."""
+"""The price table: credits per generated image by tier and size, and per upscale by output size.
+
+Prices are the router's own, read from TOML at start and on change; the tiers are the
+generator's. So the table is checked here only for what it says by itself (sizes, credits,
+bands), and against the generator's tiers when those arrive (`services.router.routing.routable`):
+a tier offered without a price is not routed, and a price for a tier not offered is ignored.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from services.router.routing.catalogue import (
-    DEFAULT_CATALOGUE,
-    ImageSize,
-    TierCatalogue,
-    size_class,
-)
+from services.router.routing.catalogue import ImageSize, size_class
 from services.router.routing.toml_source import RouterConfigError, TomlSource
 from services.runtime.errors import InvalidArgument
 
@@ -23,7 +24,8 @@ __all__ = ["DEFAULT_PRICES_TOML", "LARGER", "PriceTable", "RouterConfigError"]
 LARGER = "larger"
 
 DEFAULT_PRICES_TOML = """\
-# Credits per image. [generate.<tier>] prices every size the tier offers.
+# Credits per image. [generate.<tier>] prices the sizes of a tier the generator offers; a tier
+# (or a size) it offers without a price here is not routed.
 [generate.nano]
 "1K" = 2
 
@@ -49,7 +51,7 @@ larger = 16
 
 @dataclass(frozen=True)
 class PriceTable:
-    """Credits per generated image and per upscale; every size a tier offers has a price."""
+    """Credits per generated image, by tier and size, and per upscale, by output size class."""
 
     generation: Mapping[str, Mapping[ImageSize, int]]
     #: Upscale bands, smallest class first: (largest size class covered, credits).
@@ -57,9 +59,7 @@ class PriceTable:
     upscale_larger: int
 
     @classmethod
-    def load(
-        cls, path: Path | None = None, *, catalogue: TierCatalogue = DEFAULT_CATALOGUE
-    ) -> PriceTable:
+    def load(cls, path: Path | None = None) -> PriceTable:
         """The table in the TOML file at `path`, or the embedded defaults when `path` is None.
 
         Raises RouterConfigError naming the file, the entry and (when found) its line.
@@ -67,13 +67,11 @@ class PriceTable:
         source = TomlSource.read(
             path, default_text=DEFAULT_PRICES_TOML, default_name="embedded price table"
         )
-        return cls.parse(source, catalogue=catalogue)
+        return cls.parse(source)
 
     @classmethod
-    def parse(
-        cls, source: TomlSource, *, catalogue: TierCatalogue = DEFAULT_CATALOGUE
-    ) -> PriceTable:
-        """The table described by `source`, checked against `catalogue`."""
+    def parse(cls, source: TomlSource) -> PriceTable:
+        """The table described by `source`; RouterConfigError naming the first bad entry."""
         document = source.parse()
         unknown = sorted(set(document) - {"generate", "upscale"})
         if unknown:
@@ -81,24 +79,14 @@ class PriceTable:
         generate = _table(source, document, ("generate",))
         generation: dict[str, dict[ImageSize, int]] = {}
         for tier_name in generate:
-            tier = catalogue.find(tier_name)
-            if tier is None:
-                raise source.error(
-                    ("generate", tier_name),
-                    f"unknown tier; known tiers: {', '.join(catalogue.names)}",
-                )
             prices = _table(source, generate, ("generate", tier_name))
+            if not prices:
+                raise source.error(("generate", tier_name), "prices no size")
             generation[tier_name] = {}
             for size_name, credits in prices.items():
                 where = ("generate", tier_name, size_name)
                 size = _size(source, where, size_name)
-                if not tier.offers(size):
-                    raise source.error(where, f"tier {tier_name} does not offer {size_name}")
                 generation[tier_name][size] = _credits(source, where, credits)
-        for tier in catalogue:
-            for size in tier.sizes:
-                if size not in generation.get(tier.name, {}):
-                    raise source.error(("generate", tier.name, size), "missing price")
 
         upscale = _table(source, document, ("upscale",))
         if LARGER not in upscale:
@@ -125,7 +113,7 @@ class PriceTable:
     def price(self, tier: str, size: ImageSize) -> int:
         """Credits per image of `tier` at `size`.
 
-        InvalidArgument on "tier" for an unknown tier, on "resolution" for a size it does not offer.
+        InvalidArgument on "tier" for a tier without prices, on "size" for a size without one.
         """
         prices = self.generation.get(tier)
         if prices is None:
@@ -136,8 +124,8 @@ class PriceTable:
             )
         if size not in prices:
             raise InvalidArgument(
-                f"tier {tier!r} offers sizes {', '.join(prices)}, not {size}",
-                field="resolution",
+                f"tier {tier!r} is priced at sizes {', '.join(prices)}, not {size}",
+                field="size",
                 reason="SIZE_NOT_OFFERED",
             )
         return prices[size]
