@@ -6,8 +6,9 @@ The store writes each operation once, as a *script*: a generator that yields the
 database runs the whole script where its driver lives:
 
 - `SqliteDatabase` on the one thread that owns the sqlite3 connection, so a call costs one hop
-  off the event loop however many statements it takes (a hop per statement would add one event
-  loop wake-up for each, a few tens of microseconds per statement on the router's hot path).
+  off the event loop however many statements it takes. A hop is about 28 us of CPU here
+  (`run_in_executor` on uvloop, measured); one per statement would add a dozen to each
+  Generate, some 0.3 ms, about 5% of the router's CPU per request.
   Writes are `BEGIN IMMEDIATE` transactions; only a `durable` one waits for the disk.
 - `PostgresDatabase` on a pooled psycopg connection in autocommit mode, each statement its own
   transaction unless the script is `ATOMIC`; conflicts between replicas are retried here, with

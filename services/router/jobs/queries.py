@@ -2,9 +2,11 @@
 
 The job store builds every statement with SQLAlchemy Core against `jobs.schema`, compiles it
 on first use for the database at hand, and hands the SQL text to sqlite3 or psycopg itself:
-a `Query` is that statement with its compilations. SQLAlchemy's own execution layer (engines,
-result objects, its statement cache) stays out of the hot path: the SQLite store already
-spends about half of a call in the driver, and the wrapping would add its own per call.
+a `Query` is that statement with its compilations. SQLAlchemy's execution layer (engines,
+connections, result objects) is not used: the drivers the stores always had run the SQL, so a
+call costs what it cost before, and psycopg's async pool keeps the checks and timeouts the
+store relies on. What that costs: parameters are plain driver values (no SQLAlchemy type
+processing), so the store passes each column's value as its driver takes it.
 
 Parameters are named (`:name` for sqlite3, `%(name)s` for psycopg), so a call passes one dict
 on both databases. Two dialect seams live here:
