@@ -130,4 +130,12 @@ async def test_a_callers_deadline_ends_the_render_and_the_credits_still_settle(s
         await asyncio.sleep(0.05)
     assert (balance.available, balance.held) == (400, 0)
     (job,) = (await suite.router.ListJobs(router_pb2.ListJobsRequest(account_id=account))).jobs
-    assert job.status == router_pb2.JOB_STATUS_CANCELLED and job.cost == 0
+    # The render's own call ends at the same deadline as the caller's: whichever the router
+    # hears first, the job ends uncharged.
+    ended = (job.status, job.error.code)
+    assert ended in {
+        (router_pb2.JOB_STATUS_CANCELLED, "CANCELLED"),
+        (router_pb2.JOB_STATUS_FAILED, "DEADLINE_EXCEEDED"),
+        (router_pb2.JOB_STATUS_FAILED, "CANCELLED"),
+    }, ended
+    assert job.cost == 0
