@@ -48,8 +48,17 @@ async def stream(suite: Any, account: str, **fields: Any) -> list[router_pb2.Gen
 async def test_a_quick_image_streams_its_batch_and_its_job_only(suite):
     account = await suite.open_account()
     events = await stream(suite, account, tier="nano", resolution=SQUARE_1K)
-    assert [event.WhichOneof("event") for event in events] == ["batch", "job"]
-    assert events[-1].job.status == router_pb2.JOB_STATUS_SUCCEEDED
+    job = events[-1].job
+    assert job.status == router_pb2.JOB_STATUS_SUCCEEDED
+    took = job.finish_time.ToNanoseconds() - job.start_time.ToNanoseconds()
+    kinds = [event.WhichOneof("event") for event in events]
+    if took < 200_000_000:
+        # Finished within one progress interval: no progress reaches the caller.
+        assert kinds == ["batch", "job"]
+    else:
+        # A loaded machine made it slower: its latest progress at most every interval.
+        assert kinds[0] == "batch" and kinds[-1] == "job"
+        assert set(kinds[1:-1]) <= {"progress"} and len(kinds) - 2 <= took // 200_000_000 + 1
     balance = await suite.balance(account)
     assert (balance.available, balance.held) == (400 - 2, 0)
 
