@@ -11,13 +11,10 @@ replicas share (PostgreSQL): a batch is abandoned once its lease has run out on 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import functools
 import hashlib
 import io
 import itertools
-import json
 import math
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -37,8 +34,6 @@ from services.router.assets.store import (
 )
 from services.router.downstream.ports import Image, ProgressSink, RenderOrder, UpscaleOrder
 from services.router.jobs.model import (
-    DEFAULT_PAGE_SIZE,
-    MAX_PAGE_SIZE,
     Batch,
     BatchRecord,
     HoldState,
@@ -50,6 +45,7 @@ from services.router.jobs.model import (
     Lease,
     NewJob,
 )
+from services.router.jobs.rows import Listing, check_batch_request
 from services.router.operations.events import BatchAccepted, BatchEvent, JobFinished
 from services.router.operations.limits import OperationLimits
 from services.router.operations.orchestrator import Orchestrator
@@ -60,7 +56,6 @@ from services.router.routing.pricing import PriceTable
 from services.runtime.errors import (
     AlreadyExists,
     FailedPrecondition,
-    InvalidArgument,
     NotFound,
     TiergenError,
 )
@@ -400,7 +395,7 @@ class MemoryJobStore:
         hold_id: str | None = None,
         lease: Lease | None = None,
     ) -> BatchRecord:
-        _check_batch_request(account_id, idempotency_key, jobs)
+        check_batch_request(account_id, idempotency_key, jobs)
         await self._step()
         existing = self.tables.keys.get((account_id, idempotency_key))
         if existing is not None:
@@ -598,14 +593,15 @@ class MemoryJobStore:
         page_size: int = 0,
         page_token: str = "",
     ) -> JobPage:
-        filters = filters or JobFilter()
-        if page_size < 0:
-            raise InvalidArgument(f"page size {page_size} is negative", field="page_size")
-        scope = _listing_scope(account_id, filters)
-        before = _page_token_before(page_token, scope) if page_token else None
-        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        # The SQL store's checks and page tokens, so that the two cannot drift apart.
+        listing = Listing.of(account_id, filters, page_size, page_token)
+        before, limit = listing.before, listing.limit
         await self._step()
-        wanted = {name: value for name, value in asdict(filters).items() if value is not None}
+        wanted = {
+            name: value
+            for name, value in asdict(filters or JobFilter()).items()
+            if value is not None
+        }
         matching = [
             job
             for job in reversed(self.tables.jobs.values())
@@ -616,7 +612,7 @@ class MemoryJobStore:
         page = tuple(self._view(job) for job in matching[:limit])
         if len(matching) <= limit:
             return JobPage(page)
-        return JobPage(page, _page_token(self.tables.seq[page[-1].job_id], scope))
+        return JobPage(page, listing.token(self.tables.seq[page[-1].job_id]))
 
     async def has_asset(self, account_id: str, asset_id: str) -> bool:
         await self._step()
@@ -685,23 +681,6 @@ class MemoryJobStore:
         return BatchRecord(stored.batch, tuple(jobs), replayed)
 
 
-def _check_batch_request(account_id: str, idempotency_key: str, jobs: Sequence[NewJob]) -> None:
-    if not idempotency_key:
-        raise InvalidArgument("an idempotency key is required", field="idempotency_key")
-    if not jobs:
-        raise ValueError("a batch needs at least one job")
-    texts = [("account_id", account_id), ("idempotency_key", idempotency_key)]
-    texts.extend(("prompt", new.prompt) for new in jobs)
-    for name, text in texts:
-        if "\x00" in text:
-            raise InvalidArgument(f"{name} contains the character U+0000", field=name)
-    for new in jobs:
-        if not 0 <= new.seed < 2**64:
-            raise ValueError(f"seed {new.seed} is outside 0..2^64-1")
-        if new.width < 1 or new.height < 1 or new.quoted_cost < 0:
-            raise ValueError(f"job has size {new.width}x{new.height} and cost {new.quoted_cost}")
-
-
 def _queued(new: NewJob, job_id: str, batch: Batch, now: datetime) -> Job:
     return Job(
         job_id=job_id,
@@ -734,32 +713,6 @@ def _queued(new: NewJob, job_id: str, batch: Batch, now: datetime) -> Job:
         finish_time=None,
         trace_id=new.trace_id,
     )
-
-
-def _listing_scope(account_id: str, filters: JobFilter) -> str:
-    canonical = json.dumps([account_id, asdict(filters)], sort_keys=True, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def _page_token(before: int, scope: str) -> str:
-    payload = json.dumps({"before": before, "scope": scope}).encode()
-    return base64.urlsafe_b64encode(payload).decode().rstrip("=")
-
-
-def _page_token_before(token: str, scope: str) -> int:
-    invalid = InvalidArgument(
-        "page token is not one this listing returned", field="page_token", reason="BAD_PAGE_TOKEN"
-    )
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (binascii.Error, ValueError):
-        raise invalid from None
-    if not isinstance(payload, dict) or payload.get("scope") != scope:
-        raise invalid
-    before = payload.get("before")
-    if not isinstance(before, int) or isinstance(before, bool) or before < 1:
-        raise invalid
-    return before
 
 
 # The domain over all of them ----------------------------------------------------------------

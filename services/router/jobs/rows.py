@@ -393,8 +393,11 @@ class Listing:
         """The page the selected rows make, with a token when there are more."""
         jobs = tuple(job_from_row(row) for row in rows[: self.limit])
         more = len(rows) > self.limit
-        token = _encode_page_token(rows[self.limit - 1]["seq"], self.scope) if more else ""
-        return JobPage(jobs, token)
+        return JobPage(jobs, self.token(rows[self.limit - 1]["seq"]) if more else "")
+
+    def token(self, before_seq: int) -> str:
+        """The page token that continues this listing below `before_seq`."""
+        return _encode_page_token(before_seq, self.scope)
 
 
 def _listing_scope(account_id: str, filters: JobFilter) -> str:
