@@ -1,4 +1,7 @@
-"""`tiergen ledger verify`: checks every invariant of a ledger database and says which hold."""
+"""`tiergen ledger verify`: checks every invariant of a ledger database and says which hold.
+
+One run covers every tenant; a violation names each account it concerns as `tenant/account`.
+"""
 
 from __future__ import annotations
 
@@ -59,7 +62,8 @@ def add_ledger_commands(
     actions = ledger.add_subparsers(dest="ledger_command", required=True, metavar="COMMAND")
     verify = actions.add_parser(
         "verify",
-        help="check every invariant of the ledger database; exit 1 if one is violated",
+        help="check every invariant of the ledger database, every tenant's accounts; exit 1 if"
+        " one is violated",
     )
     where = verify.add_mutually_exclusive_group()
     where.add_argument(

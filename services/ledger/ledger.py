@@ -1,12 +1,14 @@
 """The ledger's public face: validated, idempotent credit operations over SQLite or PostgreSQL.
 
-Every mutating method takes an idempotency key (see `services.ledger.rules` for how keys are
-scoped). Repeating a request with its key returns the original answer with `replayed=True`, or
-raises the original failure again; the same key with a different request raises AlreadyExists
+Every method names the caller's tenant first: accounts are (tenant, account id), and nothing of
+another tenant is ever read, changed or revealed (its holds are HOLD_NOT_FOUND). Every mutating
+method takes an idempotency key (see `services.ledger.rules` for how keys are scoped).
+Repeating a request with its key returns the original answer with `replayed=True`, or raises
+the original failure again; the same key with a different request raises AlreadyExists
 (reason IDEMPOTENCY_KEY_REUSED). Errors are those of `services.runtime.errors`:
 
 - InvalidArgument (with the field) for malformed input; never recorded, the request never ran.
-  Ids, keys and texts follow `services.runtime.identifiers` on every store, and no message
+  Tenants, ids, keys and texts follow `services.runtime.identifiers` on every store, and no message
   repeats more than an excerpt of what the caller sent.
 - FailedPrecondition with reason INSUFFICIENT_CREDITS (metadata `available`, `required`),
   PROMO_CAP_REACHED, HOLD_EXPIRED, HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED,
@@ -70,6 +72,7 @@ from services.runtime.identifiers import (
     require_account_id,
     require_id,
     require_idempotency_key,
+    require_tenant,
 )
 
 __all__ = ["DEFAULT_PAGE_SIZE", "HOLD_ID_PATTERN", "MAX_PAGE_SIZE", "Ledger"]
@@ -130,20 +133,24 @@ class Ledger:
     async def close(self) -> None:
         await self._store.close()
 
-    async def open_account(self, account_id: str, idempotency_key: str) -> OpenAccountResult:
+    async def open_account(
+        self, tenant: str, account_id: str, idempotency_key: str
+    ) -> OpenAccountResult:
         """Open an account and grant its sign-up bonus, once; opening it again (a new key) grants
         nothing and answers ALREADY_OPEN with the current balance."""
         command = rules.OpenAccount(
+            tenant=require_tenant(tenant),
             account_id=require_account_id(account_id),
             idempotency_key=require_idempotency_key(idempotency_key),
             now=self._clock.now(),
         )
         return await self._execute(command, OpenAccountResult)
 
-    async def check_in(self, account_id: str, idempotency_key: str) -> CheckInResult:
+    async def check_in(self, tenant: str, account_id: str, idempotency_key: str) -> CheckInResult:
         """Grant the weekly credit, once per ISO week, up to the lifetime promotional cap; a second
         check-in in the week (a new key) answers ALREADY_CHECKED_IN_THIS_WEEK, granting nothing."""
         command = rules.CheckIn(
+            tenant=require_tenant(tenant),
             account_id=require_account_id(account_id),
             idempotency_key=require_idempotency_key(idempotency_key),
             now=self._clock.now(),
@@ -152,6 +159,7 @@ class Ledger:
 
     async def grant(
         self,
+        tenant: str,
         account_id: str,
         amount: int,
         kind: GrantKind,
@@ -162,6 +170,7 @@ class Ledger:
         if not isinstance(kind, GrantKind):
             raise InvalidArgument("kind must be PURCHASE or ADJUSTMENT", field="kind")
         command = rules.Grant(
+            tenant=require_tenant(tenant),
             account_id=require_account_id(account_id),
             amount=require_amount(amount),
             kind=kind,
@@ -173,6 +182,7 @@ class Ledger:
 
     async def reserve(
         self,
+        tenant: str,
         account_id: str,
         amount: int,
         idempotency_key: str,
@@ -181,6 +191,7 @@ class Ledger:
         memo: str = "",
     ) -> HoldResult:
         """Hold `amount` available credits until captured, released or expired."""
+        tenant = require_tenant(tenant)
         ttl = self._settings.default_hold_ttl_seconds if ttl_seconds is None else ttl_seconds
         maximum = self._settings.max_hold_ttl_seconds
         if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= maximum:
@@ -189,6 +200,7 @@ class Ledger:
             )
         now = self._clock.now()
         command = rules.Reserve(
+            tenant=tenant,
             account_id=require_account_id(account_id),
             hold_id=f"hold_{secrets.token_hex(16)}",
             amount=require_amount(amount),
@@ -200,9 +212,12 @@ class Ledger:
         )
         return await self._execute(command, HoldResult)
 
-    async def capture(self, hold_id: str, amount: int, idempotency_key: str) -> HoldResult:
+    async def capture(
+        self, tenant: str, hold_id: str, amount: int, idempotency_key: str
+    ) -> HoldResult:
         """Spend up to the held amount; the rest goes back to available."""
         command = rules.Capture(
+            tenant=require_tenant(tenant),
             hold_id=_require_hold_id(hold_id),
             amount=require_amount(amount),
             idempotency_key=require_idempotency_key(idempotency_key),
@@ -210,31 +225,35 @@ class Ledger:
         )
         return await self._execute(command, HoldResult)
 
-    async def release(self, hold_id: str, idempotency_key: str) -> HoldResult:
+    async def release(self, tenant: str, hold_id: str, idempotency_key: str) -> HoldResult:
         """Return all of a hold's credits to available."""
         command = rules.Release(
+            tenant=require_tenant(tenant),
             hold_id=_require_hold_id(hold_id),
             idempotency_key=require_idempotency_key(idempotency_key),
             now=self._clock.now(),
         )
         return await self._execute(command, HoldResult)
 
-    async def get_balance(self, account_id: str) -> Balance:
+    async def get_balance(self, tenant: str, account_id: str) -> Balance:
+        require_tenant(tenant)
         require_account_id(account_id)
-        return await self._current_balance(account_id, self._clock.now())
+        return await self._current_balance(tenant, account_id, self._clock.now())
 
-    async def get_hold(self, hold_id: str) -> Hold:
-        hold = await self._store.hold(_require_hold_id(hold_id))
+    async def get_hold(self, tenant: str, hold_id: str) -> Hold:
+        require_tenant(tenant)
+        hold = await self._store.hold(tenant, _require_hold_id(hold_id))
         if hold is None:
             raise NotFound("no such hold", reason="HOLD_NOT_FOUND", metadata={"hold_id": hold_id})
         now = self._clock.now()
         if hold.status is not HoldStatus.OPEN or hold.expires_at > now:
             return hold
-        await self._execute(rules.ExpireHolds(hold.account_id, now), ExpiryResult)
-        return await self._store.hold(hold_id) or hold
+        await self._execute(rules.ExpireHolds(tenant, hold.account_id, now), ExpiryResult)
+        return await self._store.hold(tenant, hold_id) or hold
 
     async def list_entries(
         self,
+        tenant: str,
         account_id: str,
         *,
         start: datetime | None = None,
@@ -246,8 +265,9 @@ class Ledger:
         """An account's entries, oldest first, each with the balance right after it.
 
         `start` is inclusive and `end` exclusive; `page_size` 0 means the default. The token
-        only continues a listing with the same filters.
+        only continues a listing of the same account with the same filters.
         """
+        require_tenant(tenant)
         require_account_id(account_id)
         if start is not None and end is not None and end <= start:
             raise InvalidArgument("end must be after start", field="end")
@@ -259,6 +279,7 @@ class Ledger:
             raise InvalidArgument(f"page_size must be 0 to {MAX_PAGE_SIZE}", field="page_size")
         unique_kinds = tuple(sorted(set(kinds)))
         query = EntryQuery(
+            tenant=tenant,
             account_id=account_id,
             after_sequence=0,
             start_micros=None if start is None else _micros(start, "start"),
@@ -269,6 +290,7 @@ class Ledger:
         listing = _listing_digest(query)
         if page_token:
             query = EntryQuery(
+                tenant=query.tenant,
                 account_id=query.account_id,
                 after_sequence=_read_page_token(page_token, listing),
                 start_micros=query.start_micros,
@@ -276,7 +298,7 @@ class Ledger:
                 kinds=query.kinds,
                 limit=query.limit,
             )
-        await self._current_balance(account_id, self._clock.now())
+        await self._current_balance(tenant, account_id, self._clock.now())
         found = await self._store.entries(query)
         if len(found) < query.limit:
             return EntryPage(entries=tuple(found), next_page_token="")
@@ -284,7 +306,8 @@ class Ledger:
         return EntryPage(entries=page, next_page_token=_page_token(page[-1].sequence, listing))
 
     async def sweep_expired(self, now: datetime | None = None) -> int:
-        """Return the credits of every open hold past its expiry; the number of holds returned."""
+        """Return the credits of every open hold past its expiry, of every tenant; the number of
+        holds returned."""
         moment = now or self._clock.now()
         returned = 0
         while True:
@@ -293,8 +316,8 @@ class Ledger:
                 return returned
             results = await asyncio.gather(
                 *(
-                    self._execute(rules.ExpireHolds(account_id, moment), ExpiryResult)
-                    for account_id in accounts
+                    self._execute(rules.ExpireHolds(tenant, account_id, moment), ExpiryResult)
+                    for tenant, account_id in accounts
                 )
             )
             expired_now = sum(len(result.expired) for result in results)
@@ -323,21 +346,22 @@ class Ledger:
                 _log.info("expired holds returned", holds=returned)
 
     async def verify(self, *, sweep: bool = True) -> list[InvariantCheck]:
-        """Check every invariant of the whole ledger, after a sweep unless told not to."""
+        """Check every invariant of the whole ledger (every tenant), after a sweep unless told not
+        to."""
         now = self._clock.now()
         if sweep:
             await self.sweep_expired(now)
         return await check_invariants(self._store, now)
 
-    async def _current_balance(self, account_id: str, now: datetime) -> Balance:
+    async def _current_balance(self, tenant: str, account_id: str, now: datetime) -> Balance:
         """The balance, after lazily returning the account's overdue holds if it has any."""
-        account, overdue = await self._store.account(account_id, now)
+        account, overdue = await self._store.account(tenant, account_id, now)
         if account is None:
             raise NotFound(
                 "no such account", reason="ACCOUNT_NOT_FOUND", metadata={"account_id": account_id}
             )
         if overdue:
-            expiry = await self._execute(rules.ExpireHolds(account_id, now), ExpiryResult)
+            expiry = await self._execute(rules.ExpireHolds(tenant, account_id, now), ExpiryResult)
             if expiry.balance is not None:
                 return expiry.balance
         return account.balance(self._settings.promo_cap)
@@ -379,8 +403,14 @@ def _micros(moment: datetime, field: str) -> int:
 
 
 def _listing_digest(query: EntryQuery) -> str:
-    """What a page token is bound to: the account and filters of its listing."""
-    listing = [query.account_id, query.start_micros, query.end_micros, list(query.kinds)]
+    """What a page token is bound to: the account (tenant and id) and filters of its listing."""
+    listing = [
+        query.tenant,
+        query.account_id,
+        query.start_micros,
+        query.end_micros,
+        list(query.kinds),
+    ]
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
 

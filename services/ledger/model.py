@@ -1,4 +1,8 @@
-"""The ledger's vocabulary: accounts, books, entries, holds, balances and the clock they run on."""
+"""The ledger's vocabulary: accounts, books, entries, holds, balances and the clock they run on.
+
+Every account belongs to one tenant, and an account is named by its tenant and its id together:
+"alice" of two tenants is two accounts. Holds and entries belong to their account's tenant.
+"""
 
 from __future__ import annotations
 
@@ -115,7 +119,11 @@ class SystemBook(StrEnum):
 
 
 def available_book(account_id: str) -> str:
-    """The book of an account's spendable credits ('/' never occurs in an account id)."""
+    """The book of an account's spendable credits ('/' never occurs in an account id).
+
+    Named within the account's tenant, which every entry carries beside its books: the names
+    of history written before tenants stay valid, and the system books stay shared by all.
+    """
     return f"accounts/{account_id}/available"
 
 
@@ -128,6 +136,7 @@ def held_book(account_id: str) -> str:
 class Balance:
     """An account's credits: spendable, held, and where they came from and went."""
 
+    tenant: str
     account_id: str
     available: int
     held: int
@@ -147,6 +156,7 @@ class Balance:
 class Account:
     """The stored state of one user account (its two books and lifetime counters)."""
 
+    tenant: str
     account_id: str
     available: int
     held: int
@@ -160,6 +170,7 @@ class Account:
 
     def balance(self, promotional_cap: int) -> Balance:
         return Balance(
+            tenant=self.tenant,
             account_id=self.account_id,
             available=self.available,
             held=self.held,
@@ -173,9 +184,13 @@ class Account:
 
 @dataclass(frozen=True)
 class Hold:
-    """Credits set aside for one piece of work until it is captured, released or expires."""
+    """Credits set aside for one piece of work until it is captured, released or expires.
+
+    Hold ids are unique across tenants; a hold belongs to its account's tenant.
+    """
 
     hold_id: str
+    tenant: str
     account_id: str
     amount: int
     captured_amount: int
@@ -190,6 +205,7 @@ class Hold:
 class Entry:
     """One transfer between two books, numbered within its account, with the balance after it."""
 
+    tenant: str
     account_id: str
     sequence: int
     kind: EntryKind

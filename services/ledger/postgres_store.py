@@ -5,13 +5,15 @@ transaction that first locks its account's row (`SELECT ... FOR UPDATE`); that i
 a command takes, so there is no lock order to get wrong, and every later read in the transaction
 sees what the previous holder of the lock committed. Should a write ever rest on a stale read
 anyway, it cannot commit: the account update is guarded by the sequence number the command read,
-and the (account, sequence) key of the command's first entry is already taken. Conflicts that do
-happen (two first-time commands racing to insert the same account or idempotency record,
-deadlocks, serialization failures, lock waits past `lock_timeout`) roll back and are retried
-here; only a conflict that outlasts the retries reaches the caller, as Aborted.
+and the (tenant, account, sequence) key of the command's first entry is already taken.
+Conflicts that do happen (two first-time commands racing to insert the same account or
+idempotency record, deadlocks, serialization failures, lock waits past `lock_timeout`) roll
+back and are retried here; only a conflict that outlasts the retries reaches the caller, as
+Aborted.
 
 Commands that arrive while others are in flight are committed in groups: one transaction locks
-every account of the group in account order (so groups never deadlock each other), reads what
+every account of the group in (tenant, account) order (so groups never deadlock each other), and
+may mix tenants, each command still reading only its own tenant's rows; it reads what
 all of its commands need in one round trip, decides each, and writes all of them with one
 commit, in one more. A group holds at most one command per account; a command whose account
 is already in the group waits for the next. Should anything but the database's absence fail a
@@ -29,7 +31,7 @@ import asyncio
 import collections
 import contextlib
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -43,6 +45,7 @@ from services.ledger import tables
 from services.ledger.migrations import SCHEMA
 from services.ledger.model import Account, Entry, Hold, to_micros
 from services.ledger.store import (
+    AccountKey,
     Changes,
     Decide,
     Decision,
@@ -87,19 +90,22 @@ _UPDATE_ACCOUNT = _pg(tables.UPDATE_ACCOUNT)
 _UPSERT_HOLD = _pg(tables.UPSERT_HOLD)
 _INSERT_ENTRY = _pg(tables.INSERT_ENTRY)
 _INSERT_RECORD = _pg(tables.INSERT_RECORD)
-#: A group's accounts: those its commands name and those of the holds they name, locked in
-#: account order, the same order in every group.
-_GROUP_ACCOUNT_IDS = (
-    "(account_id = ANY(%s::text[]) OR account_id IN"
-    " (SELECT account_id FROM holds WHERE hold_id = ANY(%s::text[])))"
+# A group's (tenant, name) pairs travel as two parallel arrays: `_pairs` makes them.
+_GROUP_HOLDS = "(tenant, hold_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
+#: A group's accounts: those its commands name and those of the holds they name (each within
+#: the command's tenant), locked in (tenant, account) order, the same order in every group. One
+#: list of pairs, so that each is looked up by its key (an OR of the two would scan every row).
+_GROUP_ACCOUNTS = (
+    "(tenant, account_id) IN (SELECT * FROM unnest(%s::text[], %s::text[])"
+    f" UNION SELECT tenant, account_id FROM holds WHERE {_GROUP_HOLDS})"
 )
 _LOCK_GROUP_ACCOUNTS = (
-    _pg(tables.SELECT_ACCOUNTS) + f" WHERE {_GROUP_ACCOUNT_IDS} ORDER BY account_id FOR UPDATE"
+    _pg(tables.SELECT_ACCOUNTS) + f" WHERE {_GROUP_ACCOUNTS} ORDER BY tenant, account_id FOR UPDATE"
 )
-_SELECT_GROUP_HOLDS = _pg(tables.SELECT_HOLDS) + " WHERE hold_id = ANY(%s::text[])"
+_SELECT_GROUP_HOLDS = _pg(tables.SELECT_HOLDS) + f" WHERE {_GROUP_HOLDS}"
 _SELECT_GROUP_EXPIRED_HOLDS = (
     _pg(tables.SELECT_HOLDS)
-    + f" WHERE status = 'open' AND expires_at_us <= %s AND {_GROUP_ACCOUNT_IDS}"
+    + f" WHERE status = 'open' AND expires_at_us <= %s AND {_GROUP_ACCOUNTS}"
     + " ORDER BY expires_at_us, hold_id"
 )
 #: Commands in one group at the most.
@@ -241,10 +247,12 @@ class PostgresStore:
                 command.answer.set_result(result)
         self._waiting.extendleft(reversed(later))
 
-    async def account(self, account_id: str, now: datetime) -> tuple[Account | None, bool]:
+    async def account(
+        self, tenant: str, account_id: str, now: datetime
+    ) -> tuple[Account | None, bool]:
         async def read(connection: _Connection) -> tuple[Account | None, bool]:
             cursor = await connection.execute(
-                _SELECT_ACCOUNT_WITH_EXPIRY, (to_micros(now), account_id)
+                _SELECT_ACCOUNT_WITH_EXPIRY, (to_micros(now), tenant, account_id)
             )
             row = await cursor.fetchone()
             if row is None:
@@ -253,9 +261,9 @@ class PostgresStore:
 
         return await self._run(read)
 
-    async def hold(self, hold_id: str) -> Hold | None:
+    async def hold(self, tenant: str, hold_id: str) -> Hold | None:
         async def read(connection: _Connection) -> Hold | None:
-            row = await (await connection.execute(_SELECT_HOLD, (hold_id,))).fetchone()
+            row = await (await connection.execute(_SELECT_HOLD, (tenant, hold_id))).fetchone()
             return None if row is None else tables.hold_from_row(row)
 
         return await self._run(read)
@@ -269,12 +277,12 @@ class PostgresStore:
 
         return await self._run(read)
 
-    async def accounts_with_expired_holds(self, now: datetime, limit: int) -> list[str]:
-        async def read(connection: _Connection) -> list[str]:
+    async def accounts_with_expired_holds(self, now: datetime, limit: int) -> list[AccountKey]:
+        async def read(connection: _Connection) -> list[AccountKey]:
             cursor = await connection.execute(
                 _SELECT_ACCOUNTS_WITH_EXPIRED_HOLDS, (to_micros(now), limit)
             )
-            return [row[0] for row in await cursor.fetchall()]
+            return [(row[0], row[1]) for row in await cursor.fetchall()]
 
         return await self._run(read)
 
@@ -355,7 +363,7 @@ class _Command:
         """The account and hold it names, as far as known before reading."""
         names = set()
         if self.lookup.account_id is not None:
-            names.add(f"account:{self.lookup.account_id}")
+            names.add(f"account:{self.lookup.tenant}/{self.lookup.account_id}")
         if self.lookup.hold_id is not None:
             names.add(f"hold:{self.lookup.hold_id}")
         return names
@@ -406,56 +414,74 @@ async def _transact_group(
 async def _load_group(
     cursor: _ClientCursor, group: list[_Command]
 ) -> tuple[list[tuple[_Command, Snapshot]], list[_Command]]:
-    """Lock every account of the group in account order, then read the rest as it now is."""
-    account_ids = sorted({c.lookup.account_id for c in group if c.lookup.account_id is not None})
-    hold_ids = sorted({c.lookup.hold_id for c in group if c.lookup.hold_id is not None})
+    """Lock every account of the group in (tenant, account) order, then read the rest as it
+    now is."""
+    accounts_named = _pairs(
+        (c.lookup.tenant, c.lookup.account_id) for c in group if c.lookup.account_id is not None
+    )
+    holds_named = _pairs(
+        (c.lookup.tenant, c.lookup.hold_id) for c in group if c.lookup.hold_id is not None
+    )
     latest = to_micros(max(command.lookup.now for command in group))
     keys = [key for command in group for key in command.lookup.record_keys]
     reads: list[_Statement] = [
         ("BEGIN", ()),
-        (_LOCK_GROUP_ACCOUNTS, (account_ids, hold_ids)),
-        (_SELECT_GROUP_HOLDS, (hold_ids,)),
-        (_SELECT_GROUP_EXPIRED_HOLDS, (latest, account_ids, hold_ids)),
+        (_LOCK_GROUP_ACCOUNTS, (*accounts_named, *holds_named)),
+        (_SELECT_GROUP_HOLDS, holds_named),
+        (_SELECT_GROUP_EXPIRED_HOLDS, (latest, *accounts_named, *holds_named)),
     ]
     if keys:
         sql, params = tables.records_statement(keys)
         reads.append((_pg(sql), tuple(params)))
     _, account_rows, hold_rows, expired_rows, *rest = await _script(cursor, reads)
-    accounts = {row[0]: tables.account_from_row(row) for row in account_rows}
-    holds = {row[0]: tables.hold_from_row(row) for row in hold_rows}
-    expired: dict[str, list[Hold]] = {}
+    accounts: dict[AccountKey, Account] = {}
+    for row in account_rows:
+        account = tables.account_from_row(row)
+        accounts[account.tenant, account.account_id] = account
+    # Each read only its commands' own tenants' holds, and hold ids are unique across tenants.
+    holds = {hold.hold_id: hold for hold in map(tables.hold_from_row, hold_rows)}
+    expired: dict[AccountKey, list[Hold]] = {}
     for row in expired_rows:
         overdue = tables.hold_from_row(row)
-        expired.setdefault(overdue.account_id, []).append(overdue)
+        expired.setdefault((overdue.tenant, overdue.account_id), []).append(overdue)
     records = {}
     for row in rest[0] if rest else []:
         record = tables.record_from_row(row)
         records[record.key] = record
     snapshots: list[tuple[_Command, Snapshot]] = []
     later: list[_Command] = []
-    taken: set[str] = set()
+    taken: set[AccountKey] = set()
     for command in group:
         lookup = command.lookup
         hold = None if lookup.hold_id is None else holds.get(lookup.hold_id)
+        if hold is not None and hold.tenant != lookup.tenant:
+            # Another command of the group named it, in its own tenant.
+            hold = None
         account_id = lookup.account_id if hold is None else hold.account_id
-        if account_id is not None:
-            if account_id in taken:
+        key = None if account_id is None else (lookup.tenant, account_id)
+        if key is not None:
+            if key in taken:
                 later.append(command)
                 continue
-            taken.add(account_id)
+            taken.add(key)
         now_us = to_micros(lookup.now)
+        overdue_of_account = () if key is None else expired.get(key, ())
         snapshot = Snapshot(
-            account=None if account_id is None else accounts.get(account_id),
+            account=None if key is None else accounts.get(key),
             hold=hold,
             expired_holds=tuple(
-                due
-                for due in expired.get(account_id or "", ())
-                if to_micros(due.expires_at) <= now_us
+                due for due in overdue_of_account if to_micros(due.expires_at) <= now_us
             ),
             records={key: records[key] for key in lookup.record_keys if key in records},
         )
         snapshots.append((command, snapshot))
     return snapshots, later
+
+
+def _pairs(pairs: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """(tenant, name) pairs, each once, as the two parallel arrays `unnest` takes."""
+    unique = sorted(set(pairs))
+    return [tenant for tenant, _ in unique], [name for _, name in unique]
 
 
 async def _script(cursor: _ClientCursor, statements: list[_Statement]) -> list[list[Any]]:
@@ -481,14 +507,15 @@ async def _load(cursor: _ClientCursor, lookup: Lookup) -> Snapshot:
     """Lock the account, then read the rest as the previous holder of the lock left it."""
     now_us = to_micros(lookup.now)
     reads: list[_Statement] = [("BEGIN", ())]
+    tenant = lookup.tenant
     if lookup.account_id is not None:
-        reads.append((_LOCK_ACCOUNT, (lookup.account_id,)))
-        reads.append((_SELECT_EXPIRED_HOLDS, (lookup.account_id, now_us)))
+        reads.append((_LOCK_ACCOUNT, (tenant, lookup.account_id)))
+        reads.append((_SELECT_EXPIRED_HOLDS, (tenant, lookup.account_id, now_us)))
     else:
-        reads.append((_LOCK_ACCOUNT_OF_HOLD, (lookup.hold_id,)))
-        reads.append((_SELECT_EXPIRED_HOLDS_OF_HOLD, (lookup.hold_id, now_us)))
+        reads.append((_LOCK_ACCOUNT_OF_HOLD, (tenant, lookup.hold_id)))
+        reads.append((_SELECT_EXPIRED_HOLDS_OF_HOLD, (tenant, lookup.hold_id, now_us)))
     if lookup.hold_id is not None:
-        reads.append((_SELECT_HOLD, (lookup.hold_id,)))
+        reads.append((_SELECT_HOLD, (tenant, lookup.hold_id)))
     if lookup.record_keys:
         sql, params = tables.records_statement(lookup.record_keys)
         reads.append((_pg(sql), tuple(params)))
@@ -509,7 +536,7 @@ async def _load(cursor: _ClientCursor, lookup: Lookup) -> Snapshot:
 
 async def _apply(cursor: _ClientCursor, changes: Changes) -> None:
     """Write and commit at once, unchecked: a write based on a stale read cannot commit anyway,
-    since the (account, sequence) key of its first entry is already taken."""
+    since the (tenant, account, sequence) key of its first entry is already taken."""
     await _script(cursor, [*_writes(changes), ("COMMIT", ())])
 
 

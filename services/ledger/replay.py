@@ -1,4 +1,9 @@
-"""Idempotency records: the fingerprint of a request and its answer, kept so a retry replays it."""
+"""Idempotency records: the fingerprint of a request and its answer, kept so a retry replays it.
+
+An answer is kept without its tenant: a record belongs to one tenant (its row says which), and
+everything its answer names belongs to that tenant too. That is also what lets records written
+before tenants, all of the default tenant, replay unchanged.
+"""
 
 from __future__ import annotations
 
@@ -101,14 +106,15 @@ def encode_outcome(outcome: Outcome | TiergenError) -> str:
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def decode_outcome(text: str) -> Outcome | TiergenError:
-    """The recorded answer, marked as a replay, or the recorded failure to raise again."""
+def decode_outcome(text: str, tenant: str) -> Outcome | TiergenError:
+    """The recorded answer, marked as a replay, or the recorded failure to raise again; `tenant`
+    is the record's."""
     body = orjson.loads(text)
     if "error" in body:
         error_type = _RECORDED_ERRORS[body["error"]]
         return error_type(body["message"], reason=body["reason"], metadata=body["metadata"])
     kind = body["result"]
-    balance = Balance(**body["balance"])
+    balance = Balance(tenant=tenant, **body["balance"])
     # Records written before answers said why carry none: each was the answer of the call that
     # granted (or a copy of it kept under another key).
     grant_outcome = GrantOutcome(body.get("outcome", GrantOutcome.GRANTED.value))
@@ -124,9 +130,9 @@ def decode_outcome(text: str) -> Outcome | TiergenError:
             cap_reached=body["cap_reached"],
         )
     elif kind == "hold":
-        outcome = HoldResult(hold=_hold_from(body["hold"]), balance=balance)
+        outcome = HoldResult(hold=_hold_from(body["hold"], tenant), balance=balance)
     elif kind == "grant":
-        outcome = GrantResult(entry=_entry_from(body["entry"]), balance=balance)
+        outcome = GrantResult(entry=_entry_from(body["entry"], tenant), balance=balance)
     else:
         raise ValueError(f"unknown recorded result {kind!r}")
     return replace(outcome, replayed=True)
@@ -159,10 +165,11 @@ def _hold_fields(hold: Hold) -> dict[str, Any]:
     }
 
 
-def _hold_from(fields: Mapping[str, Any]) -> Hold:
+def _hold_from(fields: Mapping[str, Any], tenant: str) -> Hold:
     resolved_at = fields["resolved_at"]
     return Hold(
         hold_id=fields["hold_id"],
+        tenant=tenant,
         account_id=fields["account_id"],
         amount=fields["amount"],
         captured_amount=fields["captured_amount"],
@@ -190,8 +197,9 @@ def _entry_fields(entry: Entry) -> dict[str, Any]:
     }
 
 
-def _entry_from(fields: Mapping[str, Any]) -> Entry:
+def _entry_from(fields: Mapping[str, Any], tenant: str) -> Entry:
     return Entry(
+        tenant=tenant,
         account_id=fields["account_id"],
         sequence=fields["sequence"],
         kind=EntryKind(fields["kind"]),

@@ -5,9 +5,13 @@ answer to give. That is what lets SQLite and PostgreSQL share one set of rules, 
 model-based tests check.
 
 Idempotency keys are scoped: for OpenAccount, CheckIn, Grant and Reserve a key names one request
-on one account; for Capture and Release it names one request on one hold. The same key on
-another account or hold is another request. Every answer and every state-derived failure is
-recorded under its key, and only that key replays it.
+on one account; for Capture and Release it names one request on one hold; and always within the
+caller's tenant. The same key on another account or hold, or from another tenant, is another
+request: a tenant's key never replays another tenant's answer. Every answer and every
+state-derived failure is recorded under its key, and only that key replays it.
+
+Every command names its tenant and reads only that tenant's rows, so another tenant's hold is
+absent, and Capture or Release of it answers HOLD_NOT_FOUND as an unknown hold does.
 
 Opening an account and a week's check-in happen once whatever the key: the account row, and a
 record under the account's event scope (`account-event:<id>`, `check-in/<week>`), say they
@@ -83,6 +87,7 @@ class Promotions:
 
 @dataclass(frozen=True)
 class OpenAccount:
+    tenant: str
     account_id: str
     idempotency_key: str
     now: datetime
@@ -90,6 +95,7 @@ class OpenAccount:
 
 @dataclass(frozen=True)
 class CheckIn:
+    tenant: str
     account_id: str
     idempotency_key: str
     now: datetime
@@ -97,6 +103,7 @@ class CheckIn:
 
 @dataclass(frozen=True)
 class Grant:
+    tenant: str
     account_id: str
     amount: int
     kind: GrantKind
@@ -107,6 +114,7 @@ class Grant:
 
 @dataclass(frozen=True)
 class Reserve:
+    tenant: str
     account_id: str
     #: Chosen by the caller of the rules so that deciding stays deterministic.
     hold_id: str
@@ -121,6 +129,7 @@ class Reserve:
 
 @dataclass(frozen=True)
 class Capture:
+    tenant: str
     hold_id: str
     amount: int
     idempotency_key: str
@@ -129,6 +138,7 @@ class Capture:
 
 @dataclass(frozen=True)
 class Release:
+    tenant: str
     hold_id: str
     idempotency_key: str
     now: datetime
@@ -138,6 +148,7 @@ class Release:
 class ExpireHolds:
     """Return every open hold of an account whose expiry has passed (the sweeper's command)."""
 
+    tenant: str
     account_id: str
     now: datetime
 
@@ -147,16 +158,17 @@ Command = OpenAccount | CheckIn | Grant | Reserve | Capture | Release | ExpireHo
 
 def lookup(command: Command) -> Lookup:
     """The rows a command must read before `decide` can run."""
+    tenant = command.tenant
     match command:
         case CheckIn():
             keys = (_caller_key(command), _week_key(command))
-            return Lookup(command.account_id, None, keys, command.now)
+            return Lookup(tenant, command.account_id, None, keys, command.now)
         case OpenAccount() | Grant() | Reserve():
-            return Lookup(command.account_id, None, (_caller_key(command),), command.now)
+            return Lookup(tenant, command.account_id, None, (_caller_key(command),), command.now)
         case Capture() | Release():
-            return Lookup(None, command.hold_id, (_caller_key(command),), command.now)
+            return Lookup(tenant, None, command.hold_id, (_caller_key(command),), command.now)
         case ExpireHolds():
-            return Lookup(command.account_id, None, (), command.now)
+            return Lookup(tenant, command.account_id, None, (), command.now)
 
 
 def decide(command: Command, snapshot: Snapshot, promotions: Promotions) -> Decision:
@@ -179,7 +191,7 @@ def decide(command: Command, snapshot: Snapshot, promotions: Promotions) -> Deci
                     metadata={"idempotency_key": command.idempotency_key},
                 )
             )
-        return draft.decision(decode_outcome(stored.outcome))
+        return draft.decision(decode_outcome(stored.outcome, command.tenant))
     outcome = _decide_fresh(command, draft, snapshot, promotions, request)
     if is_recorded(outcome):
         draft.record(key, request, encode_outcome(outcome))
@@ -222,7 +234,7 @@ def _open_account(
         return OpenAccountResult(
             balance=draft.balance(), granted=0, outcome=GrantOutcome.ALREADY_OPEN
         )
-    draft.open(command.account_id)
+    draft.open(command.tenant, command.account_id)
     granted = min(promotions.signup_bonus, promotions.cap)
     if granted > 0:
         draft.post(EntryKind.SIGNUP_BONUS, granted, memo="sign-up bonus")
@@ -287,6 +299,7 @@ def _reserve(command: Reserve, draft: _Draft) -> Outcome | TiergenError:
         )
     hold = Hold(
         hold_id=command.hold_id,
+        tenant=command.tenant,
         account_id=command.account_id,
         amount=command.amount,
         captured_amount=0,
@@ -375,8 +388,8 @@ def _not_open(account_id: str) -> FailedPrecondition:
 
 def _caller_key(command: OpenAccount | CheckIn | Grant | Reserve | Capture | Release) -> RecordKey:
     if isinstance(command, Capture | Release):
-        return RecordKey(f"hold:{command.hold_id}", command.idempotency_key)
-    return RecordKey(f"account:{command.account_id}", command.idempotency_key)
+        return RecordKey(command.tenant, f"hold:{command.hold_id}", command.idempotency_key)
+    return RecordKey(command.tenant, f"account:{command.account_id}", command.idempotency_key)
 
 
 def _week_key(command: CheckIn) -> RecordKey:
@@ -385,10 +398,13 @@ def _week_key(command: CheckIn) -> RecordKey:
     (Accounts opened before the account row alone said so also have an `open` record in the
     same scope; nothing reads it now.)
     """
-    return RecordKey(f"account-event:{command.account_id}", f"check-in/{iso_week(command.now)}")
+    scope = f"account-event:{command.account_id}"
+    return RecordKey(command.tenant, scope, f"check-in/{iso_week(command.now)}")
 
 
 def _fingerprint(command: OpenAccount | CheckIn | Grant | Reserve | Capture | Release) -> str:
+    # The tenant is left out: a record is found only within its tenant anyway, and records
+    # written before tenants keep matching their retries.
     match command:
         case OpenAccount():
             return fingerprint("open_account", {"account_id": command.account_id})
@@ -469,8 +485,9 @@ class _Draft:
         self._entries: list[Entry] = []
         self.records: list[StoredRecord] = []
 
-    def open(self, account_id: str) -> None:
+    def open(self, tenant: str, account_id: str) -> None:
         self.account = Account(
+            tenant=tenant,
             account_id=account_id,
             available=0,
             held=0,
@@ -494,6 +511,7 @@ class _Draft:
         account = _apply(self.account, kind, amount)
         source, destination = _books(kind, account.account_id)
         entry = Entry(
+            tenant=account.tenant,
             account_id=account.account_id,
             sequence=account.last_sequence,
             kind=kind,

@@ -23,6 +23,7 @@ from services.ledger.model import (
     held_book,
 )
 from services.runtime.errors import InvalidArgument
+from services.runtime.identifiers import DEFAULT_TENANT
 
 __all__ = ["LedgerServicer"]
 
@@ -56,6 +57,13 @@ _GRANT_KINDS = {
 }
 
 
+def _tenant(request: Any) -> str:
+    """The tenant a request names; none means the default tenant, so that a client from before
+    tenants reaches the accounts it always had."""
+    tenant: str = request.tenant
+    return tenant or DEFAULT_TENANT
+
+
 def _timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
     if moment is None:
         return None
@@ -66,6 +74,7 @@ def _timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
 
 def balance_message(balance: Balance) -> ledger_pb2.Balance:
     return ledger_pb2.Balance(
+        tenant=balance.tenant,
         account_id=balance.account_id,
         available=balance.available,
         held=balance.held,
@@ -80,6 +89,7 @@ def balance_message(balance: Balance) -> ledger_pb2.Balance:
 def hold_message(hold: Hold) -> ledger_pb2.Hold:
     return ledger_pb2.Hold(
         hold_id=hold.hold_id,
+        tenant=hold.tenant,
         account_id=hold.account_id,
         amount=hold.amount,
         captured_amount=hold.captured_amount,
@@ -103,6 +113,7 @@ def _delta(entry: Entry, book: str) -> int:
 def entry_message(entry: Entry) -> ledger_pb2.Entry:
     return ledger_pb2.Entry(
         entry_id=f"{entry.account_id}/{entry.sequence}",
+        tenant=entry.tenant,
         account_id=entry.account_id,
         kind=_ENTRY_KINDS[entry.kind],
         available_delta=_delta(entry, available_book(entry.account_id)),
@@ -132,7 +143,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def OpenAccount(
         self, request: ledger_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ledger_pb2.OpenAccountResponse:
-        result = await self._ledger.open_account(request.account_id, request.idempotency_key)
+        result = await self._ledger.open_account(
+            _tenant(request), request.account_id, request.idempotency_key
+        )
         return ledger_pb2.OpenAccountResponse(
             balance=balance_message(result.balance),
             granted=result.granted,
@@ -143,7 +156,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def CheckIn(
         self, request: ledger_pb2.CheckInRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ledger_pb2.CheckInResponse:
-        result = await self._ledger.check_in(request.account_id, request.idempotency_key)
+        result = await self._ledger.check_in(
+            _tenant(request), request.account_id, request.idempotency_key
+        )
         return ledger_pb2.CheckInResponse(
             balance=balance_message(result.balance),
             granted=result.granted,
@@ -156,13 +171,14 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def GetBalance(
         self, request: ledger_pb2.GetBalanceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ledger_pb2.GetBalanceResponse:
-        balance = await self._ledger.get_balance(request.account_id)
+        balance = await self._ledger.get_balance(_tenant(request), request.account_id)
         return ledger_pb2.GetBalanceResponse(balance=balance_message(balance))
 
     async def Reserve(
         self, request: ledger_pb2.ReserveRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ledger_pb2.ReserveResponse:
         result = await self._ledger.reserve(
+            _tenant(request),
             request.account_id,
             request.amount,
             request.idempotency_key,
@@ -175,14 +191,16 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         self, request: ledger_pb2.CaptureRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ledger_pb2.CaptureResponse:
         result = await self._ledger.capture(
-            request.hold_id, request.amount, request.idempotency_key
+            _tenant(request), request.hold_id, request.amount, request.idempotency_key
         )
         return _hold_reply(ledger_pb2.CaptureResponse, result)
 
     async def Release(
         self, request: ledger_pb2.ReleaseRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ledger_pb2.ReleaseResponse:
-        result = await self._ledger.release(request.hold_id, request.idempotency_key)
+        result = await self._ledger.release(
+            _tenant(request), request.hold_id, request.idempotency_key
+        )
         return _hold_reply(ledger_pb2.ReleaseResponse, result)
 
     async def Grant(
@@ -194,7 +212,12 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                 "kind must be GRANT_KIND_PURCHASE or GRANT_KIND_ADJUSTMENT", field="kind"
             )
         result = await self._ledger.grant(
-            request.account_id, request.amount, kind, request.reason, request.idempotency_key
+            _tenant(request),
+            request.account_id,
+            request.amount,
+            kind,
+            request.reason,
+            request.idempotency_key,
         )
         return ledger_pb2.GrantResponse(
             entry=entry_message(result.entry),
@@ -215,9 +238,10 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         if request.kinds and not kinds:
             # The contract: ENTRY_KIND_UNSPECIFIED as a filter matches nothing. The account
             # must still exist.
-            await self._ledger.get_balance(request.account_id)
+            await self._ledger.get_balance(_tenant(request), request.account_id)
             return ledger_pb2.ListEntriesResponse()
         page = await self._ledger.list_entries(
+            _tenant(request),
             request.account_id,
             start=request.start_time.ToDatetime(tzinfo=UTC)
             if request.HasField("start_time")

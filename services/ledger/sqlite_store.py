@@ -32,6 +32,7 @@ from services.ledger import tables
 from services.ledger.migrations import SCHEMA
 from services.ledger.model import Account, Entry, Hold, to_micros
 from services.ledger.store import (
+    AccountKey,
     Changes,
     Decide,
     Decision,
@@ -110,19 +111,21 @@ class SqliteStore:
         self._jobs.put(_Job(lookup, decide, loop, future))
         return await future
 
-    async def account(self, account_id: str, now: datetime) -> tuple[Account | None, bool]:
+    async def account(
+        self, tenant: str, account_id: str, now: datetime
+    ) -> tuple[Account | None, bool]:
         def read(connection: sqlite3.Connection) -> tuple[Account | None, bool]:
             sql = tables.SELECT_ACCOUNT_WITH_EXPIRY
-            row = connection.execute(sql, (to_micros(now), account_id)).fetchone()
+            row = connection.execute(sql, (to_micros(now), tenant, account_id)).fetchone()
             if row is None:
                 return None, False
             return tables.account_from_row(row), bool(row[-1])
 
         return await self._read(read)
 
-    async def hold(self, hold_id: str) -> Hold | None:
+    async def hold(self, tenant: str, hold_id: str) -> Hold | None:
         def read(connection: sqlite3.Connection) -> Hold | None:
-            row = connection.execute(tables.SELECT_HOLD, (hold_id,)).fetchone()
+            row = connection.execute(tables.SELECT_HOLD, (tenant, hold_id)).fetchone()
             return None if row is None else tables.hold_from_row(row)
 
         return await self._read(read)
@@ -135,12 +138,12 @@ class SqliteStore:
 
         return await self._read(read)
 
-    async def accounts_with_expired_holds(self, now: datetime, limit: int) -> list[str]:
+    async def accounts_with_expired_holds(self, now: datetime, limit: int) -> list[AccountKey]:
         params = (to_micros(now), limit)
 
-        def read(connection: sqlite3.Connection) -> list[str]:
+        def read(connection: sqlite3.Connection) -> list[AccountKey]:
             rows = connection.execute(tables.SELECT_ACCOUNTS_WITH_EXPIRED_HOLDS, params)
-            return [row[0] for row in rows]
+            return [(row[0], row[1]) for row in rows]
 
         return await self._read(read)
 
@@ -276,10 +279,11 @@ def _run(connection: sqlite3.Connection, lookup: Lookup, decide: Decide) -> Deci
 
 
 def _load(connection: sqlite3.Connection, lookup: Lookup) -> Snapshot:
+    tenant = lookup.tenant
     hold: Hold | None = None
     account_id = lookup.account_id
     if lookup.hold_id is not None:
-        row = connection.execute(tables.SELECT_HOLD, (lookup.hold_id,)).fetchone()
+        row = connection.execute(tables.SELECT_HOLD, (tenant, lookup.hold_id)).fetchone()
         if row is not None:
             hold = tables.hold_from_row(row)
             account_id = hold.account_id
@@ -287,11 +291,13 @@ def _load(connection: sqlite3.Connection, lookup: Lookup) -> Snapshot:
     expired: tuple[Hold, ...] = ()
     if account_id is not None:
         now_us = to_micros(lookup.now)
-        row = connection.execute(tables.SELECT_ACCOUNT_WITH_EXPIRY, (now_us, account_id)).fetchone()
+        sql = tables.SELECT_ACCOUNT_WITH_EXPIRY
+        row = connection.execute(sql, (now_us, tenant, account_id)).fetchone()
         if row is not None:
             account = tables.account_from_row(row)
             if row[-1]:
-                rows = connection.execute(tables.SELECT_EXPIRED_HOLDS, (account_id, now_us))
+                sql = tables.SELECT_EXPIRED_HOLDS
+                rows = connection.execute(sql, (tenant, account_id, now_us))
                 expired = tuple(tables.hold_from_row(row) for row in rows)
     records = {}
     if lookup.record_keys:

@@ -8,6 +8,10 @@ set of rules.
 Locking protocol, the same on every store: all changes to an account, its holds and its entries
 happen under that account's row lock (SQLite: the single writer). A hold's account never
 changes, so a store may read it without a lock before taking the account's lock.
+
+Tenancy, the same on every store: every read names the tenant, and a row of another tenant is
+never read, so it is absent exactly as a row that does not exist. A command naming another
+tenant's hold finds no hold and decides as it would for an unknown one.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from services.ledger.model import Account, Entry, EntryKind, Hold, Outcome
 from services.runtime.errors import TiergenError
 
 __all__ = [
+    "AccountKey",
     "Changes",
     "Decide",
     "Decision",
@@ -34,10 +39,16 @@ __all__ = [
 ]
 
 
+#: An account as every tenant's accounts are told apart: (tenant, account id).
+AccountKey = tuple[str, str]
+
+
 @dataclass(frozen=True)
 class RecordKey:
-    """Where an idempotency record lives: a scope chosen by the ledger, and a key within it."""
+    """Where an idempotency record lives: the caller's tenant, a scope chosen by the ledger, and
+    a key within it."""
 
+    tenant: str
     scope: str
     key: str
 
@@ -53,8 +64,9 @@ class StoredRecord:
 
 @dataclass(frozen=True)
 class Lookup:
-    """What one command reads before the rules decide."""
+    """What one command reads before the rules decide, all of it within one tenant."""
 
+    tenant: str
     account_id: str | None
     hold_id: str | None
     record_keys: tuple[RecordKey, ...]
@@ -100,6 +112,7 @@ Decide = Callable[[Snapshot], Decision]
 class EntryQuery:
     """A page of one account's entries, oldest first."""
 
+    tenant: str
     account_id: str
     after_sequence: int
     start_micros: int | None
@@ -119,16 +132,21 @@ class LedgerStore(Protocol):
         """Run one command atomically; its changes are durable before this returns."""
         ...
 
-    async def account(self, account_id: str, now: datetime) -> tuple[Account | None, bool]:
+    async def account(
+        self, tenant: str, account_id: str, now: datetime
+    ) -> tuple[Account | None, bool]:
         """The account (if open) and whether it has open holds past their expiry at `now`."""
         ...
 
-    async def hold(self, hold_id: str) -> Hold | None: ...
+    async def hold(self, tenant: str, hold_id: str) -> Hold | None:
+        """The hold, if it exists and belongs to `tenant`."""
+        ...
 
     async def entries(self, query: EntryQuery) -> list[Entry]: ...
 
-    async def accounts_with_expired_holds(self, now: datetime, limit: int) -> list[str]:
-        """Accounts that have open holds past their expiry, in account id order."""
+    async def accounts_with_expired_holds(self, now: datetime, limit: int) -> list[AccountKey]:
+        """Accounts of every tenant that have open holds past their expiry, in (tenant, account
+        id) order."""
         ...
 
     async def audit(self, sql: str) -> list[tuple[Any, ...]]:

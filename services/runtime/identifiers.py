@@ -16,17 +16,25 @@ from services.runtime.errors import InvalidArgument
 
 __all__ = [
     "ACCOUNT_ID_PATTERN",
+    "DEFAULT_TENANT",
     "MAX_IDEMPOTENCY_KEY_CHARS",
     "MAX_ID_CHARS",
+    "TENANT_PATTERN",
     "excerpt",
     "require_account_id",
     "require_id",
     "require_idempotency_key",
     "require_plain_text",
+    "require_tenant",
 ]
 
+#: The tenant of the rows written before tenancy, and of a ledger request that names none.
+DEFAULT_TENANT = "default"
 #: Account ids: 1-128 characters of letters, digits and ._:@-, starting with a letter or digit.
 ACCOUNT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+#: Tenant names: 1-63 lowercase letters, digits and hyphens, starting and ending with a letter or
+#: digit (a DNS label, so a tenant can name a namespace, a label value or a host).
+TENANT_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 #: Longest id of a job, batch, hold or asset a caller may name; every id Tiergen makes is shorter.
 MAX_ID_CHARS = 128
 #: Longest idempotency key.
@@ -115,3 +123,15 @@ def require_plain_text(text: str, field: str) -> str:
             reason="TEXT_MALFORMED",
         )
     return text
+
+
+def require_tenant(tenant: str, field: str = "tenant") -> str:
+    """`tenant` when it is a well-formed tenant name; InvalidArgument on `field` otherwise."""
+    if not TENANT_PATTERN.fullmatch(tenant):
+        raise InvalidArgument(
+            f"tenant {excerpt(tenant)} is malformed: tenants are 1-63 lowercase letters, digits"
+            " and hyphens, starting and ending with a letter or digit",
+            field=field,
+            reason="MALFORMED_TENANT",
+        )
+    return tenant

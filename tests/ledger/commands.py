@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from services.ledger import rules
 from services.ledger.store import Decision, LedgerStore
-from tests.ledger.conftest import START
+from tests.ledger.conftest import START, TENANT
 
 __all__ = ["PROMOTIONS", "reserve", "run"]
 
@@ -21,9 +21,10 @@ async def run(store: LedgerStore, command: rules.Command) -> Decision:
     )
 
 
-def reserve(account_id: str, key: str, amount: int = 7) -> rules.Reserve:
-    """A Reserve of `amount` on `account_id` at START, with a fresh hold id."""
+def reserve(account_id: str, key: str, amount: int = 7, tenant: str = TENANT) -> rules.Reserve:
+    """A Reserve of `amount` on `account_id` of `tenant` at START, with a fresh hold id."""
     return rules.Reserve(
+        tenant=tenant,
         account_id=account_id,
         hold_id=f"hold_{secrets.token_hex(16)}",
         amount=amount,

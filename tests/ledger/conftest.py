@@ -34,6 +34,9 @@ from tests.postgres import Schemas, require_postgres, with_search_path
 
 #: Monday of ISO week 2026-W48, mid-morning.
 START = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+#: The tenant of the tests that are not about tenants: not the default one, so that nothing
+#: passes only because a tenant was dropped on the way to the database.
+TENANT = "acme"
 
 
 class ManualClock:
@@ -94,7 +97,7 @@ class LedgerHarness:
         return rows
 
     @contextlib.asynccontextmanager
-    async def account_locked(self, account_id: str) -> AsyncIterator[None]:
+    async def account_locked(self, account_id: str, tenant: str = TENANT) -> AsyncIterator[None]:
         """Hold the lock a write to the account needs (SQLite: the database's write lock)."""
         if self.kind == "sqlite":
             path = LedgerSettings(dsn=self.dsn).sqlite_path
@@ -108,7 +111,8 @@ class LedgerHarness:
             return
         async with await psycopg.AsyncConnection.connect(self.dsn) as pg_connection:
             await pg_connection.execute(
-                "SELECT 1 FROM accounts WHERE account_id = %s FOR UPDATE", (account_id,)
+                "SELECT 1 FROM accounts WHERE tenant = %s AND account_id = %s FOR UPDATE",
+                (tenant, account_id),
             )
             yield
             await pg_connection.rollback()

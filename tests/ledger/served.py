@@ -24,9 +24,13 @@ class Served:
     health: Any
     harness: Any
 
-    async def open(self, account_id: str = "alice") -> ledger_pb2.OpenAccountResponse:
+    async def open(
+        self, account_id: str = "alice", tenant: str = ""
+    ) -> ledger_pb2.OpenAccountResponse:
         return await self.stub.OpenAccount(
-            ledger_pb2.OpenAccountRequest(account_id=account_id, idempotency_key="open")
+            ledger_pb2.OpenAccountRequest(
+                account_id=account_id, idempotency_key="open", tenant=tenant
+            )
         )
 
     async def reserve(

@@ -8,6 +8,7 @@ import pytest
 from services.ledger.ledger import Ledger
 from services.ledger.settings import LedgerSettings
 from services.runtime.errors import Aborted, Unavailable
+from tests.ledger.conftest import TENANT
 
 
 async def test_a_sqlite_path_that_is_a_directory_is_unavailable(tmp_path, clock):
@@ -33,25 +34,25 @@ async def test_an_unreachable_postgres_server_is_unavailable(clock):
 
 async def test_a_closed_ledger_is_unavailable(harness):
     ledger = await harness.open()
-    await ledger.open_account("alice", "open")
+    await ledger.open_account(TENANT, "alice", "open")
     await ledger.close()
 
     with pytest.raises(Unavailable):
-        await ledger.get_balance("alice")
+        await ledger.get_balance(TENANT, "alice")
     with pytest.raises(Unavailable):
-        await ledger.reserve("alice", 5, "job")
+        await ledger.reserve(TENANT, "alice", 5, "job")
 
 
 async def test_a_lock_held_past_the_lock_timeout_ends_in_aborted(harness):
     ledger = await harness.open(lock_timeout_seconds=0.02)
-    await ledger.open_account("alice", "open")
+    await ledger.open_account(TENANT, "alice", "open")
 
     async with harness.account_locked("alice"):
         with pytest.raises(Aborted):
-            await ledger.reserve("alice", 5, "job")
-        assert (await ledger.get_balance("alice")).available == 400
+            await ledger.reserve(TENANT, "alice", 5, "job")
+        assert (await ledger.get_balance(TENANT, "alice")).available == 400
 
-    reserved = await ledger.reserve("alice", 5, "job")
+    reserved = await ledger.reserve(TENANT, "alice", 5, "job")
     assert not reserved.replayed
 
 
@@ -61,7 +62,7 @@ async def test_commands_survive_the_server_dropping_their_connections(
 ):
     harness = postgres_harness
     ledger = await harness.open()
-    await ledger.open_account("alice", "open")
+    await ledger.open_account(TENANT, "alice", "open")
 
     async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as admin:
         cursor = await admin.execute(
@@ -72,4 +73,4 @@ async def test_commands_survive_the_server_dropping_their_connections(
         row = await cursor.fetchone()
 
     assert row is not None and row[0] >= 1
-    assert (await ledger.reserve("alice", 5, "job")).balance.held == 5
+    assert (await ledger.reserve(TENANT, "alice", 5, "job")).balance.held == 5

@@ -11,6 +11,7 @@ from tiergen.ledger.v1 import ledger_pb2
 
 from services.ledger.model import GrantKind
 from services.runtime.errors import InvalidArgument
+from tests.ledger.conftest import TENANT
 from tests.ledger.served import Served, failure
 
 #: A well-formed request of each RPC; "{hold}" stands for an open hold of alice's.
@@ -101,6 +102,7 @@ async def test_memos_and_reasons_keep_tabs_and_line_breaks(alice):
     ("method", "field", "reason"),
     [
         *((method, "account_id", "MALFORMED_ACCOUNT_ID") for method in BY_ACCOUNT),
+        *((method, "tenant", "MALFORMED_TENANT") for method in REQUESTS),
         *((method, "idempotency_key", "IDEMPOTENCY_KEY_TOO_LONG") for method in MUTATING),
         ("Capture", "hold_id", "MALFORMED_ID"),
         ("Release", "hold_id", "MALFORMED_ID"),
@@ -124,13 +126,13 @@ async def test_a_mebibyte_of_input_is_refused_with_a_short_answer(alice, method,
 async def test_lone_surrogates_from_callers_in_process_are_invalid_arguments(ledger):
     # gRPC strings are always valid UTF-8; a string decoded with surrogateescape is not, and
     # no store can encode it.
-    await ledger.open_account("alice", "open")
+    await ledger.open_account(TENANT, "alice", "open")
     for attempt, field in (
-        (ledger.check_in("alice", "week\udcff"), "idempotency_key"),
-        (ledger.reserve("alice", 5, "job", memo="job \udcff"), "memo"),
-        (ledger.grant("alice", 5, GrantKind.PURCHASE, "order \udcff", "buy"), "reason"),
+        (ledger.check_in(TENANT, "alice", "week\udcff"), "idempotency_key"),
+        (ledger.reserve(TENANT, "alice", 5, "job", memo="job \udcff"), "memo"),
+        (ledger.grant(TENANT, "alice", 5, GrantKind.PURCHASE, "order \udcff", "buy"), "reason"),
     ):
         with pytest.raises(InvalidArgument) as caught:
             await attempt
         assert caught.value.violations[0].field == field
-    assert (await ledger.get_balance("alice")).available == 400
+    assert (await ledger.get_balance(TENANT, "alice")).available == 400

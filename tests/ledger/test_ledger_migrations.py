@@ -1,6 +1,7 @@
 """The ledger's schema under Alembic: a database the hand-written migrations made is adopted and
-reads back row for row, a new database has exactly its schema, and PostgreSQL refuses a schema
-that is not current, naming the command that fixes it."""
+reads back row for row, in the default tenant once tenants came (0002), a new database has
+exactly its schema, and PostgreSQL refuses a schema that is not current, naming the command that
+fixes it."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from alembic.script import ScriptDirectory
 
 from services.ledger.ledger import Ledger
 from services.ledger.migrations import SCHEMA
+from services.ledger.model import GrantKind
 from services.ledger.settings import LedgerSettings
+from services.runtime.identifiers import DEFAULT_TENANT
 from services.runtime.migrations import SchemaNotCurrent, current, head, upgrade
 from tests.ledger.conftest import ManualClock
 from tests.postgres import Schemas, with_search_path
@@ -29,6 +32,8 @@ from tests.postgres import Schemas, with_search_path
 FIXTURES = Path(__file__).parent / "fixtures"
 #: The revision a database of the hand-written migrations' version 1 is adopted at.
 ADOPTED = "0001"
+#: The revision that gave every row a tenant.
+TENANTS = "0002"
 ACCOUNTS = ("alice", "bob", "carol")
 #: The tables the ledger reads, with the order that lists their rows the same way each time.
 TABLES = {
@@ -66,11 +71,28 @@ class Database:
             cursor = pg.execute(statement.encode())
             return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
 
-    def rows(self) -> dict[str, list[tuple[Any, ...]]]:
+    def rows(self) -> dict[str, list[dict[str, Any]]]:
+        """Every row of the ledger's tables, by column name (SQLite and PostgreSQL place a column
+        added later differently)."""
         return {
-            table: self.raw(f"SELECT * FROM {table} ORDER BY {order}")
+            table: self._named(f"SELECT * FROM {table} ORDER BY {order}")
             for table, order in TABLES.items()
         }
+
+    def _named(self, statement: str) -> list[dict[str, Any]]:
+        if self.kind == "sqlite":
+            db = sqlite3.connect(self._path(), isolation_level=None)
+            try:
+                cursor = db.execute(statement)
+                names = [column[0] for column in cursor.description]
+                return [dict(zip(names, row, strict=True)) for row in cursor]
+            finally:
+                db.close()
+        with psycopg.connect(self.dsn, autocommit=True) as pg:
+            cursor = pg.execute(statement.encode())
+            assert cursor.description is not None
+            names = [column.name for column in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     async def open(self, clock: ManualClock | None = None) -> Ledger:
         return await Ledger.open(LedgerSettings(dsn=self.dsn, pool_size=2), clock)
@@ -98,8 +120,23 @@ def legacy(database: Database) -> Database:
 
 
 def _expected(kind: str) -> dict[str, Any]:
+    """What the ledger read back before tenants, each balance, entry and hold now in the
+    default tenant."""
     expected: dict[str, Any] = json.loads((FIXTURES / f"legacy_ledger_{kind}.json").read_text())
+    for balance in expected["balances"].values():
+        balance["tenant"] = DEFAULT_TENANT
+    for entries in expected["entries"].values():
+        for entry in entries:
+            entry["tenant"] = DEFAULT_TENANT
+    for hold in expected["holds"].values():
+        hold["tenant"] = DEFAULT_TENANT
     return expected
+
+
+def _in_default_tenant(rows: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    return {
+        table: [{**row, "tenant": DEFAULT_TENANT} for row in found] for table, found in rows.items()
+    }
 
 
 def _plain(value: Any) -> Any:
@@ -128,34 +165,75 @@ def _all_revisions() -> list[str]:
 class TestLegacyDatabases:
     """Databases made by today's stores, before Alembic, with rows in them."""
 
-    async def test_every_row_reads_back_as_before(self, legacy: Database) -> None:
+    async def test_every_row_reads_back_as_before_in_the_default_tenant(
+        self, legacy: Database
+    ) -> None:
         expected = _expected(legacy.kind)
+        before = legacy.rows()
+
+        assert upgrade(SCHEMA, legacy.dsn) == _after(ADOPTED) == [TENANTS]
+
         rows = legacy.rows()
-
-        assert upgrade(SCHEMA, legacy.dsn) == _after(ADOPTED)
-
-        assert legacy.rows() == rows
+        assert rows == _in_default_tenant(before)
+        assert all(rows.values())  # the comparison saw rows of every table
         clock = ManualClock(datetime.fromisoformat(expected["finished"]))
         ledger = await legacy.open(clock)
         try:
             for account in ACCOUNTS:
-                balance = await ledger.get_balance(account)
+                balance = await ledger.get_balance(DEFAULT_TENANT, account)
                 assert _plain(asdict(balance)) == expected["balances"][account]
-                page = await ledger.list_entries(account)
+                page = await ledger.list_entries(DEFAULT_TENANT, account)
                 entries = [_plain(asdict(entry)) for entry in page.entries]
                 assert entries == expected["entries"][account]
             for hold_id, hold in expected["holds"].items():
-                assert _plain(asdict(await ledger.get_hold(hold_id))) == hold
+                assert _plain(asdict(await ledger.get_hold(DEFAULT_TENANT, hold_id))) == hold
             # The idempotency records came along: a retried reserve is answered, not re-run.
             retried = await ledger.reserve(
-                "alice", 50, "hold-open", ttl_seconds=86_400, memo="explore x25"
+                DEFAULT_TENANT, "alice", 50, "hold-open", ttl_seconds=86_400, memo="explore x25"
             )
             assert retried.replayed
             assert retried.hold.hold_id == expected["replays"]["hold-open"]
+            assert retried.balance.tenant == DEFAULT_TENANT
             assert all(check.ok for check in await ledger.verify(sweep=False))
         finally:
             await ledger.close()
         assert legacy.rows() == rows
+
+    async def test_another_tenant_starts_beside_the_default_one(self, legacy: Database) -> None:
+        expected = _expected(legacy.kind)
+        upgrade(SCHEMA, legacy.dsn)
+        ledger = await legacy.open(ManualClock(datetime.fromisoformat(expected["finished"])))
+        try:
+            opened = await ledger.open_account("globex", "alice", "open-alice")
+            # The key of a default-tenant hold is globex's own to use.
+            reserved = await ledger.reserve(
+                "globex", "alice", 50, "hold-open", ttl_seconds=86_400, memo="explore x25"
+            )
+            await ledger.grant("globex", "alice", 9, GrantKind.PURCHASE, "pack", "buy-alice")
+            default_alice = await ledger.get_balance(DEFAULT_TENANT, "alice")
+            checks = await ledger.verify(sweep=False)
+        finally:
+            await ledger.close()
+
+        assert opened.granted == 400
+        assert not reserved.replayed
+        assert reserved.hold.hold_id != expected["replays"]["hold-open"]
+        assert (reserved.balance.tenant, reserved.balance.available) == ("globex", 350)
+        assert _plain(asdict(default_alice)) == expected["balances"]["alice"]
+        assert [check.name for check in checks if not check.ok] == []
+
+    def test_a_row_that_names_no_tenant_is_refused(self, legacy: Database) -> None:
+        upgrade(SCHEMA, legacy.dsn)
+        # No default tenant in the schema: a write that forgot it fails, not lands in `default`.
+        refused = (
+            sqlite3.IntegrityError if legacy.kind == "sqlite" else psycopg.errors.NotNullViolation
+        )
+
+        with pytest.raises(refused):
+            legacy.raw(
+                "INSERT INTO idempotency_records (scope, idempotency_key, fingerprint, outcome,"
+                " created_at_us) VALUES ('account:alice', 'k', 'f', '{}', 0)"
+            )
 
     async def test_the_legacy_version_is_adopted_not_rerun(self, legacy: Database) -> None:
         upgrade(SCHEMA, legacy.dsn)
@@ -172,7 +250,7 @@ class TestLegacyDatabases:
 
         ledger = await legacy.open(ManualClock(datetime.fromisoformat(expected["finished"])))
         try:
-            balance = await ledger.get_balance("alice")
+            balance = await ledger.get_balance(DEFAULT_TENANT, "alice")
         finally:
             await ledger.close()
 

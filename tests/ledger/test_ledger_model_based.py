@@ -1,4 +1,9 @@
-"""Model-based test: random sequences of ledger commands against an in-memory model of the rules."""
+"""Model-based test: random sequences of ledger commands against an in-memory model of the rules.
+
+Two tenants with the same account ids share the ledger, and each counts its idempotency keys
+from zero, so the same key names requests of both: whatever one tenant does must show in none
+of the other's answers.
+"""
 
 from __future__ import annotations
 
@@ -35,9 +40,14 @@ from services.runtime.migrations import upgrade
 from tests.postgres import with_search_path
 
 T = TypeVar("T")
+TENANTS = ["acme", "globex"]
 ACCOUNTS = ["ann", "ben", "cy"]
+#: An account is (tenant, account id).
+Account = tuple[str, str]
 #: Commands mostly name the accounts opened at the start, sometimes the one that may not be open.
-ACCOUNT_IDS = st.sampled_from(["ann", "ben", "ann", "ben", "cy"])
+ACCOUNT_KEYS = st.tuples(
+    st.sampled_from(TENANTS), st.sampled_from(["ann", "ben", "ann", "ben", "cy"])
+)
 SIGNUP, CHECK_IN, CAP = 400, 250, 840
 START = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 NO_HOLD = "hold_" + "0" * 32
@@ -52,9 +62,10 @@ class ModelAccount:
     adjusted: int = 0
     consumed: int = 0
 
-    def balance(self, account_id: str) -> Balance:
+    def balance(self, account: Account) -> Balance:
         return Balance(
-            account_id=account_id,
+            tenant=account[0],
+            account_id=account[1],
             available=self.available,
             held=self.held,
             promotional_granted=self.promotional,
@@ -67,7 +78,7 @@ class ModelAccount:
 
 @dataclass
 class ModelHold:
-    account_id: str
+    account: Account
     amount: int
     expires_at: datetime
     status: HoldStatus = HoldStatus.OPEN
@@ -79,9 +90,11 @@ class Call:
     """A command as it was sent, and what it answered: what a retry must answer again."""
 
     operation: str
+    #: The tenant first, as every ledger command takes them.
     arguments: tuple[Any, ...]
     keywords: dict[str, Any]
-    scope: tuple[str, str]
+    #: ("account" or "hold", tenant, account or hold id).
+    scope: tuple[str, str, str]
     key: str
     outcome: Any
 
@@ -90,17 +103,17 @@ class Call:
 class Model:
     """The ledger's rules, restated as simply as possible."""
 
-    accounts: dict[str, ModelAccount] = field(default_factory=dict)
+    accounts: dict[Account, ModelAccount] = field(default_factory=dict)
     holds: dict[str, ModelHold] = field(default_factory=dict)
-    opened: dict[str, Any] = field(default_factory=dict)
-    check_ins: dict[tuple[str, str], Any] = field(default_factory=dict)
+    opened: dict[Account, Any] = field(default_factory=dict)
+    check_ins: dict[tuple[Account, str], Any] = field(default_factory=dict)
 
-    def expire_due(self, account_id: str, now: datetime) -> int:
-        account = self.accounts[account_id]
+    def expire_due(self, key: Account, now: datetime) -> int:
+        account = self.accounts[key]
         expired = 0
         for hold in self.holds.values():
             due = hold.status is HoldStatus.OPEN and hold.expires_at <= now
-            if due and hold.account_id == account_id:
+            if due and hold.account == key:
                 hold.status = HoldStatus.EXPIRED
                 account.held -= hold.amount
                 account.available += hold.amount
@@ -135,7 +148,7 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         self.ledger = self.run(Ledger.open(ledger_settings, self.clock))
         self.model = Model()
-        self.keys = itertools.count()
+        self.keys = {tenant: itertools.count() for tenant in TENANTS}
         self.calls: list[Call] = []
 
     def run(self, awaitable: Coroutine[Any, Any, T]) -> T:
@@ -147,14 +160,15 @@ class LedgerMachine(RuleBasedStateMachine):
         except TiergenError as error:
             return error
 
-    def new_key(self) -> str:
-        return f"key-{next(self.keys)}"
+    def new_key(self, tenant: str) -> str:
+        """A key new to `tenant`; the other tenant uses (or will use) the same one."""
+        return f"key-{next(self.keys[tenant])}"
 
     def remember(
         self,
         operation: str,
         arguments: tuple[Any, ...],
-        scope: tuple[str, str],
+        scope: tuple[str, str, str],
         outcome: Any,
         **keywords: Any,
     ) -> None:
@@ -177,123 +191,129 @@ class LedgerMachine(RuleBasedStateMachine):
         if metadata is not None:
             assert outcome.metadata == metadata
 
-    def not_open(self, outcome: Any, account_id: str) -> None:
-        self.expect_error(outcome, "ACCOUNT_NOT_OPEN", {"account_id": account_id})
+    def not_open(self, outcome: Any, key: Account) -> None:
+        self.expect_error(outcome, "ACCOUNT_NOT_OPEN", {"account_id": key[1]})
 
     @initialize()
     def open_most_accounts(self) -> None:
         # Most commands need an open account; the last one opens only if a rule opens it.
-        for account_id in ACCOUNTS[:-1]:
-            self.open_account(account_id)
+        for tenant in TENANTS:
+            for account_id in ACCOUNTS[:-1]:
+                self.open_account((tenant, account_id))
 
-    @rule(account_id=ACCOUNT_IDS)
-    def open_account(self, account_id: str) -> None:
-        key = self.new_key()
-        outcome = self.attempt(self.ledger.open_account(account_id, key))
-        if account_id in self.model.opened:
+    @rule(account=ACCOUNT_KEYS)
+    def open_account(self, account: Account) -> None:
+        key = self.new_key(account[0])
+        outcome = self.attempt(self.ledger.open_account(*account, key))
+        if account in self.model.opened:
             # A new key on an open account: nothing granted, the balance as it is now.
-            self.model.expire_due(account_id, self.clock.now())
+            self.model.expire_due(account, self.clock.now())
             assert (outcome.granted, outcome.outcome) == (0, GrantOutcome.ALREADY_OPEN)
         else:
-            self.model.accounts[account_id] = ModelAccount()
+            self.model.accounts[account] = ModelAccount()
             assert (outcome.granted, outcome.outcome) == (SIGNUP, GrantOutcome.GRANTED)
-            self.model.opened[account_id] = outcome
+            self.model.opened[account] = outcome
         assert not outcome.replayed
-        assert outcome.balance == self.model.accounts[account_id].balance(account_id)
-        self.remember("open_account", (account_id, key), ("account", account_id), outcome)
+        assert outcome.balance == self.model.accounts[account].balance(account)
+        self.remember("open_account", (*account, key), ("account", *account), outcome)
 
-    @rule(account_id=ACCOUNT_IDS)
-    def check_in(self, account_id: str) -> None:
-        key = self.new_key()
+    @rule(account=ACCOUNT_KEYS)
+    def check_in(self, account: Account) -> None:
+        key = self.new_key(account[0])
         now = self.clock.now()
-        outcome = self.attempt(self.ledger.check_in(account_id, key))
-        week = (account_id, iso_week(now))
-        if account_id not in self.model.accounts:
-            self.not_open(outcome, account_id)
+        outcome = self.attempt(self.ledger.check_in(*account, key))
+        week = (account, iso_week(now))
+        if account not in self.model.accounts:
+            self.not_open(outcome, account)
         elif week in self.model.check_ins:
-            self.model.expire_due(account_id, now)
-            account = self.model.accounts[account_id]
+            self.model.expire_due(account, now)
+            model = self.model.accounts[account]
             assert (outcome.granted, outcome.replayed) == (0, False)
             assert outcome.outcome is GrantOutcome.ALREADY_CHECKED_IN_THIS_WEEK
-            assert (outcome.iso_week, outcome.cap_reached) == (week[1], account.promotional == CAP)
-            assert outcome.balance == account.balance(account_id)
+            assert (outcome.iso_week, outcome.cap_reached) == (week[1], model.promotional == CAP)
+            assert outcome.balance == model.balance(account)
         else:
-            self.model.expire_due(account_id, now)
-            account = self.model.accounts[account_id]
-            remaining = CAP - account.promotional
+            self.model.expire_due(account, now)
+            model = self.model.accounts[account]
+            remaining = CAP - model.promotional
             if remaining == 0:
                 self.expect_error(outcome, "PROMO_CAP_REACHED")
             else:
                 granted = min(CHECK_IN, remaining)
-                account.available += granted
-                account.promotional += granted
+                model.available += granted
+                model.promotional += granted
                 assert (outcome.granted, outcome.cap_reached) == (granted, granted == remaining)
                 assert outcome.outcome is GrantOutcome.GRANTED
-                assert outcome.balance == account.balance(account_id)
+                assert outcome.balance == model.balance(account)
                 self.model.check_ins[week] = outcome
-        self.remember("check_in", (account_id, key), ("account", account_id), outcome)
+        self.remember("check_in", (*account, key), ("account", *account), outcome)
 
     @rule(
-        account_id=ACCOUNT_IDS,
+        account=ACCOUNT_KEYS,
         amount=st.integers(1, 120),
         kind=st.sampled_from(GrantKind),
     )
-    def grant(self, account_id: str, amount: int, kind: GrantKind) -> None:
-        key = self.new_key()
-        arguments = (account_id, amount, kind, "top-up", key)
+    def grant(self, account: Account, amount: int, kind: GrantKind) -> None:
+        key = self.new_key(account[0])
+        arguments = (*account, amount, kind, "top-up", key)
         outcome = self.attempt(self.ledger.grant(*arguments))
-        if account_id not in self.model.accounts:
-            self.not_open(outcome, account_id)
+        if account not in self.model.accounts:
+            self.not_open(outcome, account)
         else:
-            self.model.expire_due(account_id, self.clock.now())
-            account = self.model.accounts[account_id]
-            account.available += amount
+            self.model.expire_due(account, self.clock.now())
+            model = self.model.accounts[account]
+            model.available += amount
             if kind is GrantKind.PURCHASE:
-                account.purchased += amount
+                model.purchased += amount
             else:
-                account.adjusted += amount
-            assert outcome.balance == account.balance(account_id)
-            assert outcome.entry.amount == amount
-        self.remember("grant", arguments, ("account", account_id), outcome)
+                model.adjusted += amount
+            assert outcome.balance == model.balance(account)
+            assert (outcome.entry.tenant, outcome.entry.amount) == (account[0], amount)
+        self.remember("grant", arguments, ("account", *account), outcome)
 
     @rule(
         target=holds,
-        account_id=ACCOUNT_IDS,
+        account=ACCOUNT_KEYS,
         amount=st.integers(1, 300),
         ttl_seconds=st.sampled_from([None, 10, 3600]),
     )
-    def reserve(self, account_id: str, amount: int, ttl_seconds: int | None) -> Any:
-        key = self.new_key()
+    def reserve(self, account: Account, amount: int, ttl_seconds: int | None) -> Any:
+        key = self.new_key(account[0])
         now = self.clock.now()
-        outcome = self.attempt(
-            self.ledger.reserve(account_id, amount, key, ttl_seconds=ttl_seconds)
-        )
-        scope = ("account", account_id)
-        arguments = (account_id, amount, key)
+        outcome = self.attempt(self.ledger.reserve(*account, amount, key, ttl_seconds=ttl_seconds))
+        scope = ("account", *account)
+        arguments = (*account, amount, key)
         self.remember("reserve", arguments, scope, outcome, ttl_seconds=ttl_seconds)
-        if account_id not in self.model.accounts:
-            self.not_open(outcome, account_id)
+        if account not in self.model.accounts:
+            self.not_open(outcome, account)
             return multiple()
-        self.model.expire_due(account_id, now)
-        account = self.model.accounts[account_id]
-        if amount > account.available:
+        self.model.expire_due(account, now)
+        model = self.model.accounts[account]
+        if amount > model.available:
             self.expect_error(
                 outcome,
                 "INSUFFICIENT_CREDITS",
-                {"available": str(account.available), "required": str(amount)},
+                {"available": str(model.available), "required": str(amount)},
             )
             return multiple()
-        account.available -= amount
-        account.held += amount
+        model.available -= amount
+        model.held += amount
         ttl = timedelta(seconds=60 if ttl_seconds is None else ttl_seconds)
-        self.model.holds[outcome.hold.hold_id] = ModelHold(account_id, amount, now + ttl)
-        assert outcome.balance == account.balance(account_id)
+        self.model.holds[outcome.hold.hold_id] = ModelHold(account, amount, now + ttl)
+        assert outcome.hold.tenant == account[0]
+        assert outcome.balance == model.balance(account)
         return outcome.hold.hold_id
 
-    def resolvable(self, hold_id: str, outcome: Any, now: datetime) -> ModelHold | None:
-        """The model's hold if it can be resolved; checks the failure otherwise."""
+    def resolvable(
+        self, tenant: str, hold_id: str, outcome: Any, now: datetime
+    ) -> ModelHold | None:
+        """The model's hold if `tenant` can resolve it; checks the failure otherwise."""
         hold = self.model.holds[hold_id]
-        self.model.expire_due(hold.account_id, now)
+        if hold.account[0] != tenant:
+            # Another tenant's hold is not there for this one, and nothing of it moves.
+            self.expect_error(outcome, "HOLD_NOT_FOUND", {"hold_id": hold_id})
+            return None
+        self.model.expire_due(hold.account, now)
         reasons = {
             HoldStatus.CAPTURED: "HOLD_ALREADY_CAPTURED",
             HoldStatus.RELEASED: "HOLD_ALREADY_RELEASED",
@@ -304,57 +324,59 @@ class LedgerMachine(RuleBasedStateMachine):
             return None
         return hold
 
-    @rule(hold_id=holds, amount=st.integers(1, 320))
-    def capture(self, hold_id: str, amount: int) -> None:
-        key = self.new_key()
-        outcome = self.attempt(self.ledger.capture(hold_id, amount, key))
-        hold = self.resolvable(hold_id, outcome, self.clock.now())
+    @rule(tenant=st.sampled_from(TENANTS), hold_id=holds, amount=st.integers(1, 320))
+    def capture(self, tenant: str, hold_id: str, amount: int) -> None:
+        key = self.new_key(tenant)
+        outcome = self.attempt(self.ledger.capture(tenant, hold_id, amount, key))
+        hold = self.resolvable(tenant, hold_id, outcome, self.clock.now())
         if hold is not None:
-            account = self.model.accounts[hold.account_id]
+            model = self.model.accounts[hold.account]
             if amount > hold.amount:
                 self.expect_error(outcome, "CAPTURE_EXCEEDS_HOLD")
             else:
                 hold.status, hold.captured = HoldStatus.CAPTURED, amount
-                account.held -= hold.amount
-                account.consumed += amount
-                account.available += hold.amount - amount
-                assert outcome.balance == account.balance(hold.account_id)
+                model.held -= hold.amount
+                model.consumed += amount
+                model.available += hold.amount - amount
+                assert outcome.balance == model.balance(hold.account)
                 assert outcome.hold.captured_amount == amount
-        self.remember("capture", (hold_id, amount, key), ("hold", hold_id), outcome)
+        scope = ("hold", tenant, hold_id)
+        self.remember("capture", (tenant, hold_id, amount, key), scope, outcome)
 
-    @rule(account_id=ACCOUNT_IDS, small=st.integers(1, 20), large=st.integers(40, 150))
+    @rule(account=ACCOUNT_KEYS, small=st.integers(1, 20), large=st.integers(40, 150))
     def capture_more_than_the_hold_less_than_all_held(
-        self, account_id: str, small: int, large: int
+        self, account: Account, small: int, large: int
     ) -> None:
         """Two open holds on one account, and a capture from the smaller one of more than it
         holds but less than the account holds in all: only the hold's own amount counts."""
-        first = self.reserve(account_id, small, None)
-        second = self.reserve(account_id, large, None)
+        first = self.reserve(account, small, None)
+        second = self.reserve(account, large, None)
         if isinstance(first, str) and isinstance(second, str):
-            self.capture(first, small + large // 2)
+            self.capture(account[0], first, small + large // 2)
 
-    @rule(hold_id=holds)
-    def release(self, hold_id: str) -> None:
-        key = self.new_key()
-        outcome = self.attempt(self.ledger.release(hold_id, key))
-        hold = self.resolvable(hold_id, outcome, self.clock.now())
+    @rule(tenant=st.sampled_from(TENANTS), hold_id=holds)
+    def release(self, tenant: str, hold_id: str) -> None:
+        key = self.new_key(tenant)
+        outcome = self.attempt(self.ledger.release(tenant, hold_id, key))
+        hold = self.resolvable(tenant, hold_id, outcome, self.clock.now())
         if hold is not None:
-            account = self.model.accounts[hold.account_id]
+            model = self.model.accounts[hold.account]
             hold.status = HoldStatus.RELEASED
-            account.held -= hold.amount
-            account.available += hold.amount
-            assert outcome.balance == account.balance(hold.account_id)
-        self.remember("release", (hold_id, key), ("hold", hold_id), outcome)
+            model.held -= hold.amount
+            model.available += hold.amount
+            assert outcome.balance == model.balance(hold.account)
+        self.remember("release", (tenant, hold_id, key), ("hold", tenant, hold_id), outcome)
 
-    @rule(capture=st.booleans())
-    def resolve_an_unknown_hold(self, capture: bool) -> None:
-        key = self.new_key()
+    @rule(tenant=st.sampled_from(TENANTS), capture=st.booleans())
+    def resolve_an_unknown_hold(self, tenant: str, capture: bool) -> None:
+        key = self.new_key(tenant)
+        scope = ("hold", tenant, NO_HOLD)
         if capture:
-            outcome = self.attempt(self.ledger.capture(NO_HOLD, 5, key))
-            self.remember("capture", (NO_HOLD, 5, key), ("hold", NO_HOLD), outcome)
+            outcome = self.attempt(self.ledger.capture(tenant, NO_HOLD, 5, key))
+            self.remember("capture", (tenant, NO_HOLD, 5, key), scope, outcome)
         else:
-            outcome = self.attempt(self.ledger.release(NO_HOLD, key))
-            self.remember("release", (NO_HOLD, key), ("hold", NO_HOLD), outcome)
+            outcome = self.attempt(self.ledger.release(tenant, NO_HOLD, key))
+            self.remember("release", (tenant, NO_HOLD, key), scope, outcome)
         self.expect_error(outcome, "HOLD_NOT_FOUND", {"hold_id": NO_HOLD})
 
     @rule(seconds=st.sampled_from([1, 9, 59, 600, 3 * 86_400, 7 * 86_400, 14 * 86_400]))
@@ -364,7 +386,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule()
     def sweep(self) -> None:
         now = self.clock.now()
-        expected = sum(self.model.expire_due(account_id, now) for account_id in self.model.accounts)
+        expected = sum(self.model.expire_due(account, now) for account in self.model.accounts)
         assert self.run(self.ledger.sweep_expired()) == expected
 
     @precondition(lambda self: self.calls)
@@ -386,14 +408,16 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def reuse_key_for_another_request(self, data: st.DataObject) -> None:
         call = data.draw(st.sampled_from(self.calls))
-        kind, name = call.scope
+        kind, tenant, name = call.scope
         attempt: Coroutine[Any, Any, Any]
         if kind == "account":
-            attempt = self.ledger.grant(name, 1, GrantKind.ADJUSTMENT, "reused key", call.key)
+            attempt = self.ledger.grant(
+                tenant, name, 1, GrantKind.ADJUSTMENT, "reused key", call.key
+            )
         elif call.operation == "release":
-            attempt = self.ledger.capture(name, 1, call.key)
+            attempt = self.ledger.capture(tenant, name, 1, call.key)
         else:
-            attempt = self.ledger.release(name, call.key)
+            attempt = self.ledger.release(tenant, name, call.key)
         outcome = self.attempt(attempt)
         assert isinstance(outcome, AlreadyExists)
         assert outcome.reason == "IDEMPOTENCY_KEY_REUSED"
@@ -401,9 +425,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @invariant()
     def balances_match_the_model(self) -> None:
         now = self.clock.now()
-        for account_id, account in self.model.accounts.items():
-            self.model.expire_due(account_id, now)
-            assert self.run(self.ledger.get_balance(account_id)) == account.balance(account_id)
+        for account, model in self.model.accounts.items():
+            self.model.expire_due(account, now)
+            assert self.run(self.ledger.get_balance(*account)) == model.balance(account)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from services.ledger.postgres_store import PostgresStore
 from services.ledger.store import Decision, Snapshot
 from services.runtime.errors import Internal
 from tests.ledger.commands import PROMOTIONS, reserve, run
-from tests.ledger.conftest import START
+from tests.ledger.conftest import START, TENANT
 
 pytestmark = pytest.mark.postgres
 
@@ -22,7 +22,7 @@ async def store(postgres_harness):
     # One group in flight: what arrives meanwhile waits and forms the next group.
     store = await PostgresStore.open(postgres_harness.dsn, pool_size=2)
     for name in ("alice", "bob", "carol", "zed"):
-        await run(store, rules.OpenAccount(name, "open", START))
+        await run(store, rules.OpenAccount(TENANT, name, "open", START))
     yield store
     await store.close()
 
@@ -113,7 +113,9 @@ async def test_commands_on_one_account_see_each_other_across_groups(postgres_har
     held = (await run(store, reserve("alice", "held", amount=10))).outcome.hold
     # A capture of alice's hold names the hold, not the account: the group learns its account
     # only when it reads, and leaves it for the next group beside alice's reserve.
-    capture = rules.Capture(hold_id=held.hold_id, amount=4, idempotency_key="settle", now=START)
+    capture = rules.Capture(
+        tenant=TENANT, hold_id=held.hold_id, amount=4, idempotency_key="settle", now=START
+    )
     reserves = [reserve("alice", f"job-{n}", amount=100) for n in range(4)]
 
     answers = await _behind_a_locked_account(

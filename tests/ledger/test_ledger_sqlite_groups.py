@@ -14,7 +14,7 @@ from services.ledger.sqlite_store import SqliteStore
 from services.ledger.store import Decide, Decision, Snapshot
 from services.runtime.errors import Aborted, Internal
 from tests.ledger.commands import PROMOTIONS, reserve, run
-from tests.ledger.conftest import START
+from tests.ledger.conftest import START, TENANT
 
 
 @pytest.fixture
@@ -26,8 +26,8 @@ async def store(tmp_path):
 
 async def test_a_command_that_breaks_a_constraint_fails_alone_in_a_group(store):
     for name in ("alice", "bob"):
-        await run(store, rules.OpenAccount(name, "open", START))
-    expire = rules.ExpireHolds("alice", START)
+        await run(store, rules.OpenAccount(TENANT, name, "open", START))
+    expire = rules.ExpireHolds(TENANT, "alice", START)
     writing, release = threading.Event(), threading.Event()
     #: The commands in the order the writer thread decided them, each time it did.
     decided: list[str] = []
@@ -91,7 +91,7 @@ async def test_a_command_that_breaks_a_constraint_fails_alone_in_a_group(store):
 
 
 async def test_an_unusable_database_fails_the_whole_group(store, tmp_path):
-    await run(store, rules.OpenAccount("alice", "open", START))
+    await run(store, rules.OpenAccount(TENANT, "alice", "open", START))
     impatient = await SqliteStore.open(tmp_path / "ledger.db", lock_timeout_seconds=0.05)
     # Another connection holds the write lock past the store's lock timeout.
     blocker = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)

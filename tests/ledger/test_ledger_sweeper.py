@@ -11,6 +11,7 @@ import pytest
 import structlog
 
 from services.ledger.ledger import Ledger
+from tests.ledger.conftest import TENANT
 
 
 class Rounds:
@@ -57,9 +58,9 @@ async def sweeping(ledger: Ledger) -> AsyncIterator[asyncio.Task[None]]:
 
 async def test_the_sweeper_logs_the_holds_it_returned(harness, clock):
     ledger = await harness.open(sweep_interval_seconds=0.01)
-    await ledger.open_account("alice", "open")
+    await ledger.open_account(TENANT, "alice", "open")
     for n in range(3):
-        await ledger.reserve("alice", 10, f"job-{n}", ttl_seconds=30)
+        await ledger.reserve(TENANT, "alice", 10, f"job-{n}", ttl_seconds=30)
     clock.advance(minutes=1)
     rounds = Rounds(ledger)
 

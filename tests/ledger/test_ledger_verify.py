@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.ledger.model import GrantKind, InvariantCheck
+from tests.ledger.conftest import TENANT
 
 CHECKS = [
     "zero_sum",
@@ -21,16 +22,16 @@ CHECKS = [
 async def traded(ledger, clock):
     """Two accounts after a bit of everything, with one hold left open and one overdue."""
     for account_id in ("alice", "bob"):
-        await ledger.open_account(account_id, "open")
-        await ledger.check_in(account_id, "week")
-    await ledger.grant("alice", 250, GrantKind.PURCHASE, "order 1", "buy")
-    await ledger.grant("bob", 3, GrantKind.ADJUSTMENT, "goodwill", "fix")
-    captured = (await ledger.reserve("alice", 90, "job-1")).hold
-    await ledger.capture(captured.hold_id, 60, "capture")
-    released = (await ledger.reserve("bob", 40, "job-2")).hold
-    await ledger.release(released.hold_id, "release")
-    await ledger.reserve("bob", 25, "overdue", ttl_seconds=10)
-    await ledger.reserve("alice", 15, "job-3", ttl_seconds=3600)
+        await ledger.open_account(TENANT, account_id, "open")
+        await ledger.check_in(TENANT, account_id, "week")
+    await ledger.grant(TENANT, "alice", 250, GrantKind.PURCHASE, "order 1", "buy")
+    await ledger.grant(TENANT, "bob", 3, GrantKind.ADJUSTMENT, "goodwill", "fix")
+    captured = (await ledger.reserve(TENANT, "alice", 90, "job-1")).hold
+    await ledger.capture(TENANT, captured.hold_id, 60, "capture")
+    released = (await ledger.reserve(TENANT, "bob", 40, "job-2")).hold
+    await ledger.release(TENANT, released.hold_id, "release")
+    await ledger.reserve(TENANT, "bob", 25, "overdue", ttl_seconds=10)
+    await ledger.reserve(TENANT, "alice", 15, "job-3", ttl_seconds=3600)
     clock.advance(seconds=30)
     return ledger
 
@@ -47,14 +48,14 @@ async def test_every_invariant_holds_after_traffic_and_a_sweep(traded):
     zero_sum = checks[0]
     assert "system/consumed 60" in zero_sum.detail
     assert "system/promotions -880" in zero_sum.detail
-    assert (await traded.get_balance("bob")).held == 0
+    assert (await traded.get_balance(TENANT, "bob")).held == 0
 
 
 async def test_an_overdue_hold_is_reported_when_not_swept_first(traded):
     checks = await traded.verify(sweep=False)
 
     assert failing(checks) == ["no_open_hold_past_expiry"]
-    assert "bob" in checks[-1].detail
+    assert f"{TENANT}/bob has overdue open holds" in checks[-1].detail
 
 
 async def test_an_empty_ledger_is_consistent(ledger):
@@ -79,6 +80,29 @@ async def test_credits_added_behind_the_ledgers_back_are_caught(harness, traded)
     assert "bob" not in details["balances_match_history"]
 
 
+async def test_credits_moved_from_one_tenant_to_another_are_caught(harness, traded):
+    await traded.open_account("globex", "alice", "open")
+    await harness.execute_raw(
+        "UPDATE accounts SET available = available - 5"
+        f" WHERE tenant = '{TENANT}' AND account_id = 'alice'",
+        "UPDATE accounts SET available = available + 5"
+        " WHERE tenant = 'globex' AND account_id = 'alice'",
+    )
+
+    checks = await traded.verify()
+
+    assert failing(checks) == [
+        "balances_match_history",
+        "granted_equals_available_held_consumed",
+        "zero_sum",
+    ]
+    details = {check.name: check.detail for check in checks}
+    # Nothing is missing from the ledger as a whole; each tenant's books are off.
+    assert "all books sum to 0" in details["zero_sum"]
+    assert f"do not sum to zero: {TENANT} -5, globex 5" in details["zero_sum"]
+    assert f"{TENANT}/alice; globex/alice" in details["balances_match_history"]
+
+
 async def test_a_hold_changed_behind_the_ledgers_back_is_caught(harness, traded):
     await harness.execute_raw(
         "UPDATE holds SET amount = amount + 1 WHERE status = 'open' AND account_id = 'alice'"
@@ -87,21 +111,21 @@ async def test_a_hold_changed_behind_the_ledgers_back_is_caught(harness, traded)
     checks = await traded.verify()
 
     assert failing(checks) == ["held_equals_open_holds"]
-    assert "alice (held 15, open holds 16)" in checks[3].detail
+    assert f"{TENANT}/alice (held 15, open holds 16)" in checks[3].detail
 
 
 async def test_an_entry_slipped_into_the_history_is_caught(harness, traded):
     await harness.execute_raw(
-        "INSERT INTO entries (account_id, sequence, kind, amount, source, destination, hold_id,"
-        " memo, created_at_us, available_after, held_after) VALUES"
-        " ('bob', 99, 'CHECK_IN', 40, 'system/promotions', 'accounts/bob/available', NULL,"
-        " 'forged', 0, 9999, 0)"
+        "INSERT INTO entries (tenant, account_id, sequence, kind, amount, source, destination,"
+        " hold_id, memo, created_at_us, available_after, held_after) VALUES"
+        f" ('{TENANT}', 'bob', 99, 'CHECK_IN', 40, 'system/promotions', 'accounts/bob/available',"
+        " NULL, 'forged', 0, 9999, 0)"
     )
 
     checks = await traded.verify()
 
     assert failing(checks) == ["balances_match_history", "running_balances_chain", "zero_sum"]
-    assert "bob #99" in checks[5].detail
+    assert f"{TENANT}/bob #99" in checks[5].detail
 
 
 async def test_a_negative_balance_forced_past_the_schema_is_caught(harness, traded):
@@ -120,4 +144,4 @@ async def test_a_negative_balance_forced_past_the_schema_is_caught(harness, trad
     checks = await traded.verify()
 
     assert "no_negative_available" in failing(checks)
-    assert "alice (available -1, held 631)" in checks[1].detail
+    assert f"{TENANT}/alice (available -1, held 631)" in checks[1].detail

@@ -19,6 +19,7 @@ from services.ledger.migrations import SCHEMA as LEDGER_SCHEMA
 from services.ledger.model import GrantKind, SystemClock
 from services.ledger.settings import LedgerSettings
 from services.runtime.migrations import upgrade
+from tests.ledger.conftest import TENANT
 from tests.postgres import with_search_path
 
 INVARIANTS = [
@@ -39,11 +40,11 @@ async def traded(harness):
     On the wall clock, which the command runs on, so that the open hold is not yet due.
     """
     ledger = await harness.open(SystemClock())
-    await ledger.open_account("alice", "open")
-    await ledger.grant("alice", 50, GrantKind.PURCHASE, "order 1", "buy")
-    hold = (await ledger.reserve("alice", 30, "job")).hold
-    await ledger.capture(hold.hold_id, 20, "capture")
-    await ledger.reserve("alice", 15, "open-hold")
+    await ledger.open_account(TENANT, "alice", "open")
+    await ledger.grant(TENANT, "alice", 50, GrantKind.PURCHASE, "order 1", "buy")
+    hold = (await ledger.reserve(TENANT, "alice", 30, "job")).hold
+    await ledger.capture(TENANT, hold.hold_id, 20, "capture")
+    await ledger.reserve(TENANT, "alice", 15, "open-hold")
     await ledger.close()
     return harness
 
@@ -86,13 +87,14 @@ async def test_a_tampered_ledger_fails_and_names_the_broken_invariants(traded, c
         "zero_sum",
     ]
     assert "all books sum to 5" in output
+    assert f"{TENANT}/alice" in output
     assert "3 failed" in output
 
 
 async def test_a_data_directory_names_its_ledger_db(tmp_path, clock, capsys):
     settings = LedgerSettings(dsn=f"sqlite:///{tmp_path / 'ledger.db'}")
     ledger = await Ledger.open(settings, clock)
-    await ledger.open_account("bob", "open")
+    await ledger.open_account(TENANT, "bob", "open")
     await ledger.close()
 
     assert await verify(data_dir=tmp_path) == 0
@@ -184,8 +186,8 @@ class HourAgoClock:
 
 async def test_an_overdue_hold_is_returned_before_the_checks(harness, capsys):
     ledger = await harness.open(HourAgoClock())
-    await ledger.open_account("alice", "open")
-    await ledger.reserve("alice", 40, "job", ttl_seconds=5)
+    await ledger.open_account(TENANT, "alice", "open")
+    await ledger.reserve(TENANT, "alice", 40, "job", ttl_seconds=5)
     await ledger.close()
 
     assert await verify(dsn=harness.dsn) == 0
@@ -196,8 +198,8 @@ async def test_an_overdue_hold_is_returned_before_the_checks(harness, capsys):
 
 async def test_a_ledger_too_broken_to_sweep_is_still_checked(harness, capsys):
     ledger = await harness.open(HourAgoClock())
-    await ledger.open_account("alice", "open")
-    await ledger.reserve("alice", 40, "job", ttl_seconds=5)
+    await ledger.open_account(TENANT, "alice", "open")
+    await ledger.reserve(TENANT, "alice", 40, "job", ttl_seconds=5)
     await ledger.close()
     # Returning the overdue hold would now take the account's held credits below zero.
     await harness.execute_raw("UPDATE holds SET amount = amount + 1")

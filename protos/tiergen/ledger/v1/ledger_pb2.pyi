@@ -65,7 +65,7 @@ GRANT_KIND_PURCHASE: GrantKind
 GRANT_KIND_ADJUSTMENT: GrantKind
 
 class Balance(_message.Message):
-    __slots__ = ("account_id", "available", "held", "total", "promotional_granted", "promotional_cap", "purchased", "consumed")
+    __slots__ = ("account_id", "available", "held", "total", "promotional_granted", "promotional_cap", "purchased", "consumed", "tenant")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class Balance(_message.Message):
     PROMOTIONAL_CAP_FIELD_NUMBER: _ClassVar[int]
     PURCHASED_FIELD_NUMBER: _ClassVar[int]
     CONSUMED_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     available: int
     held: int
@@ -82,10 +83,11 @@ class Balance(_message.Message):
     promotional_cap: int
     purchased: int
     consumed: int
-    def __init__(self, account_id: _Optional[str] = ..., available: _Optional[int] = ..., held: _Optional[int] = ..., total: _Optional[int] = ..., promotional_granted: _Optional[int] = ..., promotional_cap: _Optional[int] = ..., purchased: _Optional[int] = ..., consumed: _Optional[int] = ...) -> None: ...
+    tenant: str
+    def __init__(self, account_id: _Optional[str] = ..., available: _Optional[int] = ..., held: _Optional[int] = ..., total: _Optional[int] = ..., promotional_granted: _Optional[int] = ..., promotional_cap: _Optional[int] = ..., purchased: _Optional[int] = ..., consumed: _Optional[int] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class Hold(_message.Message):
-    __slots__ = ("hold_id", "account_id", "amount", "captured_amount", "status", "memo", "create_time", "expire_time", "resolve_time")
+    __slots__ = ("hold_id", "account_id", "amount", "captured_amount", "status", "memo", "create_time", "expire_time", "resolve_time", "tenant")
     HOLD_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +97,7 @@ class Hold(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     RESOLVE_TIME_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     hold_id: str
     account_id: str
     amount: int
@@ -104,10 +107,11 @@ class Hold(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     expire_time: _timestamp_pb2.Timestamp
     resolve_time: _timestamp_pb2.Timestamp
-    def __init__(self, hold_id: _Optional[str] = ..., account_id: _Optional[str] = ..., amount: _Optional[int] = ..., captured_amount: _Optional[int] = ..., status: _Optional[_Union[HoldStatus, str]] = ..., memo: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resolve_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    tenant: str
+    def __init__(self, hold_id: _Optional[str] = ..., account_id: _Optional[str] = ..., amount: _Optional[int] = ..., captured_amount: _Optional[int] = ..., status: _Optional[_Union[HoldStatus, str]] = ..., memo: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resolve_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class Entry(_message.Message):
-    __slots__ = ("entry_id", "account_id", "kind", "available_delta", "held_delta", "available_after", "held_after", "hold_id", "memo", "create_time")
+    __slots__ = ("entry_id", "account_id", "kind", "available_delta", "held_delta", "available_after", "held_after", "hold_id", "memo", "create_time", "tenant")
     ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +122,7 @@ class Entry(_message.Message):
     HOLD_ID_FIELD_NUMBER: _ClassVar[int]
     MEMO_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     entry_id: str
     account_id: str
     kind: EntryKind
@@ -128,15 +133,18 @@ class Entry(_message.Message):
     hold_id: str
     memo: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, entry_id: _Optional[str] = ..., account_id: _Optional[str] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., available_delta: _Optional[int] = ..., held_delta: _Optional[int] = ..., available_after: _Optional[int] = ..., held_after: _Optional[int] = ..., hold_id: _Optional[str] = ..., memo: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    tenant: str
+    def __init__(self, entry_id: _Optional[str] = ..., account_id: _Optional[str] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., available_delta: _Optional[int] = ..., held_delta: _Optional[int] = ..., available_after: _Optional[int] = ..., held_after: _Optional[int] = ..., hold_id: _Optional[str] = ..., memo: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class OpenAccountRequest(_message.Message):
-    __slots__ = ("account_id", "idempotency_key")
+    __slots__ = ("account_id", "idempotency_key", "tenant")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     idempotency_key: str
-    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    tenant: str
+    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class OpenAccountResponse(_message.Message):
     __slots__ = ("balance", "granted", "replayed", "outcome")
@@ -151,12 +159,14 @@ class OpenAccountResponse(_message.Message):
     def __init__(self, balance: _Optional[_Union[Balance, _Mapping]] = ..., granted: _Optional[int] = ..., replayed: _Optional[bool] = ..., outcome: _Optional[_Union[GrantOutcome, str]] = ...) -> None: ...
 
 class CheckInRequest(_message.Message):
-    __slots__ = ("account_id", "idempotency_key")
+    __slots__ = ("account_id", "idempotency_key", "tenant")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     idempotency_key: str
-    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    tenant: str
+    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class CheckInResponse(_message.Message):
     __slots__ = ("balance", "granted", "iso_week", "cap_reached", "replayed", "outcome")
@@ -175,10 +185,12 @@ class CheckInResponse(_message.Message):
     def __init__(self, balance: _Optional[_Union[Balance, _Mapping]] = ..., granted: _Optional[int] = ..., iso_week: _Optional[str] = ..., cap_reached: _Optional[bool] = ..., replayed: _Optional[bool] = ..., outcome: _Optional[_Union[GrantOutcome, str]] = ...) -> None: ...
 
 class GetBalanceRequest(_message.Message):
-    __slots__ = ("account_id",)
+    __slots__ = ("account_id", "tenant")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     account_id: str
-    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+    tenant: str
+    def __init__(self, account_id: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class GetBalanceResponse(_message.Message):
     __slots__ = ("balance",)
@@ -187,18 +199,20 @@ class GetBalanceResponse(_message.Message):
     def __init__(self, balance: _Optional[_Union[Balance, _Mapping]] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
-    __slots__ = ("account_id", "amount", "ttl_seconds", "idempotency_key", "memo")
+    __slots__ = ("account_id", "amount", "ttl_seconds", "idempotency_key", "memo", "tenant")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     MEMO_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     amount: int
     ttl_seconds: int
     idempotency_key: str
     memo: str
-    def __init__(self, account_id: _Optional[str] = ..., amount: _Optional[int] = ..., ttl_seconds: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., memo: _Optional[str] = ...) -> None: ...
+    tenant: str
+    def __init__(self, account_id: _Optional[str] = ..., amount: _Optional[int] = ..., ttl_seconds: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., memo: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class ReserveResponse(_message.Message):
     __slots__ = ("hold", "balance", "replayed")
@@ -211,14 +225,16 @@ class ReserveResponse(_message.Message):
     def __init__(self, hold: _Optional[_Union[Hold, _Mapping]] = ..., balance: _Optional[_Union[Balance, _Mapping]] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class CaptureRequest(_message.Message):
-    __slots__ = ("hold_id", "amount", "idempotency_key")
+    __slots__ = ("hold_id", "amount", "idempotency_key", "tenant")
     HOLD_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     hold_id: str
     amount: int
     idempotency_key: str
-    def __init__(self, hold_id: _Optional[str] = ..., amount: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    tenant: str
+    def __init__(self, hold_id: _Optional[str] = ..., amount: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class CaptureResponse(_message.Message):
     __slots__ = ("hold", "balance", "replayed")
@@ -231,12 +247,14 @@ class CaptureResponse(_message.Message):
     def __init__(self, hold: _Optional[_Union[Hold, _Mapping]] = ..., balance: _Optional[_Union[Balance, _Mapping]] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
-    __slots__ = ("hold_id", "idempotency_key")
+    __slots__ = ("hold_id", "idempotency_key", "tenant")
     HOLD_ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     hold_id: str
     idempotency_key: str
-    def __init__(self, hold_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    tenant: str
+    def __init__(self, hold_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class ReleaseResponse(_message.Message):
     __slots__ = ("hold", "balance", "replayed")
@@ -249,18 +267,20 @@ class ReleaseResponse(_message.Message):
     def __init__(self, hold: _Optional[_Union[Hold, _Mapping]] = ..., balance: _Optional[_Union[Balance, _Mapping]] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class GrantRequest(_message.Message):
-    __slots__ = ("account_id", "amount", "kind", "reason", "idempotency_key")
+    __slots__ = ("account_id", "amount", "kind", "reason", "idempotency_key", "tenant")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     amount: int
     kind: GrantKind
     reason: str
     idempotency_key: str
-    def __init__(self, account_id: _Optional[str] = ..., amount: _Optional[int] = ..., kind: _Optional[_Union[GrantKind, str]] = ..., reason: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    tenant: str
+    def __init__(self, account_id: _Optional[str] = ..., amount: _Optional[int] = ..., kind: _Optional[_Union[GrantKind, str]] = ..., reason: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class GrantResponse(_message.Message):
     __slots__ = ("entry", "balance", "replayed")
@@ -273,20 +293,22 @@ class GrantResponse(_message.Message):
     def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ..., balance: _Optional[_Union[Balance, _Mapping]] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class ListEntriesRequest(_message.Message):
-    __slots__ = ("account_id", "start_time", "end_time", "kinds", "page_size", "page_token")
+    __slots__ = ("account_id", "start_time", "end_time", "kinds", "page_size", "page_token", "tenant")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     KINDS_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
     kinds: _containers.RepeatedScalarFieldContainer[EntryKind]
     page_size: int
     page_token: str
-    def __init__(self, account_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kinds: _Optional[_Iterable[_Union[EntryKind, str]]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    tenant: str
+    def __init__(self, account_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kinds: _Optional[_Iterable[_Union[EntryKind, str]]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class ListEntriesResponse(_message.Message):
     __slots__ = ("entries", "next_page_token")

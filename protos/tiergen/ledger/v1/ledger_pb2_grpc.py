@@ -31,6 +31,15 @@ class LedgerServiceStub:
     original answer (with `replayed` set); the same key with a different request fails with
     ALREADY_EXISTS. Insufficient credits fail with FAILED_PRECONDITION and an ErrorInfo whose
     reason is INSUFFICIENT_CREDITS and whose metadata carries `available` and `required`.
+
+    Every account, hold and entry belongs to one tenant (a platform sharing the deployment), and
+    every request names the caller's tenant in `tenant`: "alice" of two tenants is two accounts.
+    An empty tenant means the tenant "default", which also holds every account opened before
+    tenants existed. A tenant is 1-63 lowercase letters, digits and hyphens, starting and ending
+    with a letter or digit; any other fails with INVALID_ARGUMENT on the field `tenant` (reason
+    MALFORMED_TENANT). Idempotency keys are the tenant's own: the same key sent by two tenants
+    names two requests. A hold of another tenant is NOT_FOUND, exactly as a hold that does not
+    exist.
     """
 
     def __init__(self, channel):
@@ -87,6 +96,15 @@ class LedgerServiceServicer:
     original answer (with `replayed` set); the same key with a different request fails with
     ALREADY_EXISTS. Insufficient credits fail with FAILED_PRECONDITION and an ErrorInfo whose
     reason is INSUFFICIENT_CREDITS and whose metadata carries `available` and `required`.
+
+    Every account, hold and entry belongs to one tenant (a platform sharing the deployment), and
+    every request names the caller's tenant in `tenant`: "alice" of two tenants is two accounts.
+    An empty tenant means the tenant "default", which also holds every account opened before
+    tenants existed. A tenant is 1-63 lowercase letters, digits and hyphens, starting and ending
+    with a letter or digit; any other fails with INVALID_ARGUMENT on the field `tenant` (reason
+    MALFORMED_TENANT). Idempotency keys are the tenant's own: the same key sent by two tenants
+    names two requests. A hold of another tenant is NOT_FOUND, exactly as a hold that does not
+    exist.
     """
 
     def OpenAccount(self, request, context):
@@ -202,6 +220,15 @@ class LedgerService:
     original answer (with `replayed` set); the same key with a different request fails with
     ALREADY_EXISTS. Insufficient credits fail with FAILED_PRECONDITION and an ErrorInfo whose
     reason is INSUFFICIENT_CREDITS and whose metadata carries `available` and `required`.
+
+    Every account, hold and entry belongs to one tenant (a platform sharing the deployment), and
+    every request names the caller's tenant in `tenant`: "alice" of two tenants is two accounts.
+    An empty tenant means the tenant "default", which also holds every account opened before
+    tenants existed. A tenant is 1-63 lowercase letters, digits and hyphens, starting and ending
+    with a letter or digit; any other fails with INVALID_ARGUMENT on the field `tenant` (reason
+    MALFORMED_TENANT). Idempotency keys are the tenant's own: the same key sent by two tenants
+    names two requests. A hold of another tenant is NOT_FOUND, exactly as a hold that does not
+    exist.
     """
 
     @staticmethod
