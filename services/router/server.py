@@ -8,6 +8,11 @@ from pathlib import Path
 import structlog
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
+from services.router.access.admin import ApiKeyAdmin
+from services.router.access.authenticator import RouterAuthenticator
+from services.router.access.gate import AccessGate, Throttle
+from services.router.access.keys import KeyStore
+from services.router.access.oidc import OidcVerifier, load_oidc
 from services.router.assets.s3 import S3AssetStore
 from services.router.assets.store import AssetStore, LocalAssetStore
 from services.router.downstream.breaker import (
@@ -43,7 +48,14 @@ from services.runtime.server import Server, ServiceRegistration
 from services.runtime.server import create_server as create_grpc_server
 from services.runtime.settings import ConfigError
 
-__all__ = ["SERVICE_NAME", "create_server", "open_asset_store", "open_job_store"]
+__all__ = [
+    "SERVICE_NAME",
+    "create_server",
+    "open_asset_store",
+    "open_authenticator",
+    "open_job_store",
+    "open_key_store",
+]
 
 _log = structlog.get_logger("tiergen.router")
 
@@ -93,6 +105,37 @@ async def open_asset_store(settings: RouterSettings) -> AssetStore:
         raise ConfigError(f"TIERGEN_ROUTER_ASSETS_URL: {error.message}") from None
 
 
+async def open_key_store(settings: RouterSettings) -> KeyStore:
+    """The API keys, in the router's database (TIERGEN_ROUTER_DSN), opened as the job store is.
+    Keys are read once per cache bound and written rarely: two connections are plenty."""
+    return await KeyStore.open(
+        settings.jobs_dsn,
+        pool_size=min(2, settings.db_pool_size),
+        timeout_seconds=settings.db_timeout_seconds,
+    )
+
+
+def load_oidc_verifier(settings: RouterSettings) -> OidcVerifier | None:
+    """The OIDC issuers of TIERGEN_ROUTER_OIDC_FILE, or None when it is unset (keys only)."""
+    if settings.oidc_file is None:
+        return None
+    return load_oidc(settings.oidc_file)
+
+
+def open_authenticator(
+    settings: RouterSettings, keys: KeyStore, oidc: OidcVerifier | None
+) -> RouterAuthenticator | None:
+    """Who the router's callers are: API keys from `keys`, OIDC tokens through `oidc`; None, with
+    a warning, when TIERGEN_AUTH=off."""
+    if not settings.auth:
+        _log.warning(
+            "authentication is OFF: every caller acts as tenant default with every scope",
+            setting="TIERGEN_AUTH=off",
+        )
+        return None
+    return RouterAuthenticator(keys, oidc=oidc, cache_seconds=settings.key_cache_seconds)
+
+
 async def create_server(settings: RouterSettings) -> tuple[Server, int]:
     """The router's server, with its job store recovered and its channels open; not started."""
     policy = load_policy(settings)
@@ -108,9 +151,17 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
     upscaler_channel = open_channel(
         settings.upscaler_addr, services=[UPSCALER_SERVICE], default_timeout=timeout
     )
+    # A bad issuers file fails the start before any store is opened.
+    oidc = load_oidc_verifier(settings) if settings.auth else None
     # Assets first: a job store left open by a failure would keep its pool's tasks running.
     assets = await open_asset_store(settings)
     jobs = await open_job_store(settings)
+    try:
+        keys = await open_key_store(settings)
+    except BaseException:
+        await jobs.close()
+        raise
+    authenticator = open_authenticator(settings, keys, oidc)
 
     def breaker(name: str) -> CircuitBreaker:
         return CircuitBreaker(
@@ -145,7 +196,13 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
     # earlier process, on a shared PostgreSQL store the replicas whose leases ran out (a
     # replica still within its lease is recovered by a later `watch_abandoned` round).
     await router.recover()
-    servicer = RouterServicer(router, ledger)
+    servicer = RouterServicer(
+        router,
+        ledger,
+        keys=ApiKeyAdmin(
+            keys, on_change=authenticator.forget if authenticator is not None else None
+        ),
+    )
 
     async def close_channels() -> None:
         for channel in (ledger_channel, generator_channel, upscaler_channel):
@@ -169,7 +226,18 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
         server, port = await create_grpc_server(
             settings.server,
             [registration],
-            on_stop=[jobs.close, assets.close, close_channels, stop_leases, router.close],
+            on_stop=[
+                keys.close,
+                jobs.close,
+                assets.close,
+                close_channels,
+                stop_leases,
+                router.close,
+            ],
+            gate=AccessGate(
+                authenticator,
+                Throttle(free=settings.free_refusals, cap=settings.max_refusal_delay_seconds),
+            ),
         )
     except BaseException:
         await stop_leases()

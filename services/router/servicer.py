@@ -1,5 +1,9 @@
 """The router's gRPC edge: translates messages to the domain and back; nothing else.
 
+Every call acts for an `Owner`: the tenant of the caller's credential (bound by the access gate
+before the handler runs, never read from the request) and the request's account id, checked
+before anything else.
+
 The domain names the fields of its own requests (`prompt`, `tier`, `size`, ...); the edge maps
 them to the field paths of the message it serves (`spec.prompt` in a Generate, `resolution` in
 a Promote), so a refusal points at what the caller sent.
@@ -13,13 +17,16 @@ from datetime import datetime
 from typing import Any
 
 import grpc
+import structlog
 from google.protobuf import timestamp_pb2
 from tiergen.common.v1 import common_pb2
 from tiergen.ledger.v1 import ledger_pb2
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
-from services.router.downstream.ports import AccountBalance, Accounts
-from services.router.jobs.model import Job, JobFilter, JobKind, JobStatus, UpscaleMethod
+from services.router.access.admin import ApiKeyAdmin
+from services.router.access.principal import current_principal
+from services.router.downstream.ports import AccountBalance, Accounts, GrantKind, LedgerEntry
+from services.router.jobs.model import Job, JobFilter, JobKind, JobStatus, Owner, UpscaleMethod
 from services.router.operations.events import (
     BatchAccepted,
     BatchEvent,
@@ -31,14 +38,25 @@ from services.router.operations.planning import EditRequest, Handover, UpscaleRe
 from services.router.routing.catalogue import AspectRatio, Fidelity, Stage
 from services.router.routing.policy import Decision, RouteRequest
 from services.runtime.errors import FieldViolation, InvalidArgument
+from services.runtime.identifiers import (
+    require_account_id,
+    require_idempotency_key,
+    require_plain_text,
+)
 from services.runtime.resolution_proto import (
     aspect_ratio_from_proto,
     aspect_ratio_to_proto,
     size_from_proto,
     size_to_proto,
 )
+from services.runtime.tracing import current_trace_id
 
 __all__ = ["RouterServicer"]
+
+_audit = structlog.get_logger("tiergen.audit")
+
+#: Longest reason of a Grant, in characters: it is kept in the account's history for good.
+MAX_GRANT_REASON_CHARS = 500
 
 _FORMATS = {
     common_pb2.IMAGE_FORMAT_UNSPECIFIED: "png",
@@ -87,6 +105,11 @@ _STATUSES = {
     JobStatus.FAILED: router_pb2.JOB_STATUS_FAILED,
     JobStatus.CANCELLED: router_pb2.JOB_STATUS_CANCELLED,
 }
+_GRANT_KINDS = {
+    ledger_pb2.GRANT_KIND_UNSPECIFIED: GrantKind.PURCHASE,
+    ledger_pb2.GRANT_KIND_PURCHASE: GrantKind.PURCHASE,
+    ledger_pb2.GRANT_KIND_ADJUSTMENT: GrantKind.ADJUSTMENT,
+}
 _STAGES_BACK = {int(value): stage for stage, value in _STAGES.items()}
 _KINDS_BACK = {int(value): kind for kind, value in _KINDS.items()}
 _STATUSES_BACK = {int(value): status for status, value in _STATUSES.items()}
@@ -122,6 +145,11 @@ def _fields_of(paths: Mapping[str, str]) -> Iterator[None]:
         ) from None
 
 
+def _owner(account_id: str) -> Owner:
+    """The owner a call acts for: its caller's tenant, and its well-formed account id."""
+    return Owner(current_principal().tenant, require_account_id(account_id))
+
+
 def _stage_to_proto(stage: Stage) -> common_pb2.Stage:
     return _STAGES[stage]
 
@@ -153,7 +181,7 @@ def job_message(job: Job, children: tuple[Job, ...] = ()) -> router_pb2.Job:
     message = router_pb2.Job(
         job_id=job.job_id,
         batch_id=job.batch_id,
-        account_id=job.account_id,
+        account_id=job.owner.account_id,
         kind=_KINDS[job.kind],
         status=_STATUSES[job.status],
         tier=job.tier,
@@ -285,16 +313,18 @@ def _progress(event: JobProgressed) -> router_pb2.JobProgress:
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     """RouterService over the router's operations; balance calls are forwarded to the ledger."""
 
-    def __init__(self, router: Orchestrator, accounts: Accounts) -> None:
+    def __init__(self, router: Orchestrator, accounts: Accounts, *, keys: ApiKeyAdmin) -> None:
         self._router = router
         self._accounts = accounts
+        self._keys = keys
 
     async def Quote(
         self, request: router_pb2.QuoteRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> router_pb2.QuoteResponse:
+        owner = _owner(request.account_id)
         with _fields_of(_SPEC_FIELDS):
             quote = await self._router.quote(
-                request.account_id, _route_request(request.spec, context.time_remaining())
+                owner, _route_request(request.spec, context.time_remaining())
             )
         available = quote.available or 0
         return router_pb2.QuoteResponse(
@@ -307,9 +337,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Generate(
         self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
+        owner = _owner(request.account_id)
         route = _route_request(request.spec, context.time_remaining())
         seed = request.spec.seed if request.spec.HasField("seed") else None
-        events = self._router.generate(request.account_id, request.idempotency_key, route, seed)
+        events = self._router.generate(owner, request.idempotency_key, route, seed)
         async with contextlib.aclosing(events):
             with _fields_of(_SPEC_FIELDS):
                 async for event in events:
@@ -337,6 +368,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Promote(
         self, request: router_pb2.PromoteRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[router_pb2.PromoteResponse]:
+        owner = _owner(request.account_id)
         size = size_from_proto(request.resolution.size)
         if size is None and request.resolution.size:
             raise InvalidArgument(
@@ -361,7 +393,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             strength=request.strength if request.HasField("strength") else None,
             seed=request.seed if request.HasField("seed") else None,
         )
-        events = self._router.promote(request.account_id, request.idempotency_key, handover)
+        events = self._router.promote(owner, request.idempotency_key, handover)
         with _fields_of(_PROMOTE_FIELDS):
             async for message in self._single(events, router_pb2.PromoteResponse):
                 yield message
@@ -369,6 +401,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Upscale(
         self, request: router_pb2.UpscaleRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[router_pb2.UpscaleResponse]:
+        owner = _owner(request.account_id)
         if not request.job_id:
             raise InvalidArgument("job_id is required: the job to upscale", field="job_id")
         if not 0 <= request.quality <= 100:
@@ -383,13 +416,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             output_format=_enum(_FORMATS, request.output_format, "output_format"),
             quality=request.quality,
         )
-        events = self._router.upscale(request.account_id, request.idempotency_key, upscale)
+        events = self._router.upscale(owner, request.idempotency_key, upscale)
         async for message in self._single(events, router_pb2.UpscaleResponse):
             yield message
 
     async def Edit(
         self, request: router_pb2.EditRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[router_pb2.EditResponse]:
+        owner = _owner(request.account_id)
         if not request.job_id:
             raise InvalidArgument("job_id is required: the job to edit", field="job_id")
         edit = EditRequest(
@@ -398,7 +432,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             prompt=request.prompt,
             seed=request.seed if request.HasField("seed") else None,
         )
-        events = self._router.edit(request.account_id, request.idempotency_key, edit)
+        events = self._router.edit(owner, request.idempotency_key, edit)
         async for message in self._single(events, router_pb2.EditResponse):
             yield message
 
@@ -406,19 +440,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.SetShortlistRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> router_pb2.SetShortlistResponse:
         job = await self._router.set_shortlisted(
-            request.account_id, request.job_id, request.shortlisted
+            _owner(request.account_id), request.job_id, request.shortlisted
         )
         return router_pb2.SetShortlistResponse(job=job_message(job))
 
     async def GetJob(
         self, request: router_pb2.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> router_pb2.GetJobResponse:
-        job, children = await self._router.get_job(request.account_id, request.job_id)
+        job, children = await self._router.get_job(_owner(request.account_id), request.job_id)
         return router_pb2.GetJobResponse(job=job_message(job, children))
 
     async def ListJobs(
         self, request: router_pb2.ListJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> router_pb2.ListJobsResponse:
+        owner = _owner(request.account_id)
         stage = _stage_from_proto(request.stage) if request.stage else None
         if stage is None and request.stage:
             raise InvalidArgument(f"stage has an unknown value {request.stage}", field="stage")
@@ -431,9 +466,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             parent_job_id=request.parent_job_id or None,
             shortlisted=request.shortlisted if request.HasField("shortlisted") else None,
         )
-        page = await self._router.list_jobs(
-            request.account_id, filters, request.page_size, request.page_token
-        )
+        page = await self._router.list_jobs(owner, filters, request.page_size, request.page_token)
         return router_pb2.ListJobsResponse(
             jobs=[job_message(job) for job in page.jobs], next_page_token=page.next_page_token
         )
@@ -442,14 +475,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.CancelJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> router_pb2.CancelJobResponse:
         jobs = await self._router.cancel(
-            request.account_id, job_id=request.job_id, batch_id=request.batch_id
+            _owner(request.account_id), job_id=request.job_id, batch_id=request.batch_id
         )
         return router_pb2.CancelJobResponse(jobs=[job_message(job) for job in jobs])
 
     async def GetAsset(
         self, request: router_pb2.GetAssetRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[router_pb2.GetAssetResponse]:
-        asset, chunks = await self._router.open_asset(request.account_id, request.asset_id)
+        asset, chunks = await self._router.open_asset(_owner(request.account_id), request.asset_id)
         info = asset.info
         yield router_pb2.GetAssetResponse(
             info=common_pb2.ImageInfo(
@@ -474,7 +507,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def OpenAccount(
         self, request: router_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> router_pb2.OpenAccountResponse:
-        grant = await self._accounts.open_account(request.account_id, request.idempotency_key)
+        grant = await self._accounts.open_account(
+            _owner(request.account_id), request.idempotency_key
+        )
         return router_pb2.OpenAccountResponse(
             balance=_balance_message(grant.balance),
             granted=grant.granted,
@@ -485,13 +520,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def GetBalance(
         self, request: router_pb2.GetBalanceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> router_pb2.GetBalanceResponse:
-        balance = await self._accounts.balance(request.account_id)
+        balance = await self._accounts.balance(_owner(request.account_id))
         return router_pb2.GetBalanceResponse(balance=_balance_message(balance))
 
     async def CheckIn(
         self, request: router_pb2.CheckInRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> router_pb2.CheckInResponse:
-        grant = await self._accounts.check_in(request.account_id, request.idempotency_key)
+        grant = await self._accounts.check_in(_owner(request.account_id), request.idempotency_key)
         return router_pb2.CheckInResponse(
             balance=_balance_message(grant.balance),
             granted=grant.granted,
@@ -501,10 +536,95 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             outcome=_grant_outcome(grant.outcome),
         )
 
+    async def Grant(
+        self, request: router_pb2.GrantRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> router_pb2.GrantResponse:
+        owner = _owner(request.account_id)
+        if request.amount <= 0:
+            raise InvalidArgument(
+                f"amount {request.amount} is not positive: grant at least 1 credit",
+                field="amount",
+            )
+        kind: GrantKind = _enum(_GRANT_KINDS, request.kind, "kind")
+        reason = _grant_reason(request.reason)
+        key = require_idempotency_key(request.idempotency_key)
+        grant = await self._accounts.grant(owner, request.amount, kind, reason, key)
+        # A replay is audited too, marked so: whoever sums the grants counts each once.
+        _audit.info(
+            "audit",
+            action="credits.granted",
+            tenant=owner.tenant,
+            credential=current_principal().credential,
+            account_id=owner.account_id,
+            amount=request.amount,
+            kind=kind.value,
+            replayed=grant.replayed,
+            trace_id=current_trace_id(),
+        )
+        return router_pb2.GrantResponse(
+            entry=_entry_message(grant.entry),
+            balance=_balance_message(grant.balance),
+            replayed=grant.replayed,
+        )
+
+    # The caller's tenant's API keys (services.router.access.admin).
+
+    async def CreateApiKey(
+        self, request: router_pb2.CreateApiKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> router_pb2.CreateApiKeyResponse:
+        return await self._keys.CreateApiKey(request)
+
+    async def ListApiKeys(
+        self, request: router_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> router_pb2.ListApiKeysResponse:
+        return await self._keys.ListApiKeys(request)
+
+    async def RotateApiKey(
+        self, request: router_pb2.RotateApiKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> router_pb2.RotateApiKeyResponse:
+        return await self._keys.RotateApiKey(request)
+
+    async def RevokeApiKey(
+        self, request: router_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> router_pb2.RevokeApiKeyResponse:
+        return await self._keys.RevokeApiKey(request)
+
+
+def _grant_reason(reason: str) -> str:
+    """A Grant's reason: required, plain text, at most `MAX_GRANT_REASON_CHARS` characters."""
+    if not reason.strip():
+        raise InvalidArgument(
+            "reason is required: why the credits are granted (an order or ticket number)",
+            field="reason",
+        )
+    if len(reason) > MAX_GRANT_REASON_CHARS:
+        raise InvalidArgument(
+            f"reason is {len(reason)} characters; the limit is {MAX_GRANT_REASON_CHARS}",
+            field="reason",
+        )
+    return require_plain_text(reason, "reason")
+
+
+def _entry_message(entry: LedgerEntry) -> ledger_pb2.Entry:
+    return ledger_pb2.Entry(
+        entry_id=entry.entry_id,
+        account_id=entry.owner.account_id,
+        tenant=entry.owner.tenant,
+        kind=f"ENTRY_KIND_{entry.kind.upper()}",
+        available_delta=entry.available_delta,
+        held_delta=entry.held_delta,
+        available_after=entry.available_after,
+        held_after=entry.held_after,
+        hold_id=entry.hold_id,
+        memo=entry.memo,
+        create_time=_timestamp(entry.create_time),
+    )
+
 
 def _balance_message(balance: AccountBalance) -> ledger_pb2.Balance:
     return ledger_pb2.Balance(
-        account_id=balance.account_id,
+        account_id=balance.owner.account_id,
+        tenant=balance.owner.tenant,
         available=balance.available,
         held=balance.held,
         total=balance.total,

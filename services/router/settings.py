@@ -30,6 +30,10 @@ def _job_store_dsn(variable: str, dsn: str) -> str:
     )
 
 
+def _optional_path(raw: str | None) -> Path | None:
+    return None if raw is None else Path(raw).expanduser()
+
+
 @dataclass(frozen=True)
 class S3AssetSettings:
     """Where the S3-compatible asset store is and how to sign in to it.
@@ -139,6 +143,24 @@ class RouterSettings:
     catalogue_interval_seconds: float = 30.0
     breaker_threshold: int = 5
     breaker_cooldown_seconds: float = 10.0
+    #: Whether callers must present a credential (TIERGEN_AUTH=on, the default). Off only for a
+    #: mesh that authenticates for the router, and logged loudly at start.
+    auth: bool = True
+    #: How long a router trusts what it read of an API key before reading it again
+    #: (TIERGEN_ROUTER_KEY_CACHE_SECONDS, default 2 s; 0 reads the store on every call). This is
+    #: the revocation bound: a key revoked, or rotated out at the end of its grace, by any
+    #: router or by `tiergen keys` is refused by every replica within this many seconds plus
+    #: the time of one store read. A key already seen costs no store read within it.
+    key_cache_seconds: float = 2.0
+    #: The OIDC issuers file (TIERGEN_ROUTER_OIDC_FILE, TOML), read by
+    #: `services.router.access.oidc`; None accepts API keys only.
+    oidc_file: Path | None = None
+    #: Refused calls per peer host and minute answered at once
+    #: (TIERGEN_ROUTER_FREE_REFUSALS); each further one waits twice as long as the last, from
+    #: 0.1 s up to TIERGEN_ROUTER_MAX_REFUSAL_DELAY_SECONDS (0 answers every refusal at once).
+    #: Only refusals wait: a caller with a valid credential behind the same proxy never does.
+    free_refusals: int = 5
+    max_refusal_delay_seconds: float = 5.0
 
     @property
     def jobs_sqlite_path(self) -> Path | None:
@@ -169,6 +191,15 @@ class RouterSettings:
         return cls(
             server=ServerSettings.from_env("router", environ),
             ledger_addr=env.address("LEDGER_ADDR", "127.0.0.1:50053"),
+            auth=env.flag("TIERGEN_AUTH", True),
+            key_cache_seconds=env.number(
+                "TIERGEN_ROUTER_KEY_CACHE_SECONDS", 2.0, minimum=0.0, maximum=300.0
+            ),
+            oidc_file=_optional_path(env.optional_str("TIERGEN_ROUTER_OIDC_FILE")),
+            free_refusals=env.integer("TIERGEN_ROUTER_FREE_REFUSALS", 5, minimum=0, maximum=10_000),
+            max_refusal_delay_seconds=env.number(
+                "TIERGEN_ROUTER_MAX_REFUSAL_DELAY_SECONDS", 5.0, minimum=0.0, maximum=60.0
+            ),
             generator_addr=env.address("GENERATOR_ADDR", "127.0.0.1:50052"),
             upscaler_addr=env.address("UPSCALER_ADDR", "127.0.0.1:50054"),
             jobs_dsn=_job_store_dsn(

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from services.runtime.credentials import BearerToken, bearer_interceptors
 from services.runtime.interceptors import client_interceptors
 
 __all__ = ["RETRY_THROTTLING", "open_channel", "service_config"]
@@ -54,12 +55,14 @@ def open_channel(
     default_timeout: float = 30.0,
     max_attempts: int = 4,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    token: BearerToken | None = None,
 ) -> grpc.aio.Channel:
     """An insecure channel to `target` (`host:port`) with tracing and a retry policy.
 
     `services` are the full names of the services called on it (their methods get the retry
     policy). A call made without a timeout gets the remaining deadline of the RPC being served,
-    capped by `default_timeout`, so no call ever waits forever.
+    capped by `default_timeout`, so no call ever waits forever. With a `token`, every call
+    carries it as `authorization: Bearer` metadata (the router's public calls need one).
     """
     options = [
         ("grpc.service_config", json.dumps(service_config(services, max_attempts))),
@@ -69,6 +72,7 @@ def open_channel(
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
     ]
-    return grpc.aio.insecure_channel(
-        target, options=options, interceptors=client_interceptors(default_timeout)
-    )
+    interceptors = client_interceptors(default_timeout)
+    if token is not None:
+        interceptors += bearer_interceptors(token)
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

@@ -27,6 +27,7 @@ from services.runtime.tracing import current_trace_id
 
 __all__ = [
     "RETRY_PUSHBACK",
+    "Gate",
     "ServerTelemetryInterceptor",
     "client_interceptors",
     "outliving_the_caller",
@@ -214,14 +215,21 @@ class _ServedRpc:
         )
 
 
+#: Runs before a call's handler, inside its span and log line: `(method path, context)`. It admits
+#: the call by returning, or refuses it by raising a TiergenError (the router's access checks).
+Gate = Callable[[str, grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]
+
+
 class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every handler so each RPC gets a span, a log line and mapped errors, and a request
-    that is not a valid message is refused with INVALID_ARGUMENT.
+    that is not a valid message is refused with INVALID_ARGUMENT. With a `gate`, every call
+    but health and reflection passes it first.
 
     A method's handler is wrapped once, on its first call, not again for every call.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, gate: Gate | None = None) -> None:
+        self._gate = gate
         # Method -> (its handler as registered, that handler wrapped). A handler that differs
         # from the one wrapped (a service registered anew) is wrapped anew.
         self._wrapped: dict[
@@ -244,7 +252,7 @@ class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
             return known[1]
         wrapped = _guard_decoding(handler)
         if not method.startswith(_QUIET_PREFIXES):
-            wrapped = _wrap_handler(wrapped, _Method.of(method))
+            wrapped = _wrap_handler(wrapped, _Method.of(method), self._gate)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
@@ -343,7 +351,7 @@ def _guard_decoding(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodH
 
 
 def _wrap_handler(
-    handler: grpc.RpcMethodHandler[Any, Any], method: _Method
+    handler: grpc.RpcMethodHandler[Any, Any], method: _Method, gate: Gate | None
 ) -> grpc.RpcMethodHandler[Any, Any]:
     if handler.response_streaming:
         behavior = handler.unary_stream or handler.stream_stream
@@ -353,7 +361,7 @@ def _wrap_handler(
             else grpc.stream_stream_rpc_method_handler
         )
         return factory(
-            _wrap_streaming(behavior, method),
+            _wrap_streaming(behavior, method, gate),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -364,16 +372,18 @@ def _wrap_handler(
         else grpc.stream_unary_rpc_method_handler
     )
     return factory(
-        _wrap_unary(behavior, method),
+        _wrap_unary(behavior, method, gate),
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
 
 
-def _wrap_unary(behavior: Any, method: _Method) -> Callable[..., Awaitable[Any]]:
+def _wrap_unary(behavior: Any, method: _Method, gate: Gate | None) -> Callable[..., Awaitable[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         rpc = _ServedRpc(method, context)
         try:
+            if gate is not None:
+                await gate(method.path, context)
             response = await behavior(request, context)
         except BaseException as exc:
             await rpc.fail(exc)
@@ -384,12 +394,16 @@ def _wrap_unary(behavior: Any, method: _Method) -> Callable[..., Awaitable[Any]]
     return handle
 
 
-def _wrap_streaming(behavior: Any, method: _Method) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_streaming(
+    behavior: Any, method: _Method, gate: Gate | None
+) -> Callable[..., AsyncIterator[Any]]:
     async def handle(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         rpc = _ServedRpc(method, context)
         try:
+            if gate is not None:
+                await gate(method.path, context)
             async for response in behavior(request, context):
                 yield response
         except BaseException as exc:

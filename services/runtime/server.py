@@ -20,7 +20,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from services.runtime.interceptors import ServerTelemetryInterceptor
+from services.runtime.interceptors import Gate, ServerTelemetryInterceptor
 from services.runtime.logging import configure_logging
 from services.runtime.metrics import MetricsEndpoint
 from services.runtime.settings import ConfigError, Env, ServerSettings
@@ -167,8 +167,12 @@ async def create_server(
     services: Sequence[ServiceRegistration],
     *,
     on_stop: Sequence[StopHook] = (),
+    gate: Gate | None = None,
 ) -> tuple[Server, int]:
     """Builds (but does not start) a server for `services`; returns it and its bound port.
+
+    `gate`, when given, admits or refuses every call but health and reflection before its
+    handler runs (the router's access checks).
 
     Tests pass port 0 and use the returned port.
     """
@@ -181,7 +185,7 @@ async def create_server(
         ("grpc.max_connection_age_ms", 300_000),
         ("grpc.max_connection_age_grace_ms", 30_000),
     ]
-    server = grpc.aio.server(interceptors=[ServerTelemetryInterceptor()], options=options)
+    server = grpc.aio.server(interceptors=[ServerTelemetryInterceptor(gate)], options=options)
     for registration in services:
         registration.add_to_server(server)
     health_servicer = health.aio.HealthServicer()

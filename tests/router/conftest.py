@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +17,73 @@ from services.generator.server import create_server as create_generator
 from services.generator.settings import GeneratorSettings
 from services.ledger.server import create_server as create_ledger
 from services.ledger.settings import LedgerSettings
+from services.router.access.keys import KeyStore
+from services.router.access.scopes import Scope
 from services.router.server import create_server as create_router
 from services.router.settings import RouterSettings
+from services.runtime.credentials import bearer_interceptors
 from services.runtime.server import Server
 from services.upscaler.server import create_server as create_upscaler
 from services.upscaler.settings import UpscalerSettings
 
+#: The tenant of the suite's own key.
+MAIN_TENANT = "t-main"
+#: Every scope there is, as a key's scopes.
+EVERY_SCOPE = tuple(scope.value for scope in Scope)
+_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 8 << 20)]
+
+
+async def issue_key(
+    dsn: str, tenant: str = MAIN_TENANT, scopes: Iterable[str] = EVERY_SCOPE, *, name: str = ""
+) -> str:
+    """A new key made directly in the router database at `dsn`, as an operator would."""
+    keys = await KeyStore.open(dsn, pool_size=1)
+    try:
+        return (await keys.create(tenant, scopes, name=name or f"tests-{tenant}")).secret
+    finally:
+        await keys.close()
+
+
+def router_channel(address: str, api_key: str | None) -> grpc.aio.Channel:
+    """A channel to the router at `address` that sends `api_key` on every call (None: no
+    credential at all)."""
+    interceptors = None if api_key is None else bearer_interceptors(api_key)
+    return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS, interceptors=interceptors)
+
 
 @dataclass
 class InProcessSuite:
-    """Handles on the running servers and a router stub."""
+    """Handles on the running servers and a router stub that calls with `api_key`, a key of
+    tenant `t-main` with every scope."""
 
     servers: dict[str, Server]
     addresses: dict[str, str]
     router: router_pb2_grpc.RouterServiceStub
     data_dir: Path
+    api_key: str
+    #: The router's database, where `new_key` makes keys.
+    router_dsn: str
+    _channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    async def new_key(
+        self, tenant: str = MAIN_TENANT, scopes: Iterable[str] = EVERY_SCOPE, *, name: str = ""
+    ) -> str:
+        """A new key of `tenant` (another tenant, for isolation tests) made directly in the
+        router's store."""
+        return await issue_key(self.router_dsn, tenant, scopes, name=name)
+
+    def stub(self, api_key: str | None) -> router_pb2_grpc.RouterServiceStub:
+        """A router stub that calls with `api_key` (None: with no credential); its channel
+        closes with the suite."""
+        channel = router_channel(self.addresses["router"], api_key)
+        self._channels.append(channel)
+        return router_pb2_grpc.RouterServiceStub(channel)
+
+    async def stub_of(
+        self, tenant: str, scopes: Iterable[str] = EVERY_SCOPE
+    ) -> router_pb2_grpc.RouterServiceStub:
+        """A router stub calling with a new key of `tenant` with `scopes`."""
+        return self.stub(await self.new_key(tenant, scopes))
 
     async def open_account(self, credits_note: str = "") -> str:
         account = f"acct-{uuid.uuid4().hex[:10]}"
@@ -71,7 +123,7 @@ async def running_suite(
     env = {"TIERGEN_PORT": "0", "TIERGEN_SHUTDOWN_GRACE_SECONDS": "0"}
     servers: dict[str, Server] = {}
     addresses: dict[str, str] = {}
-    channel: grpc.aio.Channel | None = None
+    suite: InProcessSuite | None = None
     try:
         servers["ledger"], addresses["ledger"] = await _start(
             create_ledger,
@@ -85,29 +137,36 @@ async def running_suite(
         servers["upscaler"], addresses["upscaler"] = await _start(
             create_upscaler, UpscalerSettings.from_env({**env, "TIERGEN_UPSCALER_WORKERS": "2"})
         )
-        servers["router"], addresses["router"] = await _start(
-            create_router,
-            RouterSettings.from_env(
-                {
-                    **env,
-                    "LEDGER_ADDR": addresses["ledger"],
-                    "GENERATOR_ADDR": addresses["generator"],
-                    "UPSCALER_ADDR": addresses["upscaler"],
-                    "TIERGEN_ROUTER_DSN": f"sqlite:///{data_dir / 'router.db'}",
-                    "TIERGEN_ROUTER_ASSETS_DIR": str(data_dir / "assets"),
-                    **router_env,
-                }
-            ),
+        router_settings = RouterSettings.from_env(
+            {
+                **env,
+                "LEDGER_ADDR": addresses["ledger"],
+                "GENERATOR_ADDR": addresses["generator"],
+                "UPSCALER_ADDR": addresses["upscaler"],
+                "TIERGEN_ROUTER_DSN": f"sqlite:///{data_dir / 'router.db'}",
+                "TIERGEN_ROUTER_ASSETS_DIR": str(data_dir / "assets"),
+                **router_env,
+            }
         )
-        channel = grpc.aio.insecure_channel(
-            addresses["router"], options=[("grpc.max_receive_message_length", 8 << 20)]
+        # The suite's key, made in the router's store before the router starts, as an
+        # operator makes a tenant's first key.
+        api_key = await issue_key(router_settings.jobs_dsn, name="suite")
+        servers["router"], addresses["router"] = await _start(create_router, router_settings)
+        channel = router_channel(addresses["router"], api_key)
+        suite = InProcessSuite(
+            servers,
+            addresses,
+            router_pb2_grpc.RouterServiceStub(channel),
+            data_dir,
+            api_key=api_key,
+            router_dsn=router_settings.jobs_dsn,
+            _channels=[channel],
         )
-        yield InProcessSuite(
-            servers, addresses, router_pb2_grpc.RouterServiceStub(channel), data_dir
-        )
+        yield suite
     finally:
-        if channel is not None:
-            await channel.close()
+        if suite is not None:
+            for channel in suite._channels:
+                await channel.close()
         for name in ("router", "upscaler", "generator", "ledger"):
             if name in servers:
                 await servers[name].stop(0)

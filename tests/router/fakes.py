@@ -2,6 +2,9 @@
 upscaler, the job store, the asset store), a clock and a `sleep` the test moves by hand, and
 `RouterDomain`, an `Orchestrator` over all of them that builds in a millisecond.
 
+Accounts are `Owner`s: the ledger keeps each tenant's accounts, holds and keys apart, as the
+real one does, and `MemoryLedger.open` opens an account in `TENANT` unless told another.
+
 Each keeps what a test needs to look at. `MemoryJobStore` is held to the job store contract by
 the contract suite itself (tests/router/test_router_jobs.py runs on it next to SQLite and
 PostgreSQL), so it cannot drift from the real stores. Its leases are timed, as on the store
@@ -44,6 +47,7 @@ from services.router.jobs.model import (
     JobStatus,
     Lease,
     NewJob,
+    Owner,
 )
 from services.router.jobs.rows import Listing, check_batch_request
 from services.router.operations.events import BatchAccepted, BatchEvent, JobFinished
@@ -62,6 +66,7 @@ from services.runtime.errors import (
 from tests.router.generator_tiers import reported_tiers
 
 __all__ = [
+    "TENANT",
     "ManualClock",
     "MemoryAssetStore",
     "MemoryJobStore",
@@ -76,6 +81,10 @@ __all__ = [
     "finished_jobs",
     "picture",
 ]
+
+
+#: The tenant the domain tests act in unless they name another.
+TENANT = "tenant-a"
 
 
 @functools.cache
@@ -147,7 +156,7 @@ class Sleeps:
 
 @dataclass
 class _Hold:
-    account_id: str
+    owner: Owner
     amount: int
     state: str = "open"
     captured: int = 0
@@ -155,38 +164,39 @@ class _Hold:
 
 @dataclass
 class MemoryLedger:
-    """Accounts, holds and their idempotency keys, as the ledger keeps them; `settlements`
-    records every capture and release asked for, as (operation, hold id)."""
+    """Accounts, holds and their idempotency keys, each tenant's apart, as the ledger keeps
+    them; `settlements` records every capture and release asked for, as (operation, hold id)."""
 
-    accounts: dict[str, int] = field(default_factory=dict)
+    accounts: dict[Owner, int] = field(default_factory=dict)
     holds: dict[str, _Hold] = field(default_factory=dict)
     settlements: list[tuple[str, str]] = field(default_factory=list)
-    _keys: dict[str, str] = field(default_factory=dict)
+    _keys: dict[tuple[str, str], str] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
-    def open(self, account_id: str, credits: int = 400) -> str:
-        self.accounts[account_id] = credits
-        return account_id
+    def open(self, account_id: str, credits: int = 400, *, tenant: str = TENANT) -> Owner:
+        owner = Owner(tenant, account_id)
+        self.accounts[owner] = credits
+        return owner
 
-    def held(self, account_id: str) -> int:
+    def held(self, owner: Owner) -> int:
         holds = self.holds.values()
-        return sum(h.amount for h in holds if h.account_id == account_id and h.state == "open")
+        return sum(h.amount for h in holds if h.owner == owner and h.state == "open")
 
-    def balance(self, account_id: str) -> tuple[int, int]:
+    def balance(self, owner: Owner) -> tuple[int, int]:
         """(available, held), as the tests of a real ledger read them."""
-        return self.accounts[account_id], self.held(account_id)
+        return self.accounts[owner], self.held(owner)
 
-    async def available(self, account_id: str) -> int:
-        if account_id not in self.accounts:
+    async def available(self, owner: Owner) -> int:
+        if owner not in self.accounts:
             raise NotFound("account not found", reason="ACCOUNT_NOT_FOUND")
-        return self.accounts[account_id]
+        return self.accounts[owner]
 
     async def reserve(
-        self, account_id: str, amount: int, idempotency_key: str, memo: str, ttl_seconds: int
+        self, owner: Owner, amount: int, idempotency_key: str, memo: str, ttl_seconds: int
     ) -> str:
-        if idempotency_key in self._keys:
-            return self._keys[idempotency_key]
-        available = await self.available(account_id)
+        if (owner.tenant, idempotency_key) in self._keys:
+            return self._keys[(owner.tenant, idempotency_key)]
+        available = await self.available(owner)
         if amount > available:
             raise FailedPrecondition(
                 "insufficient credits",
@@ -194,30 +204,37 @@ class MemoryLedger:
                 metadata={"available": str(available), "required": str(amount)},
             )
         hold_id = f"hold_{next(self._ids)}"
-        self.accounts[account_id] -= amount
-        self.holds[hold_id] = _Hold(account_id, amount)
-        self._keys[idempotency_key] = hold_id
+        self.accounts[owner] -= amount
+        self.holds[hold_id] = _Hold(owner, amount)
+        self._keys[(owner.tenant, idempotency_key)] = hold_id
         return hold_id
 
-    async def capture(self, hold_id: str, amount: int, idempotency_key: str) -> None:
+    async def capture(self, owner: Owner, hold_id: str, amount: int, idempotency_key: str) -> None:
         self.settlements.append(("capture", hold_id))
-        hold = self.holds[hold_id]
+        hold = self._hold(owner, hold_id)
         if hold.state == "captured" and hold.captured == amount:
             return
         if hold.state != "open" or amount > hold.amount:
             raise FailedPrecondition("cannot capture", reason="CAPTURE_EXCEEDS_HOLD")
         hold.state, hold.captured = "captured", amount
-        self.accounts[hold.account_id] += hold.amount - amount
+        self.accounts[hold.owner] += hold.amount - amount
 
-    async def release(self, hold_id: str, idempotency_key: str) -> None:
+    async def release(self, owner: Owner, hold_id: str, idempotency_key: str) -> None:
         self.settlements.append(("release", hold_id))
-        hold = self.holds[hold_id]
+        hold = self._hold(owner, hold_id)
         if hold.state == "released":
             return
         if hold.state != "open":
             raise FailedPrecondition("hold is settled", reason="HOLD_ALREADY_CAPTURED")
         hold.state = "released"
-        self.accounts[hold.account_id] += hold.amount
+        self.accounts[hold.owner] += hold.amount
+
+    def _hold(self, owner: Owner, hold_id: str) -> _Hold:
+        """The hold, settled only in its own tenant: another tenant's is NotFound."""
+        hold = self.holds.get(hold_id)
+        if hold is None or hold.owner.tenant != owner.tenant:
+            raise NotFound(f"hold {hold_id} not found", reason="HOLD_NOT_FOUND")
+        return hold
 
 
 @dataclass
@@ -351,7 +368,8 @@ def _ulid(prefix: str, moment: datetime) -> str:
 class _StoredBatch:
     batch: Batch
     job_ids: list[str]
-    owner: str | None
+    #: The router process running the batch (its lease's owner), not the batch's `Owner`.
+    router: str | None
     lease_until: datetime | None
 
 
@@ -361,7 +379,8 @@ class MemoryJobTables:
     sharing one database do. Jobs are kept without their batch's hold id, joined on reading."""
 
     batches: dict[str, _StoredBatch] = field(default_factory=dict)
-    keys: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: (owner, idempotency key) -> batch id.
+    keys: dict[tuple[Owner, str], str] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
     seq: dict[str, int] = field(default_factory=dict)
     counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -387,7 +406,7 @@ class MemoryJobStore:
     async def create_batch(
         self,
         *,
-        account_id: str,
+        owner: Owner,
         idempotency_key: str,
         fingerprint: str,
         jobs: Sequence[NewJob],
@@ -395,9 +414,9 @@ class MemoryJobStore:
         hold_id: str | None = None,
         lease: Lease | None = None,
     ) -> BatchRecord:
-        check_batch_request(account_id, idempotency_key, jobs)
+        check_batch_request(owner, idempotency_key, jobs)
         await self._step()
-        existing = self.tables.keys.get((account_id, idempotency_key))
+        existing = self.tables.keys.get((owner, idempotency_key))
         if existing is not None:
             stored = self.tables.batches[existing]
             if stored.batch.fingerprint != fingerprint:
@@ -409,11 +428,11 @@ class MemoryJobStore:
             return self._record(existing, replayed=True)
         for new in jobs:
             if new.parent_job_id is not None:
-                self._job(account_id, new.parent_job_id)
+                self._job(owner, new.parent_job_id)
         now = self._clock()
         batch = Batch(
             batch_id=_ulid("bat_", now),
-            account_id=account_id,
+            owner=owner,
             idempotency_key=idempotency_key,
             fingerprint=fingerprint,
             decision=decision,
@@ -429,19 +448,19 @@ class MemoryJobStore:
             self.tables.seq[job.job_id] = next(self.tables.counter)
             job_ids.append(job.job_id)
         until = None if lease is None else now + timedelta(seconds=lease.seconds)
-        owner = None if lease is None else lease.owner
-        self.tables.batches[batch.batch_id] = _StoredBatch(batch, job_ids, owner, until)
-        self.tables.keys[(account_id, idempotency_key)] = batch.batch_id
+        router = None if lease is None else lease.owner
+        self.tables.batches[batch.batch_id] = _StoredBatch(batch, job_ids, router, until)
+        self.tables.keys[(owner, idempotency_key)] = batch.batch_id
         return self._record(batch.batch_id)
 
-    async def find_batch(self, account_id: str, idempotency_key: str) -> BatchRecord | None:
+    async def find_batch(self, owner: Owner, idempotency_key: str) -> BatchRecord | None:
         await self._step()
-        batch_id = self.tables.keys.get((account_id, idempotency_key))
+        batch_id = self.tables.keys.get((owner, idempotency_key))
         return None if batch_id is None else self._record(batch_id, replayed=True)
 
-    async def batch(self, account_id: str, batch_id: str) -> BatchRecord:
+    async def batch(self, owner: Owner, batch_id: str) -> BatchRecord:
         await self._step()
-        return self._record(self._stored_batch(account_id, batch_id).batch.batch_id)
+        return self._record(self._stored_batch(owner, batch_id).batch.batch_id)
 
     async def attach_hold(self, batch_id: str, hold_id: str) -> Batch:
         await self._step()
@@ -485,7 +504,7 @@ class MemoryJobStore:
             del self.tables.jobs[job_id]
             del self.tables.seq[job_id]
         del self.tables.batches[batch_id]
-        del self.tables.keys[(stored.batch.account_id, stored.batch.idempotency_key)]
+        del self.tables.keys[(stored.batch.owner, stored.batch.idempotency_key)]
         return True
 
     async def renew_leases(self, lease: Lease, batch_ids: Sequence[str]) -> frozenset[str]:
@@ -494,7 +513,7 @@ class MemoryJobStore:
         renewed = set()
         for batch_id in batch_ids:
             stored = self.tables.batches.get(batch_id)
-            if stored is not None and stored.owner == lease.owner:
+            if stored is not None and stored.router == lease.owner:
                 stored.lease_until = until
                 renewed.add(batch_id)
         return frozenset(renewed)
@@ -519,7 +538,7 @@ class MemoryJobStore:
             key=lambda stored: (stored.batch.create_time, stored.batch.batch_id),
         )[:limit]
         for stored in claimed:
-            stored.owner = lease.owner
+            stored.router = lease.owner
             stored.lease_until = now + timedelta(seconds=lease.seconds)
         return tuple(self._record(stored.batch.batch_id) for stored in claimed)
 
@@ -551,18 +570,18 @@ class MemoryJobStore:
         return await self._move(job_id, JobStatus.CANCELLED, error=error)
 
     async def cancel_job(
-        self, account_id: str, job_id: str, message: str = "cancelled by the caller"
+        self, owner: Owner, job_id: str, message: str = "cancelled by the caller"
     ) -> Job:
-        job = await self.get(account_id, job_id)
+        job = await self.get(owner, job_id)
         if job.status.is_final:
             return job
         return await self.mark_cancelled(job_id, message)
 
     async def cancel_batch(
-        self, account_id: str, batch_id: str, message: str = "cancelled by the caller"
+        self, owner: Owner, batch_id: str, message: str = "cancelled by the caller"
     ) -> tuple[Job, ...]:
         await self._step()
-        stored = self._stored_batch(account_id, batch_id)
+        stored = self._stored_batch(owner, batch_id)
         now = self._clock()
         for job_id in stored.job_ids:
             job = self.tables.jobs[job_id]
@@ -575,26 +594,26 @@ class MemoryJobStore:
                 )
         return self._record(batch_id).jobs
 
-    async def get(self, account_id: str, job_id: str) -> Job:
+    async def get(self, owner: Owner, job_id: str) -> Job:
         await self._step()
-        return self._job(account_id, job_id)
+        return self._job(owner, job_id)
 
-    async def children(self, account_id: str, job_id: str) -> tuple[Job, ...]:
+    async def children(self, owner: Owner, job_id: str) -> tuple[Job, ...]:
         await self._step()
-        self._job(account_id, job_id)
+        self._job(owner, job_id)
         return tuple(
             self._view(job) for job in self.tables.jobs.values() if job.parent_job_id == job_id
         )
 
     async def list(
         self,
-        account_id: str,
+        owner: Owner,
         filters: JobFilter | None = None,
         page_size: int = 0,
         page_token: str = "",
     ) -> JobPage:
         # The SQL store's checks and page tokens, so that the two cannot drift apart.
-        listing = Listing.of(account_id, filters, page_size, page_token)
+        listing = Listing.of(owner, filters, page_size, page_token)
         before, limit = listing.before, listing.limit
         await self._step()
         wanted = {
@@ -605,7 +624,7 @@ class MemoryJobStore:
         matching = [
             job
             for job in reversed(self.tables.jobs.values())
-            if job.account_id == account_id
+            if job.owner == owner
             and (before is None or self.tables.seq[job.job_id] < before)
             and all(getattr(job, name) == value for name, value in wanted.items())
         ]
@@ -614,19 +633,19 @@ class MemoryJobStore:
             return JobPage(page)
         return JobPage(page, listing.token(self.tables.seq[page[-1].job_id]))
 
-    async def has_asset(self, account_id: str, asset_id: str) -> bool:
+    async def has_asset(self, owner: Owner, asset_id: str) -> bool:
         await self._step()
         return any(
             job.asset is not None and job.asset.asset_id == asset_id
             for job in self.tables.jobs.values()
-            if job.account_id == account_id
+            if job.owner == owner
         )
 
-    async def set_shortlisted(self, account_id: str, job_id: str, shortlisted: bool) -> Job:
+    async def set_shortlisted(self, owner: Owner, job_id: str, shortlisted: bool) -> Job:
         await self._step()
-        job = self._job(account_id, job_id)
+        job = self._job(owner, job_id)
         self.tables.jobs[job_id] = replace(job, shortlisted=shortlisted, hold_id=None)
-        return self._job(account_id, job_id)
+        return self._job(owner, job_id)
 
     # Reading and moving --------------------------------------------------------------------
 
@@ -657,15 +676,15 @@ class MemoryJobStore:
         self.tables.jobs[job_id] = moved
         return self._view(moved)
 
-    def _stored_batch(self, account_id: str | None, batch_id: str) -> _StoredBatch:
+    def _stored_batch(self, owner: Owner | None, batch_id: str) -> _StoredBatch:
         stored = self.tables.batches.get(batch_id)
-        if stored is None or (account_id is not None and stored.batch.account_id != account_id):
+        if stored is None or (owner is not None and stored.batch.owner != owner):
             raise NotFound(f"batch {batch_id!r} not found", reason="BATCH_NOT_FOUND")
         return stored
 
-    def _job(self, account_id: str | None, job_id: str) -> Job:
+    def _job(self, owner: Owner | None, job_id: str) -> Job:
         job = self.tables.jobs.get(job_id)
-        if job is None or (account_id is not None and job.account_id != account_id):
+        if job is None or (owner is not None and job.owner != owner):
             raise NotFound(f"job {job_id!r} not found", reason="JOB_NOT_FOUND")
         return self._view(job)
 
@@ -685,7 +704,7 @@ def _queued(new: NewJob, job_id: str, batch: Batch, now: datetime) -> Job:
     return Job(
         job_id=job_id,
         batch_id=batch.batch_id,
-        account_id=batch.account_id,
+        owner=batch.owner,
         kind=new.kind,
         status=JobStatus.QUEUED,
         tier=new.tier,
@@ -775,12 +794,12 @@ class RouterDomain:
         )
 
     async def delivered(
-        self, account_id: str, tier: str = "nano", *, prompt: str = "a harbour town at dusk"
+        self, owner: Owner, tier: str = "nano", *, prompt: str = "a harbour town at dusk"
     ) -> Job:
-        """One 1K image rendered on `tier` for the account, charged: a parent for handovers."""
+        """One 1K image rendered on `tier` for the owner, charged: a parent for handovers."""
         request = RouteRequest(prompt=prompt, tier=tier, size=ImageSize.K1)
         key = f"parent-{secrets.token_hex(4)}"
-        _, (job,) = await finished(self.router.generate(account_id, key, request))
+        _, (job,) = await finished(self.router.generate(owner, key, request))
         assert job.status is JobStatus.SUCCEEDED, job
         return job
 

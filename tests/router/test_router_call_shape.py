@@ -158,13 +158,13 @@ class TestProgress:
     def job(self) -> Any:
         from datetime import UTC, datetime
 
-        from services.router.jobs.model import Job, JobKind, JobStatus
+        from services.router.jobs.model import Job, JobKind, JobStatus, Owner
         from services.router.routing.catalogue import AspectRatio, Stage
 
         return Job(
             job_id="job_a",
             batch_id="bat_a",
-            account_id="acct",
+            owner=Owner("tenant-a", "acct"),
             kind=JobKind.GENERATE,
             status=JobStatus.SUCCEEDED,
             tier="nano",

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.router.assets.store import AssetInfo, AssetRef
-from services.router.jobs.model import HoldState, JobKind, JobStatus, Lease, NewJob
+from services.router.jobs.model import HoldState, JobKind, JobStatus, Lease, NewJob, Owner
 from services.router.operations.events import BatchAccepted, JobFinished
 from services.router.routing.catalogue import ImageSize, Stage
 from services.router.routing.policy import RouteRequest
@@ -21,6 +21,18 @@ from services.runtime.errors import Aborted, Unavailable
 from tests.router.fakes import RouterDomain, finished
 
 REQUEST = RouteRequest(prompt="a lighthouse at dawn", tier="standard", size=ImageSize.K1, n=2)
+#: One 1K nano image as a router records it, for batches made behind the router's back.
+GENERATE_AT_1K = NewJob(
+    kind=JobKind.GENERATE,
+    prompt="a lighthouse",
+    seed=0,
+    width=1024,
+    height=1024,
+    quoted_cost=2,
+    tier="nano",
+    stage=Stage.EXPLORE,
+    size=ImageSize.K1,
+)
 
 
 @pytest.fixture
@@ -29,7 +41,7 @@ def domain() -> RouterDomain:
 
 
 async def running_batch(
-    domain: RouterDomain, account: str, key: str
+    domain: RouterDomain, account: Owner, key: str
 ) -> tuple[str, asyncio.Task[list[object]]]:
     """A batch whose renders wait at the renderer's gate, its events read by a task; returns
     its id and that task (which ends with the stream's error, if any)."""
@@ -230,7 +242,7 @@ async def test_routers_recovering_at_once_settle_each_batch_once(domain: RouterD
             size=ImageSize.K1,
         )
         record = await domain.jobs.create_batch(
-            account_id=account,
+            owner=account,
             idempotency_key=f"batch-{index}",
             fingerprint="fp",
             jobs=[new, replace(new, variation=1, seed=1)],
@@ -254,3 +266,31 @@ async def test_routers_recovering_at_once_settle_each_batch_once(domain: RouterD
         [("capture", holds[0])] + [("release", hold_id) for hold_id in holds[1:]]
     )
     assert domain.ledger.balance(account) == (398, 0)
+
+
+async def test_a_recovered_batch_settles_in_its_owners_tenant(domain: RouterDomain) -> None:
+    # The same account id in two tenants, each with a batch its dead router left delivered.
+    owners = [domain.ledger.open("acct"), domain.ledger.open("acct", tenant="tenant-b")]
+    dead = Lease("dead-router", domain.limits.lease_seconds)
+    for index, owner in enumerate(owners):
+        hold_id = await domain.ledger.reserve(owner, 2 + index, f"hold-{index}", "abandoned", 900)
+        record = await domain.jobs.create_batch(
+            owner=owner,
+            idempotency_key="same-key",
+            fingerprint="fp",
+            jobs=[replace(GENERATE_AT_1K, seed=index, quoted_cost=2 + index)],
+            hold_id=hold_id,
+            lease=dead,
+        )
+        (job,) = record.jobs
+        await domain.jobs.mark_running(job.job_id)
+        asset = AssetRef("ab" * 32, AssetInfo(1024, 1024, "image/png", 100))
+        await domain.jobs.mark_succeeded(job.job_id, asset, job.quoted_cost)
+    domain.clock.advance(dead.seconds + 1)
+
+    assert await domain.replica().router.recover() == 2
+
+    # Each hold was captured in its own tenant (the fake ledger finds no hold in another).
+    assert [kind for kind, _ in domain.ledger.settlements] == ["capture", "capture"]
+    assert domain.ledger.balance(owners[0]) == (400 - 2, 0)
+    assert domain.ledger.balance(owners[1]) == (400 - 3, 0)

@@ -1,7 +1,7 @@
 """Planning promotes, upscales, edits and generations at the router's domain, over in-memory
 ports: what a handover hands over, and every check that refuses a request before anything is
 held or recorded (strength, factor, output size, mask, a parent not succeeded, a parent of
-another account, a bad generation)."""
+another account or another tenant's namesake, a bad generation)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.router.jobs.model import Job, JobFilter, JobKind, JobStatus
+from services.router.jobs.model import Job, JobFilter, JobKind, JobStatus, Owner
 from services.router.operations.events import BatchAccepted
 from services.router.operations.planning import EditRequest, Handover, UpscaleRequest
 from services.router.routing.catalogue import ImageSize
 from services.router.routing.policy import RouteRequest
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
-from tests.router.fakes import RouterDomain, finished
+from tests.router.fakes import TENANT, RouterDomain, finished
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def domain() -> RouterDomain:
     return RouterDomain.build()
 
 
-async def jobs_of(domain: RouterDomain, account: str) -> tuple[Job, ...]:
+async def jobs_of(domain: RouterDomain, account: Owner) -> tuple[Job, ...]:
     return (await domain.router.list_jobs(account, JobFilter(), 0, "")).jobs
 
 
@@ -158,8 +158,16 @@ async def test_a_cancelled_job_cannot_be_promoted(domain: RouterDomain) -> None:
     assert domain.ledger.balance(account) == (400 - delivered, 0)
 
 
-async def test_another_accounts_job_is_not_found_for_anything(domain: RouterDomain) -> None:
-    owner, stranger = domain.ledger.open("owner"), domain.ledger.open("stranger")
+@pytest.mark.parametrize(
+    ("stranger_id", "stranger_tenant"),
+    [("stranger", TENANT), ("owner", "tenant-b")],
+    ids=["another account", "the same account id in another tenant"],
+)
+async def test_another_owners_job_is_not_found_for_anything(
+    domain: RouterDomain, stranger_id: str, stranger_tenant: str
+) -> None:
+    owner = domain.ledger.open("owner")
+    stranger = domain.ledger.open(stranger_id, tenant=stranger_tenant)
     job = await domain.delivered(owner, "standard")
     await domain.router.set_shortlisted(owner, job.job_id, True)
     assert job.asset is not None

@@ -16,11 +16,12 @@ import pytest
 
 from services.router.assets.store import AssetInfo, AssetRef
 from services.router.jobs.databases import SqliteDatabase
-from services.router.jobs.model import JobKind, NewJob
+from services.router.jobs.model import JobKind, NewJob, Owner
 from services.router.jobs.sql_store import SqlJobStore
 from services.runtime.errors import FailedPrecondition
 
 ASSET = AssetRef("cd" * 32, AssetInfo(1024, 1024, "image/png", 222))
+OWNER = Owner("tenant-a", "acct")
 NEW_JOB = NewJob(
     kind=JobKind.GENERATE, prompt="a lighthouse", seed=7, width=1024, height=1024, quoted_cost=2
 )
@@ -61,7 +62,7 @@ def _pragmas(statements: list[str]) -> list[str]:
 
 async def test_only_the_succeeded_mark_commits_with_full_sync(store):
     record = await store.create_batch(
-        account_id="acct", idempotency_key="k", fingerprint="f", jobs=[NEW_JOB], hold_id="h"
+        owner=OWNER, idempotency_key="k", fingerprint="f", jobs=[NEW_JOB], hold_id="h"
     )
     job_id = record.jobs[0].job_id
     statements = await _traced(store)
@@ -79,7 +80,7 @@ async def test_only_the_succeeded_mark_commits_with_full_sync(store):
 
 async def test_a_refused_succeeded_mark_restores_normal_sync(store):
     record = await store.create_batch(
-        account_id="acct", idempotency_key="k", fingerprint="f", jobs=[NEW_JOB], hold_id="h"
+        owner=OWNER, idempotency_key="k", fingerprint="f", jobs=[NEW_JOB], hold_id="h"
     )
     job_id = record.jobs[0].job_id
     await store.mark_failed(job_id, "UNAVAILABLE", "BACKEND_DOWN", "the generator is down")
@@ -96,10 +97,10 @@ async def test_a_refused_succeeded_mark_restores_normal_sync(store):
 async def test_settling_and_batches_commit_without_waiting_for_the_disk(store):
     statements = await _traced(store)
     record = await store.create_batch(
-        account_id="acct", idempotency_key="k", fingerprint="f", jobs=[NEW_JOB], hold_id="h"
+        owner=OWNER, idempotency_key="k", fingerprint="f", jobs=[NEW_JOB], hold_id="h"
     )
     await store.mark_cancelled(record.jobs[0].job_id)
-    await store.cancel_batch("acct", record.batch.batch_id)
+    await store.cancel_batch(OWNER, record.batch.batch_id)
 
     assert "PRAGMA synchronous = FULL" not in statements
     assert statements.count("COMMIT") == 3

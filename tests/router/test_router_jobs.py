@@ -29,6 +29,7 @@ from services.router.jobs.model import (
     JobStatus,
     Lease,
     NewJob,
+    Owner,
     UpscaleMethod,
 )
 from services.router.jobs.queries import POSTGRESQL
@@ -53,6 +54,11 @@ from tests.postgres import Schemas, require_postgres, with_search_path
 from tests.router.fakes import MemoryJobStore, MemoryJobTables
 
 ULID = r"[0-9A-HJKMNP-TV-Z]{26}"
+#: Two tenants, and the same account ids in each, so that only the tenant tells them apart.
+TENANT, OTHER_TENANT = "tenant-a", "tenant-b"
+ACCT, ACCT_2 = Owner(TENANT, "acct-1"), Owner(TENANT, "acct-2")
+A, B = Owner(TENANT, "a"), Owner(TENANT, "b")
+ALICE, MALLORY, OTHER = Owner(TENANT, "alice"), Owner(TENANT, "mallory"), Owner(TENANT, "other")
 ASSET = AssetRef("ab" * 32, AssetInfo(1024, 1024, "image/png", 12345))
 DECISION = Decision(
     tier="nano",
@@ -180,10 +186,10 @@ def generation(variation: int = 0, **changes: Any) -> NewJob:
 
 
 async def batch_of(
-    store: JobStore, n: int = 1, *, account: str = "acct-1", key: str = "key-1", **changes: Any
+    store: JobStore, n: int = 1, *, account: Owner = ACCT, key: str = "key-1", **changes: Any
 ) -> tuple[Job, ...]:
     record = await store.create_batch(
-        account_id=account,
+        owner=account,
         idempotency_key=key,
         fingerprint="fp-" + key,
         jobs=[generation(i, **changes) for i in range(n)],
@@ -199,7 +205,7 @@ async def succeeded(store: JobStore, job: Job) -> Job:
 class TestCreateBatch:
     async def test_creates_queued_jobs(self, store: JobStore, clock: Clock) -> None:
         record = await store.create_batch(
-            account_id="acct-1",
+            owner=ACCT,
             idempotency_key="key-1",
             fingerprint="fp",
             jobs=[generation(i) for i in range(3)],
@@ -215,9 +221,9 @@ class TestCreateBatch:
         for job in record.jobs:
             assert re.fullmatch("job_" + ULID, job.job_id)
             assert job.status is JobStatus.QUEUED
-            assert (job.batch_id, job.account_id, job.hold_id) == (
+            assert (job.batch_id, job.owner, job.hold_id) == (
                 record.batch.batch_id,
-                "acct-1",
+                ACCT,
                 "hold-1",
             )
             assert (job.tier, job.stage, job.size, job.aspect_ratio) == (
@@ -234,43 +240,43 @@ class TestCreateBatch:
 
     async def test_same_key_and_request_replays(self, store: JobStore) -> None:
         first = await store.create_batch(
-            account_id="a", idempotency_key="k", fingerprint="fp", jobs=[generation()]
+            owner=A, idempotency_key="k", fingerprint="fp", jobs=[generation()]
         )
         again = await store.create_batch(
-            account_id="a", idempotency_key="k", fingerprint="fp", jobs=[generation()]
+            owner=A, idempotency_key="k", fingerprint="fp", jobs=[generation()]
         )
         assert again.replayed
         assert again.batch == first.batch
         assert again.jobs == first.jobs
-        found = await store.find_batch("a", "k")
+        found = await store.find_batch(A, "k")
         assert found is not None and found.replayed and found.jobs == first.jobs
-        assert await store.find_batch("a", "other") is None
+        assert await store.find_batch(A, "other") is None
 
     async def test_same_key_with_another_request_is_refused(self, store: JobStore) -> None:
         first = await store.create_batch(
-            account_id="a", idempotency_key="k", fingerprint="fp", jobs=[generation()]
+            owner=A, idempotency_key="k", fingerprint="fp", jobs=[generation()]
         )
         with pytest.raises(AlreadyExists) as caught:
             await store.create_batch(
-                account_id="a",
+                owner=A,
                 idempotency_key="k",
                 fingerprint="another",
                 jobs=[generation(), generation(1)],
             )
         assert caught.value.reason == "IDEMPOTENCY_KEY_REUSED"
         assert caught.value.metadata == {"batch_id": first.batch.batch_id}
-        assert (await store.list("a")).jobs == first.jobs
+        assert (await store.list(A)).jobs == first.jobs
 
     async def test_keys_are_per_account(self, store: JobStore) -> None:
-        mine = await batch_of(store, account="a", key="k")
-        theirs = await batch_of(store, account="b", key="k")
+        mine = await batch_of(store, account=A, key="k")
+        theirs = await batch_of(store, account=B, key="k")
         assert mine[0].batch_id != theirs[0].batch_id
 
     async def test_concurrent_retries_create_one_batch(self, store: JobStore) -> None:
         records = await asyncio.gather(
             *(
                 store.create_batch(
-                    account_id="a",
+                    owner=A,
                     idempotency_key="k",
                     fingerprint="fp",
                     jobs=[generation(i) for i in range(4)],
@@ -280,20 +286,20 @@ class TestCreateBatch:
         )
         assert sum(not record.replayed for record in records) == 1
         assert len({record.batch.batch_id for record in records}) == 1
-        assert len((await store.list("a")).jobs) == 4
+        assert len((await store.list(A)).jobs) == 4
 
     async def test_bad_batches(self, store: JobStore) -> None:
         with pytest.raises(InvalidArgument) as caught:
             await store.create_batch(
-                account_id="a", idempotency_key="", fingerprint="fp", jobs=[generation()]
+                owner=A, idempotency_key="", fingerprint="fp", jobs=[generation()]
             )
         assert caught.value.violations[0].field == "idempotency_key"
         with pytest.raises(ValueError, match="at least one job"):
-            await store.create_batch(account_id="a", idempotency_key="k", fingerprint="fp", jobs=[])
+            await store.create_batch(owner=A, idempotency_key="k", fingerprint="fp", jobs=[])
         with pytest.raises(ValueError, match="seed"):
             await batch_of(store, seed=2**64)
         bad_texts: list[tuple[str, dict[str, Any]]] = [
-            ("account_id", {"account": "a\x00b"}),
+            ("account_id", {"account": Owner(TENANT, "a\x00b")}),
             ("idempotency_key", {"key": "k\x00"}),
             ("prompt", {"prompt": "a\x00lighthouse"}),
         ]
@@ -301,12 +307,12 @@ class TestCreateBatch:
             with pytest.raises(InvalidArgument) as caught:
                 await batch_of(store, **changes)
             assert caught.value.violations[0].field == field
-        assert (await store.list("a")).jobs == ()
-        assert (await store.list("acct-1")).jobs == ()
+        assert (await store.list(A)).jobs == ()
+        assert (await store.list(ACCT)).jobs == ()
 
     async def test_large_seeds_round_trip(self, store: JobStore) -> None:
         (job,) = await batch_of(store, seed=2**64 - 1)
-        assert (await store.get("acct-1", job.job_id)).seed == 2**64 - 1
+        assert (await store.get(ACCT, job.job_id)).seed == 2**64 - 1
 
 
 class TestTransitions:
@@ -324,7 +330,7 @@ class TestTransitions:
         )
         assert done.finish_time == clock.now
         assert done.start_time == running.start_time
-        assert await store.get("acct-1", job.job_id) == done
+        assert await store.get(ACCT, job.job_id) == done
 
     @pytest.mark.parametrize("start", ["queued", "running"])
     async def test_fail_or_cancel_an_unfinished_job(self, store: JobStore, start: str) -> None:
@@ -357,7 +363,7 @@ class TestTransitions:
                 with pytest.raises(FailedPrecondition) as caught:
                     await attempt
                 assert caught.value.reason == "JOB_FINAL"
-            assert await store.get("acct-1", job.job_id) == job
+            assert await store.get(ACCT, job.job_id) == job
 
     async def test_illegal_transitions(self, store: JobStore) -> None:
         (job,) = await batch_of(store)
@@ -368,7 +374,7 @@ class TestTransitions:
         await store.mark_running(job.job_id)
         with pytest.raises(FailedPrecondition, match="cannot become running"):
             await store.mark_running(job.job_id)
-        assert (await store.get("acct-1", job.job_id)).status is JobStatus.RUNNING
+        assert (await store.get(ACCT, job.job_id)).status is JobStatus.RUNNING
 
     async def test_bad_outcomes_are_refused(self, store: JobStore) -> None:
         (job,) = await batch_of(store)
@@ -379,7 +385,7 @@ class TestTransitions:
             await store.mark_succeeded(job.job_id, ASSET, -1)
         with pytest.raises(ValueError, match="drift"):
             await store.mark_succeeded(job.job_id, ASSET, 2, drift=1.5)
-        assert (await store.get("acct-1", job.job_id)).status is JobStatus.RUNNING
+        assert (await store.get(ACCT, job.job_id)).status is JobStatus.RUNNING
 
     async def test_unknown_job(self, store: JobStore) -> None:
         with pytest.raises(NotFound):
@@ -388,45 +394,152 @@ class TestTransitions:
 
 class TestOwnership:
     async def test_another_accounts_job_is_not_found(self, store: JobStore) -> None:
-        (job,) = await batch_of(store, account="alice")
+        (job,) = await batch_of(store, account=ALICE)
         with pytest.raises(NotFound) as other:
-            await store.get("mallory", job.job_id)
+            await store.get(MALLORY, job.job_id)
         with pytest.raises(NotFound) as missing:
-            await store.get("mallory", "job_" + "0" * 26)
+            await store.get(MALLORY, "job_" + "0" * 26)
         # The two answers are indistinguishable, so ids reveal nothing.
         assert other.value.message.replace(job.job_id, "?") == missing.value.message.replace(
             "job_" + "0" * 26, "?"
         )
         with pytest.raises(NotFound):
-            await store.children("mallory", job.job_id)
+            await store.children(MALLORY, job.job_id)
         with pytest.raises(NotFound):
-            await store.cancel_job("mallory", job.job_id)
+            await store.cancel_job(MALLORY, job.job_id)
         with pytest.raises(NotFound):
-            await store.batch("mallory", job.batch_id)
+            await store.batch(MALLORY, job.batch_id)
         with pytest.raises(NotFound):
-            await store.cancel_batch("mallory", job.batch_id)
-        assert (await store.list("mallory")).jobs == ()
-        assert (await store.get("alice", job.job_id)).status is JobStatus.QUEUED
+            await store.cancel_batch(MALLORY, job.batch_id)
+        assert (await store.list(MALLORY)).jobs == ()
+        assert (await store.get(ALICE, job.job_id)).status is JobStatus.QUEUED
 
     async def test_a_strangers_shortlist_changes_nothing(self, store: JobStore) -> None:
-        (job,) = await batch_of(store, account="alice")
-        await store.set_shortlisted("alice", job.job_id, True)
+        (job,) = await batch_of(store, account=ALICE)
+        await store.set_shortlisted(ALICE, job.job_id, True)
         with pytest.raises(NotFound):
-            await store.set_shortlisted("mallory", job.job_id, False)
-        assert (await store.get("alice", job.job_id)).shortlisted
+            await store.set_shortlisted(MALLORY, job.job_id, False)
+        assert (await store.get(ALICE, job.job_id)).shortlisted
 
     async def test_asset_ownership(self, store: JobStore) -> None:
-        (job,) = await batch_of(store, account="alice")
+        (job,) = await batch_of(store, account=ALICE)
         await succeeded(store, job)
-        assert await store.has_asset("alice", ASSET.asset_id)
-        assert not await store.has_asset("mallory", ASSET.asset_id)
-        assert not await store.has_asset("alice", "cd" * 32)
+        assert await store.has_asset(ALICE, ASSET.asset_id)
+        assert not await store.has_asset(MALLORY, ASSET.asset_id)
+        assert not await store.has_asset(ALICE, "cd" * 32)
+
+
+class TestTenants:
+    """`alice` of one tenant and `alice` of another are two owners: neither sees, changes or
+    learns of the other's batches, jobs or images."""
+
+    HERS = Owner(TENANT, "alice")
+    NAMESAKE = Owner(OTHER_TENANT, "alice")
+
+    @staticmethod
+    def _shape(error: NotFound, target_id: str) -> tuple[str, str, str]:
+        return (error.code, error.reason, error.message.replace(target_id, "?"))
+
+    async def test_the_same_account_id_in_two_tenants_sees_only_its_own_jobs(
+        self, store: JobStore
+    ) -> None:
+        hers = await batch_of(store, 2, account=self.HERS, key="k-a")
+        theirs = await batch_of(store, 3, account=self.NAMESAKE, key="k-b")
+        listed = await store.list(self.HERS)
+        assert {job.job_id for job in listed.jobs} == {job.job_id for job in hers}
+        assert {job.owner for job in listed.jobs} == {self.HERS}
+        listed = await store.list(self.NAMESAKE)
+        assert {job.job_id for job in listed.jobs} == {job.job_id for job in theirs}
+        assert (await store.batch(self.NAMESAKE, theirs[0].batch_id)).batch.owner == self.NAMESAKE
+
+    async def test_every_id_of_another_tenant_is_not_found(self, store: JobStore) -> None:
+        (parent,) = await batch_of(store, account=self.HERS, key="parent")
+        parent = await succeeded(store, parent)
+        child = await TestLineage().promote(store, parent, "child", account=self.HERS)
+        unknown_job, unknown_batch = "job_" + "0" * 26, "bat_" + "0" * 26
+        intruder = self.NAMESAKE
+
+        job_reads: list[Callable[[str], Any]] = [
+            lambda job_id: store.get(intruder, job_id),
+            lambda job_id: store.children(intruder, job_id),
+            lambda job_id: store.cancel_job(intruder, job_id),
+            lambda job_id: store.set_shortlisted(intruder, job_id, True),
+        ]
+        for read in job_reads:
+            with pytest.raises(NotFound) as theirs:
+                await read(parent.job_id)
+            with pytest.raises(NotFound) as missing:
+                await read(unknown_job)
+            assert self._shape(theirs.value, parent.job_id) == self._shape(
+                missing.value, unknown_job
+            )
+        for batch_read in (store.batch, store.cancel_batch):
+            with pytest.raises(NotFound) as theirs:
+                await batch_read(intruder, parent.batch_id)
+            with pytest.raises(NotFound) as missing:
+                await batch_read(intruder, unknown_batch)
+            assert self._shape(theirs.value, parent.batch_id) == self._shape(
+                missing.value, unknown_batch
+            )
+        assert await store.find_batch(intruder, "parent") is None
+        assert await store.find_batch(intruder, "child") is None
+        assert not await store.has_asset(intruder, ASSET.asset_id)
+        for filters in (
+            JobFilter(),
+            JobFilter(batch_id=parent.batch_id),
+            JobFilter(parent_job_id=parent.job_id),
+            JobFilter(status=JobStatus.SUCCEEDED),
+        ):
+            assert (await store.list(intruder, filters)).jobs == ()
+        # Nothing the intruder tried changed anything.
+        assert await store.get(self.HERS, parent.job_id) == parent
+        after = await store.get(self.HERS, child.job_id)
+        assert (after.status, after.shortlisted) == (JobStatus.QUEUED, False)
+        assert await store.has_asset(self.HERS, ASSET.asset_id)
+        assert [job.job_id for job in await store.children(self.HERS, parent.job_id)] == [
+            child.job_id
+        ]
+
+    async def test_a_parent_of_another_tenant_is_not_found(self, store: JobStore) -> None:
+        (parent,) = await batch_of(store, account=self.HERS)
+        parent = await succeeded(store, parent)
+        with pytest.raises(NotFound) as caught:
+            await TestLineage().promote(store, parent, "steal", account=self.NAMESAKE)
+        assert caught.value.reason == "JOB_NOT_FOUND"
+        assert await store.find_batch(self.NAMESAKE, "steal") is None
+
+    async def test_the_same_key_in_two_tenants_makes_two_batches(self, store: JobStore) -> None:
+        first = await store.create_batch(
+            owner=self.HERS, idempotency_key="k", fingerprint="fp-1", jobs=[generation()]
+        )
+        # Another request under the same key: another tenant's key, so not a reuse.
+        second = await store.create_batch(
+            owner=self.NAMESAKE, idempotency_key="k", fingerprint="fp-2", jobs=[generation()]
+        )
+        assert not first.replayed and not second.replayed
+        assert first.batch.batch_id != second.batch.batch_id
+        found = await store.find_batch(self.NAMESAKE, "k")
+        assert found is not None and found.batch.batch_id == second.batch.batch_id
+        found = await store.find_batch(self.HERS, "k")
+        assert found is not None and found.batch.fingerprint == "fp-1"
+
+    async def test_a_page_token_of_one_owner_is_refused_for_another(self, store: JobStore) -> None:
+        await batch_of(store, 3, account=self.HERS, key="hers")
+        await batch_of(store, 3, account=self.NAMESAKE, key="theirs")
+        page = await store.list(self.HERS, page_size=1)
+        assert page.next_page_token
+        with pytest.raises(InvalidArgument) as caught:
+            await store.list(self.NAMESAKE, page_size=1, page_token=page.next_page_token)
+        assert caught.value.violations[0].field == "page_token"
+        assert caught.value.reason == "BAD_PAGE_TOKEN"
+        rest = await store.list(self.HERS, page_token=page.next_page_token)
+        assert len(rest.jobs) == 2 and {job.owner for job in rest.jobs} == {self.HERS}
 
 
 class TestLineage:
-    async def promote(self, store: JobStore, parent: Job, key: str, account: str = "acct-1") -> Job:
+    async def promote(self, store: JobStore, parent: Job, key: str, account: Owner = ACCT) -> Job:
         record = await store.create_batch(
-            account_id=account,
+            owner=account,
             idempotency_key=key,
             fingerprint=key,
             jobs=[
@@ -452,7 +565,7 @@ class TestLineage:
         parent = await succeeded(store, parent)
         child = await self.promote(store, parent, "promote-1")
         upscale = await store.create_batch(
-            account_id="acct-1",
+            owner=ACCT,
             idempotency_key="upscale-1",
             fingerprint="u",
             jobs=[
@@ -478,16 +591,16 @@ class TestLineage:
             None,
             UpscaleMethod.LANCZOS,
         )
-        children = await store.children("acct-1", parent.job_id)
+        children = await store.children(ACCT, parent.job_id)
         assert [job.job_id for job in children] == [child.job_id, upscaled.job_id]
-        assert await store.children("acct-1", child.job_id) == ()
+        assert await store.children(ACCT, child.job_id) == ()
 
     async def test_parent_of_another_account_is_not_found(self, store: JobStore) -> None:
-        (parent,) = await batch_of(store, account="alice")
+        (parent,) = await batch_of(store, account=ALICE)
         with pytest.raises(NotFound):
-            await self.promote(store, parent, "steal", account="mallory")
-        assert await store.find_batch("mallory", "steal") is None
-        assert (await store.list("mallory")).jobs == ()
+            await self.promote(store, parent, "steal", account=MALLORY)
+        assert await store.find_batch(MALLORY, "steal") is None
+        assert (await store.list(MALLORY)).jobs == ()
 
 
 class TestListing:
@@ -496,16 +609,16 @@ class TestListing:
         refine = await batch_of(
             store, 2, key="refine", tier="pro", stage=Stage.REFINE, quoted_cost=15
         )
-        await batch_of(store, 1, account="other", key="explore")
+        await batch_of(store, 1, account=OTHER, key="explore")
         await succeeded(store, explore[1])
-        everything = await store.list("acct-1")
+        everything = await store.list(ACCT)
         assert [job.job_id for job in everything.jobs] == [
             job.job_id for job in (*reversed(refine), *reversed(explore))
         ]
         assert everything.next_page_token == ""
 
         async def ids(filters: JobFilter) -> list[str]:
-            return [job.job_id for job in (await store.list("acct-1", filters)).jobs]
+            return [job.job_id for job in (await store.list(ACCT, filters)).jobs]
 
         newest_refine = [job.job_id for job in reversed(refine)]
         assert await ids(JobFilter(tier="pro")) == newest_refine
@@ -527,7 +640,7 @@ class TestListing:
         token = ""
         pages = 0
         while True:
-            page = await store.list("acct-1", page_size=3, page_token=token)
+            page = await store.list(ACCT, page_size=3, page_token=token)
             seen.extend(job.job_id for job in page.jobs)
             pages += 1
             token = page.next_page_token
@@ -538,24 +651,25 @@ class TestListing:
 
     async def test_page_size_defaults_and_cap(self, store: JobStore) -> None:
         await batch_of(store, 501)
-        default = await store.list("acct-1")
+        default = await store.list(ACCT)
         assert len(default.jobs) == 50 and default.next_page_token
-        capped = await store.list("acct-1", page_size=10_000)
+        capped = await store.list(ACCT, page_size=10_000)
         assert len(capped.jobs) == 500 and capped.next_page_token
-        rest = await store.list("acct-1", page_size=10_000, page_token=capped.next_page_token)
+        rest = await store.list(ACCT, page_size=10_000, page_token=capped.next_page_token)
         assert len(rest.jobs) == 1 and rest.next_page_token == ""
 
     async def test_bad_paging(self, store: JobStore) -> None:
         await batch_of(store, 3)
-        page = await store.list("acct-1", page_size=1)
+        page = await store.list(ACCT, page_size=1)
         with pytest.raises(InvalidArgument) as caught:
-            await store.list("acct-1", page_size=-1)
+            await store.list(ACCT, page_size=-1)
         assert caught.value.violations[0].field == "page_size"
         for token, account, filters in (
-            ("garbage!", "acct-1", JobFilter()),
-            ("eyJiZWZvcmUiOiAzfQ", "acct-1", JobFilter()),  # {"before": 3}, no scope
-            (page.next_page_token, "acct-1", JobFilter(tier="pro")),  # other filters
-            (page.next_page_token, "acct-2", JobFilter()),  # other account
+            ("garbage!", ACCT, JobFilter()),
+            ("eyJiZWZvcmUiOiAzfQ", ACCT, JobFilter()),  # {"before": 3}, no scope
+            (page.next_page_token, ACCT, JobFilter(tier="pro")),  # other filters
+            (page.next_page_token, ACCT_2, JobFilter()),  # other account
+            (page.next_page_token, Owner(OTHER_TENANT, ACCT.account_id), JobFilter()),
         ):
             with pytest.raises(InvalidArgument) as caught:
                 await store.list(account, filters, page_token=token)
@@ -567,7 +681,7 @@ class TestCancel:
         done, running, queued = await batch_of(store, 3)
         done = await succeeded(store, done)
         await store.mark_running(running.job_id)
-        after = await store.cancel_batch("acct-1", done.batch_id, "stopped by the caller")
+        after = await store.cancel_batch(ACCT, done.batch_id, "stopped by the caller")
         assert [job.status for job in after] == [
             JobStatus.SUCCEEDED,
             JobStatus.CANCELLED,
@@ -582,10 +696,10 @@ class TestCancel:
     async def test_cancel_job_leaves_a_final_job_alone(self, store: JobStore) -> None:
         done, queued = await batch_of(store, 2)
         done = await succeeded(store, done)
-        assert await store.cancel_job("acct-1", done.job_id) == done
-        cancelled = await store.cancel_job("acct-1", queued.job_id)
+        assert await store.cancel_job(ACCT, done.job_id) == done
+        cancelled = await store.cancel_job(ACCT, queued.job_id)
         assert cancelled.status is JobStatus.CANCELLED
-        assert await store.cancel_job("acct-1", queued.job_id) == cancelled
+        assert await store.cancel_job(ACCT, queued.job_id) == cancelled
 
 
 class TestHolds:
@@ -593,7 +707,7 @@ class TestHolds:
         first, second = await batch_of(store, 2)
         batch_id = first.batch_id
         assert second.batch_id == batch_id
-        record = await store.batch("acct-1", batch_id)
+        record = await store.batch(ACCT, batch_id)
         assert (record.batch.hold_id, record.batch.hold_state) == (None, HoldState.NONE)
         attached = await store.attach_hold(batch_id, "hold-9")
         assert (attached.hold_id, attached.hold_state) == ("hold-9", HoldState.OPEN)
@@ -601,7 +715,7 @@ class TestHolds:
         with pytest.raises(FailedPrecondition) as caught:
             await store.attach_hold(batch_id, "hold-10")
         assert caught.value.reason == "HOLD_ALREADY_ATTACHED"
-        assert (await store.get("acct-1", first.job_id)).hold_id == "hold-9"
+        assert (await store.get(ACCT, first.job_id)).hold_id == "hold-9"
 
         settled = await store.settle_hold(batch_id, HoldState.CAPTURED, 2)
         assert (settled.hold_state, settled.captured) == (HoldState.CAPTURED, 2)
@@ -619,9 +733,9 @@ class TestHolds:
         assert not await store.forget_batch(first.batch_id)
         await store.settle_hold(first.batch_id, HoldState.RELEASED)
         assert await store.forget_batch(first.batch_id)
-        assert await store.find_batch("acct-1", "refused") is None
+        assert await store.find_batch(ACCT, "refused") is None
         with pytest.raises(NotFound):
-            await store.get("acct-1", first.job_id)
+            await store.get(ACCT, first.job_id)
         assert not await store.forget_batch(first.batch_id)
         # The key is free: a new batch takes it.
         (again,) = await batch_of(store, key="refused")
@@ -637,7 +751,7 @@ class TestHolds:
         (running,) = await batch_of(store, key="running")
         await store.mark_running(running.job_id)
         assert not await store.forget_batch(running.batch_id)
-        assert (await store.find_batch("acct-1", "partial")) is not None
+        assert (await store.find_batch(ACCT, "partial")) is not None
 
     async def test_bad_settlements(self, store: JobStore) -> None:
         (job,) = await batch_of(store)
@@ -656,7 +770,7 @@ class TestDurability:
         store = await database.open()
         done, running, queued = (
             await store.create_batch(
-                account_id="a",
+                owner=A,
                 idempotency_key="k",
                 fingerprint="fp",
                 jobs=[generation(i) for i in range(3)],
@@ -698,7 +812,7 @@ class TestDurability:
         store = await database.open()
         await store.close()
         with pytest.raises(RuntimeError, match="closed"):
-            await store.get("a", "job_x")
+            await store.get(A, "job_x")
 
     async def test_sqlite_runs_in_wal_mode(self, tmp_path: Path) -> None:
         path = tmp_path / "jobs.db"
@@ -708,11 +822,11 @@ class TestDurability:
 
 
 async def leased_batch(
-    store: JobStore, key: str, lease: Lease | None, *, n: int = 2, account: str = "a"
+    store: JobStore, key: str, lease: Lease | None, *, n: int = 2, account: Owner = A
 ) -> str:
     """A batch with an open hold under `lease` (None: as a router older than leases wrote it)."""
     record = await store.create_batch(
-        account_id=account,
+        owner=account,
         idempotency_key=key,
         fingerprint="fp-" + key,
         jobs=[generation(i) for i in range(n)],
@@ -734,15 +848,15 @@ class TestLeases:
     async def test_only_unfinished_batches_are_claimed(self, store: JobStore, clock: Clock) -> None:
         dead = Lease("dead", 5)
         settled = await leased_batch(store, "settled", dead, n=1)
-        (job,) = (await store.batch("a", settled)).jobs
+        (job,) = (await store.batch(A, settled)).jobs
         await succeeded(store, job)
         await store.settle_hold(settled, HoldState.CAPTURED, 2)
         open_hold = await leased_batch(store, "open-hold", dead, n=1)
-        (job,) = (await store.batch("a", open_hold)).jobs
+        (job,) = (await store.batch(A, open_hold)).jobs
         await succeeded(store, job)
         # A job left running under a settled hold (the store was away when its batch stopped).
         stranded = await leased_batch(store, "stranded", dead, n=1)
-        await store.mark_running((await store.batch("a", stranded)).jobs[0].job_id)
+        await store.mark_running((await store.batch(A, stranded)).jobs[0].job_id)
         await store.settle_hold(stranded, HoldState.RELEASED)
         clock.now += timedelta(seconds=60)
 
@@ -832,9 +946,9 @@ class TestPostgresLeases:
     ) -> None:
         # One of the batches routers older than leases wrote: no owner, no lease.
         await postgres_database.execute_raw(
-            "INSERT INTO batches (batch_id, account_id, idempotency_key, fingerprint, hold_id,"
-            f" hold_state, create_us) VALUES ('bat_old', 'a', 'k', 'fp', 'hold-old', 'open',"
-            f" {to_us(clock.now)})"
+            "INSERT INTO batches (batch_id, tenant, account_id, idempotency_key, fingerprint,"
+            " hold_id, hold_state, create_us) VALUES ('bat_old', 'default', 'a', 'k', 'fp',"
+            f" 'hold-old', 'open', {to_us(clock.now)})"
         )
 
         store = await postgres_database.open()
@@ -959,7 +1073,7 @@ class TestPostgres:
             records = await asyncio.gather(
                 *(
                     store.create_batch(
-                        account_id="a",
+                        owner=A,
                         idempotency_key="k",
                         fingerprint="fp",
                         jobs=[generation(i) for i in range(3)],
@@ -970,7 +1084,7 @@ class TestPostgres:
             winners = [record for record in records if not record.replayed]
             assert len(winners) == 1
             assert all(record.jobs == winners[0].jobs for record in records)
-            assert len((await second.list("a")).jobs) == 3
+            assert len((await second.list(A)).jobs) == 3
         finally:
             await first.close()
             await second.close()
@@ -990,7 +1104,7 @@ class TestPostgres:
                 (won,) = [o for o in (success, cancel) if isinstance(o, Job)]
                 (lost,) = [o for o in (success, cancel) if not isinstance(o, Job)]
                 assert isinstance(lost, FailedPrecondition) and lost.reason == "JOB_FINAL"
-                assert await second.get("acct-1", job.job_id) == won
+                assert await second.get(ACCT, job.job_id) == won
         finally:
             await first.close()
             await second.close()
@@ -1009,8 +1123,8 @@ class TestPostgres:
         )
         try:
             with pytest.raises(Internal, match="disk full"):
-                await batch_of(store, 4, account="a", key="k")
-            assert await store.find_batch("a", "k") is None
+                await batch_of(store, 4, account=A, key="k")
+            assert await store.find_batch(A, "k") is None
         finally:
             await store.close()
         assert await postgres_database.execute_raw("SELECT count(*) FROM batches") == [(0,)]
@@ -1022,7 +1136,7 @@ class TestPostgres:
         store = await postgres_database.open()
         try:
             with pytest.raises(InvalidArgument) as caught:
-                await store.get("acct-1", "job_\x00")
+                await store.get(ACCT, "job_\x00")
             assert caught.value.reason == "UNSTORABLE_VALUE"
         finally:
             await store.close()
@@ -1069,7 +1183,7 @@ class TestPostgres:
             (job,) = await batch_of(store)
             await relay.cut()
             with pytest.raises(Unavailable) as caught:
-                await store.get("acct-1", job.job_id)
+                await store.get(ACCT, job.job_id)
             assert caught.value.retry_after == 1.0
             with pytest.raises(Unavailable):
                 await store.mark_running(job.job_id)

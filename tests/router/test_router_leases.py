@@ -31,7 +31,7 @@ from services.router.downstream.grpc_clients import (
     GrpcUpscaler,
 )
 from services.router.jobs.migrations import SCHEMA
-from services.router.jobs.model import HoldState, JobKind, JobStatus, Lease, NewJob
+from services.router.jobs.model import HoldState, JobKind, JobStatus, Lease, NewJob, Owner
 from services.router.jobs.sql_store import SqlJobStore
 from services.router.operations.events import BatchAccepted
 from services.router.operations.limits import OperationLimits
@@ -45,6 +45,7 @@ from services.runtime.errors import TiergenError
 from services.runtime.migrations import upgrade
 from tests.generator.fake_providers import FakeGemini, Mode
 from tests.postgres import fresh_schema, with_search_path
+from tests.router.conftest import MAIN_TENANT
 from tests.router.gemini_tiers import standard_on_gemini
 
 pytestmark = pytest.mark.postgres
@@ -81,21 +82,21 @@ class CountingLedger:
         self._ledger = ledger
         self.settlements: list[tuple[str, str]] = []
 
-    async def available(self, account_id: str) -> int:
-        return await self._ledger.available(account_id)
+    async def available(self, owner: Owner) -> int:
+        return await self._ledger.available(owner)
 
     async def reserve(
-        self, account_id: str, amount: int, idempotency_key: str, memo: str, ttl_seconds: int
+        self, owner: Owner, amount: int, idempotency_key: str, memo: str, ttl_seconds: int
     ) -> str:
-        return await self._ledger.reserve(account_id, amount, idempotency_key, memo, ttl_seconds)
+        return await self._ledger.reserve(owner, amount, idempotency_key, memo, ttl_seconds)
 
-    async def capture(self, hold_id: str, amount: int, idempotency_key: str) -> None:
+    async def capture(self, owner: Owner, hold_id: str, amount: int, idempotency_key: str) -> None:
         self.settlements.append(("capture", hold_id))
-        await self._ledger.capture(hold_id, amount, idempotency_key)
+        await self._ledger.capture(owner, hold_id, amount, idempotency_key)
 
-    async def release(self, hold_id: str, idempotency_key: str) -> None:
+    async def release(self, owner: Owner, hold_id: str, idempotency_key: str) -> None:
         self.settlements.append(("release", hold_id))
-        await self._ledger.release(hold_id, idempotency_key)
+        await self._ledger.release(owner, hold_id, idempotency_key)
 
 
 @dataclass
@@ -114,7 +115,7 @@ class Replica:
         assert self.leases is not None
         self.leases.cancel()
 
-    async def start_batch(self, account: str, key: str) -> str:
+    async def start_batch(self, account: Owner, key: str) -> str:
         """Starts a generation, read by a task of its own; returns the batch's id."""
         events = self.router.generate(account, key, REQUEST)
         first = await anext(events)
@@ -178,6 +179,11 @@ async def replicas(
         await replica.close()
 
 
+async def opened(suite: Any) -> Owner:
+    """A new account of the suite's tenant, opened through the router."""
+    return Owner(MAIN_TENANT, await suite.open_account())
+
+
 async def until(check: Callable[[], Awaitable[bool]], *, give_up: float = 20.0) -> None:
     """Waits, a few polls a lease, for `check` to hold; fails if it never does."""
     loop = asyncio.get_running_loop()
@@ -198,7 +204,7 @@ async def ledger_checks(suite: Any) -> list[str]:
 
 
 async def test_a_dead_replicas_batch_is_recovered_by_another(suite, replicas, gemini) -> None:
-    account = await suite.open_account()
+    account = await opened(suite)
     a = await replicas(keep_leases=True)
     gemini.fail(Mode.HANG)
     batch_id = await a.start_batch(account, "doomed")
@@ -207,7 +213,7 @@ async def test_a_dead_replicas_batch_is_recovered_by_another(suite, replicas, ge
         return gemini.hits >= 1
 
     await until(rendering)
-    assert (await suite.balance(account)).held > 0
+    assert (await suite.balance(account.account_id)).held > 0
     a.die()
 
     b = await replicas()
@@ -230,7 +236,7 @@ async def test_a_dead_replicas_batch_is_recovered_by_another(suite, replicas, ge
     }
     assert record.batch.hold_state is HoldState.RELEASED
     assert b.ledger.settlements == [("release", record.batch.hold_id)]
-    balance = await suite.balance(account)
+    balance = await suite.balance(account.account_id)
     assert (balance.available, balance.held) == (400, 0)
 
     # Had the replica only stalled, what it finishes later changes nothing.
@@ -238,32 +244,32 @@ async def test_a_dead_replicas_batch_is_recovered_by_another(suite, replicas, ge
     await asyncio.gather(*a.streams)
     after = await b.jobs.batch(account, batch_id)
     assert after.jobs == record.jobs and after.batch == record.batch
-    balance = await suite.balance(account)
+    balance = await suite.balance(account.account_id)
     assert (balance.available, balance.held) == (400, 0)
     assert await ledger_checks(suite) == []
 
 
 async def test_a_caller_leaving_at_the_first_event_leaves_nothing_behind(suite, replicas) -> None:
-    account = await suite.open_account()
+    account = await opened(suite)
     a = await replicas(keep_leases=True)
     events = a.router.generate(account, "gone", REQUEST)
     first = await anext(events)
     assert isinstance(first, BatchAccepted)
-    assert (await suite.balance(account)).held > 0
+    assert (await suite.balance(account.account_id)).held > 0
 
     await events.aclose()
 
     record = await a.jobs.batch(account, first.record.batch.batch_id)
     assert {job.status for job in record.jobs} == {JobStatus.CANCELLED}
     assert record.batch.hold_state is HoldState.RELEASED
-    balance = await suite.balance(account)
+    balance = await suite.balance(account.account_id)
     assert (balance.available, balance.held) == (400, 0)
 
 
 async def test_a_router_closing_before_a_batch_ran_ends_its_stream_and_returns_all(
     suite, replicas
 ) -> None:
-    account = await suite.open_account()
+    account = await opened(suite)
     a = await replicas(keep_leases=True)
     events = a.router.generate(account, "closing", REQUEST)
     first = await anext(events)
@@ -276,11 +282,11 @@ async def test_a_router_closing_before_a_batch_ran_ends_its_stream_and_returns_a
     record = await a.jobs.batch(account, first.record.batch.batch_id)
     assert {job.status for job in record.jobs} == {JobStatus.CANCELLED}
     assert record.batch.hold_state is HoldState.RELEASED
-    assert (await suite.balance(account)).held == 0
+    assert (await suite.balance(account.account_id)).held == 0
 
 
 async def test_a_live_replicas_batch_is_never_claimed(suite, replicas, gemini) -> None:
-    account = await suite.open_account()
+    account = await opened(suite)
     a = await replicas(keep_leases=True)
     gemini.fail(Mode.HANG)
     batch_id = await a.start_batch(account, "long")
@@ -302,11 +308,11 @@ async def test_a_live_replicas_batch_is_never_claimed(suite, replicas, gemini) -
     assert not [job for job in record.jobs if job.error and job.error.reason == "ROUTER_LOST"]
     assert record.batch.hold_state is not HoldState.OPEN
     assert b.ledger.settlements == []
-    assert (await suite.balance(account)).held == 0
+    assert (await suite.balance(account.account_id)).held == 0
 
 
 async def test_replicas_recovering_at_once_settle_each_batch_once(suite, replicas) -> None:
-    account = await suite.open_account()
+    account = await opened(suite)
     dead = await replicas()
     # Batches as a replica that died left them: held, recorded under its lease, one with an
     # image delivered before it died.
@@ -314,7 +320,7 @@ async def test_replicas_recovering_at_once_settle_each_batch_once(suite, replica
     for index in range(6):
         hold_id = await dead.ledger.reserve(account, 4, f"hold-{index}", "abandoned", 900)
         record = await dead.jobs.create_batch(
-            account_id=account,
+            owner=account,
             idempotency_key=f"batch-{index}",
             fingerprint="fp",
             jobs=[
@@ -356,6 +362,6 @@ async def test_replicas_recovering_at_once_settle_each_batch_once(suite, replica
     assert sorted(settlements) == sorted(
         [("capture", holds[0])] + [("release", hold_id) for hold_id in holds[1:]]
     )
-    balance = await suite.balance(account)
+    balance = await suite.balance(account.account_id)
     assert (balance.available, balance.held) == (398, 0)
     assert await ledger_checks(suite) == []

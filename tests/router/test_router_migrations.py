@@ -1,6 +1,7 @@
 """Tests of the job tables' migrations, on SQLite and on PostgreSQL: a database today's routers
-left is upgraded with every row kept and read back as before; whatever the path, the migrated
-tables are `jobs.schema`'s; and how each store meets a schema that is not current."""
+left is upgraded with every row kept and read back as before (in the default tenant); whatever
+the path, the migrated tables are `jobs.schema`'s; and how each store meets a schema that is not
+current."""
 
 from __future__ import annotations
 
@@ -17,13 +18,17 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 
 from services.router.jobs.migrations import SCHEMA
-from services.router.jobs.model import JobKind, NewJob
+from services.router.jobs.model import JobKind, JobStatus, NewJob, Owner
 from services.router.jobs.schema import metadata
 from services.router.jobs.sql_store import SqlJobStore
+from services.runtime.errors import NotFound
+from services.runtime.identifiers import DEFAULT_TENANT
 from services.runtime.migrations import current, head, upgrade
 from services.runtime.settings import ConfigError
 from tests.postgres import Schemas, require_postgres, with_search_path
@@ -84,6 +89,24 @@ class Database:
         """What `tiergen migrate --service router` does, or, on SQLite, opening the store."""
         upgrade(SCHEMA, self.dsn)
 
+    def migrate_to(self, revision: str, *, down: bool = False) -> None:
+        """Bring the database up (or `down`) to `revision`, as that release's operator would."""
+        engine = sa.create_engine(self.url)
+        try:
+            with engine.begin() as connection:
+                config = Config()
+                config.set_main_option("script_location", str(SCHEMA.script_location))
+                config.attributes["connection"] = connection
+                config.attributes["version_table"] = SCHEMA.version_table
+                (command.downgrade if down else command.upgrade)(config, revision)
+        finally:
+            engine.dispose()
+
+    def insert(self, table: str, row: dict[str, Any]) -> None:
+        """Insert one row of test constants behind every store's back."""
+        values = ", ".join("NULL" if v is None else repr(v) for v in row.values())
+        self.raw(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({values})")
+
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
@@ -99,6 +122,45 @@ async def legacy(database: Database) -> AsyncIterator[Database]:
     """The database as today's hand-written job store left it (schema version 3), with rows."""
     database.load(FIXTURES / f"legacy_jobs_{database.kind}.sql")
     yield database
+
+
+def _job_row(**changes: Any) -> dict[str, Any]:
+    """The columns of a queued job in batch "b" of account "a" that a row of `jobs` must have."""
+    return {
+        "job_id": f"j{changes.get('seed', '')}{len(changes)}",
+        "batch_id": "b",
+        "account_id": "a",
+        "kind": "generate",
+        "status": "queued",
+        "tier": "nano",
+        "stage": "explore",
+        "prompt": "p",
+        "seed": "7",
+        "variation": 0,
+        "aspect_ratio": "1:1",
+        "width": 1,
+        "height": 1,
+        "quoted_cost": 2,
+        "reasons": "[]",
+        "create_us": 1,
+        "trace_id": "",
+        **changes,
+    }
+
+
+def _in_default_tenant(expected: dict[str, Any]) -> dict[str, Any]:
+    """A batch record as the legacy fixture wrote it (before tenants), as it reads now: its
+    batch and jobs owned by the account in the default tenant."""
+
+    def owned(record: dict[str, Any]) -> dict[str, Any]:
+        owner = {"tenant": DEFAULT_TENANT, "account_id": record["account_id"]}
+        return {**{k: v for k, v in record.items() if k != "account_id"}, "owner": owner}
+
+    return {
+        **expected,
+        "batch": owned(expected["batch"]),
+        "jobs": [owned(job) for job in expected["jobs"]],
+    }
 
 
 def _plain(value: Any) -> Any:
@@ -126,14 +188,16 @@ class TestLegacyDatabases:
         store = await legacy.open()
         try:
             for batch in expected["batches"]:
-                record = await store.batch(batch["batch"]["account_id"], batch["batch"]["batch_id"])
-                assert _plain(record) == batch
-            page = await store.list("acct-1", page_size=2)
+                owner = Owner(DEFAULT_TENANT, batch["batch"]["account_id"])
+                record = await store.batch(owner, batch["batch"]["batch_id"])
+                assert _plain(record) == _in_default_tenant(batch)
+            first = Owner(DEFAULT_TENANT, "acct-1")
+            page = await store.list(first, page_size=2)
             assert [job.job_id for job in page.jobs] == expected["first_page"]["job_ids"]
             # A page token handed out before the upgrade goes on where it left off.
             token = expected["first_page"]["next_page_token"]
             assert page.next_page_token == token
-            rest = await store.list("acct-1", page_size=10, page_token=token)
+            rest = await store.list(first, page_size=10, page_token=token)
             assert len(rest.jobs) == 4 and not rest.next_page_token
         finally:
             await store.close()
@@ -148,7 +212,7 @@ class TestLegacyDatabases:
         store = await legacy.open()
         try:
             record = await store.create_batch(
-                account_id="acct-3",
+                owner=Owner(DEFAULT_TENANT, "acct-3"),
                 idempotency_key="after-upgrade",
                 fingerprint="fp",
                 jobs=[NewJob(JobKind.GENERATE, "a harbour", 1, 1024, 1024, 2)],
@@ -211,6 +275,15 @@ def _autogenerate_differences(url: str) -> list[Any]:
             and difference[0][2:4] == ("jobs", "seq")
         )
     ]
+
+
+def _columns(url: str, table: str) -> list[Any]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return list(sa.inspect(connection).get_columns(table))
+    finally:
+        engine.dispose()
 
 
 def _shape(url: str) -> dict[str, Any]:
@@ -289,6 +362,127 @@ class TestOneSchema:
         assert _shape(legacy.url) == _shape(reference)
 
 
+class TestTenantsUpgrade:
+    """A database the previous release left (revision 0002) keeps every row, now the default
+    tenant's: reachable by its accounts there, and by no other tenant's namesakes."""
+
+    HERS = Owner(DEFAULT_TENANT, "acct-1")
+    NAMESAKE = Owner("tenant-b", "acct-1")
+    ASSET_ID = "ab" * 32
+
+    @pytest.fixture
+    def previous(self, database: Database) -> Database:
+        database.migrate_to("0002")
+        batch = {
+            "account_id": "acct-1",
+            "fingerprint": "fp",
+            "hold_state": "captured",
+            "hold_id": "hold-1",
+            "captured": 2,
+            "create_us": 1,
+            "owner": "router-gone",
+        }
+        database.insert("batches", {"batch_id": "bat_1", "idempotency_key": "key-1", **batch})
+        database.insert(
+            "batches",
+            {**batch, "batch_id": "bat_2", "idempotency_key": "key-2", "hold_state": "open"},
+        )
+        database.insert(
+            "jobs",
+            _job_row(
+                job_id="job_1",
+                batch_id="bat_1",
+                account_id="acct-1",
+                status="succeeded",
+                cost=2,
+                asset_id=self.ASSET_ID,
+                asset_width=1,
+                asset_height=1,
+                asset_media_type="image/png",
+                asset_size_bytes=10,
+            ),
+        )
+        database.insert(
+            "jobs",
+            _job_row(
+                job_id="job_2",
+                batch_id="bat_2",
+                account_id="acct-1",
+                kind="promote",
+                parent_job_id="job_1",
+                create_us=2,
+            ),
+        )
+        return database
+
+    async def test_rows_are_the_default_tenants_and_stay_reachable(
+        self, previous: Database, reference: str
+    ) -> None:
+        previous.migrate()
+        assert previous.raw("SELECT DISTINCT tenant FROM batches") == [(DEFAULT_TENANT,)]
+        assert previous.raw("SELECT DISTINCT tenant FROM jobs") == [(DEFAULT_TENANT,)]
+        assert _shape(previous.url) == _shape(reference)
+        store = await previous.open()
+        try:
+            parent = await store.get(self.HERS, "job_1")
+            assert (parent.owner, parent.status) == (self.HERS, JobStatus.SUCCEEDED)
+            (child,) = await store.children(self.HERS, "job_1")
+            assert (child.job_id, child.owner) == ("job_2", self.HERS)
+            listed = await store.list(self.HERS)
+            assert [job.job_id for job in listed.jobs] == ["job_2", "job_1"]
+            assert await store.has_asset(self.HERS, self.ASSET_ID)
+            found = await store.find_batch(self.HERS, "key-1")
+            assert found is not None and found.batch.batch_id == "bat_1"
+            assert (await store.batch(self.HERS, "bat_2")).batch.owner == self.HERS
+
+            # The same account id in another tenant is another account.
+            with pytest.raises(NotFound):
+                await store.get(self.NAMESAKE, "job_1")
+            with pytest.raises(NotFound):
+                await store.batch(self.NAMESAKE, "bat_2")
+            assert (await store.list(self.NAMESAKE)).jobs == ()
+            assert not await store.has_asset(self.NAMESAKE, self.ASSET_ID)
+            assert await store.find_batch(self.NAMESAKE, "key-1") is None
+            # Its keys are its own: the default tenant's key makes another batch there.
+            record = await store.create_batch(
+                owner=self.NAMESAKE,
+                idempotency_key="key-1",
+                fingerprint="fp",
+                jobs=[NewJob(JobKind.GENERATE, "a harbour", 1, 1024, 1024, 2)],
+            )
+            assert not record.replayed and record.batch.batch_id != "bat_1"
+            (cancelled,) = await store.cancel_batch(self.HERS, "bat_2")
+            assert cancelled.status is JobStatus.CANCELLED
+        finally:
+            await store.close()
+
+    @pytest.mark.postgres
+    async def test_a_postgresql_downgrade_refuses_to_merge_tenants(
+        self, postgres_schemas: Schemas
+    ) -> None:
+        database = Database("postgres", with_search_path(postgres_schemas.create()))
+        database.migrate_to("0003")
+        database.insert(
+            "batches",
+            {
+                "batch_id": "bat_b",
+                "tenant": "tenant-b",
+                "account_id": "acct-1",
+                "idempotency_key": "k",
+                "fingerprint": "fp",
+                "hold_state": "none",
+                "create_us": 1,
+            },
+        )
+        with pytest.raises(RuntimeError, match="merge their accounts"):
+            database.migrate_to("0002", down=True)
+        assert current(SCHEMA, database.dsn) == "0003"
+        database.raw("DELETE FROM batches")
+        database.migrate_to("0002", down=True)
+        assert current(SCHEMA, database.dsn) == "0002"
+        assert "tenant" not in {c["name"] for c in _columns(database.url, "batches")}
+
+
 class TestSqliteConstraints:
     """SQLite now refuses, as PostgreSQL always did, rows no router writes."""
 
@@ -298,32 +492,13 @@ class TestSqliteConstraints:
         upgrade(SCHEMA, f"sqlite:///{path}")
         with contextlib.closing(sqlite3.connect(path)) as db:
             db.execute(
-                "INSERT INTO batches (batch_id, account_id, idempotency_key, fingerprint,"
-                " hold_state, create_us) VALUES ('b', 'a', 'k', 'f', 'none', 1)"
+                "INSERT INTO batches (batch_id, tenant, account_id, idempotency_key, fingerprint,"
+                " hold_state, create_us) VALUES ('b', 't', 'a', 'k', 'f', 'none', 1)"
             )
             yield db
 
     def _job(self, db: sqlite3.Connection, **changes: Any) -> None:
-        row = {
-            "job_id": f"j{changes.get('seed', '')}{len(changes)}",
-            "batch_id": "b",
-            "account_id": "a",
-            "kind": "generate",
-            "status": "queued",
-            "tier": "nano",
-            "stage": "explore",
-            "prompt": "p",
-            "seed": "7",
-            "variation": 0,
-            "aspect_ratio": "1:1",
-            "width": 1,
-            "height": 1,
-            "quoted_cost": 2,
-            "reasons": "[]",
-            "create_us": 1,
-            "trace_id": "",
-            **changes,
-        }
+        row = _job_row(**{"tenant": "t", **changes})
         marks = ", ".join("?" * len(row))
         db.execute(f"INSERT INTO jobs ({', '.join(row)}) VALUES ({marks})", tuple(row.values()))
 
@@ -355,11 +530,19 @@ class TestSqliteConstraints:
         with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
             self._job(db, **changes)
 
+    def test_every_job_names_its_tenant(self, db: sqlite3.Connection) -> None:
+        with pytest.raises(
+            sqlite3.IntegrityError, match=r"NOT NULL constraint failed: jobs\.tenant"
+        ):
+            self._job(db, tenant=None)
+
     def test_a_hold_and_its_state_agree(self, db: sqlite3.Connection) -> None:
         with pytest.raises(sqlite3.IntegrityError, match="batches_hold_check"):
             db.execute("UPDATE batches SET hold_state = 'open'")
         with pytest.raises(sqlite3.IntegrityError, match="batches_hold_state_check"):
-            db.execute("UPDATE batches SET hold_state = 'lost'")
+            # With a hold, so that only this constraint fails: which of two failing
+            # constraints SQLite names depends on their order in the rebuilt table.
+            db.execute("UPDATE batches SET hold_id = 'h', hold_state = 'lost'")
 
 
 class TestCurrency:

@@ -24,6 +24,7 @@ from services.runtime.migrations import upgrade
 from services.runtime.status import from_rpc_error
 from tests.postgres import fresh_schema, with_search_path
 from tests.rich_errors import details
+from tests.router.conftest import MAIN_TENANT, router_channel
 
 SQUARE_1K = common_pb2.Resolution(size=common_pb2.IMAGE_SIZE_1K)
 #: The nano tier takes 1 render running and 3 waiting: a burst of 40 overflows it.
@@ -273,13 +274,15 @@ async def test_a_stopping_router_says_so_and_the_key_runs_again(suite, router_en
     # Nothing charged, nothing left held.
     async with grpc.aio.insecure_channel(suite.addresses["ledger"]) as channel:
         ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
-        reply = await ledger.GetBalance(ledger_pb2.GetBalanceRequest(account_id=account))
+        reply = await ledger.GetBalance(
+            ledger_pb2.GetBalanceRequest(account_id=account, tenant=MAIN_TENANT)
+        )
     assert (reply.balance.available, reply.balance.held) == (400, 0)
 
     # Another router over the same store runs the key anew.
     server, address = await _start_router(suite, router_env)
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with router_channel(address, suite.api_key) as channel:
             stub = router_pb2_grpc.RouterServiceStub(channel)
             batch, jobs = await generate(stub, account, key, spec)
             assert not batch.replayed

@@ -12,9 +12,7 @@ import pytest
 
 from services.router.assets.store import LocalAssetStore
 from services.router.jobs.migrations import SCHEMA
-from services.router.jobs.model import (
-    JobStatus,
-)
+from services.router.jobs.model import JobStatus, Owner
 from services.router.jobs.sql_store import SqlJobStore
 from services.router.jobs.store import JobStore
 from services.router.operations.events import JobFinished
@@ -89,7 +87,7 @@ async def first_delivery(events: AsyncIterator[object]) -> str:
 
 
 async def assert_charged_for_one(
-    router: Orchestrator, jobs: JobStore, ledger: MemoryLedger, account: str, batch_id: str
+    router: Orchestrator, jobs: JobStore, ledger: MemoryLedger, account: Owner, batch_id: str
 ) -> None:
     record = await jobs.batch(account, batch_id)
     statuses = sorted(job.status.value for job in record.jobs)

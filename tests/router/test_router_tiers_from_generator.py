@@ -36,7 +36,7 @@ from services.runtime.server import Server
 from services.upscaler.server import create_server as create_upscaler
 from services.upscaler.settings import UpscalerSettings
 from tests.rich_errors import bad_fields, details
-from tests.router.conftest import running_suite
+from tests.router.conftest import issue_key, router_channel, running_suite
 from tests.router.generator_tiers import reported_tiers
 
 SQUARE_1K = common_pb2.Resolution(size=common_pb2.IMAGE_SIZE_1K)
@@ -202,9 +202,11 @@ async def _start(factory: Any, settings: Any) -> tuple[Server, str]:
 
 
 @contextlib.asynccontextmanager
-async def router_without_generator(tmp_path: Path) -> AsyncIterator[tuple[Server, str, int]]:
+async def router_without_generator(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[Server, str, int, str]]:
     """A ledger, an upscaler and a router whose generator's port has nothing listening yet;
-    yields the router, its address and the generator's port."""
+    yields the router, its address, the generator's port and an API key of the router's."""
     env = {"TIERGEN_PORT": "0", "TIERGEN_SHUTDOWN_GRACE_SECONDS": "0"}
     generator_port = _free_port()
     servers: list[Server] = []
@@ -227,9 +229,10 @@ async def router_without_generator(tmp_path: Path) -> AsyncIterator[tuple[Server
                 "TIERGEN_ROUTER_CATALOGUE_INTERVAL_SECONDS": "0.05",
             }
         )
+        api_key = await issue_key(router_settings.jobs_dsn)
         router, router_addr = await _start(create_router, router_settings)
         servers.append(router)
-        yield router, router_addr, generator_port
+        yield router, router_addr, generator_port, api_key
     finally:
         for server in reversed(servers):
             await server.stop(0)
@@ -248,8 +251,8 @@ async def test_a_router_whose_generator_is_down_is_not_ready_until_it_answers(
     tmp_path: Path,
 ) -> None:
     async with (
-        router_without_generator(tmp_path) as (_, router_addr, generator_port),
-        grpc.aio.insecure_channel(router_addr) as channel,
+        router_without_generator(tmp_path) as (_, router_addr, generator_port, api_key),
+        router_channel(router_addr, api_key) as channel,
     ):
         health = health_pb2_grpc.HealthStub(channel)
         router = router_pb2_grpc.RouterServiceStub(channel)

@@ -19,6 +19,7 @@ from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
 from services.cli.suite import Suite
 from services.router.jobs.migrations import SCHEMA
+from services.runtime.credentials import bearer_interceptors
 from services.runtime.migrations import upgrade
 from tests.postgres import fresh_schema, with_search_path
 
@@ -68,7 +69,9 @@ async def test_a_restarted_router_fails_abandoned_jobs_and_returns_their_credits
     restarted: subprocess.Popen[bytes] | None = None
     try:
         account = "crash-victim"
-        async with grpc.aio.insecure_channel(suite.router) as channel:
+        async with grpc.aio.insecure_channel(
+            suite.router, interceptors=bearer_interceptors(suite.api_key)
+        ) as channel:
             router = router_pb2_grpc.RouterServiceStub(channel)
             await router.OpenAccount(
                 router_pb2.OpenAccountRequest(account_id=account, idempotency_key="open")
@@ -88,7 +91,9 @@ async def test_a_restarted_router_fails_abandoned_jobs_and_returns_their_credits
             call.cancel()
 
         restarted, address = _start_router(suite, data)
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with grpc.aio.insecure_channel(
+            address, interceptors=bearer_interceptors(suite.api_key)
+        ) as channel:
             router = router_pb2_grpc.RouterServiceStub(channel)
             listed = await router.ListJobs(router_pb2.ListJobsRequest(account_id=account))
             assert len(listed.jobs) == 4
@@ -137,7 +142,9 @@ async def test_a_replica_takes_over_the_batch_of_a_killed_one(tmp_path, router_d
     try:
         survivor, address = _start_router(suite, data, **leases)
         account = "replica-crash-victim"
-        async with grpc.aio.insecure_channel(suite.router) as channel:
+        async with grpc.aio.insecure_channel(
+            suite.router, interceptors=bearer_interceptors(suite.api_key)
+        ) as channel:
             doomed = router_pb2_grpc.RouterServiceStub(channel)
             await doomed.OpenAccount(
                 router_pb2.OpenAccountRequest(account_id=account, idempotency_key="open")
@@ -151,7 +158,9 @@ async def test_a_replica_takes_over_the_batch_of_a_killed_one(tmp_path, router_d
             suite.kill("router")
             call.cancel()
 
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with grpc.aio.insecure_channel(
+            address, interceptors=bearer_interceptors(suite.api_key)
+        ) as channel:
             router = router_pb2_grpc.RouterServiceStub(channel)
             request = router_pb2.ListJobsRequest(account_id=account)
             unfinished = {router_pb2.JOB_STATUS_QUEUED, router_pb2.JOB_STATUS_RUNNING}

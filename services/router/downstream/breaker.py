@@ -23,6 +23,8 @@ import structlog
 from services.router.downstream.ports import (
     AccountBalance,
     AccountGrant,
+    CreditGrant,
+    GrantKind,
     Image,
     LedgerClient,
     ProgressSink,
@@ -31,6 +33,7 @@ from services.router.downstream.ports import (
     UpscaleOrder,
     Upscaler,
 )
+from services.router.jobs.model import Owner
 from services.runtime.errors import DeadlineExceeded, TiergenError, Unavailable
 
 __all__ = ["BreakingLedger", "BreakingRenderer", "BreakingUpscaler", "CircuitBreaker"]
@@ -151,29 +154,36 @@ class BreakingLedger:
         self._ledger = ledger
         self._breaker = breaker
 
-    async def available(self, account_id: str) -> int:
-        return await self._breaker.call(lambda: self._ledger.available(account_id))
+    async def available(self, owner: Owner) -> int:
+        return await self._breaker.call(lambda: self._ledger.available(owner))
 
     async def reserve(
-        self, account_id: str, amount: int, idempotency_key: str, memo: str, ttl_seconds: int
+        self, owner: Owner, amount: int, idempotency_key: str, memo: str, ttl_seconds: int
     ) -> str:
         return await self._breaker.call(
-            lambda: self._ledger.reserve(account_id, amount, idempotency_key, memo, ttl_seconds)
+            lambda: self._ledger.reserve(owner, amount, idempotency_key, memo, ttl_seconds)
         )
 
-    async def capture(self, hold_id: str, amount: int, idempotency_key: str) -> None:
-        await self._breaker.call(lambda: self._ledger.capture(hold_id, amount, idempotency_key))
+    async def capture(self, owner: Owner, hold_id: str, amount: int, idempotency_key: str) -> None:
+        await self._breaker.call(
+            lambda: self._ledger.capture(owner, hold_id, amount, idempotency_key)
+        )
 
-    async def release(self, hold_id: str, idempotency_key: str) -> None:
-        await self._breaker.call(lambda: self._ledger.release(hold_id, idempotency_key))
+    async def release(self, owner: Owner, hold_id: str, idempotency_key: str) -> None:
+        await self._breaker.call(lambda: self._ledger.release(owner, hold_id, idempotency_key))
 
-    async def balance(self, account_id: str) -> AccountBalance:
-        return await self._breaker.call(lambda: self._ledger.balance(account_id))
+    async def balance(self, owner: Owner) -> AccountBalance:
+        return await self._breaker.call(lambda: self._ledger.balance(owner))
 
-    async def open_account(self, account_id: str, idempotency_key: str) -> AccountGrant:
+    async def open_account(self, owner: Owner, idempotency_key: str) -> AccountGrant:
+        return await self._breaker.call(lambda: self._ledger.open_account(owner, idempotency_key))
+
+    async def check_in(self, owner: Owner, idempotency_key: str) -> AccountGrant:
+        return await self._breaker.call(lambda: self._ledger.check_in(owner, idempotency_key))
+
+    async def grant(
+        self, owner: Owner, amount: int, kind: GrantKind, reason: str, idempotency_key: str
+    ) -> CreditGrant:
         return await self._breaker.call(
-            lambda: self._ledger.open_account(account_id, idempotency_key)
+            lambda: self._ledger.grant(owner, amount, kind, reason, idempotency_key)
         )
-
-    async def check_in(self, account_id: str, idempotency_key: str) -> AccountGrant:
-        return await self._breaker.call(lambda: self._ledger.check_in(account_id, idempotency_key))

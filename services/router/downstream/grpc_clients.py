@@ -1,8 +1,13 @@
-"""gRPC adapters of the router's ports: ledger, generator and upscaler clients."""
+"""gRPC adapters of the router's ports: ledger, generator and upscaler clients.
+
+Every ledger request carries the owner's tenant next to its account (a settlement, the tenant of
+the batch's owner), so the ledger keeps each tenant's accounts, holds and keys apart.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC
 
 import grpc
 from tiergen.common.v1 import common_pb2
@@ -13,11 +18,15 @@ from tiergen.upscaler.v1 import upscaler_pb2, upscaler_pb2_grpc
 from services.router.downstream.ports import (
     AccountBalance,
     AccountGrant,
+    CreditGrant,
+    GrantKind,
     Image,
+    LedgerEntry,
     ProgressSink,
     RenderOrder,
     UpscaleOrder,
 )
+from services.router.jobs.model import Owner
 from services.router.routing.catalogue import ImageSize, TierCatalogue, TierSpec
 from services.runtime.chunks import ChunkAssembler, image_info, split
 from services.runtime.errors import Internal
@@ -52,6 +61,10 @@ _METHODS = {
     "bicubic": common_pb2.UPSCALE_METHOD_BICUBIC,
     "enhance": common_pb2.UPSCALE_METHOD_ENHANCE,
 }
+_GRANT_KINDS = {
+    GrantKind.PURCHASE: ledger_pb2.GRANT_KIND_PURCHASE,
+    GrantKind.ADJUSTMENT: ledger_pb2.GRANT_KIND_ADJUSTMENT,
+}
 
 
 class GrpcLedger:
@@ -61,38 +74,39 @@ class GrpcLedger:
         self._stub = ledger_pb2_grpc.LedgerServiceStub(channel)
         self._timeout = timeout
 
-    async def available(self, account_id: str) -> int:
-        return (await self.balance(account_id)).available
+    async def available(self, owner: Owner) -> int:
+        return (await self.balance(owner)).available
 
-    async def balance(self, account_id: str) -> AccountBalance:
+    async def balance(self, owner: Owner) -> AccountBalance:
+        request = ledger_pb2.GetBalanceRequest(tenant=owner.tenant, account_id=owner.account_id)
         try:
-            reply = await self._stub.GetBalance(
-                ledger_pb2.GetBalanceRequest(account_id=account_id), timeout=self._timeout
-            )
+            reply = await self._stub.GetBalance(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
-        return _balance(reply.balance)
+        return _balance(reply.balance, owner)
 
-    async def open_account(self, account_id: str, idempotency_key: str) -> AccountGrant:
+    async def open_account(self, owner: Owner, idempotency_key: str) -> AccountGrant:
         request = ledger_pb2.OpenAccountRequest(
-            account_id=account_id, idempotency_key=idempotency_key
+            tenant=owner.tenant, account_id=owner.account_id, idempotency_key=idempotency_key
         )
         try:
             reply = await self._stub.OpenAccount(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
         return AccountGrant(
-            _balance(reply.balance), reply.granted, reply.replayed, _outcome(reply.outcome)
+            _balance(reply.balance, owner), reply.granted, reply.replayed, _outcome(reply.outcome)
         )
 
-    async def check_in(self, account_id: str, idempotency_key: str) -> AccountGrant:
-        request = ledger_pb2.CheckInRequest(account_id=account_id, idempotency_key=idempotency_key)
+    async def check_in(self, owner: Owner, idempotency_key: str) -> AccountGrant:
+        request = ledger_pb2.CheckInRequest(
+            tenant=owner.tenant, account_id=owner.account_id, idempotency_key=idempotency_key
+        )
         try:
             reply = await self._stub.CheckIn(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
         return AccountGrant(
-            _balance(reply.balance),
+            _balance(reply.balance, owner),
             reply.granted,
             reply.replayed,
             _outcome(reply.outcome),
@@ -100,11 +114,31 @@ class GrpcLedger:
             cap_reached=reply.cap_reached,
         )
 
+    async def grant(
+        self, owner: Owner, amount: int, kind: GrantKind, reason: str, idempotency_key: str
+    ) -> CreditGrant:
+        request = ledger_pb2.GrantRequest(
+            tenant=owner.tenant,
+            account_id=owner.account_id,
+            amount=amount,
+            kind=_GRANT_KINDS[kind],
+            reason=reason,
+            idempotency_key=idempotency_key,
+        )
+        try:
+            reply = await self._stub.Grant(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None
+        return CreditGrant(
+            _entry(reply.entry, owner), _balance(reply.balance, owner), reply.replayed
+        )
+
     async def reserve(
-        self, account_id: str, amount: int, idempotency_key: str, memo: str, ttl_seconds: int
+        self, owner: Owner, amount: int, idempotency_key: str, memo: str, ttl_seconds: int
     ) -> str:
         request = ledger_pb2.ReserveRequest(
-            account_id=account_id,
+            tenant=owner.tenant,
+            account_id=owner.account_id,
             amount=amount,
             idempotency_key=idempotency_key,
             memo=memo,
@@ -116,26 +150,29 @@ class GrpcLedger:
             raise from_rpc_error(error) from None
         return str(reply.hold.hold_id)
 
-    async def capture(self, hold_id: str, amount: int, idempotency_key: str) -> None:
+    async def capture(self, owner: Owner, hold_id: str, amount: int, idempotency_key: str) -> None:
         request = ledger_pb2.CaptureRequest(
-            hold_id=hold_id, amount=amount, idempotency_key=idempotency_key
+            tenant=owner.tenant, hold_id=hold_id, amount=amount, idempotency_key=idempotency_key
         )
         try:
             await self._stub.Capture(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
 
-    async def release(self, hold_id: str, idempotency_key: str) -> None:
-        request = ledger_pb2.ReleaseRequest(hold_id=hold_id, idempotency_key=idempotency_key)
+    async def release(self, owner: Owner, hold_id: str, idempotency_key: str) -> None:
+        request = ledger_pb2.ReleaseRequest(
+            tenant=owner.tenant, hold_id=hold_id, idempotency_key=idempotency_key
+        )
         try:
             await self._stub.Release(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
 
 
-def _balance(message: ledger_pb2.Balance) -> AccountBalance:
+def _balance(message: ledger_pb2.Balance, owner: Owner) -> AccountBalance:
+    """A balance the ledger answered for the owner the call named."""
     return AccountBalance(
-        account_id=message.account_id,
+        owner=owner,
         available=message.available,
         held=message.held,
         total=message.total,
@@ -143,6 +180,22 @@ def _balance(message: ledger_pb2.Balance) -> AccountBalance:
         promotional_cap=message.promotional_cap,
         purchased=message.purchased,
         consumed=message.consumed,
+    )
+
+
+def _entry(message: ledger_pb2.Entry, owner: Owner) -> LedgerEntry:
+    """A history entry the ledger answered for the owner the call named."""
+    return LedgerEntry(
+        entry_id=message.entry_id,
+        owner=owner,
+        kind=ledger_pb2.EntryKind.Name(message.kind).removeprefix("ENTRY_KIND_").lower(),
+        available_delta=message.available_delta,
+        held_delta=message.held_delta,
+        available_after=message.available_after,
+        held_after=message.held_after,
+        hold_id=message.hold_id,
+        memo=message.memo,
+        create_time=message.create_time.ToDatetime(tzinfo=UTC),
     )
 
 

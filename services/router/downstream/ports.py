@@ -1,23 +1,33 @@
 """What the router needs from the ledger, the generator and the upscaler, free of gRPC.
 
+Every ledger call names the `Owner` it acts for, and the ledger keeps each tenant's accounts,
+holds and keys apart: the tenant always travels with the account (and with a hold's settlement,
+which is the owner's of the batch it pays for).
+
 `services.router.downstream.grpc_clients` implements them over gRPC; tests may use real servers.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
+from services.router.jobs.model import Owner
 from services.router.routing.catalogue import AspectRatio, ImageSize
 
 __all__ = [
     "AccountBalance",
     "AccountGrant",
     "Accounts",
+    "CreditGrant",
     "CreditLedger",
+    "GrantKind",
     "Image",
     "LedgerClient",
+    "LedgerEntry",
     "ProgressSink",
     "RenderOrder",
     "Renderer",
@@ -79,7 +89,7 @@ class UpscaleOrder:
 class AccountBalance:
     """An account's credits as the ledger keeps them."""
 
-    account_id: str
+    owner: Owner
     available: int
     held: int
     total: int
@@ -105,30 +115,75 @@ class AccountGrant:
     cap_reached: bool = False
 
 
+class GrantKind(enum.StrEnum):
+    """What credits a grant adds: bought by the account, or an operator's correction."""
+
+    PURCHASE = "purchase"
+    ADJUSTMENT = "adjustment"
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One movement in an account's history, as the ledger recorded it."""
+
+    entry_id: str
+    owner: Owner
+    #: The ledger's EntryKind, lower-case without its prefix ("purchase", "adjustment").
+    kind: str
+    available_delta: int
+    held_delta: int
+    available_after: int
+    held_after: int
+    #: The hold the movement belongs to; "" for a grant.
+    hold_id: str
+    #: A grant's reason, or a hold's memo.
+    memo: str
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class CreditGrant:
+    """What granting purchased or adjusted credits recorded, and the balance after."""
+
+    entry: LedgerEntry
+    balance: AccountBalance
+    replayed: bool
+
+
 class Accounts(Protocol):
     """The ledger's account calls the router forwards for callers that only know the router."""
 
-    async def open_account(self, account_id: str, idempotency_key: str) -> AccountGrant: ...
+    async def open_account(self, owner: Owner, idempotency_key: str) -> AccountGrant: ...
 
-    async def balance(self, account_id: str) -> AccountBalance: ...
+    async def balance(self, owner: Owner) -> AccountBalance: ...
 
-    async def check_in(self, account_id: str, idempotency_key: str) -> AccountGrant: ...
+    async def check_in(self, owner: Owner, idempotency_key: str) -> AccountGrant: ...
+
+    async def grant(
+        self, owner: Owner, amount: int, kind: GrantKind, reason: str, idempotency_key: str
+    ) -> CreditGrant:
+        """Adds `amount` credits of `kind` to the owner's open account, recording `reason`."""
+        ...
 
 
 class CreditLedger(Protocol):
     """Credits as the router uses them: look, hold, settle."""
 
-    async def available(self, account_id: str) -> int: ...
+    async def available(self, owner: Owner) -> int: ...
 
     async def reserve(
-        self, account_id: str, amount: int, idempotency_key: str, memo: str, ttl_seconds: int
+        self, owner: Owner, amount: int, idempotency_key: str, memo: str, ttl_seconds: int
     ) -> str:
         """Holds `amount`; returns the hold id. Raises FailedPrecondition when unaffordable."""
         ...
 
-    async def capture(self, hold_id: str, amount: int, idempotency_key: str) -> None: ...
+    async def capture(self, owner: Owner, hold_id: str, amount: int, idempotency_key: str) -> None:
+        """Consumes `amount` of the owner's hold; the rest returns to the account."""
+        ...
 
-    async def release(self, hold_id: str, idempotency_key: str) -> None: ...
+    async def release(self, owner: Owner, hold_id: str, idempotency_key: str) -> None:
+        """Returns all of the owner's hold to the account."""
+        ...
 
 
 class LedgerClient(CreditLedger, Accounts, Protocol):

@@ -2,7 +2,9 @@
 
 A batch is what one mutating call (Generate, Promote or Upscale) created: its idempotency key,
 the fingerprint of the request, the routing decision, the ledger hold paying for it, and its
-jobs. Every job belongs to exactly one batch.
+jobs. Every job belongs to exactly one batch, and every batch to one `Owner`: an account of one
+tenant. `alice` of one tenant and `alice` of another are two owners, and neither sees the
+other's batches, jobs or images.
 
 A batch is also leased to the router process running it (`Lease`): the process renews the
 lease while it runs the batch, and once a lease runs out any router may claim the batch
@@ -45,6 +47,7 @@ __all__ = [
     "JobStatus",
     "Lease",
     "NewJob",
+    "Owner",
     "UpscaleMethod",
     "may_move",
 ]
@@ -114,6 +117,18 @@ class HoldState(enum.StrEnum):
     RELEASED = "released"
 
 
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Whose a batch, job, hold or image is: an account of one tenant.
+
+    The tenant comes from the caller's credential, never from a request; the account id is the
+    caller's own name for its user, unique only within the tenant.
+    """
+
+    tenant: str
+    account_id: str
+
+
 @dataclass(frozen=True)
 class JobError:
     """Why a job failed or was cancelled: a gRPC code name, a stable reason and a message."""
@@ -127,7 +142,8 @@ class JobError:
 class Lease:
     """A router process's claim on the batches it runs: who it is and how long a renewal lasts."""
 
-    #: The process, random for each start: batches it created or claimed carry it as owner.
+    #: The process, random for each start: batches it created or claimed carry it as owner
+    #: (the router process running them, not the `Owner` whose they are).
     owner: str
     #: How long a batch stays the owner's after the lease was last written.
     seconds: float
@@ -162,7 +178,7 @@ class Job:
 
     job_id: str
     batch_id: str
-    account_id: str
+    owner: Owner
     kind: JobKind
     status: JobStatus
     tier: str
@@ -198,7 +214,7 @@ class Batch:
     """What one mutating call created, with the hold that pays for it."""
 
     batch_id: str
-    account_id: str
+    owner: Owner
     idempotency_key: str
     fingerprint: str
     decision: Decision | None

@@ -3,8 +3,9 @@ and the checks and errors of the job store.
 
 Times are stored as integer microseconds since the epoch, the reasons and the routing decision
 as JSON text (written and read only here), and each job's `seq` orders jobs by creation and is
-what a page token remembers. The checks run before any database work, so a bad request never
-reaches the database.
+what a page token remembers, together with a digest of the listing it continues (its owner
+and filters), so that a token is refused anywhere else. The checks run before any database
+work, so a bad request never reaches the database.
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ from services.router.jobs.model import (
     JobPage,
     JobStatus,
     NewJob,
+    Owner,
     UpscaleMethod,
 )
 from services.router.routing.catalogue import AspectRatio, ImageSize, Stage
 from services.router.routing.policy import Decision
 from services.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.runtime.identifiers import DEFAULT_TENANT
 
 __all__ = [
     "Listing",
@@ -82,14 +85,14 @@ class Row(Protocol):
     def __getitem__(self, column: str, /) -> Any: ...
 
 
-def check_batch_request(account_id: str, idempotency_key: str, jobs: Sequence[NewJob]) -> None:
+def check_batch_request(owner: Owner, idempotency_key: str, jobs: Sequence[NewJob]) -> None:
     """InvalidArgument without a key or for text with U+0000 in it (which PostgreSQL cannot
     hold, so neither store takes it); ValueError for no jobs or a job no store can hold."""
     if not idempotency_key:
         raise InvalidArgument("an idempotency key is required", field="idempotency_key")
     if not jobs:
         raise ValueError("a batch needs at least one job")
-    texts = [("account_id", account_id), ("idempotency_key", idempotency_key)]
+    texts = [("account_id", owner.account_id), ("idempotency_key", idempotency_key)]
     texts.extend(("prompt", new.prompt) for new in jobs)
     for field, text in texts:
         if "\x00" in text:
@@ -181,12 +184,13 @@ def key_reused(idempotency_key: str, batch_id: str) -> AlreadyExists:
 
 
 def job_not_found(job_id: str) -> NotFound:
-    """The error for a missing job, and for another account's job alike."""
+    """The error for a missing job, and for another owner's job alike (another account's, or
+    another tenant's)."""
     return NotFound(f"job {job_id!r} not found", reason="JOB_NOT_FOUND")
 
 
 def batch_not_found(batch_id: str) -> NotFound:
-    """The error for a missing batch, and for another account's batch alike."""
+    """The error for a missing batch, and for another owner's batch alike."""
     return NotFound(f"batch {batch_id!r} not found", reason="BATCH_NOT_FOUND")
 
 
@@ -271,7 +275,7 @@ def job_from_row(row: Row) -> Job:
     return Job(
         job_id=row["job_id"],
         batch_id=row["batch_id"],
-        account_id=row["account_id"],
+        owner=Owner(row["tenant"], row["account_id"]),
         kind=JobKind(row["kind"]),
         status=JobStatus(row["status"]),
         tier=row["tier"],
@@ -305,12 +309,13 @@ def job_from_row(row: Row) -> Job:
     )
 
 
-def new_job_row(new: NewJob, batch_id: str, account_id: str, now_us: int) -> dict[str, Any]:
+def new_job_row(new: NewJob, batch_id: str, owner: Owner, now_us: int) -> dict[str, Any]:
     """The row of a new, queued job: its columns but those left to their defaults."""
     return {
         "job_id": new_id("job_", now_us),
         "batch_id": batch_id,
-        "account_id": account_id,
+        "tenant": owner.tenant,
+        "account_id": owner.account_id,
         "kind": new.kind.value,
         "status": JobStatus.QUEUED.value,
         "tier": new.tier,
@@ -338,7 +343,7 @@ def batch_from_row(row: Row) -> Batch:
     """A batch from a row of `batches`."""
     return Batch(
         batch_id=row["batch_id"],
-        account_id=row["account_id"],
+        owner=Owner(row["tenant"], row["account_id"]),
         idempotency_key=row["idempotency_key"],
         fingerprint=row["fingerprint"],
         decision=None if row["decision"] is None else _decode_decision(row["decision"]),
@@ -353,11 +358,11 @@ def batch_from_row(row: Row) -> Batch:
 class Listing:
     """One `JobStore.list` request, checked: how many jobs, which, and from where.
 
-    The store selects the account's jobs matching `conditions`, with `seq` below `before`
-    when it is set, newest first, at most `limit + 1` of them, and hands the rows to `page`.
+    The store selects the owner's jobs matching `conditions`, with `seq` below `before` when
+    it is set, newest first, at most `limit + 1` of them, and hands the rows to `page`.
     """
 
-    account_id: str
+    owner: Owner
     #: `(column, value)` pairs every listed job matches.
     conditions: tuple[tuple[str, str | bool], ...]
     limit: int
@@ -366,16 +371,16 @@ class Listing:
 
     @classmethod
     def of(
-        cls, account_id: str, filters: JobFilter | None, page_size: int, page_token: str
+        cls, owner: Owner, filters: JobFilter | None, page_size: int, page_token: str
     ) -> Listing:
         """Check the paging arguments; InvalidArgument on "page_size" or "page_token"."""
         filters = filters or JobFilter()
         if page_size < 0:
             raise InvalidArgument(f"page size {page_size} is negative", field="page_size")
-        scope = _listing_scope(account_id, filters)
+        scope = _listing_scope(owner, filters)
         values = asdict(filters)
         return cls(
-            account_id=account_id,
+            owner=owner,
             conditions=tuple(
                 (
                     column,
@@ -400,9 +405,19 @@ class Listing:
         return _encode_page_token(before_seq, self.scope)
 
 
-def _listing_scope(account_id: str, filters: JobFilter) -> str:
-    """A digest of what a listing is over, so a page token cannot continue another listing."""
-    canonical = json.dumps([account_id, asdict(filters)], sort_keys=True)
+def _listing_scope(owner: Owner, filters: JobFilter) -> str:
+    """A digest of what a listing is over (whose jobs, which of them), so that a page token
+    cannot continue another listing: not another filter's, not another account's, not another
+    tenant's.
+
+    The default tenant's listings digest as they did before tenants, so that a token handed out
+    then still continues its listing; no other tenant's digest can equal one of them (a list
+    of two and a list of three never serialise alike).
+    """
+    over: list[Any] = [owner.account_id, asdict(filters)]
+    if owner.tenant != DEFAULT_TENANT:
+        over.append(owner.tenant)
+    canonical = json.dumps(over, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -5,6 +5,11 @@ that build the tables are made from the same definition (tests/router/test_route
 checks that a migrated database matches it). The constraints repeat, in the database, what the
 store checks before writing, so a row no router could have written cannot exist on either.
 
+Every batch and job carries its tenant next to its account (`Owner`); idempotency keys are
+unique per tenant and account, and the index a listing reads starts with both. The tenant
+columns come last because PostgreSQL can only append the column a migration adds, and a
+migrated table must look like a new one.
+
 Times are integer microseconds since the epoch; the reasons and the routing decision are JSON
 text. Two columns differ by dialect, each through a named variant:
 
@@ -70,9 +75,15 @@ batches = sa.Table(
     sa.Column("owner", sa.Text),
     # Until when the owner holds the batch; read only where leases are timed (PostgreSQL).
     sa.Column("lease_until_us", sa.BigInteger),
+    # The tenant of the account (`account_id` is unique only within it); no default, so that
+    # no statement can leave it out.
+    sa.Column("tenant", sa.Text, nullable=False),
     sa.PrimaryKeyConstraint("batch_id", name="batches_pkey"),
     sa.UniqueConstraint(
-        "account_id", "idempotency_key", name="batches_account_id_idempotency_key_key"
+        "tenant",
+        "account_id",
+        "idempotency_key",
+        name="batches_tenant_account_id_idempotency_key_key",
     ),
     sa.CheckConstraint(values_in("hold_state", tuple(HoldState)), name="batches_hold_state_check"),
     sa.CheckConstraint("captured >= 0", name="batches_captured_check"),
@@ -140,6 +151,8 @@ jobs = sa.Table(
         nullable=False,
         server_default=sa.false(),
     ),
+    # The tenant of the account, as on `batches`.
+    sa.Column("tenant", sa.Text, nullable=False),
     sa.PrimaryKeyConstraint("seq", name="jobs_pkey"),
     sa.UniqueConstraint("job_id", name="jobs_job_id_key"),
     sa.ForeignKeyConstraint(["batch_id"], ["batches.batch_id"], name="jobs_batch_id_fkey"),
@@ -163,7 +176,7 @@ jobs = sa.Table(
     sa.CheckConstraint("quoted_cost >= 0", name="jobs_quoted_cost_check"),
     sa.CheckConstraint("cost >= 0 AND cost <= quoted_cost", name="jobs_cost_check"),
     sa.CheckConstraint("drift >= 0 AND drift <= 1", name="jobs_drift_check"),
-    sa.Index("jobs_by_account", "account_id", "seq"),
+    sa.Index("jobs_by_account", "tenant", "account_id", "seq"),
     sa.Index("jobs_by_batch", "batch_id", "variation"),
     sa.Index("jobs_by_parent", "parent_job_id"),
     sa.Index("jobs_by_asset", "asset_id"),
@@ -175,4 +188,26 @@ jobs = sa.Table(
         sqlite_where=sa.text(_UNFINISHED),
     ),
     sqlite_autoincrement=True,
+)
+
+# The router's API keys (`services.router.access.keys`): one row per key, named by its
+# non-secret prefix, holding only the SHA-256 of the whole key (hex). `scopes` is the key's
+# scopes as space-separated text; `replaces` names the key a rotation replaced.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("prefix", sa.Text, nullable=False),
+    sa.Column("tenant", sa.Text, nullable=False),
+    sa.Column("key_hash", sa.Text, nullable=False),
+    sa.Column("scopes", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("create_us", sa.BigInteger, nullable=False),
+    sa.Column("expire_us", sa.BigInteger),
+    sa.Column("revoke_us", sa.BigInteger),
+    sa.Column("replaces", sa.Text),
+    sa.PrimaryKeyConstraint("prefix", name="api_keys_pkey"),
+    sa.CheckConstraint("length(key_hash) = 64", name="api_keys_key_hash_check"),
+    sa.CheckConstraint("scopes <> ''", name="api_keys_scopes_check"),
+    # A tenant's keys, newest first: what a listing reads.
+    sa.Index("api_keys_by_tenant", "tenant", "create_us"),
 )

@@ -9,13 +9,16 @@ timed leases on PostgreSQL, one owner on SQLite); list parameters and the dialec
 `ON CONFLICT` (`jobs.queries`); and how the schema is kept current (`open_sqlite` upgrades it,
 `open_postgres` refuses a schema `tiergen migrate` has not brought up to date).
 
+Every read and change a caller reaches is its owner's (tenant and account): a row of another
+owner is read as if it did not exist, in the statement itself or in the check that follows it.
+
 Every change is safe against the same change racing in from another replica, without holding
 locks across round trips:
 
-- `create_batch` inserts the batch with `ON CONFLICT (account_id, idempotency_key) DO NOTHING`:
-  of two calls racing with one key, the later waits for the earlier to commit, inserts nothing,
-  and replays the winner's batch. The batch and its jobs commit together; new rows come back
-  from their INSERT ... RETURNING, never read again.
+- `create_batch` inserts the batch with `ON CONFLICT (tenant, account_id, idempotency_key) DO
+  NOTHING`: of two calls racing with one key, the later waits for the earlier to commit,
+  inserts nothing, and replays the winner's batch. The batch and its jobs commit together; new
+  rows come back from their INSERT ... RETURNING, never read again.
 - A transition, an attached hold, a settlement and a renewed lease are each one UPDATE guarded
   by the state it may start from, with the row coming back from its RETURNING.
 - A claim is one UPDATE over the batches a `SELECT ... FOR UPDATE SKIP LOCKED` picks. Leases
@@ -58,6 +61,7 @@ from services.router.jobs.model import (
     JobStatus,
     Lease,
     NewJob,
+    Owner,
     may_move,
 )
 from services.router.routing.policy import Decision
@@ -127,7 +131,7 @@ class SqlJobStore:
     async def create_batch(
         self,
         *,
-        account_id: str,
+        owner: Owner,
         idempotency_key: str,
         fingerprint: str,
         jobs: Sequence[NewJob],
@@ -135,15 +139,15 @@ class SqlJobStore:
         hold_id: str | None = None,
         lease: Lease | None = None,
     ) -> BatchRecord:
-        rows.check_batch_request(account_id, idempotency_key, jobs)
+        rows.check_batch_request(owner, idempotency_key, jobs)
 
         def create() -> Script[BatchRecord]:
-            key = {"account_id": account_id, "idempotency_key": idempotency_key}
+            key = {**_owner(owner), "idempotency_key": idempotency_key}
             existing = yield Step.one(statements.BATCH_BY_KEY, **key)
             if existing is None:
-                yield from _check_parents(account_id, jobs)
+                yield from _check_parents(owner, jobs)
                 created = yield from self._insert_batch(
-                    account_id, idempotency_key, fingerprint, jobs, decision, hold_id, lease
+                    owner, idempotency_key, fingerprint, jobs, decision, hold_id, lease
                 )
                 if created is not None:
                     return created
@@ -158,10 +162,10 @@ class SqlJobStore:
 
         return await self._database.run(Mode.ATOMIC, create)
 
-    async def find_batch(self, account_id: str, idempotency_key: str) -> BatchRecord | None:
+    async def find_batch(self, owner: Owner, idempotency_key: str) -> BatchRecord | None:
         def find() -> Script[BatchRecord | None]:
             row = yield Step.one(
-                statements.BATCH_BY_KEY, account_id=account_id, idempotency_key=idempotency_key
+                statements.BATCH_BY_KEY, **_owner(owner), idempotency_key=idempotency_key
             )
             if row is None:
                 return None
@@ -170,9 +174,9 @@ class SqlJobStore:
 
         return await self._database.run(Mode.READ, find)
 
-    async def batch(self, account_id: str, batch_id: str) -> BatchRecord:
+    async def batch(self, owner: Owner, batch_id: str) -> BatchRecord:
         def find() -> Script[BatchRecord]:
-            row = yield from _batch_row(account_id, batch_id)
+            row = yield from _batch_row(owner, batch_id)
             (record,) = yield from _records([row])
             return record
 
@@ -284,25 +288,25 @@ class SqlJobStore:
         return await self._transition(job_id, JobStatus.CANCELLED, changes)
 
     async def cancel_job(
-        self, account_id: str, job_id: str, message: str = "cancelled by the caller"
+        self, owner: Owner, job_id: str, message: str = "cancelled by the caller"
     ) -> Job:
         changes = {**rows.cancelled_changes(message), "finish_us": self._now_us()}
-        move = _move(JobStatus.CANCELLED, changes, job_id=job_id, account_id=account_id)
+        move = _move(JobStatus.CANCELLED, changes, job_id=job_id, owner=owner)
 
         def cancel() -> Script[Job]:
             row = yield move
             if row is not None:
                 return rows.job_from_row(row)
-            # Missing, another account's, or final already: a final job never changes again.
-            return (yield from _job(account_id, job_id))
+            # Missing, another owner's, or final already: a final job never changes again.
+            return (yield from _job(owner, job_id))
 
         return await self._database.run(Mode.WRITE, cancel)
 
     async def cancel_batch(
-        self, account_id: str, batch_id: str, message: str = "cancelled by the caller"
+        self, owner: Owner, batch_id: str, message: str = "cancelled by the caller"
     ) -> tuple[Job, ...]:
         def cancel() -> Script[tuple[Job, ...]]:
-            yield from _batch_row(account_id, batch_id)
+            yield from _batch_row(owner, batch_id)
             yield Step.run(
                 statements.CANCEL_UNFINISHED,
                 batch_id=batch_id,
@@ -313,12 +317,12 @@ class SqlJobStore:
 
         return await self._database.run(Mode.ATOMIC, cancel)
 
-    async def get(self, account_id: str, job_id: str) -> Job:
-        return await self._database.run(Mode.READ, lambda: _job(account_id, job_id))
+    async def get(self, owner: Owner, job_id: str) -> Job:
+        return await self._database.run(Mode.READ, lambda: _job(owner, job_id))
 
-    async def children(self, account_id: str, job_id: str) -> tuple[Job, ...]:
+    async def children(self, owner: Owner, job_id: str) -> tuple[Job, ...]:
         def find() -> Script[tuple[Job, ...]]:
-            yield from _job(account_id, job_id)
+            yield from _job(owner, job_id)
             found = yield Step.all(statements.CHILDREN, job_id=job_id)
             return tuple(rows.job_from_row(row) for row in found)
 
@@ -326,17 +330,17 @@ class SqlJobStore:
 
     async def list(
         self,
-        account_id: str,
+        owner: Owner,
         filters: JobFilter | None = None,
         page_size: int = 0,
         page_token: str = "",
     ) -> JobPage:
-        listing = rows.Listing.of(account_id, filters, page_size, page_token)
+        listing = rows.Listing.of(owner, filters, page_size, page_token)
         query = statements.listing(
             tuple(column for column, _ in listing.conditions), listing.before is not None
         )
         params: dict[str, Any] = {
-            "account_id": listing.account_id,
+            **_owner(listing.owner),
             "before": listing.before,
             "limit": listing.limit + 1,
         }
@@ -348,21 +352,21 @@ class SqlJobStore:
 
         return await self._database.run(Mode.READ, page)
 
-    async def set_shortlisted(self, account_id: str, job_id: str, shortlisted: bool) -> Job:
+    async def set_shortlisted(self, owner: Owner, job_id: str, shortlisted: bool) -> Job:
         def mark() -> Script[Job]:
             yield Step.run(
                 statements.SET_SHORTLISTED,
                 job_id=job_id,
-                account_id=account_id,
+                **_owner(owner),
                 new_shortlisted=shortlisted,
             )
-            return (yield from _job(account_id, job_id))
+            return (yield from _job(owner, job_id))
 
         return await self._database.run(Mode.WRITE, mark)
 
-    async def has_asset(self, account_id: str, asset_id: str) -> bool:
+    async def has_asset(self, owner: Owner, asset_id: str) -> bool:
         def find() -> Script[bool]:
-            row = yield Step.one(statements.HAS_ASSET, asset_id=asset_id, account_id=account_id)
+            row = yield Step.one(statements.HAS_ASSET, asset_id=asset_id, **_owner(owner))
             return row is not None
 
         return await self._database.run(Mode.READ, find)
@@ -372,7 +376,7 @@ class SqlJobStore:
 
     def _insert_batch(
         self,
-        account_id: str,
+        owner: Owner,
         idempotency_key: str,
         fingerprint: str,
         jobs: Sequence[NewJob],
@@ -385,7 +389,7 @@ class SqlJobStore:
         batch = yield Step.one(
             statements.INSERT_BATCH,
             batch_id=rows.new_id("bat_", now_us),
-            account_id=account_id,
+            **_owner(owner),
             idempotency_key=idempotency_key,
             fingerprint=fingerprint,
             decision=None if decision is None else rows.encode_decision(decision),
@@ -399,7 +403,7 @@ class SqlJobStore:
             return None
         inserted = yield Step(
             statements.INSERT_JOB,
-            [rows.new_job_row(new, batch["batch_id"], account_id, now_us) for new in jobs],
+            [rows.new_job_row(new, batch["batch_id"], owner, now_us) for new in jobs],
             Fetch.EACH,
         )
         # The rows as their INSERTs returned them, with their batch's hold: no reading back.
@@ -430,33 +434,46 @@ class SqlJobStore:
         return await self._database.run(Mode.WRITE, transition, durable=durable)
 
 
+def _owner(owner: Owner) -> dict[str, str]:
+    """The parameters that scope a statement to the owner's rows."""
+    return {"tenant": owner.tenant, "account_id": owner.account_id}
+
+
+def _owns(owner: Owner | None, row: Any) -> bool:
+    """Whether `row` (of `batches` or `jobs`) is the owner's; any row when `owner` is None."""
+    return owner is None or (row["tenant"], row["account_id"]) == (owner.tenant, owner.account_id)
+
+
 def _move(
     target: JobStatus,
     changes: dict[str, Any],
     *,
     job_id: str,
     charged: int = 0,
-    account_id: str | None = None,
+    owner: Owner | None = None,
 ) -> Step:
-    """The guarded UPDATE moving a job to `target` and setting `changes`."""
-    query = statements.move_job(tuple(changes), target, account_id is not None)
+    """The guarded UPDATE moving a job to `target` and setting `changes`; with `owner`, only
+    the owner's job."""
+    query = statements.move_job(tuple(changes), target, owner is not None)
     params = {f"set_{column}": value for column, value in changes.items()}
-    params.update(job_id=job_id, charged=charged, account_id=account_id)
+    params.update(job_id=job_id, charged=charged)
+    if owner is not None:
+        params.update(_owner(owner))
     return Step(query, params, Fetch.ONE)
 
 
-def _job(account_id: str | None, job_id: str) -> Script[Job]:
-    """The job; NotFound when missing or, with `account_id`, another account's."""
+def _job(owner: Owner | None, job_id: str) -> Script[Job]:
+    """The job; NotFound when missing or, with `owner`, another owner's."""
     row = yield Step.one(statements.JOB_BY_ID, job_id=job_id)
-    if row is None or (account_id is not None and row["account_id"] != account_id):
+    if row is None or not _owns(owner, row):
         raise rows.job_not_found(job_id)
     return rows.job_from_row(row)
 
 
-def _batch_row(account_id: str | None, batch_id: str) -> Script[Any]:
-    """The batch's row; NotFound when missing or, with `account_id`, another account's."""
+def _batch_row(owner: Owner | None, batch_id: str) -> Script[Any]:
+    """The batch's row; NotFound when missing or, with `owner`, another owner's."""
     row = yield Step.one(statements.BATCH_BY_ID, batch_id=batch_id)
-    if row is None or (account_id is not None and row["account_id"] != account_id):
+    if row is None or not _owns(owner, row):
         raise rows.batch_not_found(batch_id)
     return row
 
@@ -466,12 +483,12 @@ def _batch_jobs(batch_id: str) -> Script[tuple[Job, ...]]:
     return tuple(rows.job_from_row(row) for row in found)
 
 
-def _check_parents(account_id: str, jobs: Sequence[NewJob]) -> Script[None]:
-    """NotFound for the first parent job that is not the account's."""
+def _check_parents(owner: Owner, jobs: Sequence[NewJob]) -> Script[None]:
+    """NotFound for the first parent job that is not the owner's."""
     parents = list(dict.fromkeys(new.parent_job_id for new in jobs if new.parent_job_id))
     if not parents:
         return
-    found = yield Step.all(statements.OWN_JOBS, job_ids=parents, account_id=account_id)
+    found = yield Step.all(statements.OWN_JOBS, job_ids=parents, **_owner(owner))
     own = {row["job_id"] for row in found}
     for parent in parents:
         if parent not in own:

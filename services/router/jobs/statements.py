@@ -6,6 +6,9 @@ batch, whose `ON CONFLICT DO NOTHING` SQLAlchemy builds per dialect. `FOR UPDATE
 `SKIP LOCKED` are PostgreSQL's; SQLAlchemy leaves them out of SQLite's SQL, where a write
 transaction (`BEGIN IMMEDIATE`) holds the whole database anyway.
 
+Every statement a caller's request reaches is scoped by the owner (parameters `tenant` and
+`account_id`), or reads by an id and leaves the owner's check to the store.
+
 Conditions that a partial index must match (`hold_state = 'open'`, the unfinished statuses)
 are literal SQL, as in the index: a planner matches a partial index against constants.
 """
@@ -55,6 +58,11 @@ def _literal(value: str) -> sa.ColumnElement[Any]:
     return sa.literal_column(f"'{value}'", sa.Text)
 
 
+def _owned(table: sa.Table) -> tuple[sa.ColumnElement[bool], sa.ColumnElement[bool]]:
+    """The rows of `table` that are the owner's (parameters `tenant` and `account_id`)."""
+    return table.c.tenant == _p("tenant"), table.c.account_id == _p("account_id")
+
+
 _OPEN_HOLD = sa.text(f"hold_state = '{HoldState.OPEN.value}'")
 _UNFINISHED = sa.text(values_in("status", UNFINISHED_STATUSES))
 #: A job's batch's hold, in the RETURNING of an UPDATE of `jobs`. Written as SQL because
@@ -82,18 +90,16 @@ JOBS_OF_BATCHES = Query.of(
 CHILDREN = Query.of(
     "children", _JOB_ROWS.where(jobs.c.parent_job_id == _p("job_id")).order_by(jobs.c.seq)
 )
-#: Which of `job_ids` are the account's.
+#: Which of `job_ids` are the owner's.
 OWN_JOBS = Query.of(
     "own jobs",
-    sa.select(jobs.c.job_id).where(
-        one_of(jobs.c.job_id, "job_ids"), jobs.c.account_id == _p("account_id")
-    ),
+    sa.select(jobs.c.job_id).where(one_of(jobs.c.job_id, "job_ids"), *_owned(jobs)),
 )
 HAS_ASSET = Query.of(
     "has asset",
     sa.select(sa.literal_column("1").label("found"))
     .select_from(jobs)
-    .where(jobs.c.asset_id == _p("asset_id"), jobs.c.account_id == _p("account_id"))
+    .where(jobs.c.asset_id == _p("asset_id"), *_owned(jobs))
     .limit(1),
 )
 
@@ -102,10 +108,7 @@ BATCH_BY_ID = Query.of(
 )
 BATCH_BY_KEY = Query.of(
     "batch by key",
-    sa.select(batches).where(
-        batches.c.account_id == _p("account_id"),
-        batches.c.idempotency_key == _p("idempotency_key"),
-    ),
+    sa.select(batches).where(*_owned(batches), batches.c.idempotency_key == _p("idempotency_key")),
 )
 #: Locks the batch (PostgreSQL) before it is forgotten, so that no settlement or job move
 #: slips in between the check and the deletes.
@@ -136,6 +139,7 @@ DELETE_BATCH = Query.of(
 #: What a new batch row is given; the rest are the columns' defaults.
 _NEW_BATCH_COLUMNS = (
     "batch_id",
+    "tenant",
     "account_id",
     "idempotency_key",
     "fingerprint",
@@ -146,14 +150,14 @@ _NEW_BATCH_COLUMNS = (
     "owner",
     "lease_until_us",
 )
-#: Inserts a batch unless its account already used the key; of two calls racing with one
+#: Inserts a batch unless its owner already used the key; of two calls racing with one
 #: key, the later waits for the earlier to commit and inserts nothing (no row returned).
 INSERT_BATCH = Query(
     "insert batch",
     lambda dialect: (
         insert_for(dialect, batches)
         .values({column: _p(column) for column in _NEW_BATCH_COLUMNS})
-        .on_conflict_do_nothing(index_elements=["account_id", "idempotency_key"])
+        .on_conflict_do_nothing(index_elements=["tenant", "account_id", "idempotency_key"])
         .returning(*batches.c)
     ),
 )
@@ -161,6 +165,7 @@ INSERT_BATCH = Query(
 NEW_JOB_COLUMNS = (
     "job_id",
     "batch_id",
+    "tenant",
     "account_id",
     "kind",
     "status",
@@ -217,7 +222,7 @@ SET_SHORTLISTED = Query.of(
     "set shortlisted",
     sa.update(jobs)
     .values(shortlisted=_p("new_shortlisted"))
-    .where(jobs.c.job_id == _p("job_id"), jobs.c.account_id == _p("account_id")),
+    .where(jobs.c.job_id == _p("job_id"), *_owned(jobs)),
 )
 #: Renews the lease of those of `batch_ids` still the owner's; the ids renewed.
 RENEW_LEASES = Query.of(
@@ -284,7 +289,7 @@ def move_job(columns: tuple[str, ...], target: JobStatus, scoped: bool) -> Query
     One UPDATE guarded by the statuses it may start from and by the charge (parameter
     `charged`, at most the quoted cost): of two racing moves one wins and the other is judged
     against the status the winner left, as if it had come second. `scoped` also requires
-    the job to be the account's (parameter `account_id`).
+    the job to be the owner's (parameters `tenant` and `account_id`).
     """
     sources = sorted(LIFECYCLE[target])
     conditions = [
@@ -293,7 +298,7 @@ def move_job(columns: tuple[str, ...], target: JobStatus, scoped: bool) -> Query
         jobs.c.quoted_cost >= _p("charged"),
     ]
     if scoped:
-        conditions.append(jobs.c.account_id == _p("account_id"))
+        conditions.extend(_owned(jobs))
     statement = (
         sa.update(jobs)
         .values(status=_literal(target), **{column: _p(f"set_{column}") for column in columns})
@@ -305,13 +310,12 @@ def move_job(columns: tuple[str, ...], target: JobStatus, scoped: bool) -> Query
 
 @functools.cache
 def listing(columns: tuple[str, ...], paged: bool) -> Query:
-    """The account's jobs (parameter `account_id`) whose `columns` equal the parameters
-    `is_<column>`, below seq `before` when `paged`, newest first, at most `limit`."""
+    """The owner's jobs (parameters `tenant` and `account_id`) whose `columns` equal the
+    parameters `is_<column>`, below seq `before` when `paged`, newest first, at most `limit`."""
     statement = _JOB_ROWS.where(
-        jobs.c.account_id == _p("account_id"),
-        *(jobs.c[column] == _p(f"is_{column}") for column in columns),
+        *_owned(jobs), *(jobs.c[column] == _p(f"is_{column}") for column in columns)
     )
     if paged:
         statement = statement.where(jobs.c.seq < _p("before"))
     statement = statement.order_by(jobs.c.seq.desc()).limit(_p("limit"))
-    return Query.of(f"list by {', '.join(columns) or 'account'}", statement)
+    return Query.of(f"list by {', '.join(columns) or 'owner'}", statement)

@@ -19,6 +19,7 @@ from services.router.jobs.model import (
     JobPage,
     Lease,
     NewJob,
+    Owner,
 )
 from services.router.routing.policy import Decision
 
@@ -28,9 +29,12 @@ __all__ = ["JobStore"]
 class JobStore(Protocol):
     """Where the router keeps batches and jobs; every store behaves the same way.
 
-    A job of another account is reported exactly like a missing one (NotFound), so ids leak
-    nothing. A store whose database cannot be reached raises Unavailable; one that was closed
-    raises RuntimeError.
+    Every call a caller's request reaches names the `Owner` (tenant and account) it acts for,
+    and sees only that owner's batches, jobs and images: a job, batch or image of another
+    account, of this tenant or another, is reported exactly like a missing one (NotFound, or
+    nothing found), so ids leak nothing. The calls of the router's own bookkeeping (holds,
+    moves, leases) go by id. A store whose database cannot be reached raises Unavailable; one
+    that was closed raises RuntimeError.
     """
 
     async def close(self) -> None:
@@ -40,7 +44,7 @@ class JobStore(Protocol):
     async def create_batch(
         self,
         *,
-        account_id: str,
+        owner: Owner,
         idempotency_key: str,
         fingerprint: str,
         jobs: Sequence[NewJob],
@@ -50,22 +54,24 @@ class JobStore(Protocol):
     ) -> BatchRecord:
         """Create a batch and its queued jobs atomically, or replay the one the key created.
 
-        The same account and key with the same fingerprint returns the existing batch with
+        The same owner and key with the same fingerprint returns the existing batch with
         `replayed` True, also when the two calls race; with another fingerprint, AlreadyExists
-        (IDEMPOTENCY_KEY_REUSED, metadata batch_id). A parent job that is not the account's is
-        NotFound. A `hold_id` marks the hold OPEN. A `lease` makes the batch its owner's; a
-        batch created without one is treated as a router older than leases wrote it (see
+        (IDEMPOTENCY_KEY_REUSED, metadata batch_id). Keys are the owner's: another owner's key
+        makes another batch. A parent job that is not the owner's is NotFound. A `hold_id`
+        marks the hold OPEN. A `lease` makes the batch the leasing router process's; a batch
+        created without one is treated as a router older than leases wrote it (see
         `claim_abandoned`). An empty key is InvalidArgument on "idempotency_key"; no jobs, or
         a job with a seed outside 0..2^64-1, a size below 1x1 or a negative cost, is ValueError.
         """
         ...
 
-    async def find_batch(self, account_id: str, idempotency_key: str) -> BatchRecord | None:
-        """The batch an earlier call with this key created, marked `replayed`, or None."""
+    async def find_batch(self, owner: Owner, idempotency_key: str) -> BatchRecord | None:
+        """The batch an earlier call of the owner with this key created, marked `replayed`, or
+        None."""
         ...
 
-    async def batch(self, account_id: str, batch_id: str) -> BatchRecord:
-        """A batch of the account with its jobs; NotFound otherwise (also for other accounts)."""
+    async def batch(self, owner: Owner, batch_id: str) -> BatchRecord:
+        """A batch of the owner with its jobs; NotFound otherwise (also for other owners)."""
         ...
 
     async def attach_hold(self, batch_id: str, hold_id: str) -> Batch:
@@ -148,45 +154,46 @@ class JobStore(Protocol):
         ...
 
     async def cancel_job(
-        self, account_id: str, job_id: str, message: str = "cancelled by the caller"
+        self, owner: Owner, job_id: str, message: str = "cancelled by the caller"
     ) -> Job:
-        """Cancel the account's job if unfinished; a final job is returned unchanged."""
+        """Cancel the owner's job if unfinished; a final job is returned unchanged."""
         ...
 
     async def cancel_batch(
-        self, account_id: str, batch_id: str, message: str = "cancelled by the caller"
+        self, owner: Owner, batch_id: str, message: str = "cancelled by the caller"
     ) -> tuple[Job, ...]:
-        """Cancel every unfinished job of the account's batch; returns all its jobs after."""
+        """Cancel every unfinished job of the owner's batch; returns all its jobs after."""
         ...
 
-    async def get(self, account_id: str, job_id: str) -> Job:
-        """The account's job; NotFound for an unknown job or one of another account."""
+    async def get(self, owner: Owner, job_id: str) -> Job:
+        """The owner's job; NotFound for an unknown job or one of another owner."""
         ...
 
-    async def children(self, account_id: str, job_id: str) -> tuple[Job, ...]:
-        """Jobs promoted or upscaled from the account's job, oldest first."""
+    async def children(self, owner: Owner, job_id: str) -> tuple[Job, ...]:
+        """Jobs promoted, upscaled or edited from the owner's job, oldest first; NotFound as
+        `get`."""
         ...
 
     async def list(
         self,
-        account_id: str,
+        owner: Owner,
         filters: JobFilter | None = None,
         page_size: int = 0,
         page_token: str = "",
     ) -> JobPage:
-        """The account's jobs matching `filters`, newest first, a page at a time.
+        """The owner's jobs matching `filters`, newest first, a page at a time.
 
         `page_size` 0 means `DEFAULT_PAGE_SIZE`; more than `MAX_PAGE_SIZE` gets that many; a
         negative one is InvalidArgument on "page_size". A page token only continues the listing
-        it came from (same account and filters); anything else is InvalidArgument on
+        it came from (same tenant, account and filters); anything else is InvalidArgument on
         "page_token".
         """
         ...
 
-    async def has_asset(self, account_id: str, asset_id: str) -> bool:
-        """Whether one of the account's jobs produced the asset (who may read it)."""
+    async def has_asset(self, owner: Owner, asset_id: str) -> bool:
+        """Whether one of the owner's jobs produced the asset (who may read it)."""
         ...
 
-    async def set_shortlisted(self, account_id: str, job_id: str, shortlisted: bool) -> Job:
-        """Marks or unmarks the account's job as shortlisted; NotFound as `get`."""
+    async def set_shortlisted(self, owner: Owner, job_id: str, shortlisted: bool) -> Job:
+        """Marks or unmarks the owner's job as shortlisted; NotFound as `get`."""
         ...

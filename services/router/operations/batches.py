@@ -8,6 +8,9 @@ and the rest returned, or released whole when nothing was delivered. A caller th
 goes away stops the batch the same way: unfinished jobs are cancelled and only delivered images
 are charged. A batch refused before any work (overload, a backend unreachable, a stopping
 router) is forgotten once its hold is released, so that its key runs anew on a retry.
+
+A batch is its owner's from the start: its hold is placed, captured and released in the owner's
+tenant, also when another router settles it after this one is gone.
 """
 
 from __future__ import annotations
@@ -22,7 +25,15 @@ import structlog
 
 from services.router.assets.store import AssetStore
 from services.router.downstream.ports import CreditLedger
-from services.router.jobs.model import Batch, BatchRecord, HoldState, Job, JobStatus, Lease
+from services.router.jobs.model import (
+    Batch,
+    BatchRecord,
+    HoldState,
+    Job,
+    JobStatus,
+    Lease,
+    Owner,
+)
 from services.router.jobs.store import JobStore
 from services.router.operations.events import (
     BatchAccepted,
@@ -119,7 +130,7 @@ class BatchRunner:
                 task.cancel()
 
     async def submit(
-        self, account_id: str, key: str, fingerprint: str, plan: Plan
+        self, owner: Owner, key: str, fingerprint: str, plan: Plan
     ) -> AsyncGenerator[BatchEvent, None]:
         """Admits the plan to its tier, opens its batch and runs it, or replays it when a
         racing call with the same key won. A refusal here holds no credit and records nothing."""
@@ -132,7 +143,7 @@ class BatchRunner:
             else contextlib.nullcontext()
         )
         with admitted:
-            record = await self._open(account_id, key, fingerprint, plan)
+            record = await self._open(owner, key, fingerprint, plan)
             events = (
                 self.replay(record, fingerprint)
                 if record.replayed
@@ -156,7 +167,7 @@ class BatchRunner:
         reported: set[str] = set()
         while True:
             try:
-                current = await self._jobs.batch(record.batch.account_id, record.batch.batch_id)
+                current = await self._jobs.batch(record.batch.owner, record.batch.batch_id)
             except NotFound:
                 # The call that first used the key was refused without doing any work, and its
                 # batch forgotten: the key is free again.
@@ -199,17 +210,18 @@ class BatchRunner:
 
     async def settle(
         self,
-        account_id: str,
+        owner: Owner,
         batch_id: str,
         batch: Batch | None = None,
         jobs: tuple[Job, ...] = (),
     ) -> None:
-        """Captures the credits of the delivered jobs (the rest returns) or releases them all.
+        """Captures the credits of the owner's delivered jobs (the rest returns) or releases
+        them all.
 
         `batch` and its final `jobs`, when the caller has them, spare reading them back.
         """
         if batch is None:
-            record = await self._jobs.batch(account_id, batch_id)
+            record = await self._jobs.batch(owner, batch_id)
             batch, jobs = record.batch, record.jobs
         hold_id = batch.hold_id
         if hold_id is None or batch.hold_state is not HoldState.OPEN:
@@ -217,22 +229,22 @@ class BatchRunner:
         charged = sum(job.cost for job in jobs if job.status is JobStatus.SUCCEEDED)
         # The credits settle even when the caller's deadline has passed: that is often why.
         with outliving_the_caller():
-            await self._settle_hold(account_id, batch_id, hold_id, charged)
+            await self._settle_hold(owner, batch_id, hold_id, charged)
 
     # The batch's life ---------------------------------------------------------------------
 
-    async def _open(self, account_id: str, key: str, fingerprint: str, plan: Plan) -> BatchRecord:
+    async def _open(self, owner: Owner, key: str, fingerprint: str, plan: Plan) -> BatchRecord:
         """Holds the credits, then records the batch; releases the hold if recording fails."""
         total = sum(job.quoted_cost for job in plan.jobs)
         # One hold per attempt: a batch refused without doing any work is forgotten, and the
         # retry that runs its key again must not get that settled hold back from the ledger.
         # The ledger's key still makes the router's own retries of this Reserve call safe; a
         # hold left by a router that died before recording its batch expires by itself.
-        hold_key = f"router:{account_id}:{fingerprint[:24]}:{secrets.token_hex(8)}"
-        with step("reserve", account_id=account_id, cost=total):
+        hold_key = f"router:{owner.account_id}:{fingerprint[:24]}:{secrets.token_hex(8)}"
+        with step("reserve", account_id=owner.account_id, cost=total):
             try:
                 hold_id = await self._ledger.reserve(
-                    account_id,
+                    owner,
                     total,
                     hold_key,
                     f"{plan.jobs[0].kind.value} x{len(plan.jobs)} ({key})",
@@ -242,7 +254,7 @@ class BatchRunner:
                 raise _refusal(error, plan.decision) from None
         try:
             record = await self._jobs.create_batch(
-                account_id=account_id,
+                owner=owner,
                 idempotency_key=key,
                 fingerprint=fingerprint,
                 jobs=plan.jobs,
@@ -251,17 +263,17 @@ class BatchRunner:
                 lease=self._lease,
             )
         except BaseException:
-            await self._release_unused(hold_id, hold_key)
+            await self._release_unused(owner, hold_id, hold_key)
             raise
         if record.replayed:
             # A racing call with the same key recorded its batch first, with its own hold.
-            await self._release_unused(hold_id, hold_key)
+            await self._release_unused(owner, hold_id, hold_key)
         structlog.contextvars.bind_contextvars(batch_id=record.batch.batch_id)
         return record
 
-    async def _release_unused(self, hold_id: str, hold_key: str) -> None:
+    async def _release_unused(self, owner: Owner, hold_id: str, hold_key: str) -> None:
         with contextlib.suppress(TiergenError), outliving_the_caller():
-            await self._ledger.release(hold_id, f"{hold_key}:release")
+            await self._ledger.release(owner, hold_id, f"{hold_key}:release")
 
     async def _run(self, record: BatchRecord, work: Work) -> AsyncGenerator[BatchEvent, None]:
         """Streams a batch's events while a separate task runs it, so that a caller going
@@ -290,9 +302,9 @@ class BatchRunner:
             await asyncio.gather(task, return_exceptions=True)
             if not started.is_set():
                 # Cancelled before it ran: nothing of the batch started, so it all returns.
-                for job in await self._jobs.cancel_batch(record.batch.account_id, batch_id):
+                for job in await self._jobs.cancel_batch(record.batch.owner, batch_id):
                     count_final(job)
-                await self.settle(record.batch.account_id, batch_id)
+                await self.settle(record.batch.owner, batch_id)
                 if self._stopping:
                     failures.update((job.job_id, _shutting_down()) for job in record.jobs)
             self._batch_tasks.pop(batch_id, None)
@@ -345,7 +357,7 @@ class BatchRunner:
             finals = [o for o in outcomes if isinstance(o, Job)]
             known = batch if len(finals) == len(record.jobs) else None
             try:
-                await self.settle(batch.account_id, batch.batch_id, known, tuple(finals))
+                await self.settle(batch.owner, batch.batch_id, known, tuple(finals))
             finally:
                 emit(None)
 
@@ -392,7 +404,7 @@ class BatchRunner:
             else:
                 with contextlib.suppress(FailedPrecondition):
                     await self._jobs.mark_cancelled(job.job_id)
-                ended = await self._jobs.get(job.account_id, job.job_id)
+                ended = await self._jobs.get(job.owner, job.job_id)
             count_final(ended)
             events.finished(ended)
             raise
@@ -402,7 +414,7 @@ class BatchRunner:
                 final = await self._fail(job, error)
             else:
                 # Cancelled by CancelJob while it ran: the image is not delivered or charged.
-                final = await self._jobs.get(job.account_id, job.job_id)
+                final = await self._jobs.get(job.owner, job.job_id)
         except TiergenError as error:
             failures[job.job_id] = error
             final = await self._fail(job, error)
@@ -427,20 +439,20 @@ class BatchRunner:
         try:
             return await self._jobs.mark_failed(job.job_id, error.code, error.reason, error.message)
         except FailedPrecondition:
-            return await self._jobs.get(job.account_id, job.job_id)
+            return await self._jobs.get(job.owner, job.job_id)
 
-    async def _settle_hold(
-        self, account_id: str, batch_id: str, hold_id: str, charged: int
-    ) -> None:
+    async def _settle_hold(self, owner: Owner, batch_id: str, hold_id: str, charged: int) -> None:
         try:
             if charged:
-                with step("capture", account_id=account_id, cost=charged):
-                    await self._ledger.capture(hold_id, charged, f"router:{batch_id}:capture")
+                with step("capture", account_id=owner.account_id, cost=charged):
+                    await self._ledger.capture(
+                        owner, hold_id, charged, f"router:{batch_id}:capture"
+                    )
                 CAPTURED.inc(charged)
                 await self._jobs.settle_hold(batch_id, HoldState.CAPTURED, charged)
             else:
-                with step("release", account_id=account_id):
-                    await self._ledger.release(hold_id, f"router:{batch_id}:release")
+                with step("release", account_id=owner.account_id):
+                    await self._ledger.release(owner, hold_id, f"router:{batch_id}:release")
                 await self._jobs.settle_hold(batch_id, HoldState.RELEASED)
         except TiergenError as error:
             if isinstance(error, FailedPrecondition) and error.reason == "HOLD_EXPIRED":

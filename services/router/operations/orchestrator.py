@@ -1,6 +1,11 @@
 """The router's operations as the gRPC edge calls them: quote, generate, promote, upscale and
 edit (each planned, then run as a batch or replayed), reads, cancellation, and the lifecycle of
-the running batches."""
+the running batches.
+
+Every operation acts for an `Owner`, the account of one tenant, which the edge makes from the
+caller's credential (the tenant) and the request's well-formed account id; the rest of the
+request is checked here, before anything is read or held.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import structlog
 
 from services.router.assets.store import AssetRef, AssetStore, check_asset_id
 from services.router.downstream.ports import CreditLedger, Renderer, Upscaler
-from services.router.jobs.model import Job, JobFilter, JobPage, Lease
+from services.router.jobs.model import Job, JobFilter, JobPage, Lease, Owner
 from services.router.jobs.store import JobStore
 from services.router.operations.batches import BatchRunner
 from services.router.operations.events import BatchEvent
@@ -35,12 +40,7 @@ from services.router.routing import checks
 from services.router.routing.admission import Admission
 from services.router.routing.policy import Quote, RouteRequest, RoutingPolicy
 from services.runtime.errors import InvalidArgument, NotFound
-from services.runtime.identifiers import (
-    require_account_id,
-    require_id,
-    require_idempotency_key,
-    require_plain_text,
-)
+from services.runtime.identifiers import require_id, require_idempotency_key, require_plain_text
 
 __all__ = ["Orchestrator"]
 
@@ -117,74 +117,70 @@ class Orchestrator:
 
     # Quotes and the operations that create work --------------------------------------------
 
-    async def quote(self, account_id: str, request: RouteRequest) -> Quote:
-        require_account_id(account_id)
+    async def quote(self, owner: Owner, request: RouteRequest) -> Quote:
         require_plain_text(request.prompt, "spec.prompt")
-        available = await self._ledger.available(account_id)
-        with step("route", account_id=account_id, stage=request.stage.value):
+        available = await self._ledger.available(owner)
+        with step("route", account_id=owner.account_id, stage=request.stage.value):
             return self._policy.quote(replace(request, available=available))
 
     async def generate(
-        self, account_id: str, key: str, request: RouteRequest, seed: int | None = None
+        self, owner: Owner, key: str, request: RouteRequest, seed: int | None = None
     ) -> AsyncGenerator[BatchEvent, None]:
         """Generates `request.n` variations; variation i renders with seed + i."""
-        require_account_id(account_id)
         require_idempotency_key(key)
         require_plain_text(request.prompt, "spec.prompt")
         events = self._submit(
-            account_id,
+            owner,
             key,
-            fingerprint("generate", account_id, request, seed=seed),
-            lambda: self._planner.generate(account_id, key, request, seed),
+            fingerprint("generate", owner, request, seed=seed),
+            lambda: self._planner.generate(owner, key, request, seed),
         )
         async with contextlib.aclosing(events):
             async for event in events:
                 yield event
 
     async def promote(
-        self, account_id: str, key: str, handover: Handover
+        self, owner: Owner, key: str, handover: Handover
     ) -> AsyncGenerator[BatchEvent, None]:
-        """Renders a parent job again on a higher tier with its image as the reference."""
-        require_account_id(account_id)
+        """Renders a parent job of the owner again on a higher tier with its image as the
+        reference."""
         require_idempotency_key(key)
         require_id(handover.job_id, "job_id")
         require_plain_text(handover.prompt, "prompt")
         require_plain_text(handover.prompt_addition, "prompt_addition")
         structlog.contextvars.bind_contextvars(parent_job_id=handover.job_id)
         events = self._submit(
-            account_id,
+            owner,
             key,
-            fingerprint("promote", account_id, handover),
-            lambda: self._planner.promote(account_id, handover),
+            fingerprint("promote", owner, handover),
+            lambda: self._planner.promote(owner, handover),
         )
         async with contextlib.aclosing(events):
             async for event in events:
                 yield event
 
     async def upscale(
-        self, account_id: str, key: str, request: UpscaleRequest
+        self, owner: Owner, key: str, request: UpscaleRequest
     ) -> AsyncGenerator[BatchEvent, None]:
         """Upscales a succeeded job's image into a new job linked to it."""
-        require_account_id(account_id)
         require_idempotency_key(key)
         require_id(request.job_id, "job_id")
         request = replace(request, factor=checks.check_upscale_factor(request.factor or 2.0))
         structlog.contextvars.bind_contextvars(parent_job_id=request.job_id)
         events = self._submit(
-            account_id,
+            owner,
             key,
-            fingerprint("upscale", account_id, request),
-            lambda: self._planner.upscale(account_id, request),
+            fingerprint("upscale", owner, request),
+            lambda: self._planner.upscale(owner, request),
         )
         async with contextlib.aclosing(events):
             async for event in events:
                 yield event
 
     async def edit(
-        self, account_id: str, key: str, request: EditRequest
+        self, owner: Owner, key: str, request: EditRequest
     ) -> AsyncGenerator[BatchEvent, None]:
         """In-paints the masked region of a rendered job on its own tier and size."""
-        require_account_id(account_id)
         require_idempotency_key(key)
         require_id(request.job_id, "job_id")
         require_plain_text(request.prompt, "prompt")
@@ -192,10 +188,10 @@ class Orchestrator:
         structlog.contextvars.bind_contextvars(parent_job_id=request.job_id)
         mask_sha256 = hashlib.sha256(request.mask).hexdigest()
         events = self._submit(
-            account_id,
+            owner,
             key,
-            fingerprint("edit", account_id, replace(request, mask=b""), mask_sha256=mask_sha256),
-            lambda: self._planner.edit(account_id, request, mask_sha256),
+            fingerprint("edit", owner, replace(request, mask=b""), mask_sha256=mask_sha256),
+            lambda: self._planner.edit(owner, request, mask_sha256),
         )
         async with contextlib.aclosing(events):
             async for event in events:
@@ -203,69 +199,65 @@ class Orchestrator:
 
     async def _submit(
         self,
-        account_id: str,
+        owner: Owner,
         key: str,
         request_fingerprint: str,
         plan: Callable[[], Awaitable[Plan]],
     ) -> AsyncGenerator[BatchEvent, None]:
         """The one path of every operation: a retry replays the batch its key made; anything
         else is planned, then run."""
-        structlog.contextvars.bind_contextvars(account_id=account_id)
-        existing = await self._jobs.find_batch(account_id, key)
+        structlog.contextvars.bind_contextvars(tenant=owner.tenant, account_id=owner.account_id)
+        existing = await self._jobs.find_batch(owner, key)
         if existing is not None:
             events = self._batches.replay(existing, request_fingerprint)
         else:
-            events = self._batches.submit(account_id, key, request_fingerprint, await plan())
+            events = self._batches.submit(owner, key, request_fingerprint, await plan())
         async with contextlib.aclosing(events):
             async for event in events:
                 yield event
 
     # Reads and cancellation ------------------------------------------------------------------
 
-    async def set_shortlisted(self, account_id: str, job_id: str, shortlisted: bool) -> Job:
-        """Marks or unmarks one of the account's jobs as shortlisted."""
-        require_account_id(account_id)
+    async def set_shortlisted(self, owner: Owner, job_id: str, shortlisted: bool) -> Job:
+        """Marks or unmarks one of the owner's jobs as shortlisted."""
         require_id(job_id, "job_id")
-        return await self._jobs.set_shortlisted(account_id, job_id, shortlisted)
+        return await self._jobs.set_shortlisted(owner, job_id, shortlisted)
 
-    async def get_job(self, account_id: str, job_id: str) -> tuple[Job, tuple[Job, ...]]:
-        """The job and its children (promotes and upscales made from it)."""
-        require_account_id(account_id)
+    async def get_job(self, owner: Owner, job_id: str) -> tuple[Job, tuple[Job, ...]]:
+        """The owner's job and its children (promotes, upscales and edits made from it)."""
         require_id(job_id, "job_id")
-        job = await self._jobs.get(account_id, job_id)
-        return job, await self._jobs.children(account_id, job_id)
+        job = await self._jobs.get(owner, job_id)
+        return job, await self._jobs.children(owner, job_id)
 
     async def list_jobs(
-        self, account_id: str, filters: JobFilter, page_size: int, page_token: str
+        self, owner: Owner, filters: JobFilter, page_size: int, page_token: str
     ) -> JobPage:
-        require_account_id(account_id)
         require_id(filters.batch_id or "", "batch_id", required=False)
         require_id(filters.parent_job_id or "", "parent_job_id", required=False)
-        return await self._jobs.list(account_id, filters, page_size, page_token)
+        return await self._jobs.list(owner, filters, page_size, page_token)
 
     async def cancel(
-        self, account_id: str, *, job_id: str = "", batch_id: str = ""
+        self, owner: Owner, *, job_id: str = "", batch_id: str = ""
     ) -> tuple[Job, ...]:
         """Cancels a job or a batch's unfinished jobs, here or on the replica running them."""
-        require_account_id(account_id)
         require_id(job_id, "job_id", required=False)
         require_id(batch_id, "batch_id", required=False)
         if job_id:
-            cancelled: tuple[Job, ...] = (await self._jobs.cancel_job(account_id, job_id),)
+            cancelled: tuple[Job, ...] = (await self._jobs.cancel_job(owner, job_id),)
         elif batch_id:
-            cancelled = await self._jobs.cancel_batch(account_id, batch_id)
+            cancelled = await self._jobs.cancel_batch(owner, batch_id)
         else:
             raise InvalidArgument("name a job_id or a batch_id to cancel", field="target")
         self._batches.cancel_jobs([job.job_id for job in cancelled])
         return cancelled
 
     async def open_asset(
-        self, account_id: str, asset_id: str
+        self, owner: Owner, asset_id: str
     ) -> tuple[AssetRef, AsyncIterator[bytes]]:
-        """An asset's reference and its bytes in chunks; NotFound unless one of its jobs made it."""
-        require_account_id(account_id)
+        """An asset's reference and its bytes in chunks; NotFound unless one of the owner's jobs
+        made it (another account's or another tenant's is NotFound, as a missing one)."""
         check_asset_id(asset_id)
-        if not await self._jobs.has_asset(account_id, asset_id):
+        if not await self._jobs.has_asset(owner, asset_id):
             raise NotFound(f"asset {asset_id} not found", reason="ASSET_NOT_FOUND")
         return await self._assets.get_info(asset_id), self._assets.read_chunks(asset_id)
 

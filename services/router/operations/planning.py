@@ -3,7 +3,8 @@
 A plan names its jobs (with their prices), the routing decision, the tier whose places it takes,
 and the work each job does; `services.router.operations.batches` runs every plan the same way.
 Planning reads (the parent job, its image, the balance when a downgrade may need it) but never
-writes: a request refused here changed nothing. Its checks are the policy's
+writes: a request refused here changed nothing. A parent job is looked up as the owner's, so a
+job of another account or tenant is NotFound, as a missing one. Its checks are the policy's
 (`services.router.routing`).
 """
 
@@ -28,7 +29,7 @@ from services.router.downstream.ports import (
     UpscaleOrder,
     Upscaler,
 )
-from services.router.jobs.model import Job, JobKind, JobStatus, NewJob, UpscaleMethod
+from services.router.jobs.model import Job, JobKind, JobStatus, NewJob, Owner, UpscaleMethod
 from services.router.jobs.store import JobStore
 from services.router.operations.telemetry import step
 from services.router.routing import checks
@@ -123,12 +124,16 @@ class Plan:
     work: Work
 
 
-def fingerprint(operation: str, account_id: str, request: Any, **extra: Any) -> str:
+def fingerprint(operation: str, owner: Owner, request: Any, **extra: Any) -> str:
     """Identifies what the caller asked for, so an idempotency key reused for a different
-    request is caught and a retry of the same one is not."""
+    request is caught and a retry of the same one is not.
+
+    The tenant is left out: keys are the owner's already, and so a retry of a request made
+    before tenants (in the default tenant) still matches the batch it made.
+    """
     asked = {k: v for k, v in asdict(request).items() if k not in _CIRCUMSTANCES}
     document = json.dumps(
-        {"operation": operation, "account_id": account_id, "request": asked, **extra},
+        {"operation": operation, "account_id": owner.account_id, "request": asked, **extra},
         sort_keys=True,
         default=str,
     )
@@ -150,9 +155,10 @@ def refused_before_work(error: TiergenError | None) -> bool:
     return isinstance(error, errors.Unavailable) and error.metadata.get("ambiguous") != "true"
 
 
-def _derived_seed(account_id: str, key: str) -> int:
+def _derived_seed(owner: Owner, key: str) -> int:
     # A retry with the same key renders the same images without the caller choosing a seed.
-    digest = hashlib.sha256(f"{account_id}\0{key}".encode()).digest()
+    # Without the tenant, as before tenants: a seed is no secret, only repeatable.
+    digest = hashlib.sha256(f"{owner.account_id}\0{key}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
 
 
@@ -188,16 +194,16 @@ class Planner:
         self._max_upscale_side = max_upscale_side
 
     async def generate(
-        self, account_id: str, key: str, request: RouteRequest, seed: int | None
+        self, owner: Owner, key: str, request: RouteRequest, seed: int | None
     ) -> Plan:
         """`request.n` variations; variation i renders with seed + i."""
         policy = self._policy()
         # The balance matters only to a request that may be downgraded to fit it; any other
         # learns that it is unaffordable from the hold's refusal.
-        available = await self._ledger.available(account_id) if request.allow_downgrade else None
-        with step("route", account_id=account_id, stage=request.stage.value):
+        available = await self._ledger.available(owner) if request.allow_downgrade else None
+        with step("route", account_id=owner.account_id, stage=request.stage.value):
             decision = policy.decide(replace(request, available=available))
-        base = _derived_seed(account_id, key) if seed is None else seed
+        base = _derived_seed(owner, key) if seed is None else seed
         trace_id = current_trace_id()
         new_jobs = [
             NewJob(
@@ -247,16 +253,16 @@ class Planner:
 
         return Plan(new_jobs, decision, decision.tier, render)
 
-    async def promote(self, account_id: str, handover: Handover) -> Plan:
-        """The parent job rendered again on a higher tier, its image as the reference."""
-        parent = await self._jobs.get(account_id, handover.job_id)
+    async def promote(self, owner: Owner, handover: Handover) -> Plan:
+        """The owner's parent job rendered again on a higher tier, its image as the reference."""
+        parent = await self._jobs.get(owner, handover.job_id)
         _require_succeeded(parent, "promoted")
         strength = checks.handover_strength(handover.strength)
         prompt = checks.check_prompt(
             (handover.prompt or parent.prompt) + handover.prompt_addition, "the promoted prompt"
         )
         # No balance read: an unaffordable promote learns it from the hold's refusal.
-        with step("route", account_id=account_id, stage=Stage.REFINE.value):
+        with step("route", account_id=owner.account_id, stage=Stage.REFINE.value):
             decision = self._policy().promotion(
                 parent.tier,
                 handover.tier,
@@ -300,9 +306,9 @@ class Planner:
 
         return Plan([new_job], decision, decision.tier, render)
 
-    async def upscale(self, account_id: str, request: UpscaleRequest) -> Plan:
-        """The parent job's image enlarged by `request.factor` (already defaulted)."""
-        parent = await self._jobs.get(account_id, request.job_id)
+    async def upscale(self, owner: Owner, request: UpscaleRequest) -> Plan:
+        """The owner's parent job's image enlarged by `request.factor` (already defaulted)."""
+        parent = await self._jobs.get(owner, request.job_id)
         _require_succeeded(parent, "upscaled")
         factor = request.factor
         width, height = checks.check_upscale(
@@ -341,10 +347,10 @@ class Planner:
 
         return Plan([new_job], None, None, enlarge)
 
-    async def edit(self, account_id: str, request: EditRequest, mask_sha256: str) -> Plan:
-        """The masked region of the parent job's image rendered again, on its tier and size;
-        `mask_sha256` is the mask's digest, taken once for the request's fingerprint."""
-        parent = await self._jobs.get(account_id, request.job_id)
+    async def edit(self, owner: Owner, request: EditRequest, mask_sha256: str) -> Plan:
+        """The masked region of the owner's parent job's image rendered again, on its tier and
+        size; `mask_sha256` is the mask's digest, taken once for the request's fingerprint."""
+        parent = await self._jobs.get(owner, request.job_id)
         _require_succeeded(parent, "edited")
         policy = self._policy()
         if not parent.tier or parent.size is None:

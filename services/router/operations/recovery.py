@@ -125,7 +125,8 @@ class Recovery:
                         )
                     )
                 _log.warning("failed a job its router left", job_id=job.job_id)
-            await self._batches.settle(batch.account_id, batch.batch_id)
+            # In the batch's own tenant, whichever tenant's call this router was serving.
+            await self._batches.settle(batch.owner, batch.batch_id)
         finally:
             self._recovering.discard(batch.batch_id)
         RECOVERED.inc()

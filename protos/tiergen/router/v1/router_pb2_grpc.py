@@ -30,6 +30,12 @@ class RouterServiceStub:
     holds credits, runs generations, hands results over to higher tiers, upscales, and keeps
     every job, asset and lineage link.
 
+    Every call but health and reflection carries a credential, `authorization: Bearer <token>`
+    metadata: an API key of a tenant or an OIDC token its configuration trusts. The credential
+    names the tenant; every account, job, batch and asset belongs to one tenant, and a call sees
+    only its own tenant's. A missing, unknown, expired or revoked credential is UNAUTHENTICATED,
+    one without the RPC's scope PERMISSION_DENIED; docs/api.md lists the scope of every RPC.
+
     Every call names the account it acts for; a job or asset of another account is NOT_FOUND.
     Mutating calls take an idempotency key: a retry with the same key returns the same jobs and
     never charges twice; the same key with a different request is ALREADY_EXISTS.
@@ -106,12 +112,43 @@ class RouterServiceStub:
                 request_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.CheckInRequest.SerializeToString,
                 response_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.CheckInResponse.FromString,
                 _registered_method=True)
+        self.Grant = channel.unary_unary(
+                '/tiergen.router.v1.RouterService/Grant',
+                request_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.GrantRequest.SerializeToString,
+                response_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.GrantResponse.FromString,
+                _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/tiergen.router.v1.RouterService/CreateApiKey',
+                request_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/tiergen.router.v1.RouterService/ListApiKeys',
+                request_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RotateApiKey = channel.unary_unary(
+                '/tiergen.router.v1.RouterService/RotateApiKey',
+                request_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.RotateApiKeyRequest.SerializeToString,
+                response_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.RotateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/tiergen.router.v1.RouterService/RevokeApiKey',
+                request_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
     """The one service client platforms call. It picks the tier for each request, quotes and
     holds credits, runs generations, hands results over to higher tiers, upscales, and keeps
     every job, asset and lineage link.
+
+    Every call but health and reflection carries a credential, `authorization: Bearer <token>`
+    metadata: an API key of a tenant or an OIDC token its configuration trusts. The credential
+    names the tenant; every account, job, batch and asset belongs to one tenant, and a call sees
+    only its own tenant's. A missing, unknown, expired or revoked credential is UNAUTHENTICATED,
+    one without the RPC's scope PERMISSION_DENIED; docs/api.md lists the scope of every RPC.
 
     Every call names the account it acts for; a job or asset of another account is NOT_FOUND.
     Mutating calls take an idempotency key: a retry with the same key returns the same jobs and
@@ -214,6 +251,43 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Grant(self, request, context):
+        """Adds purchased or adjusted credits to an account of the caller's tenant: how a tenant's
+        billing system credits what its users bought.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateApiKey(self, request, context):
+        """Creates an API key of the caller's tenant. The key is in this response only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Lists the caller's tenant's API keys by prefix, never their secrets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateApiKey(self, request, context):
+        """Replaces a key with a new one of the same scopes; the old one keeps working for a grace
+        period, so callers can move to the new one without downtime.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Revokes a key: every router refuses it within the documented bound (docs/security.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -282,6 +356,31 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     request_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.CheckInRequest.FromString,
                     response_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.CheckInResponse.SerializeToString,
             ),
+            'Grant': grpc.unary_unary_rpc_method_handler(
+                    servicer.Grant,
+                    request_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.GrantRequest.FromString,
+                    response_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.GrantResponse.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RotateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateApiKey,
+                    request_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.RotateApiKeyRequest.FromString,
+                    response_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.RotateApiKeyResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'tiergen.router.v1.RouterService', rpc_method_handlers)
@@ -294,6 +393,12 @@ class RouterService:
     """The one service client platforms call. It picks the tier for each request, quotes and
     holds credits, runs generations, hands results over to higher tiers, upscales, and keeps
     every job, asset and lineage link.
+
+    Every call but health and reflection carries a credential, `authorization: Bearer <token>`
+    metadata: an API key of a tenant or an OIDC token its configuration trusts. The credential
+    names the tenant; every account, job, batch and asset belongs to one tenant, and a call sees
+    only its own tenant's. A missing, unknown, expired or revoked credential is UNAUTHENTICATED,
+    one without the RPC's scope PERMISSION_DENIED; docs/api.md lists the scope of every RPC.
 
     Every call names the account it acts for; a job or asset of another account is NOT_FOUND.
     Mutating calls take an idempotency key: a retry with the same key returns the same jobs and
@@ -641,6 +746,141 @@ class RouterService:
             '/tiergen.router.v1.RouterService/CheckIn',
             tiergen_dot_router_dot_v1_dot_router__pb2.CheckInRequest.SerializeToString,
             tiergen_dot_router_dot_v1_dot_router__pb2.CheckInResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Grant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiergen.router.v1.RouterService/Grant',
+            tiergen_dot_router_dot_v1_dot_router__pb2.GrantRequest.SerializeToString,
+            tiergen_dot_router_dot_v1_dot_router__pb2.GrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiergen.router.v1.RouterService/CreateApiKey',
+            tiergen_dot_router_dot_v1_dot_router__pb2.CreateApiKeyRequest.SerializeToString,
+            tiergen_dot_router_dot_v1_dot_router__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiergen.router.v1.RouterService/ListApiKeys',
+            tiergen_dot_router_dot_v1_dot_router__pb2.ListApiKeysRequest.SerializeToString,
+            tiergen_dot_router_dot_v1_dot_router__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiergen.router.v1.RouterService/RotateApiKey',
+            tiergen_dot_router_dot_v1_dot_router__pb2.RotateApiKeyRequest.SerializeToString,
+            tiergen_dot_router_dot_v1_dot_router__pb2.RotateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiergen.router.v1.RouterService/RevokeApiKey',
+            tiergen_dot_router_dot_v1_dot_router__pb2.RevokeApiKeyRequest.SerializeToString,
+            tiergen_dot_router_dot_v1_dot_router__pb2.RevokeApiKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,1 @@
+"""Who is calling the router: credentials, tenants, scopes and the audit trail."""
