@@ -1,4 +1,4 @@
-"""Benchmarks the router's Generate against a bare chain of three gRPC hops, traced and untraced.
+"""Benchmarks the router's Generate against a bare chain of gRPC hops; tracing, auth on and off.
 
 Run from the repository root: `python -m bench.router --json` (or `tiergen bench router --json`).
 One run starts every process below on loopback, its files in a fresh temporary directory (under
@@ -17,6 +17,13 @@ SIGTERM:
   is measured is the routing, the ledger's balance, hold and capture, the job store and the asset
   store, and the gRPC hops between them.
 - router_untraced: a second suite, identical but with TIERGEN_TRACING=off in every process.
+- router_auth_off: a third suite, identical to router but with TIERGEN_AUTH=off at the router.
+
+Each router's store gets an API key before the router starts, made through the store's own API
+as an operator makes a tenant's first key. Every call to every router carries that key (the
+auth-off router ignores it), so the client does the same work for all three and router against
+router_auth_off measures what checking the key costs the router: the key is cached after its
+first check (TIERGEN_ROUTER_KEY_CACHE_SECONDS, default), as in any deployment.
 
 Everything but router_untraced has the same telemetry: tracing on, spans recorded and exported
 nowhere (OTEL_TRACES_EXPORTER=none), one canonical log line per RPC at level info into a file.
@@ -46,23 +53,36 @@ from typing import Any
 
 import grpc
 from tiergen.common.v1 import common_pb2
-from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from tiergen.ledger.v1 import ledger_pb2
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
 from bench.chain import generate_callable, hop_callable
 from bench.processes import ProcessGroup, ServerProcess
 from services.generator.tiers import DEFAULT_CATALOGUE_TOML
+from services.router.access.keys import KeyStore
+from services.router.access.scopes import Scope
+from services.runtime.credentials import BearerToken
 
 __all__ = ["main", "run"]
 
 CONCURRENCY = (1, 16)
-VARIANTS = ("chain", "shape", "router", "router_untraced")
+VARIANTS = ("chain", "shape", "router", "router_untraced", "router_auth_off")
+#: The routers measured, with their tracing and authentication settings.
+ROUTERS = {
+    "router": {"TIERGEN_TRACING": "on", "TIERGEN_AUTH": "on"},
+    "router_untraced": {"TIERGEN_TRACING": "off", "TIERGEN_AUTH": "on"},
+    "router_auth_off": {"TIERGEN_TRACING": "on", "TIERGEN_AUTH": "off"},
+}
 #: Router Generates per second at 16 clients, as a share of the chain's requests: at least this.
 RPS_TARGET_RATIO = 0.6
 #: Router p50 at 1 client: at most the chain's p50 plus this.
 P50_TARGET_EXTRA_MS = 3.0
 #: Traced router throughput at 16 clients, as a share of the untraced one: at least this.
 TRACING_TARGET_RATIO = 0.75
+#: Router throughput at 16 clients with authentication on, as a share of it off: at least this.
+AUTH_TARGET_RATIO = 0.95
+#: What the benchmark's key may do: exactly the calls it makes.
+_SCOPES = (Scope.IMAGES_WRITE, Scope.ACCOUNTS_WRITE, Scope.CREDITS_GRANT)
 
 _CALL_TIMEOUT = 10.0
 _TIER = "nano"
@@ -174,8 +194,11 @@ def _shape_client(channel: grpc.aio.Channel) -> _Client:
     return run
 
 
-def _router_client(channel: grpc.aio.Channel, variant: str) -> _Client:
+def _router_client(channel: grpc.aio.Channel, variant: str, token: BearerToken) -> _Client:
     stub = router_pb2_grpc.RouterServiceStub(channel)  # type: ignore[no-untyped-call]
+    # The key as each call's own metadata, not through a client interceptor: the channel has
+    # none, and one would add its cost to the client, not to the router being measured.
+    metadata = (token.metadata,)
     run_id = uuid.uuid4().hex[:8]
     sequence = iter(range(sys.maxsize))
     spec = router_pb2.GenerationSpec(
@@ -198,7 +221,7 @@ def _router_client(channel: grpc.aio.Channel, variant: str) -> _Client:
             )
             started = time.perf_counter()
             final = None
-            async for response in stub.Generate(request, timeout=_CALL_TIMEOUT):
+            async for response in stub.Generate(request, timeout=_CALL_TIMEOUT, metadata=metadata):
                 final = response
             latencies.append((time.perf_counter() - started) * 1000)
             if final is None or final.job.status != router_pb2.JOB_STATUS_SUCCEEDED:
@@ -213,18 +236,20 @@ def _account(variant: str, client: int) -> str:
     return f"bench-{variant}-{client}"
 
 
-async def _fund_accounts(router: grpc.aio.Channel, ledger: grpc.aio.Channel, variant: str) -> None:
-    """One account per client, funded far beyond what a run spends."""
-    router_stub = router_pb2_grpc.RouterServiceStub(router)  # type: ignore[no-untyped-call]
-    ledger_stub = ledger_pb2_grpc.LedgerServiceStub(ledger)  # type: ignore[no-untyped-call]
+async def _fund_accounts(router: grpc.aio.Channel, variant: str, token: BearerToken) -> None:
+    """One account per client, funded far beyond what a run spends, through the router: the
+    credits land in the key's tenant (an auth-off router's `default`), where the accounts are."""
+    stub = router_pb2_grpc.RouterServiceStub(router)  # type: ignore[no-untyped-call]
+    metadata = (token.metadata,)
     for client in range(max(CONCURRENCY)):
         account_id = _account(variant, client)
-        await router_stub.OpenAccount(
+        await stub.OpenAccount(
             router_pb2.OpenAccountRequest(account_id=account_id, idempotency_key="open"),
             timeout=_CALL_TIMEOUT,
+            metadata=metadata,
         )
-        await ledger_stub.Grant(
-            ledger_pb2.GrantRequest(
+        await stub.Grant(
+            router_pb2.GrantRequest(
                 account_id=account_id,
                 amount=10**9,
                 kind=ledger_pb2.GRANT_KIND_PURCHASE,
@@ -232,7 +257,18 @@ async def _fund_accounts(router: grpc.aio.Channel, ledger: grpc.aio.Channel, var
                 idempotency_key="fund",
             ),
             timeout=_CALL_TIMEOUT,
+            metadata=metadata,
         )
+
+
+async def _issue_key(processes: ProcessGroup, variant: str) -> BearerToken:
+    """A key of tenant `bench` in the store of `variant`'s router, made before it starts."""
+    store = await KeyStore.open(f"sqlite:///{processes.run_dir / variant / 'router.db'}")
+    try:
+        issued = await store.create("bench", _SCOPES, name="bench router")
+    finally:
+        await store.close()
+    return BearerToken(issued.secret)
 
 
 def _instant_tiers() -> str:
@@ -243,13 +279,13 @@ def _instant_tiers() -> str:
     return text
 
 
-def _spawn_suite(processes: ProcessGroup, variant: str, tracing: str) -> list[ServerProcess]:
+def _spawn_suite(processes: ProcessGroup, variant: str) -> list[ServerProcess]:
     """The ledger, generator and upscaler of one suite; the router comes once they listen."""
     data = processes.run_dir / variant
     data.mkdir()
     tiers = data / "tiers.toml"
     tiers.write_text(_instant_tiers())
-    common = {"TIERGEN_TRACING": tracing}
+    common = {"TIERGEN_TRACING": ROUTERS[variant]["TIERGEN_TRACING"]}
     return [
         processes.spawn(
             f"{variant}-ledger",
@@ -274,14 +310,14 @@ def _spawn_suite(processes: ProcessGroup, variant: str, tracing: str) -> list[Se
 
 
 def _spawn_router(
-    processes: ProcessGroup, variant: str, tracing: str, ledger: str, generator: str, upscaler: str
+    processes: ProcessGroup, variant: str, ledger: str, generator: str, upscaler: str
 ) -> ServerProcess:
     data = processes.run_dir / variant
     return processes.spawn(
         f"{variant}-router",
         ["-m", "services.router"],
         {
-            "TIERGEN_TRACING": tracing,
+            **ROUTERS[variant],
             "TIERGEN_ROUTER_DSN": f"sqlite:///{data / 'router.db'}",
             "TIERGEN_ROUTER_ASSETS_DIR": str(data / "assets"),
             "LEDGER_ADDR": ledger,
@@ -319,12 +355,10 @@ async def _run(
     chain_c = processes.spawn("chain-c", ["-m", "bench.chain"], {})
     shape_ledger = processes.spawn("shape-ledger", ["-m", "bench.chain"], {})
     shape_generator = processes.spawn("shape-generator", ["-m", "bench.chain"], {})
-    suites = {
-        "router": _spawn_suite(processes, "router", "on"),
-        "router_untraced": _spawn_suite(processes, "router_untraced", "off"),
-    }
-    first = [chain_b, chain_c, shape_ledger, shape_generator, *suites["router"]]
-    await asyncio.gather(*(p.ready() for p in [*first, *suites["router_untraced"]]))
+    suites = {name: _spawn_suite(processes, name) for name in ROUTERS}
+    tokens = {name: await _issue_key(processes, name) for name in ROUTERS}
+    first = [chain_b, chain_c, shape_ledger, shape_generator]
+    await asyncio.gather(*(p.ready() for p in [*first, *(p for s in suites.values() for p in s)]))
     chain_a = processes.spawn(
         "chain-a",
         ["-m", "bench.chain"],
@@ -339,9 +373,7 @@ async def _run(
         },
     )
     routers = {
-        name: _spawn_router(
-            processes, name, "on" if name == "router" else "off", *(p.address for p in suite)
-        )
+        name: _spawn_router(processes, name, *(p.address for p in suite))
         for name, suite in suites.items()
     }
     await asyncio.gather(
@@ -362,12 +394,10 @@ async def _run(
         }
         for name, router in routers.items():
             router_channel = grpc.aio.insecure_channel(router.address)
-            ledger_channel = grpc.aio.insecure_channel(suites[name][0].address)
             channels.push_async_callback(router_channel.close)
-            channels.push_async_callback(ledger_channel.close)
-            await _fund_accounts(router_channel, ledger_channel, name)
+            await _fund_accounts(router_channel, name, tokens[name])
             variants[name] = _Variant(
-                name, [router, *suites[name]], _router_client(router_channel, name)
+                name, [router, *suites[name]], _router_client(router_channel, name, tokens[name])
             )
         for variant in variants.values():
             await _measure(variant, max(CONCURRENCY), warmup, requests)
@@ -410,8 +440,7 @@ def _figures(
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     for name in VARIANTS:
-        suffix = "_untraced" if name.endswith("_untraced") else ""
-        prefix = name.removesuffix("_untraced")
+        prefix, suffix = _figure_name(name)
         for count in CONCURRENCY:
             sample = samples[(name, count)]
             figures[f"{prefix}_rps_{count}{suffix}"] = round(sample.rps(), 1)
@@ -427,9 +456,14 @@ def _figures(
     rps_ratio = figures["router_rps_16"] / figures["chain_rps_16"]
     p50_extra = figures["router_p50_ms_1"] - figures["chain_p50_ms_1"]
     tracing_ratio = figures["router_rps_16"] / figures["router_rps_16_untraced"]
+    auth_ratio = figures["router_rps_16"] / figures["router_rps_16_auth_off"]
     figures["router_rps_ratio_16"] = round(rps_ratio, 3)
     figures["router_p50_extra_ms_1"] = round(p50_extra, 3)
     figures["tracing_rps_ratio_16"] = round(tracing_ratio, 3)
+    figures["auth_rps_ratio_16"] = round(auth_ratio, 3)
+    figures["auth_p50_extra_ms_1"] = round(
+        figures["router_p50_ms_1"] - figures["router_p50_ms_1_auth_off"], 3
+    )
     figures["shape_rps_ratio_16"] = round(figures["shape_rps_16"] / figures["chain_rps_16"], 3)
     figures["shape_p50_extra_ms_1"] = round(
         figures["shape_p50_ms_1"] - figures["chain_p50_ms_1"], 3
@@ -445,6 +479,9 @@ def _figures(
         f"router_rps_16_at_least_{TRACING_TARGET_RATIO:g}_of_untraced": (
             tracing_ratio >= TRACING_TARGET_RATIO
         ),
+        f"router_rps_16_at_least_{AUTH_TARGET_RATIO:g}_of_auth_off": (
+            auth_ratio >= AUTH_TARGET_RATIO
+        ),
     }
     figures["targets"] = targets
     figures["targets_met"] = all(targets.values())
@@ -458,6 +495,10 @@ def _figures(
         "telemetry": "chain, shape and router: tracing on, OTEL_TRACES_EXPORTER=none (spans "
         "recorded, exported nowhere), log level info; router_untraced: TIERGEN_TRACING=off "
         "everywhere",
+        "auth": "router and router_untraced: TIERGEN_AUTH on, every call with an API key made "
+        "in the router's store before it started, cached by the router after its first check "
+        "(TIERGEN_ROUTER_KEY_CACHE_SECONDS default); router_auth_off: TIERGEN_AUTH=off, the "
+        "same calls and key, ignored",
         "server_cpu": "user + system CPU of the variant's main processes per request",
         "rounds": rounds,
         "seconds_per_measurement": seconds,
@@ -469,14 +510,21 @@ def _figures(
     return figures
 
 
+def _figure_name(variant: str) -> tuple[str, str]:
+    """How a variant's figures are named: `router_untraced` gives `router_rps_16_untraced`."""
+    for suffix in ("_untraced", "_auth_off"):
+        if variant.endswith(suffix):
+            return variant.removesuffix(suffix), suffix
+    return variant, ""
+
+
 def _table(figures: dict[str, Any]) -> str:
     lines = [
         f"{'variant':<16} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'server cpu/req':>15}"
     ]
     for name in VARIANTS:
-        suffix = "_untraced" if name.endswith("_untraced") else ""
-        prefix = name.removesuffix("_untraced")
+        prefix, suffix = _figure_name(name)
         for count in CONCURRENCY:
             lines.append(
                 f"{name:<16} {count:>7} {figures[f'{prefix}_rps_{count}{suffix}']:>8} "
@@ -488,7 +536,8 @@ def _table(figures: dict[str, Any]) -> str:
         f"router/chain req/s at 16: {figures['router_rps_ratio_16']}; router p50 at 1 minus "
         f"chain's: {figures['router_p50_extra_ms_1']} ms; traced/untraced req/s at 16: "
         f"{figures['tracing_rps_ratio_16']}; shape/chain req/s at 16: "
-        f"{figures['shape_rps_ratio_16']}"
+        f"{figures['shape_rps_ratio_16']}; auth on/off req/s at 16: "
+        f"{figures['auth_rps_ratio_16']}"
     )
     for name, met in figures["targets"].items():
         lines.append(f"{'met' if met else 'MISSED':<7} {name}")

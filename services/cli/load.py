@@ -1,10 +1,14 @@
 """`tiergen load`: drives a running router with concurrent clients and reports what it measured.
 
 For platform engineers who want to see a deployment hold up before they trust it. Each client has
-an account of its own (opened through the router; funded through the ledger when one is given)
-and loops over a mix of operations: Generate of a spec, Quote of it, Promote of one of its own
-earlier images. The run stops by itself at a duration or a number of requests, whichever comes
+an account of its own (opened through the router, and funded through it when asked) and loops
+over a mix of operations: Generate of a spec, Quote of it, Promote of one of its own earlier
+images. The run stops by itself at a duration or a number of requests, whichever comes
 first, and lets the requests in flight finish.
+
+Every call carries the plan's API key. Funding goes through the router's Grant (the key needs
+`credits:grant`), not the ledger: the credits must land in the accounts of the key's tenant,
+which only the router knows.
 
 Pacing is closed-loop by default: each client sends its next request when the last one ends. With
 a rate, requests are scheduled at fixed intervals across all clients and each latency counts from
@@ -26,16 +30,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from tiergen.ledger.v1 import ledger_pb2
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
 from services.runtime.channels import open_channel
+from services.runtime.credentials import BearerToken
 
 __all__ = ["OPERATIONS", "LoadError", "LoadPlan", "parse_mix", "run_load", "summary"]
 
 OPERATIONS = ("generate", "quote", "promote")
 _ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
-_LEDGER_SERVICE = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
 _PERCENTILES = (50, 90, 99)
 
 
@@ -49,6 +53,8 @@ class LoadPlan:
 
     router: str
     spec: router_pb2.GenerationSpec
+    #: Sent on every call; None only for a router with authentication off (TIERGEN_AUTH=off).
+    token: BearerToken | None = None
     clients: int = 8
     duration_seconds: float = 30.0
     max_requests: int = 1000
@@ -58,8 +64,7 @@ class LoadPlan:
     mix: Mapping[str, int] = field(default_factory=lambda: {"generate": 1})
     promote_tier: str = "standard"
     timeout_seconds: float = 60.0
-    #: Funds each account through this ledger, when given.
-    ledger: str | None = None
+    #: Credits granted to each account through the router's Grant; 0 grants none.
     credits: int = 0
     account_prefix: str = "load"
     seed: int | None = None
@@ -83,8 +88,6 @@ class LoadPlan:
             raise LoadError("the mix needs weights of 0 or more, at least one above 0")
         if self.credits < 0:
             raise LoadError("credits must be 0 or more")
-        if self.credits and self.ledger is None:
-            raise LoadError("credits are granted through the ledger: give its address too")
 
 
 def parse_mix(text: str) -> dict[str, int]:
@@ -182,7 +185,10 @@ async def run_load(
     run_id = uuid.uuid4().hex[:8]
     chooser = random.Random(plan.seed)
     router_channel = open_channel(
-        plan.router, services=[_ROUTER_SERVICE], default_timeout=plan.timeout_seconds
+        plan.router,
+        services=[_ROUTER_SERVICE],
+        default_timeout=plan.timeout_seconds,
+        token=plan.token,
     )
     router = router_pb2_grpc.RouterServiceStub(router_channel)
     try:
@@ -224,26 +230,23 @@ async def _open_accounts(
         ) from None
     if not plan.credits:
         return
-    assert plan.ledger is not None  # LoadPlan.check
-    async with open_channel(plan.ledger, services=[_LEDGER_SERVICE]) as channel:
-        ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
-        try:
-            for client in clients:
-                await ledger.Grant(
-                    ledger_pb2.GrantRequest(
-                        account_id=client.account,
-                        amount=plan.credits,
-                        kind=ledger_pb2.GRANT_KIND_ADJUSTMENT,
-                        reason="load test",
-                        idempotency_key=f"fund-{client.account}",
-                    ),
-                    timeout=30,
-                )
-        except grpc.aio.AioRpcError as error:
-            raise LoadError(
-                f"cannot fund the load's accounts on {plan.ledger}: {error.code().name}:"
-                f" {error.details()}"
-            ) from None
+    try:
+        for client in clients:
+            await router.Grant(
+                router_pb2.GrantRequest(
+                    account_id=client.account,
+                    amount=plan.credits,
+                    kind=ledger_pb2.GRANT_KIND_ADJUSTMENT,
+                    reason="load test",
+                    idempotency_key=f"fund-{client.account}",
+                ),
+                timeout=min(plan.timeout_seconds, 30),
+            )
+    except grpc.aio.AioRpcError as error:
+        raise LoadError(
+            f"cannot fund the load's accounts on {plan.router}: {error.code().name}:"
+            f" {error.details()}"
+        ) from None
 
 
 async def _available(router: router_pb2_grpc.RouterServiceStub, clients: list[_Client]) -> int:

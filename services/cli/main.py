@@ -21,13 +21,22 @@ from tiergen.common.v1 import common_pb2
 from tiergen.ledger.v1 import ledger_pb2
 from tiergen.router.v1 import router_pb2
 
+from services.cli.credentials import (
+    API_KEY_VARIABLE,
+    DEV_KEY_FILE,
+    DEV_TENANT,
+    CredentialError,
+    resolve_api_key,
+)
 from services.cli.demo import DEFAULT_PROMPT, DemoFailed, run_demo
+from services.cli.keys import KeyCommandError, add_keys_commands
 from services.cli.ledger import add_ledger_commands
 from services.cli.load import LoadError, LoadPlan, parse_mix, run_load
 from services.cli.load import summary as load_summary
 from services.cli.migrate import add_migrate_command, migrate_local_postgres
 from services.cli.router_client import RouterClient, new_key
 from services.cli.suite import SERVICES, Suite, SuiteError
+from services.runtime.credentials import BearerToken
 from services.runtime.errors import TiergenError
 from services.runtime.settings import ConfigError
 from services.runtime.status import from_rpc_error
@@ -78,6 +87,15 @@ def _emit(options: argparse.Namespace, document: Any, human: str) -> None:
         print(json.dumps(document, indent=2, sort_keys=True))
     else:
         print(human)
+
+
+def _token(options: argparse.Namespace) -> BearerToken:
+    """The key a client command sends: --api-key, TIERGEN_API_KEY, or --data-dir's dev key."""
+    return resolve_api_key(options.api_key, options.data_dir)
+
+
+def _client(options: argparse.Namespace) -> RouterClient:
+    return RouterClient(options.router, _token(options))
 
 
 def _message_dict(message: Any) -> dict[str, Any]:
@@ -165,7 +183,7 @@ async def _report_jobs(
 
 
 async def _generate(options: argparse.Namespace) -> None:
-    async with RouterClient(options.router) as client:
+    async with _client(options) as client:
         sink = _quiet if options.quiet else _say
         batch, jobs = await client.generate(
             options.account, _spec(options), options.key or new_key("cli-generate"), sink
@@ -179,7 +197,7 @@ async def _generate(options: argparse.Namespace) -> None:
 
 
 async def _quote(options: argparse.Namespace) -> None:
-    async with RouterClient(options.router) as client:
+    async with _client(options) as client:
         reply = await client.quote(options.account, _spec(options))
     d = reply.decision
     human = [
@@ -205,7 +223,7 @@ async def _promote(options: argparse.Namespace) -> None:
         request.strength = options.strength
     if options.seed is not None:
         request.seed = options.seed
-    async with RouterClient(options.router) as client:
+    async with _client(options) as client:
         job = await client.promote(request, _quiet if options.quiet else _say)
         await _report_jobs(client, options, [job], {})
 
@@ -220,7 +238,7 @@ async def _upscale(options: argparse.Namespace) -> None:
         output_format=FORMATS[options.format],
         quality=options.quality,
     )
-    async with RouterClient(options.router) as client:
+    async with _client(options) as client:
         job = await client.upscale(request, _quiet if options.quiet else _say)
         await _report_jobs(client, options, [job], {})
 
@@ -233,13 +251,13 @@ def _balance_line(balance: Any) -> str:
 
 
 async def _balance(options: argparse.Namespace) -> None:
-    async with RouterClient(options.router) as client:
+    async with _client(options) as client:
         balance = await client.balance(options.account)
     _emit(options, _message_dict(balance), _balance_line(balance))
 
 
 async def _open(options: argparse.Namespace) -> None:
-    async with RouterClient(options.router) as client:
+    async with _client(options) as client:
         reply = await client.open_account(options.account)
     _emit(
         options, _message_dict(reply), f"{_balance_line(reply.balance)} (granted {reply.granted})"
@@ -247,7 +265,7 @@ async def _open(options: argparse.Namespace) -> None:
 
 
 async def _checkin(options: argparse.Namespace) -> None:
-    async with RouterClient(options.router) as client:
+    async with _client(options) as client:
         reply = await client.check_in(options.account, options.key or new_key("cli-checkin"))
     already = reply.outcome == ledger_pb2.GRANT_OUTCOME_ALREADY_CHECKED_IN_THIS_WEEK
     note = " (already checked in this week)" if already else ""
@@ -259,7 +277,7 @@ async def _checkin(options: argparse.Namespace) -> None:
 
 
 async def _jobs(options: argparse.Namespace) -> None:
-    async with RouterClient(options.router) as client:
+    async with _client(options) as client:
         if options.job:
             job = await client.get_job(options.account, options.job)
             children = f"\n  children: {', '.join(job.child_job_ids)}" if job.child_job_ids else ""
@@ -281,7 +299,7 @@ async def _jobs(options: argparse.Namespace) -> None:
 
 
 async def _cancel(options: argparse.Namespace) -> None:
-    async with RouterClient(options.router) as client:
+    async with _client(options) as client:
         jobs = await client.cancel(options.account, options.job)
     _emit(
         options, {"jobs": [_message_dict(j) for j in jobs]}, "\n".join(_job_line(j) for j in jobs)
@@ -291,20 +309,23 @@ async def _cancel(options: argparse.Namespace) -> None:
 def _demo(options: argparse.Namespace) -> None:
     sink = _say
 
-    def run(router: str) -> dict[str, Any]:
+    def run(router: str, token: BearerToken) -> dict[str, Any]:
         return asyncio.run(
             run_demo(
                 router,
                 options.out,
                 sink,
+                token=token,
                 prompt=options.prompt,
                 account=options.account,
                 pick=options.pick,
             )
         )
 
-    if options.router:
-        document = run(options.router)
+    if options.router or options.data_dir:
+        # Pointed at a running suite: --router's, or the one `tiergen up --data-dir` started.
+        router = options.router or os.environ.get("TIERGEN_ROUTER", "127.0.0.1:50051")
+        document = run(router, _token(options))
     else:
         _migrate_local()
         with tempfile.TemporaryDirectory(prefix="tiergen-demo-") as data_dir:
@@ -312,7 +333,7 @@ def _demo(options: argparse.Namespace) -> None:
             with Suite(Path(data_dir)) as suite:
                 for name, address in suite.addresses.items():
                     sink(f"{name} {address}")
-                document = run(suite.router)
+                document = run(suite.router, suite.api_key)
     if options.json:
         print(json.dumps(document, indent=2))
         return
@@ -354,6 +375,12 @@ def _up(options: argparse.Namespace) -> None:
         addresses = suite.start()
         for name in ("router", "generator", "ledger", "upscaler"):
             print(f"{name} {addresses[name]}", flush=True)
+        dev_key = suite.dev_key
+        what = "made" if dev_key.created else "kept"
+        _say(
+            f"API key of tenant {DEV_TENANT} (every scope) {what} in {dev_key.path}; client"
+            f" commands read it with --data-dir {options.data_dir}"
+        )
         if options.metrics_port_base is not None:
             first = options.metrics_port_base
             _say(f"metrics at http://{options.host}:{first}..{first + 3}/metrics, in that order")
@@ -375,6 +402,7 @@ async def _load(options: argparse.Namespace) -> None:
         plan = LoadPlan(
             router=options.router,
             spec=_spec(options),
+            token=_token(options),
             clients=options.clients,
             duration_seconds=options.duration,
             max_requests=options.requests,
@@ -382,7 +410,6 @@ async def _load(options: argparse.Namespace) -> None:
             mix=parse_mix(options.mix),
             promote_tier=options.promote_tier,
             timeout_seconds=options.timeout,
-            ledger=options.ledger,
             credits=options.credits,
             account_prefix=options.account_prefix,
         )
@@ -412,6 +439,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def credential_arguments(sub: argparse.ArgumentParser, data_dir_help: str) -> None:
+        sub.add_argument(
+            "--api-key",
+            metavar="KEY",
+            help=f"the API key every call carries (env {API_KEY_VARIABLE}, which, unlike an"
+            " option, other users cannot see in the process list)",
+        )
+        sub.add_argument("--data-dir", type=Path, metavar="DIR", help=data_dir_help)
+
+    key_from_data_dir = (
+        f"a `tiergen up` data directory: with no --api-key nor {API_KEY_VARIABLE}, its"
+        f" {DEV_KEY_FILE} is the key"
+    )
+
     def client_command(
         name: str,
         help_text: str,
@@ -430,6 +471,7 @@ def _parser() -> argparse.ArgumentParser:
             help="account id (env TIERGEN_ACCOUNT)",
         )
         sub.add_argument("--json", action="store_true", help="print JSON on stdout")
+        credential_arguments(sub, key_from_data_dir)
         sub.set_defaults(handler=lambda options: asyncio.run(handler(options)))
         return sub
 
@@ -473,6 +515,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, required=True, help="directory for the images")
     demo.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     demo.add_argument("--router", help="use this running router instead of starting a fresh suite")
+    credential_arguments(
+        demo,
+        "use the running suite of this `tiergen up` data directory (its router at --router,"
+        f" else $TIERGEN_ROUTER or 127.0.0.1:50051), with its {DEV_KEY_FILE} unless a key is"
+        " given",
+    )
     demo.add_argument("--prompt", default=DEFAULT_PROMPT)
     demo.add_argument("--account")
     demo.add_argument(
@@ -551,8 +599,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     load.add_argument("--promote-tier", default="standard", help="tier promotes go to")
     load.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    load.add_argument("--ledger", help="ledger address, to fund each account with --credits")
-    load.add_argument("--credits", type=int, default=0, help="credits granted to each account")
+    load.add_argument(
+        "--credits",
+        type=int,
+        default=0,
+        help="credits granted to each account, through the router (the key needs credits:grant)",
+    )
     load.add_argument("--account-prefix", default="load", help="prefix of the accounts' ids")
     load.add_argument(
         "--max-error-rate",
@@ -561,9 +613,11 @@ def _parser() -> argparse.ArgumentParser:
         help="exit 1 when more than this share of requests failed (default 1: never)",
     )
     load.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    credential_arguments(load, key_from_data_dir)
     spec_arguments(load, prompt="a lighthouse at dusk, load test")
     load.set_defaults(stage="explore", handler=lambda options: asyncio.run(_load(options)))
 
+    add_keys_commands(commands)
     add_ledger_commands(commands)
     add_migrate_command(commands)
 
@@ -600,7 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except grpc.aio.AioRpcError as error:
         _say(f"tiergen: {_describe(error)}")
         return 1
-    except (CommandError, SuiteError, DemoFailed) as error:
+    except (CommandError, CredentialError, KeyCommandError, SuiteError, DemoFailed) as error:
         _say(f"tiergen: {error}")
         return 1
     except KeyboardInterrupt:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -13,6 +13,7 @@ from tiergen.ledger.v1 import ledger_pb2
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
 from services.runtime.channels import open_channel
+from services.runtime.credentials import BearerToken
 
 __all__ = ["EventSink", "RouterClient", "new_key"]
 
@@ -37,10 +38,13 @@ def _progress_line(event: router_pb2.JobProgress) -> str:
 
 
 class RouterClient:
-    """An open channel to one router with the calls the command line needs."""
+    """An open channel to one router, every call sent with `token`, and the calls the command
+    line needs."""
 
-    def __init__(self, address: str, timeout: float = 300.0) -> None:
-        self._channel = open_channel(address, services=[_SERVICE], default_timeout=timeout)
+    def __init__(self, address: str, token: BearerToken, timeout: float = 300.0) -> None:
+        self._channel = open_channel(
+            address, services=[_SERVICE], default_timeout=timeout, token=token
+        )
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
         self._timeout = timeout
 
@@ -53,6 +57,9 @@ class RouterClient:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
         await self._channel.close()
 
     async def open_account(self, account: str) -> router_pb2.OpenAccountResponse:
@@ -160,3 +167,28 @@ class RouterClient:
             raise RuntimeError(f"asset {asset_id} arrived corrupted (sha256 mismatch)")
         partial.replace(path)
         return digest.hexdigest()
+
+    async def create_api_key(
+        self, scopes: Sequence[str], name: str, ttl_seconds: int | None
+    ) -> router_pb2.CreateApiKeyResponse:
+        request = router_pb2.CreateApiKeyRequest(
+            scopes=scopes, name=name, ttl_seconds=ttl_seconds or 0
+        )
+        return await self._stub.CreateApiKey(request, timeout=30)
+
+    async def list_api_keys(self, include_inactive: bool) -> list[router_pb2.ApiKey]:
+        request = router_pb2.ListApiKeysRequest(include_inactive=include_inactive)
+        reply = await self._stub.ListApiKeys(request, timeout=30)
+        return list(reply.api_keys)
+
+    async def rotate_api_key(
+        self, prefix: str, grace_seconds: int
+    ) -> router_pb2.RotateApiKeyResponse:
+        request = router_pb2.RotateApiKeyRequest(prefix=prefix, grace_seconds=grace_seconds)
+        return await self._stub.RotateApiKey(request, timeout=30)
+
+    async def revoke_api_key(self, prefix: str) -> router_pb2.ApiKey:
+        reply = await self._stub.RevokeApiKey(
+            router_pb2.RevokeApiKeyRequest(prefix=prefix), timeout=30
+        )
+        return reply.api_key

@@ -1,16 +1,29 @@
-"""Runs the four services as local processes on loopback under one data directory."""
+"""Runs the four services as local processes on loopback under one data directory.
+
+The router refuses calls without a credential, so a suite also has a key to call it with: the
+data directory's dev key (`services.cli.credentials`), made in the router's store before the
+router starts, on the first start of the directory, and kept for the later ones.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+
+from services.cli.credentials import DevKey, provision_dev_key
+from services.runtime.credentials import BearerToken
+from services.runtime.errors import TiergenError
+from services.runtime.migrations import redact
+from services.runtime.settings import ConfigError
 
 __all__ = ["SERVICES", "Suite", "SuiteError"]
 
@@ -49,6 +62,7 @@ class Suite:
     start_timeout: float = 60.0
     extra_env: Mapping[str, str] = field(default_factory=dict)
     _running: dict[str, _Running] = field(default_factory=dict, init=False)
+    _dev_key: DevKey | None = field(default=None, init=False)
 
     @property
     def addresses(self) -> dict[str, str]:
@@ -57,6 +71,22 @@ class Suite:
     @property
     def router(self) -> str:
         return self._running["router"].address
+
+    @property
+    def dev_key(self) -> DevKey:
+        """The data directory's dev key (tenant `dev`, every scope); known once started."""
+        if self._dev_key is None:
+            raise SuiteError("the suite has not been started: it has no dev key yet")
+        return self._dev_key
+
+    @property
+    def api_key(self) -> BearerToken:
+        """The key to call the router with: the dev key."""
+        return self.dev_key.token
+
+    def _router_dsn(self) -> str:
+        environ = {**os.environ, **self.extra_env}
+        return environ.get("TIERGEN_ROUTER_DSN", f"sqlite:///{self.data_dir / 'router.db'}")
 
     def _environment(self, name: str) -> dict[str, str]:
         port = 0 if self.port_base == 0 else self.port_base + _PORT_OFFSETS[name]
@@ -75,7 +105,7 @@ class Suite:
         if name == "ledger":
             env.setdefault("TIERGEN_LEDGER_DSN", f"sqlite:///{self.data_dir / 'ledger.db'}")
         if name == "router":
-            env.setdefault("TIERGEN_ROUTER_DSN", f"sqlite:///{self.data_dir / 'router.db'}")
+            env["TIERGEN_ROUTER_DSN"] = self._router_dsn()
             env.setdefault("TIERGEN_ROUTER_ASSETS_DIR", str(self.data_dir / "assets"))
             env["LEDGER_ADDR"] = self._running["ledger"].address
             env["GENERATOR_ADDR"] = self._running["generator"].address
@@ -127,6 +157,7 @@ class Suite:
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
         try:
             first = [self._spawn(name) for name in SERVICES[:-1]]
+            self._dev_key = _provisioned(self.data_dir, self._router_dsn())
             for running in first:
                 self._await_ready(running)
             self._await_ready(self._spawn("router"))
@@ -171,3 +202,13 @@ class Suite:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _provisioned(data_dir: Path, dsn: str) -> DevKey:
+    """`provision_dev_key` from synchronous code, which may itself run inside an event loop
+    (an async test starting a suite): on a loop of its own, in a thread of its own."""
+    try:
+        with ThreadPoolExecutor(max_workers=1) as thread:
+            return thread.submit(asyncio.run, provision_dev_key(data_dir, dsn)).result()
+    except (ConfigError, TiergenError, OSError) as error:
+        raise SuiteError(f"cannot make the dev key in {redact(dsn)}: {error}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -11,12 +12,14 @@ from pathlib import Path
 from tests.router.conftest import running_suite
 
 
-async def tiergen(*args: str) -> str:
+async def tiergen(*args: str, api_key: str) -> str:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "services.cli.main",
         *args,
+        # In the environment, as a person would keep it: not on a command line others can see.
+        env={**os.environ, "TIERGEN_API_KEY": api_key},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -28,9 +31,10 @@ async def tiergen(*args: str) -> str:
 async def test_a_second_check_in_in_a_week_says_so(tmp_path: Path) -> None:
     async with running_suite(tmp_path, {}, {}) as suite:
         where = ["--router", suite.addresses["router"], "--account", f"cli-{uuid.uuid4().hex[:8]}"]
-        opened = json.loads(await tiergen("open", *where, "--json"))
+        key = suite.api_key
+        opened = json.loads(await tiergen("open", *where, "--json", api_key=key))
         assert int(opened["granted"]) == 400
-        first = await tiergen("checkin", *where)
-        second = await tiergen("checkin", *where)
+        first = await tiergen("checkin", *where, api_key=key)
+        second = await tiergen("checkin", *where, api_key=key)
     assert "already checked in" not in first and "+40" in first, first
     assert "already checked in this week" in second and "+0" in second, second

@@ -39,6 +39,16 @@ def postgres_dsn():
         yield with_search_path(name)
 
 
+def _ledger_revisions(scratch: Path) -> list[str]:
+    """Every revision of the ledger's schema, oldest first: what a new database is given."""
+    return upgrade(LEDGER_SCHEMA, f"sqlite:///{scratch / 'revisions.db'}")
+
+
+def _applied(revisions: list[str]) -> str:
+    """How `tiergen migrate` tells that it applied `revisions`."""
+    return f"applied {', '.join(revisions)}" if revisions else "nothing to apply"
+
+
 def _with_password(dsn: str) -> str:
     planted = dsn.replace("postgresql://postgres@", f"postgresql://postgres:{PLANTED}@", 1)
     assert PLANTED in planted
@@ -68,7 +78,8 @@ def test_without_a_service_both_databases_named_by_their_variables(tmp_path, cap
 
     assert [line.split(":")[0] for line in first] == ["ledger", "router"]
     newest = head(LEDGER_SCHEMA)
-    assert first[0] == f"ledger: applied {newest}; at revision {newest} ({ledger})"
+    every = _applied(_ledger_revisions(tmp_path))
+    assert first[0] == f"ledger: {every}; at revision {newest} ({ledger})"
     assert again[0] == f"ledger: nothing to apply; at revision {head(LEDGER_SCHEMA)} ({ledger})"
     assert again[1].startswith("router: nothing to apply; at revision ")
 
@@ -89,7 +100,9 @@ def test_check_exits_1_on_a_database_behind_and_0_once_migrated(tmp_path, capsys
     assert behind[0].startswith("ledger: the ledger database ")
     assert "predates Alembic" in behind[0]
     assert f"tiergen migrate --service ledger --dsn {dsn}" in behind[0]
-    assert applied.startswith("ledger: nothing to apply; at revision")  # adopted as it was
+    # Adopted as the first revision, which it is, and brought up from there.
+    later = _applied(_ledger_revisions(tmp_path)[1:])
+    assert applied.startswith(f"ledger: {later}; at revision")
     assert current_line == [f"ledger: current at revision {head(LEDGER_SCHEMA)} ({dsn})"]
 
 
@@ -118,7 +131,7 @@ def test_check_of_both_services_exits_1_when_either_is_behind(tmp_path, capsys, 
 
 
 @pytest.mark.postgres
-def test_postgres_behind_then_migrated_then_current(postgres_dsn, capsys):
+def test_postgres_behind_then_migrated_then_current(postgres_dsn, capsys, tmp_path):
     dsn = _with_password(postgres_dsn)
     where = ("--service", "ledger", "--dsn", dsn)
 
@@ -129,7 +142,7 @@ def test_postgres_behind_then_migrated_then_current(postgres_dsn, capsys):
 
     lines = out.splitlines()
     assert "no schema revision" in lines[0]
-    assert lines[1].startswith(f"ledger: applied {head(LEDGER_SCHEMA)}")
+    assert lines[1].startswith(f"ledger: {_applied(_ledger_revisions(tmp_path))}; ")
     assert lines[2].startswith("ledger: current at revision")
     assert all("postgres:***@" in line for line in lines)
     assert PLANTED not in out + err
@@ -204,6 +217,7 @@ def test_the_local_suite_migrates_the_postgres_databases_it_is_given(postgres_ds
     migrate_local_postgres(environ, said.append)
 
     assert current(LEDGER_SCHEMA, postgres_dsn) == head(LEDGER_SCHEMA)
-    assert said == [f"ledger: applied {head(LEDGER_SCHEMA)} to {postgres_dsn}"]
+    every = _applied(_ledger_revisions(tmp_path))
+    assert said == [f"ledger: {every} to {postgres_dsn}"]
     # A SQLite file is its store's to upgrade when the service opens it.
     assert not sqlite.exists()

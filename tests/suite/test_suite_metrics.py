@@ -69,7 +69,9 @@ async def test_each_service_counts_what_the_pipeline_did(tmp_path: Path) -> None
     suite = Suite(tmp_path / "data", metrics_port_base=base)
     await asyncio.to_thread(suite.start)
     try:
-        document = await run_demo(suite.router, tmp_path / "out", lambda _line: None, variations=2)
+        document = await run_demo(
+            suite.router, tmp_path / "out", lambda _line: None, token=suite.api_key, variations=2
+        )
         router, generator, ledger, upscaler = [
             await asyncio.to_thread(_scrape, base + offset) for offset in range(4)
         ]

@@ -80,7 +80,9 @@ async def test_one_pipeline_is_one_trace_across_every_service(
     # Start and stop off the event loop: the collector answers the services' exports on it.
     await asyncio.to_thread(suite.start)
     try:
-        await run_demo(suite.router, tmp_path / "out", lambda _line: None, variations=2)
+        await run_demo(
+            suite.router, tmp_path / "out", lambda _line: None, token=suite.api_key, variations=2
+        )
     finally:
         codes = await asyncio.to_thread(suite.stop)  # a graceful stop flushes every span
     assert all(code == 0 for code in codes.values()), codes
