@@ -232,3 +232,11 @@ async def test_no_secret_reaches_a_span(suite: InProcessSuite, spans) -> None:
     recorded = repr([(span.name, dict(span.attributes or {}), span.events) for span in finished])
     for secret in (created.secret, suite.api_key):
         assert secret not in recorded and secret[13:] not in recorded
+
+
+async def test_a_calls_span_names_its_tenant_and_credential(suite: InProcessSuite, spans) -> None:
+    await _code(suite.router.GetJob(NO_JOB))
+    (served,) = [s for s in spans.get_finished_spans() if s.name.endswith("RouterService/GetJob")]
+    attributes = dict(served.attributes or {})
+    assert attributes["tiergen.tenant"] == "t-main"
+    assert attributes["tiergen.credential"] == suite.api_key[:12]

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import grpc
 import structlog
+from opentelemetry import trace
 
 from services.router.access.principal import Principal, bind_principal
 from services.router.access.scopes import METHOD_SCOPES, SERVICE, Scope
@@ -183,6 +184,9 @@ class AccessGate:
             structlog.contextvars.bind_contextvars(
                 tenant=outcome.tenant, credential=outcome.credential
             )
+            span = trace.get_current_span()
+            span.set_attribute("tiergen.tenant", outcome.tenant)
+            span.set_attribute("tiergen.credential", outcome.credential)
             return
         peer = context.peer() or ""
         _audit.warning(
