@@ -1,5 +1,6 @@
-"""Renders each Kustomize overlay, validates it offline against the Kubernetes schemas and checks
-the rules Tiergen's deployment depends on: hardened pods, gRPC probes, wiring, scaling, secrets."""
+"""Renders each Kustomize overlay, validates it offline against the Kubernetes schemas (and
+cert-manager's, vendored in tests/deploy/crds) and checks the rules Tiergen's deployment depends
+on: hardened pods, gRPC probes, wiring, scaling, secrets, certificates and NetworkPolicies."""
 
 from __future__ import annotations
 
@@ -26,8 +27,11 @@ from services.ledger.settings import LedgerSettings
 from services.router.routing.policy import RoutingPolicy
 from services.router.routing.pricing import PriceTable
 from services.router.routing.toml_source import TomlSource
-from services.runtime.settings import DEFAULT_PORTS, Env, ServerSettings
+from services.runtime.identities import ADMIN_IDENTITY, ROUTER_IDENTITY, service_identity
+from services.runtime.settings import DEFAULT_PORTS, ChannelSecurity, Env, ServerSettings
 from services.upscaler.settings import UpscalerSettings
+from tests.deploy.crd_validation import covers, crd_errors
+from tests.deploy.network_policy import Endpoint, allows, governing
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -51,8 +55,15 @@ ROUTER_DEPENDENCIES = {
     "GENERATOR_ADDR": "generator",
     "UPSCALER_ADDR": "upscaler",
 }
-#: Secrets the overlays reference but that are created outside the repository.
-EXTERNAL_SECRETS = frozenset({"tiergen-postgres"})
+#: Secrets each overlay references but that are created outside the repository.
+EXTERNAL_SECRETS = {
+    "dev": frozenset[str](),
+    "production": frozenset({"tiergen-postgres", "tiergen-ca"}),
+}
+#: The plaintext grpc.health.v1 port every pod serves its kubelet probes on.
+HEALTH_PORT = 50060
+#: The services that require a client certificate (mutual TLS) and serve only the router.
+BACKENDS = ("generator", "ledger", "upscaler")
 PART_OF = ("app.kubernetes.io/part-of", "tiergen")
 #: `scheme://user:password@`: a credential written into a DSN or URL.
 CREDENTIAL = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.IGNORECASE)
@@ -132,11 +143,15 @@ def env_value(container: Obj, name: str) -> str | None:
     return None if entry is None else entry.get("value")
 
 
-def grpc_port(container: Obj) -> int:
-    ports = [p["containerPort"] for p in container.get("ports", []) if p.get("name") == "grpc"]
-    assert len(ports) == 1, f"{container['name']}: expected one container port named grpc"
+def container_port(container: Obj, name: str) -> int:
+    ports = [p["containerPort"] for p in container.get("ports", []) if p.get("name") == name]
+    assert len(ports) == 1, f"{container['name']}: expected one container port named {name}"
     port: int = ports[0]
     return port
+
+
+def grpc_port(container: Obj) -> int:
+    return container_port(container, "grpc")
 
 
 def telemetry_config(rendering: Rendering) -> Obj:
@@ -229,11 +244,14 @@ def security_problems(deployment: Obj) -> list[str]:
 
 
 def probe_problems(deployment: Obj) -> list[str]:
-    """Native gRPC health probes: readiness on the service, liveness on the whole server."""
+    """Native gRPC health probes, on the plaintext health port (the kubelet does not speak TLS):
+    readiness on the service, liveness on the whole server."""
     name = deployment["metadata"]["name"]
     container = main_container(deployment)
-    port = grpc_port(container)
+    port = container_port(container, "health")
     problems = []
+    if env_value(container, "TIERGEN_HEALTH_PORT") != str(port):
+        problems.append(f"{name}: TIERGEN_HEALTH_PORT is not the health container port {port}")
     probes = {kind: container.get(f"{kind}Probe") for kind in ("startup", "readiness", "liveness")}
     for kind, probe in probes.items():
         if not probe or "grpc" not in probe:
@@ -356,7 +374,11 @@ def reference_problems(rendering: Rendering) -> list[str]:
     problems = []
     config_maps = {obj["metadata"]["name"] for obj in rendering.of_kind("ConfigMap")}
     claims = {obj["metadata"]["name"] for obj in rendering.of_kind("PersistentVolumeClaim")}
-    secrets = {obj["metadata"]["name"] for obj in rendering.of_kind("Secret")} | EXTERNAL_SECRETS
+    secrets = (
+        {obj["metadata"]["name"] for obj in rendering.of_kind("Secret")}
+        | EXTERNAL_SECRETS[rendering.overlay]
+        | {cert["spec"]["secretName"] for cert in rendering.of_kind("Certificate")}
+    )
     for name, deployment in rendering.deployments.items():
         pod = pod_spec(deployment)
         volumes = {volume["name"]: volume for volume in pod.get("volumes", [])}
@@ -366,6 +388,9 @@ def reference_problems(rendering: Rendering) -> list[str]:
             claim = volume.get("persistentVolumeClaim", {}).get("claimName")
             if claim is not None and claim not in claims:
                 problems.append(f"{name}: volume {volume['name']} names missing claim {claim}")
+            secret = volume.get("secret", {}).get("secretName")
+            if secret is not None and secret not in secrets:
+                problems.append(f"{name}: volume {volume['name']} names unknown Secret {secret}")
         for container in pod["containers"]:
             for mount in container.get("volumeMounts", []):
                 if mount["name"] not in volumes:
@@ -386,6 +411,15 @@ def reference_problems(rendering: Rendering) -> list[str]:
     for budget in rendering.of_kind("PodDisruptionBudget"):
         if not selected_deployments(rendering, budget["spec"]["selector"].get("matchLabels", {})):
             problems.append(f"PDB {budget['metadata']['name']} selects no Deployment")
+    issuers = {obj["metadata"]["name"] for obj in rendering.of_kind("Issuer")}
+    for certificate in rendering.of_kind("Certificate"):
+        ref = certificate["spec"]["issuerRef"]
+        if ref.get("kind", "Issuer") != "Issuer" or ref["name"] not in issuers:
+            problems.append(f"Certificate {certificate['metadata']['name']}: no Issuer {ref}")
+    for issuer in rendering.of_kind("Issuer"):
+        secret = issuer["spec"].get("ca", {}).get("secretName")
+        if secret is not None and secret not in secrets:
+            problems.append(f"Issuer {issuer['metadata']['name']}: unknown CA Secret {secret}")
     return problems
 
 
@@ -410,17 +444,81 @@ def secret_problems(objects: list[Obj]) -> list[str]:
 # -- schema --
 
 
+def schema_errors(obj: Obj, version: str) -> list[str]:
+    """What keeps `obj` from the API server of Kubernetes `version`: built-in kinds against
+    kubernetes-validate's schemas, cert-manager's against the vendored CRD schemas."""
+    if covers(obj):
+        return crd_errors(obj, version)
+    try:
+        kubernetes_validate.validate(obj, version, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        return [f"{'.'.join(str(part) for part in error.path)}: {error.message}"]
+    return []
+
+
 def test_every_rendered_object_matches_the_kubernetes_schemas(overlay: Rendering) -> None:
-    errors = []
-    for obj in overlay.objects:
-        for version in SCHEMA_VERSIONS:
-            try:
-                kubernetes_validate.validate(obj, version, strict=True)
-            except kubernetes_validate.ValidationError as error:
-                where = f"{obj['kind']}/{obj['metadata']['name']} @ {version}"
-                path = ".".join(str(part) for part in error.path)
-                errors.append(f"{where}: {path}: {error.message}")
+    # A kind with no schema at all raises SchemaNotFoundError: nothing goes unchecked.
+    errors = [
+        f"{obj['kind']}/{obj['metadata']['name']} @ {version}: {error}"
+        for obj in overlay.objects
+        for version in SCHEMA_VERSIONS
+        for error in schema_errors(obj, version)
+    ]
     assert errors == []
+
+
+def test_the_overlays_render_cert_manager_objects_checked_by_the_vendored_schemas(
+    overlay: Rendering,
+) -> None:
+    kinds = {(obj["apiVersion"], obj["kind"]) for obj in overlay.objects if covers(obj)}
+    assert kinds == {("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate")}
+
+
+@pytest.mark.parametrize(
+    ("kind", "spoil", "expected"),
+    [
+        ("Certificate", lambda c: c["spec"].update(dnsName=["x"]), "'dnsName' was unexpected"),
+        ("Certificate", lambda c: c["spec"]["usages"].append("server-auth"), "is not one of"),
+        ("Certificate", lambda c: c["spec"].pop("secretName"), "'secretName' is a required"),
+        ("Certificate", lambda c: c["spec"].update(duration=720), "is not of type 'string'"),
+        ("Certificate", lambda c: c["spec"].update(revisionHistoryLimit=2**40), "'int32'"),
+        ("Certificate", lambda c: c["spec"]["privateKey"].update(size="256"), "'integer'"),
+        ("Certificate", lambda c: c["metadata"]["labels"].update(x=1), "metadata.labels.x"),
+        ("Certificate", lambda c: c["metadata"].update(nmae="x"), "'nmae' was unexpected"),
+        ("Issuer", lambda i: i.pop("spec"), "'spec' is a required"),
+        ("Issuer", lambda i: i["spec"]["ca"].pop("secretName"), "'secretName' is a required"),
+        ("Issuer", lambda i: i["spec"].update(acme={"server": "x"}), "'privateKeySecretRef'"),
+        (
+            "Issuer",
+            lambda i: i["spec"].update(
+                acme={
+                    "server": "https://acme.example/directory",
+                    "privateKeySecretRef": {"name": "acme"},
+                    "solvers": [{"http01": {"ingress": {}}}],
+                }
+            ),
+            "HTTP01 solver, whose schema was not vendored",
+        ),
+    ],
+)
+def test_crd_validation_rejects_a_broken_cert_manager_object(
+    kind: str, spoil: Callable[[Obj], object], expected: str
+) -> None:
+    original = rendering("production").named(kind, "tiergen-ca" if kind == "Issuer" else "ledger")
+    assert original is not None and schema_errors(original, SCHEMA_VERSIONS[0]) == []
+    obj = copy.deepcopy(original)
+    spoil(obj)
+    for version in SCHEMA_VERSIONS:
+        errors = schema_errors(obj, version)
+        assert any(expected in error for error in errors), errors
+
+
+def test_a_custom_kind_without_a_vendored_schema_is_not_waved_through() -> None:
+    issuer = copy.deepcopy(rendering("production").named("Issuer", "tiergen-ca"))
+    assert issuer is not None
+    issuer["kind"] = "ClusterIssuer"
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+        schema_errors(issuer, SCHEMA_VERSIONS[0])
 
 
 @pytest.mark.parametrize(
@@ -500,12 +598,30 @@ def test_every_deployment_probes_grpc_health(overlay: Rendering) -> None:
         (lambda c: c.update(livenessProbe=copy.deepcopy(c["readinessProbe"])), "identical"),
         (lambda c: c["readinessProbe"]["grpc"].update(service=""), "readiness checks ''"),
         (lambda c: c["livenessProbe"].update(periodSeconds=1, failureThreshold=1), "no later"),
+        # The gRPC port speaks TLS only, which the kubelet's probes cannot.
+        (lambda c: c["readinessProbe"]["grpc"].update(port=50053), "readiness probe checks port"),
+        (lambda c: c["env"].remove(env_of(c)["TIERGEN_HEALTH_PORT"]), "TIERGEN_HEALTH_PORT"),
     ],
 )
 def test_probe_check_catches(spoil: Callable[[Obj], object], expected: str) -> None:
     deployment = copy.deepcopy(rendering("production").deployments["ledger"])
     spoil(main_container(deployment))
     assert any(expected in problem for problem in probe_problems(deployment))
+
+
+def test_probes_keep_their_timing_on_the_health_port(overlay: Rendering) -> None:
+    # As before the health port moved (docs/deploy.md, "Probes"): only the port changed.
+    timing = {
+        "startupProbe": {"periodSeconds": 2, "failureThreshold": 30},
+        "readinessProbe": {"periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 2},
+        "livenessProbe": {"periodSeconds": 20, "timeoutSeconds": 5, "failureThreshold": 3},
+    }
+    for name, deployment in overlay.deployments.items():
+        container = main_container(deployment)
+        for kind, expected in timing.items():
+            probe = container[kind]
+            assert {key: probe.get(key) for key in expected} == expected, f"{name}: {kind}"
+            assert probe["grpc"]["port"] == HEALTH_PORT, f"{name}: {kind}"
 
 
 def test_termination_waits_for_the_pre_stop_pause_and_the_drain(overlay: Rendering) -> None:
@@ -540,6 +656,16 @@ def test_the_services_accept_every_setting_the_manifests_give(overlay: Rendering
             environ[entry["name"]] = entry.get("value", "postgresql://secret-placeholder/db")
         settings = ServerSettings.from_env(name, environ)
         assert settings.port == grpc_port(container)
+        # TLS on the gRPC port (mutual for the backends), plaintext health for the kubelet.
+        assert settings.tls is not None and not settings.insecure, name
+        assert (settings.tls.client_ca is not None) == (name in BACKENDS), name
+        assert settings.health_port == container_port(container, "health") == HEALTH_PORT
+        if name in BACKENDS:
+            assert settings.allowed_callers == {ROUTER_IDENTITY}, name
+        # Its calls trust the deployment's CA and present its own certificate.
+        calls = ChannelSecurity.from_env(environ)
+        calls.require_ca("the manifests' services")
+        assert calls.ca is not None and calls.certificate == settings.tls.certificate, name
         for variable in environ:
             if variable.endswith("_ADDR"):
                 Env(environ).address(variable)
@@ -772,3 +898,597 @@ def test_no_file_under_deploy_holds_a_secret() -> None:
         assert not re.search(r"^\s*kind:\s*Secret\s*$", text, re.MULTILINE), path
         assert "stringData" not in text, path
         assert not CREDENTIAL.search(text), path
+
+
+# -- transport security --
+
+#: The file of a cert-manager Secret each TLS variable must name.
+TLS_FILES = {
+    "TIERGEN_TLS_CERT_FILE": "tls.crt",
+    "TIERGEN_TLS_KEY_FILE": "tls.key",
+    "TIERGEN_CA_FILE": "ca.crt",
+    "TIERGEN_TLS_CLIENT_CA_FILE": "ca.crt",
+}
+#: Go durations as cert-manager writes them: "720h", "1h30m", "90s".
+_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+
+
+def duration_seconds(text: str) -> int:
+    match = _DURATION.fullmatch(text)
+    if not text or match is None:
+        raise ValueError(f"not a duration: {text!r}")
+    hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def namespace_of(rendering: Rendering) -> str:
+    namespace: str = rendering.deployments["router"]["metadata"]["namespace"]
+    return namespace
+
+
+def truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def mounted_secret(deployment: Obj, variable: str) -> tuple[str | None, list[str]]:
+    """The Secret whose file `variable` names, mounted so that its renewals reach the pod."""
+    name = deployment["metadata"]["name"]
+    container = main_container(deployment)
+    value = env_value(container, variable)
+    if value is None:
+        return None, [f"{name}: {variable} is not set"]
+    path = Path(value)
+    problems = []
+    if path.name != TLS_FILES[variable]:
+        problems.append(f"{name}: {variable}={value} is not a Secret's {TLS_FILES[variable]}")
+    mounts = [m for m in container.get("volumeMounts", []) if Path(m["mountPath"]) == path.parent]
+    if len(mounts) != 1:
+        return None, [*problems, f"{name}: {variable}: no volume mounted at {path.parent}"]
+    (mount,) = mounts
+    if "subPath" in mount or "subPathExpr" in mount:
+        # A subPath mount is a copy made at start: a renewed certificate never reaches it.
+        problems.append(f"{name}: {variable}: mounted with subPath, which renewals never reach")
+    if mount.get("readOnly") is not True:
+        problems.append(f"{name}: {variable}: its volume is mounted writable")
+    volumes = {volume["name"]: volume for volume in pod_spec(deployment).get("volumes", [])}
+    secret = volumes.get(mount["name"], {}).get("secret")
+    if secret is None:
+        return None, [*problems, f"{name}: {variable}: {path.parent} is not a Secret volume"]
+    if "items" in secret:
+        problems.append(f"{name}: {variable}: the Secret volume picks items")
+    secret_name: str = secret["secretName"]
+    return secret_name, problems
+
+
+def tls_problems(rendering: Rendering) -> list[str]:
+    """Every server serves TLS with the certificate cert-manager issues for its identity and
+    Service names, mounted so that renewals reach it, and calls with it as client certificate;
+    the backends require client certificates, the router's public port does not."""
+    namespace = namespace_of(rendering)
+    issued = {cert["spec"]["secretName"]: cert for cert in rendering.of_kind("Certificate")}
+    problems = []
+    for name, deployment in rendering.deployments.items():
+        container = main_container(deployment)
+        if truthy(env_value(container, "TIERGEN_INSECURE")):
+            problems.append(f"{name}: TIERGEN_INSECURE serves plaintext")
+        variables = set(TLS_FILES)
+        if name not in BACKENDS:
+            variables.remove("TIERGEN_TLS_CLIENT_CA_FILE")
+            if env_value(container, "TIERGEN_TLS_CLIENT_CA_FILE") is not None:
+                problems.append(f"{name}: requires client certificates of its public callers")
+        secrets = set()
+        for variable in sorted(variables):
+            secret, found = mounted_secret(deployment, variable)
+            problems.extend(found)
+            if secret is not None:
+                secrets.add(secret)
+        if len(secrets) != 1:
+            problems.append(f"{name}: its TLS files come from Secrets {sorted(secrets)}, not one")
+            continue
+        (secret,) = secrets
+        certificate = issued.get(secret)
+        if certificate is None:
+            problems.append(f"{name}: no Certificate issues its Secret {secret}")
+            continue
+        spec = certificate["spec"]
+        identity = service_identity(name)
+        if spec.get("uris") != [identity]:
+            problems.append(f"{name}: its certificate names {spec.get('uris')}, not {identity}")
+        missing_usages = {"server auth", "client auth"} - set(spec.get("usages", []))
+        if missing_usages:
+            problems.append(f"{name}: its certificate lacks the usages {sorted(missing_usages)}")
+        domain = f"{name}.{namespace}"
+        wanted = {name, domain, f"{domain}.svc", f"{domain}.svc.cluster.local"}
+        missing_names = wanted - set(spec.get("dnsNames", []))
+        if missing_names:
+            problems.append(f"{name}: its certificate lacks the DNS names {sorted(missing_names)}")
+        if spec.get("isCA"):
+            problems.append(f"{name}: its certificate is a CA")
+    return problems
+
+
+def certificate_problems(rendering: Rendering) -> list[str]:
+    """One CA Issuer signs every certificate (so one ca.crt lets every service trust every
+    other); dev bootstraps that CA itself, production takes the operator's from an external
+    Secret; certificates renew well before they expire, with a new key each time."""
+    problems = []
+    issuers = {obj["metadata"]["name"]: obj["spec"] for obj in rendering.of_kind("Issuer")}
+    by_secret = {cert["spec"]["secretName"]: cert for cert in rendering.of_kind("Certificate")}
+    leaves = [c for c in rendering.of_kind("Certificate") if not c["spec"].get("isCA")]
+    signers = {c["spec"]["issuerRef"]["name"] for c in leaves}
+    if len(signers) != 1:
+        return [f"leaf certificates are signed by {sorted(signers)}, not one CA"]
+    (signer,) = signers
+    ca_secret = issuers.get(signer, {}).get("ca", {}).get("secretName")
+    if ca_secret is None:
+        problems.append(f"Issuer {signer} is not a CA Issuer")
+    elif ca_secret in EXTERNAL_SECRETS[rendering.overlay]:
+        if ca_secret in by_secret:
+            problems.append(f"the external CA Secret {ca_secret} is also issued here")
+    else:
+        ca = by_secret.get(ca_secret)
+        if ca is None or not ca["spec"].get("isCA"):
+            problems.append(f"no CA Certificate issues {ca_secret}")
+        elif "selfSigned" not in issuers.get(ca["spec"]["issuerRef"]["name"], {}):
+            problems.append(f"the CA {ca['metadata']['name']} is not self-signed")
+    for certificate in rendering.of_kind("Certificate"):
+        where = f"Certificate {certificate['metadata']['name']}"
+        spec = certificate["spec"]
+        lifetime = duration_seconds(spec.get("duration", "2160h"))
+        renew = duration_seconds(spec.get("renewBefore", "0s")) or lifetime // 3
+        if lifetime < 3600:
+            problems.append(f"{where}: lasts {spec['duration']}, under cert-manager's 1h minimum")
+        if not 300 <= renew < lifetime:
+            problems.append(
+                f"{where}: renewBefore {spec.get('renewBefore')} is not within 5m..duration"
+            )
+        key = spec.get("privateKey", {})
+        if not spec.get("isCA") and key.get("rotationPolicy") != "Always":
+            problems.append(f"{where}: a renewal keeps the old private key")
+    return problems
+
+
+def identity_problems(rendering: Rendering) -> list[str]:
+    """The identities the backends admit are those the Certificates issue: the router's to every
+    backend, and the operator commands' to the ledger's Grant, mounted in the ledger alone."""
+    problems = []
+    issued = {
+        uri: cert
+        for cert in rendering.of_kind("Certificate")
+        for uri in cert["spec"].get("uris", [])
+    }
+    for name in BACKENDS:
+        container = main_container(rendering.deployments[name])
+        callers = env_value(container, "TIERGEN_ALLOWED_CALLERS")
+        if callers is None or {c.strip() for c in callers.split(",")} != {ROUTER_IDENTITY}:
+            problems.append(f"{name}: TIERGEN_ALLOWED_CALLERS={callers!r}, not the router alone")
+    ledger = main_container(rendering.deployments["ledger"])
+    if env_value(ledger, "TIERGEN_LEDGER_ADMIN_IDENTITIES") != ADMIN_IDENTITY:
+        problems.append(f"ledger: TIERGEN_LEDGER_ADMIN_IDENTITIES is not {ADMIN_IDENTITY}")
+    for identity in (ROUTER_IDENTITY, ADMIN_IDENTITY):
+        if identity not in issued:
+            problems.append(f"no Certificate issues {identity}")
+    admin = issued.get(ADMIN_IDENTITY)
+    if admin is not None:
+        if set(admin["spec"].get("usages", [])) & {"server auth"} or "client auth" not in admin[
+            "spec"
+        ].get("usages", []):
+            problems.append("the admin certificate is not a client certificate only")
+        secret = admin["spec"]["secretName"]
+        holders = sorted(
+            name
+            for name, deployment in rendering.deployments.items()
+            for volume in pod_spec(deployment).get("volumes", [])
+            if volume.get("secret", {}).get("secretName") == secret
+        )
+        if holders != ["ledger"]:
+            problems.append(f"the admin certificate is mounted in {holders}, not the ledger alone")
+    return problems
+
+
+def named(entries: list[Obj], name: str) -> Obj:
+    """The entry of a list of volumes, mounts or env entries called `name`."""
+    (entry,) = [e for e in entries if e["name"] == name]
+    return entry
+
+
+def test_every_server_serves_tls_with_the_certificate_of_its_identity(overlay: Rendering) -> None:
+    assert tls_problems(overlay) == []
+
+
+@pytest.mark.parametrize(
+    ("service", "spoil", "expected"),
+    [
+        (
+            "ledger",
+            lambda d: named(main_container(d)["volumeMounts"], "tls").update(subPath="tls.crt"),
+            "subPath",
+        ),
+        (
+            "ledger",
+            lambda d: main_container(d)["env"].remove(
+                env_of(main_container(d))["TIERGEN_TLS_CLIENT_CA_FILE"]
+            ),
+            "TIERGEN_TLS_CLIENT_CA_FILE is not set",
+        ),
+        (
+            "generator",
+            lambda d: main_container(d)["env"].append(
+                {"name": "TIERGEN_INSECURE", "value": "true"}
+            ),
+            "plaintext",
+        ),
+        (
+            "router",
+            lambda d: main_container(d)["env"].append(
+                {"name": "TIERGEN_TLS_CLIENT_CA_FILE", "value": "/etc/tiergen/tls/ca.crt"}
+            ),
+            "requires client certificates",
+        ),
+        (
+            "upscaler",
+            lambda d: env_of(main_container(d))["TIERGEN_TLS_KEY_FILE"].update(
+                value="/etc/tiergen/tls/key.pem"
+            ),
+            "not a Secret's tls.key",
+        ),
+        (
+            "upscaler",
+            lambda d: named(pod_spec(d)["volumes"], "tls")["secret"].update(
+                secretName="generator-tls"
+            ),
+            "names ['spiffe://tiergen/generator'], not spiffe://tiergen/upscaler",
+        ),
+        (
+            "generator",
+            lambda d: named(pod_spec(d)["volumes"], "tls")["secret"].update(
+                secretName="handmade-tls"
+            ),
+            "no Certificate issues its Secret handmade-tls",
+        ),
+    ],
+)
+def test_tls_check_catches(service: str, spoil: Callable[[Obj], object], expected: str) -> None:
+    original = rendering("production")
+    deployment = copy.deepcopy(original.deployments[service])
+    spoil(deployment)
+    others = [obj for obj in original.objects if obj is not original.deployments[service]]
+    problems = tls_problems(Rendering(original.overlay, [*others, deployment]))
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_tls_check_catches_a_certificate_without_the_namespace_in_its_names() -> None:
+    original = rendering("dev")
+    objects = copy.deepcopy(original.objects)
+    (ledger,) = [
+        o for o in objects if o["kind"] == "Certificate" and o["metadata"]["name"] == "ledger"
+    ]
+    ledger["spec"]["dnsNames"] = ["ledger", "ledger.NAMESPACE.svc"]
+    problems = tls_problems(Rendering("dev", objects))
+    assert problems == [
+        "ledger: its certificate lacks the DNS names"
+        " ['ledger.tiergen-dev', 'ledger.tiergen-dev.svc', 'ledger.tiergen-dev.svc.cluster.local']"
+    ]
+
+
+def test_one_ca_signs_every_certificate_and_renewals_come_early(overlay: Rendering) -> None:
+    assert certificate_problems(overlay) == []
+
+
+def test_dev_bootstraps_its_ca_and_production_brings_its_own() -> None:
+    dev, production = rendering("dev"), rendering("production")
+    ca = dev.named("Certificate", "tiergen-ca")
+    assert ca is not None and ca["spec"]["isCA"] is True
+    assert production.named("Certificate", "tiergen-ca") is None
+    issuer = production.named("Issuer", "tiergen-ca")
+    assert issuer is not None and issuer["spec"] == {"ca": {"secretName": "tiergen-ca"}}
+
+
+def test_certificate_check_catches() -> None:
+    objects = copy.deepcopy(rendering("dev").objects)
+    certificates = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Certificate"}
+    certificates["router"]["spec"]["renewBefore"] = "800h"
+    certificates["upscaler"]["spec"]["privateKey"]["rotationPolicy"] = "Never"
+    problems = certificate_problems(Rendering("dev", objects))
+    assert problems == [
+        "Certificate router: renewBefore 800h is not within 5m..duration",
+        "Certificate upscaler: a renewal keeps the old private key",
+    ]
+    certificates["ledger"]["spec"]["issuerRef"]["name"] = "tiergen-selfsigned"
+    assert certificate_problems(Rendering("dev", objects)) == [
+        "leaf certificates are signed by ['tiergen-ca', 'tiergen-selfsigned'], not one CA"
+    ]
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("720h", 2592000), ("1h30m", 5400), ("90s", 90)])
+def test_duration_seconds_reads_go_durations(text: str, seconds: int) -> None:
+    assert duration_seconds(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "30d", "h", "1.5h"])
+def test_duration_seconds_rejects_what_cert_manager_would(text: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        duration_seconds(text)
+
+
+def test_the_backends_admit_the_identities_the_certificates_issue(overlay: Rendering) -> None:
+    assert identity_problems(overlay) == []
+
+
+def test_identity_check_catches() -> None:
+    original = rendering("production")
+    objects = copy.deepcopy(original.objects)
+    spoiled = Rendering("production", objects)
+    env_of(main_container(spoiled.deployments["generator"]))["TIERGEN_ALLOWED_CALLERS"]["value"] = (
+        "spiffe://tiergen/router,spiffe://tiergen/upscaler"
+    )
+    router = spoiled.deployments["router"]
+    pod_spec(router)["volumes"].append(
+        {"name": "admin-tls", "secret": {"secretName": "tiergen-admin-tls"}}
+    )
+    assert identity_problems(spoiled) == [
+        "generator: TIERGEN_ALLOWED_CALLERS='spiffe://tiergen/router,spiffe://tiergen/upscaler',"
+        " not the router alone",
+        "the admin certificate is mounted in ['ledger', 'router'], not the ledger alone",
+    ]
+
+
+# -- network policies --
+
+#: The label of a namespace whose pods may call the router (docs/deploy.md, "NetworkPolicies").
+CALLER_ACCESS = {"tiergen.io/router-access": "true"}
+
+
+def endpoints(rendering: Rendering) -> dict[str, Endpoint]:
+    """The pods of each Deployment, other pods in and out of the namespace, and addresses
+    outside the cluster."""
+    namespace = namespace_of(rendering)
+    found = {
+        name: Endpoint.pod(
+            name,
+            namespace,
+            deployment["spec"]["template"]["metadata"]["labels"],
+            ports={p["name"]: p["containerPort"] for p in main_container(deployment)["ports"]},
+        )
+        for name, deployment in rendering.deployments.items()
+    }
+    others = [
+        # A tenant platform's namespace, labelled to call the router.
+        Endpoint.pod("caller", "platform", {"app": "client"}, namespace_labels=CALLER_ACCESS),
+        Endpoint.pod("stranger", "elsewhere", {"app": "client"}),
+        # Another namespace's pod that borrows the router's labels.
+        Endpoint.pod("impostor", "elsewhere", {"app.kubernetes.io/name": "router"}),
+        # Any other pod that lands in the namespace.
+        Endpoint.pod("neighbour", namespace, {"app": "debug"}, ports={"http": 8080}),
+        Endpoint.pod("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"}),
+        Endpoint.pod("kube-dns", "kube-system", {"k8s-app": "kube-dns"}, ports={"dns": 53}),
+        Endpoint.pod("collector", "observability", {"app": "otel-collector"}),
+        # A public address (TEST-NET-3 stands for any), a private one, the cloud metadata one.
+        Endpoint.outside("internet", "203.0.113.10"),
+        Endpoint.outside("private", "10.20.30.40"),
+        Endpoint.outside("metadata", "169.254.169.254"),
+    ]
+    return {**found, **{endpoint.name: endpoint for endpoint in others}}
+
+
+def designed_ingress(rendering: Rendering) -> set[tuple[str, str, str]]:
+    """(source, destination, port) the design admits into the namespace's pods."""
+    edges = {("caller", "router", "grpc")}
+    edges |= {("router", backend, "grpc") for backend in BACKENDS}
+    edges |= {("prometheus", name, "metrics") for name in rendering.deployments}
+    return edges
+
+
+def designed_egress(rendering: Rendering) -> set[tuple[str, str, str]]:
+    """(source, destination, port) the design lets the namespace's pods open."""
+    services = set(rendering.deployments)
+    edges = {
+        (name, "kube-dns", f"53/{protocol}") for name in services for protocol in ("UDP", "TCP")
+    }
+    edges |= {("router", backend, "grpc") for backend in BACKENDS}
+    edges |= {("generator", "internet", "443/TCP")}
+    if rendering.overlay == "production":
+        edges |= {("ledger", "private", "5432/TCP"), ("router", "private", "5432/TCP")}
+        edges |= {("router", "internet", "443/TCP")}
+        edges |= {(name, "collector", "4317/TCP") for name in services}
+    return edges
+
+
+def reachable(rendering: Rendering, direction: str) -> set[tuple[str, str, str]]:
+    """What the rendered policies allow in `direction`, over every pair the tests know."""
+    policies = rendering.of_kind("NetworkPolicy")
+    every = endpoints(rendering)
+    found = set()
+    if direction == "Ingress":
+        # Into each pod of the namespace, on each of its ports, from everyone else.
+        for destination in (*(every[name] for name in rendering.deployments), every["neighbour"]):
+            for port_name, port in destination.ports.items():
+                for source in every.values():
+                    if source is not destination and allows(
+                        policies, source, destination, port, direction="Ingress"
+                    ):
+                        found.add((source.name, destination.name, port_name))
+        return found
+    # Out of each service's pods, to every port of the services and to a few well-known ones.
+    targets: list[tuple[Endpoint, str, int, str]] = []
+    for name in [*rendering.deployments, "neighbour"]:
+        targets += [
+            (every[name], port_name, port, "TCP") for port_name, port in every[name].ports.items()
+        ]
+    for name, ports in {
+        "kube-dns": (53,),
+        "collector": (4317,),
+        "prometheus": (9090,),
+        "internet": (80, 443),
+        "private": (443, 5432),
+        "metadata": (80, 443),
+        "stranger": (443,),
+    }.items():
+        for port in ports:
+            for protocol in ("TCP", "UDP") if port == 53 else ("TCP",):
+                targets.append((every[name], f"{port}/{protocol}", port, protocol))
+    for source_name in rendering.deployments:
+        source = every[source_name]
+        for destination, label, port, protocol in targets:
+            if destination is not source and allows(
+                policies, source, destination, port, protocol, direction="Egress"
+            ):
+                found.add((source_name, destination.name, label))
+    return found
+
+
+def network_problems(rendering: Rendering) -> list[str]:
+    """The NetworkPolicies allow exactly the designed edges, in and out, and no other."""
+    problems = []
+    policies = rendering.of_kind("NetworkPolicy")
+    if not any(
+        p["spec"]["podSelector"] == {}
+        and set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
+        and not p["spec"].get("ingress")
+        and not p["spec"].get("egress")
+        for p in policies
+    ):
+        problems.append("no policy denies every pod's ingress and egress by default")
+    for direction, designed in (
+        ("Ingress", designed_ingress(rendering)),
+        ("Egress", designed_egress(rendering)),
+    ):
+        allowed = reachable(rendering, direction)
+        for source, destination, port in sorted(allowed - designed):
+            problems.append(f"{direction}: admits {source} -> {destination}:{port}")
+        for source, destination, port in sorted(designed - allowed):
+            problems.append(f"{direction}: refuses {source} -> {destination}:{port}")
+    # The edges inside the namespace need both ends to agree.
+    every = endpoints(rendering)
+    for backend in BACKENDS:
+        grpc = every[backend].ports["grpc"]
+        if not allows(policies, every["router"], every[backend], grpc):
+            problems.append(f"router cannot reach {backend}:{grpc}")
+    return problems
+
+
+def test_every_pod_is_isolated_by_a_network_policy_in_both_directions(overlay: Rendering) -> None:
+    policies = overlay.of_kind("NetworkPolicy")
+    for endpoint in endpoints(overlay).values():
+        if endpoint.namespace != namespace_of(overlay):
+            continue
+        for direction in ("Ingress", "Egress"):
+            isolating = governing(policies, endpoint, direction)
+            assert any(p["metadata"]["name"] == "default-deny" for p in isolating), endpoint.name
+            if endpoint.name in overlay.deployments and direction == "Ingress":
+                # And a policy of its own says who may call it.
+                assert any(p["spec"]["podSelector"] != {} for p in isolating), endpoint.name
+
+
+def test_the_network_policies_allow_exactly_the_designed_edges(overlay: Rendering) -> None:
+    assert network_problems(overlay) == []
+
+
+def test_only_the_routers_pods_reach_the_ledger_and_prometheus_its_metrics(
+    overlay: Rendering,
+) -> None:
+    ledger_ingress = {edge for edge in reachable(overlay, "Ingress") if edge[1] == "ledger"}
+    assert ledger_ingress == {("router", "ledger", "grpc"), ("prometheus", "ledger", "metrics")}
+
+
+def _policy(objects: list[Obj], name: str) -> Obj:
+    (policy,) = [
+        o for o in objects if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == name
+    ]
+    return policy
+
+
+@pytest.mark.parametrize(
+    ("spoil", "expected"),
+    [
+        (
+            lambda objects: objects.remove(_policy(objects, "default-deny")),
+            [
+                "no policy denies every pod's ingress and egress by default",
+                "Ingress: admits caller -> neighbour:http",
+            ],
+        ),
+        (
+            # Every namespace, not just the router's pods.
+            lambda objects: _policy(objects, "ledger-ingress")["spec"]["ingress"][0]["from"].append(
+                {"namespaceSelector": {}}
+            ),
+            ["Ingress: admits caller -> ledger:grpc", "Ingress: admits impostor -> ledger:grpc"],
+        ),
+        (
+            # The router's label alone, in any namespace.
+            lambda objects: _policy(objects, "generator-ingress")["spec"]["ingress"][0]["from"][
+                0
+            ].update(namespaceSelector={}),
+            ["Ingress: admits impostor -> generator:grpc"],
+        ),
+        (
+            lambda objects: _policy(objects, "metrics-ingress")["spec"]["ingress"][0].pop("ports"),
+            [
+                "Ingress: admits prometheus -> ledger:health",
+                "Ingress: admits prometheus -> ledger:grpc",
+            ],
+        ),
+        (
+            lambda objects: objects.remove(_policy(objects, "router-egress")),
+            ["Egress: refuses router -> ledger:grpc", "router cannot reach ledger:50053"],
+        ),
+        (
+            lambda objects: _policy(objects, "generator-egress")["spec"]["egress"][0]["to"][0][
+                "ipBlock"
+            ].pop("except"),
+            [
+                "Egress: admits generator -> metadata:443/TCP",
+                "Egress: admits generator -> private:443/TCP",
+            ],
+        ),
+        (
+            lambda objects: _policy(objects, "dns-egress")["spec"]["egress"][0]["ports"].pop(0),
+            ["Egress: refuses ledger -> kube-dns:53/UDP"],
+        ),
+    ],
+)
+def test_network_check_catches(spoil: Callable[[list[Obj]], object], expected: list[str]) -> None:
+    objects = copy.deepcopy(rendering("production").objects)
+    spoil(objects)
+    problems = network_problems(Rendering("production", objects))
+    assert set(expected) <= set(problems), problems
+
+
+@pytest.mark.parametrize(
+    ("peer", "port", "expected"),
+    [
+        (
+            {
+                "podSelector": {
+                    "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["x"]}]
+                }
+            },
+            80,
+            True,
+        ),
+        ({"podSelector": {"matchExpressions": [{"key": "tier", "operator": "Exists"}]}}, 80, False),
+        ({"namespaceSelector": {"matchLabels": {"team": "a"}}}, 80, False),
+        ({"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "web"}}}, 80, True),
+        ({"ipBlock": {"cidr": "0.0.0.0/0"}}, 80, False),
+        ({"podSelector": {}}, 81, True),
+        ({"podSelector": {}}, 90, False),
+    ],
+)
+def test_the_policy_model_follows_the_api(peer: Obj, port: int, expected: bool) -> None:
+    policy = {
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "p", "namespace": "a"},
+        # No policyTypes: Ingress, as the API defaults it when there is no egress.
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "db"}},
+            "ingress": [{"from": [peer], "ports": [{"port": "http", "endPort": 81}]}],
+        },
+    }
+    web = Endpoint.pod("web", "b", {"app": "web"})
+    database = Endpoint.pod("db", "a", {"app": "db"}, ports={"http": 80})
+    if "podSelector" in peer and "namespaceSelector" not in peer:
+        web = Endpoint.pod("web", "a", {"app": "web"})
+    assert allows([policy], web, database, port) is expected
+    # Egress is not isolated by an Ingress-only policy.
+    assert allows([policy], database, web, port, direction="Egress")
