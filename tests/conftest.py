@@ -1,5 +1,6 @@
-"""Fixtures shared by every test: an in-memory span exporter, a restored environment, and the
-Hypothesis profiles (derandomised under CI, so a property test's verdict is not luck)."""
+"""Fixtures shared by every test: an in-memory span exporter, a restored environment, the run's
+certificates, and the Hypothesis profiles (derandomised under CI, so a property test's verdict
+is not luck)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.tls import TestPki, session_pki
 
 # Under CI every run draws the same examples and remembers none: its verdict depends on the
 # code alone. Elsewhere the failures found are replayed first, from a directory outside the
@@ -39,6 +42,16 @@ def spans() -> Iterator[InMemorySpanExporter]:
     _EXPORTER.clear()
     yield _EXPORTER
     _EXPORTER.clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pki() -> TestPki:
+    """The run's CA and certificates (`tests.tls`): every server a test starts serves TLS.
+
+    Made before any test saves the environment, so that the variable naming their directory
+    stays there for every process a test starts.
+    """
+    return session_pki()
 
 
 @pytest.fixture(autouse=True)

@@ -7,11 +7,13 @@ import contextlib
 
 from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 
+from services.ledger.callers import allowed_callers
 from services.ledger.ledger import Ledger
 from services.ledger.model import Clock
 from services.ledger.servicer import LedgerServicer
 from services.ledger.settings import LedgerSettings
-from services.runtime.server import Server, ServiceRegistration
+from services.runtime.callers import caller_gate
+from services.runtime.server import Server, ServiceRegistration, check_transport
 from services.runtime.server import create_server as create_grpc_server
 
 __all__ = ["SERVICE_NAME", "create_server"]
@@ -25,6 +27,11 @@ async def create_server(settings: LedgerSettings, clock: Clock | None = None) ->
     `clock` (the wall clock by default) is there for tests that cross an ISO week or a hold's
     expiry without waiting for it.
     """
+    # The certificates, and who may call which RPC, checked before anything is opened: a bad
+    # file, or a TLS server without client certificates (which could admit nobody), stops the
+    # start with one line.
+    check_transport(settings.server)
+    gate = caller_gate(settings.server, SERVICE_NAME, allowed_callers(settings))
     ledger = await Ledger.open(settings, clock)
     sweeper = asyncio.create_task(ledger.run_sweeper(), name="ledger-sweeper")
     servicer = LedgerServicer(ledger)
@@ -40,7 +47,7 @@ async def create_server(settings: LedgerSettings, clock: Clock | None = None) ->
     )
     try:
         return await create_grpc_server(
-            settings.server, [registration], on_stop=[ledger.close, stop_sweeper]
+            settings.server, [registration], on_stop=[ledger.close, stop_sweeper], gate=gate
         )
     except BaseException:
         await stop_sweeper()

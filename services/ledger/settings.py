@@ -1,4 +1,5 @@
-"""The ledger's configuration (database, promotions, hold limits), read from TIERGEN_LEDGER_*."""
+"""The ledger's configuration (database, promotions, hold limits, who may call it), read from
+TIERGEN_LEDGER_* and the server's TIERGEN_* variables."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from services.runtime.settings import ConfigError, ServerSettings
+from services.runtime.identities import ADMIN_IDENTITY
+from services.runtime.migrations import redact
+from services.runtime.settings import ConfigError, Env, ServerSettings
 
 __all__ = ["DEFAULT_DSN", "LedgerSettings"]
 
@@ -30,6 +33,7 @@ _VARIABLES = {
     "db_timeout_seconds": "TIERGEN_LEDGER_DB_TIMEOUT_SECONDS",
     "lock_timeout_seconds": "TIERGEN_LEDGER_LOCK_TIMEOUT_SECONDS",
     "pool_size": "TIERGEN_LEDGER_POOL_SIZE",
+    "admin_identities": "TIERGEN_LEDGER_ADMIN_IDENTITIES",
 }
 
 
@@ -37,8 +41,10 @@ _VARIABLES = {
 class LedgerSettings:
     """Everything the ledger needs to know at start; invalid values fail here, not later."""
 
-    #: `sqlite:///relative/or/absolute/path.db` (`sqlite:////abs/path.db`) or `postgresql://...`.
-    dsn: str = DEFAULT_DSN
+    #: `sqlite:///relative/or/absolute/path.db` (`sqlite:////abs/path.db`) or `postgresql://...`;
+    #: TIERGEN_LEDGER_DSN, or the file TIERGEN_LEDGER_DSN_FILE names. It may hold a password, so
+    #: it is in no repr and every message shows it masked.
+    dsn: str = field(default=DEFAULT_DSN, repr=False)
     signup_bonus: int = 400
     #: The weekly check-in grant; 11 check-ins take the 400 sign-up bonus to the 840 cap.
     checkin_amount: int = 40
@@ -54,13 +60,18 @@ class LedgerSettings:
     lock_timeout_seconds: float = 5.0
     #: Most PostgreSQL connections one ledger process opens.
     pool_size: int = 10
-    #: Where the service listens (TIERGEN_HOST, TIERGEN_PORT, ...).
+    #: Where the service listens (TIERGEN_HOST, TIERGEN_PORT, TLS, ...). Its `allowed_callers`
+    #: (TIERGEN_ALLOWED_CALLERS, the router by default) may call every RPC.
     server: ServerSettings = field(default_factory=lambda: ServerSettings.from_env("ledger", {}))
+    #: Identities that may also call Grant and the reads (GetBalance, ListEntries): the
+    #: operator commands' (TIERGEN_LEDGER_ADMIN_IDENTITIES; see `services.ledger.callers`).
+    admin_identities: frozenset[str] = frozenset({ADMIN_IDENTITY})
 
     def __post_init__(self) -> None:
         if not (self.dsn.startswith(_POSTGRES_PREFIXES) or self.sqlite_path is not None):
             raise ConfigError(
-                f"{_describe('dsn')} must be sqlite:///PATH or postgresql://..., got {self.dsn!r}"
+                f"{_describe('dsn')} must be sqlite:///PATH or postgresql://...,"
+                f" got {redact(self.dsn)!r}"
             )
         _at_least("signup_bonus", self.signup_bonus, 0)
         _at_least("checkin_amount", self.checkin_amount, 1)
@@ -94,8 +105,12 @@ class LedgerSettings:
     def from_env(cls, environ: Mapping[str, str]) -> LedgerSettings:
         """Read TIERGEN_LEDGER_*; unset variables keep their defaults."""
         defaults = cls()
+        env = Env(environ)
+        dsn = env.secret(_VARIABLES["dsn"])
+        if dsn is None and _VARIABLES["dsn"] in environ:
+            dsn = environ[_VARIABLES["dsn"]]  # set but blank: refused, not taken as unset
         return cls(
-            dsn=environ.get(_VARIABLES["dsn"], defaults.dsn),
+            dsn=defaults.dsn if dsn is None else dsn,
             signup_bonus=_parse(environ, "signup_bonus", int, defaults.signup_bonus),
             checkin_amount=_parse(environ, "checkin_amount", int, defaults.checkin_amount),
             promo_cap=_parse(environ, "promo_cap", int, defaults.promo_cap),
@@ -116,6 +131,9 @@ class LedgerSettings:
             ),
             pool_size=_parse(environ, "pool_size", int, defaults.pool_size),
             server=ServerSettings.from_env("ledger", environ),
+            admin_identities=env.identities(
+                _VARIABLES["admin_identities"], defaults.admin_identities
+            ),
         )
 
 

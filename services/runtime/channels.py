@@ -1,17 +1,37 @@
-"""Client channels to other Tiergen services: deadlines, retries, message limits and tracing."""
+"""Client channels to other Tiergen services: TLS, deadlines, retries, message limits and tracing.
+
+A channel is TLS unless plaintext is asked for (`ChannelSecurity.plaintext()`, from
+TIERGEN_INSECURE=true or `--insecure`). A channel whose security names files (a CA, a client
+certificate and key) follows them as a server follows its own (`services.runtime.tls`): when
+they change, calls from then on go over a new channel made with the new files, and the old
+one closes once the calls it carried have had their time. gRPC's channel credentials are fixed
+at creation, so without this a router would keep presenting a client certificate that
+cert-manager has replaced until it expired, and then fail every call.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
 from typing import Any
 
 import grpc
+import structlog
 
 from services.runtime.credentials import BearerToken, bearer_interceptors
 from services.runtime.interceptors import client_interceptors
+from services.runtime.settings import ChannelSecurity, ConfigError
+from services.runtime.tls import channel_credentials, file_signature
 
 __all__ = ["RETRY_THROTTLING", "open_channel", "service_config"]
+
+_log = structlog.get_logger("tiergen.channels")
+
+#: How often, at most, a channel looks at its files again (on a call).
+_FILE_CHECK_SECONDS = 1.0
 
 #: Chunks are at most 1 MiB; the margin covers the message around them.
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -51,13 +71,15 @@ def service_config(services: Sequence[str], attempts: int) -> dict[str, Any]:
 def open_channel(
     target: str,
     *,
+    security: ChannelSecurity,
     services: Sequence[str],
     default_timeout: float = 30.0,
     max_attempts: int = 4,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     token: BearerToken | None = None,
 ) -> grpc.aio.Channel:
-    """An insecure channel to `target` (`host:port`) with tracing and a retry policy.
+    """A channel to `target` (`host:port`) secured as `security` says, with tracing and a
+    retry policy; ConfigError naming the setting of a bad certificate, key or CA file.
 
     `services` are the full names of the services called on it (their methods get the retry
     policy). A call made without a timeout gets the remaining deadline of the RPC being served,
@@ -75,4 +97,141 @@ def open_channel(
     interceptors = client_interceptors(default_timeout)
     if token is not None:
         interceptors += bearer_interceptors(token)
-    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    if security.insecure:
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+
+    def make(credentials: grpc.ChannelCredentials) -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(
+            target, credentials, options=options, interceptors=interceptors
+        )
+
+    if not security.files:
+        return make(channel_credentials(security))
+    return _FollowingChannel(security, make, retire_after=default_timeout)
+
+
+class _FollowingChannel(grpc.aio.Channel):
+    """A TLS channel that follows its security's files: a change seen on a call (looked for at
+    most once a second) makes a new channel with the new files for that call and the next.
+
+    Stubs take their callables from a channel once, when they are made, so the callables it
+    hands out look up the current channel on every call. Files that changed into something
+    unusable (half-written, a key of another certificate) are not taken: the current channel
+    stays, with one error line for each state of the files seen.
+    """
+
+    def __init__(
+        self,
+        security: ChannelSecurity,
+        make: Callable[[grpc.ChannelCredentials], grpc.aio.Channel],
+        *,
+        retire_after: float,
+    ) -> None:
+        self._security = security
+        self._make = make
+        self._retire_after = retire_after
+        self._signature = file_signature(security.files)
+        self._refused: object = None
+        self._channel = make(channel_credentials(security))
+        self._next_check = time.monotonic() + _FILE_CHECK_SECONDS
+        self._retiring: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
+
+    def current(self) -> grpc.aio.Channel:
+        """The channel for a call made now, made anew if the files changed."""
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + _FILE_CHECK_SECONDS
+            signature = file_signature(self._security.files)
+            if signature != self._signature and signature != self._refused:
+                self._follow(signature)
+        return self._channel
+
+    def _follow(self, signature: object) -> None:
+        try:
+            credentials = channel_credentials(self._security)
+        except ConfigError as error:
+            self._refused = signature
+            _log.error(
+                "certificate files changed but cannot be used; the channel keeps the current ones",
+                error=str(error),
+            )
+            return
+        retired, self._channel = self._channel, self._make(credentials)
+        self._signature = signature  # type: ignore[assignment]
+        self._refused = None
+        _log.info(
+            "channel certificates reloaded", files=[f.describe() for f in self._security.files]
+        )
+        # Calls already made on the old channel finish there; it closes once they had the
+        # channel's default timeout, which the services' calls do not exceed.
+        task = asyncio.ensure_future(retired.close(self._retire_after))
+        self._retiring[retired] = task
+        task.add_done_callback(lambda _done: self._retiring.pop(retired, None))
+
+    async def close(self, grace: float | None = None) -> None:
+        # Channels still closing gracefully close now, with this close's grace.
+        retiring = dict(self._retiring)
+        for task in retiring.values():
+            task.cancel()
+        await asyncio.gather(*retiring.values(), return_exceptions=True)
+        for channel in (*retiring, self._channel):
+            await channel.close(grace)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self.current().get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self._channel.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self.current().channel_ready()
+
+    async def __aenter__(self) -> _FollowingChannel:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        await self.close(None)
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _FollowingCallable(
+            self, lambda channel: channel.unary_unary(method, *args, **kwargs)
+        )
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _FollowingCallable(
+            self, lambda channel: channel.unary_stream(method, *args, **kwargs)
+        )
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _FollowingCallable(
+            self, lambda channel: channel.stream_unary(method, *args, **kwargs)
+        )
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _FollowingCallable(
+            self, lambda channel: channel.stream_stream(method, *args, **kwargs)
+        )
+
+
+class _FollowingCallable:
+    """A stub's callable for one method, bound to whichever channel is current at each call."""
+
+    __slots__ = ("_bind", "_bound", "_callable", "_channel")
+
+    def __init__(self, channel: _FollowingChannel, bind: Callable[[grpc.aio.Channel], Any]) -> None:
+        self._channel = channel
+        self._bind = bind
+        self._bound: grpc.aio.Channel | None = None
+        self._callable: Any = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        current = self._channel.current()
+        if current is not self._bound:
+            self._callable = self._bind(current)
+            self._bound = current
+        return self._callable(*args, **kwargs)

@@ -141,6 +141,9 @@ def redact(dsn: str) -> str:
         return dsn  # a file path: nothing secret, and urlunsplit would drop a slash
     try:
         parts = urlsplit(dsn)
+        if not parts.scheme or not dsn.startswith(f"{parts.scheme}://"):
+            # `host=... password=...` or a mistyped URL: nothing tells where a secret would be.
+            raise ValueError("not a URL")
         netloc = parts.netloc
         if parts.password is not None:
             user, _, host = netloc.rpartition("@")

@@ -1,5 +1,6 @@
-"""Server bootstrap shared by every service: the `create_server` factory, health, reflection
-(v1 and v1alpha), and the process entry point with graceful shutdown on SIGTERM."""
+"""Server bootstrap shared by every service: the `create_server` factory, TLS, health (also on a
+plaintext port of its own for the kubelet), reflection (v1 and v1alpha), and the process entry
+point with graceful shutdown on SIGTERM."""
 
 from __future__ import annotations
 
@@ -23,7 +24,17 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from services.runtime.interceptors import Gate, ServerTelemetryInterceptor
 from services.runtime.logging import configure_logging
 from services.runtime.metrics import MetricsEndpoint
-from services.runtime.settings import ConfigError, Env, ServerSettings
+from services.runtime.settings import (
+    CERT_FILE_VARIABLE,
+    CLIENT_CA_FILE_VARIABLE,
+    HEALTH_PORT_VARIABLE,
+    INSECURE_VARIABLE,
+    KEY_FILE_VARIABLE,
+    ConfigError,
+    Env,
+    ServerSettings,
+)
+from services.runtime.tls import CertificateReloader, describe_certificate
 from services.runtime.tracing import configure_tracing
 
 __all__ = [
@@ -31,6 +42,7 @@ __all__ = [
     "REFLECTION_V1",
     "Server",
     "ServiceRegistration",
+    "check_transport",
     "create_server",
     "serve_forever",
 ]
@@ -66,10 +78,20 @@ class Server:
         settings: ServerSettings,
         services: Sequence[str],
         on_stop: Sequence[StopHook],
+        *,
+        certificates: CertificateReloader | None = None,
+        health_server: grpc.aio.Server | None = None,
+        health_port: int | None = None,
     ) -> None:
         self.grpc_server = server
         self.health = health_servicer
         self.settings = settings
+        #: The TLS certificate and its reloading; None when serving plaintext.
+        self.certificates = certificates
+        self._health_server = health_server
+        #: The plaintext health-only port once bound (TIERGEN_HEALTH_PORT); None when there is
+        #: none.
+        self.health_port = health_port
         self._services = list(services)
         self._on_stop = list(on_stop)
         self._on_drain: list[DrainHook] = []
@@ -110,6 +132,8 @@ class Server:
                 ) from None
             _log.info("metrics listening", host=self.settings.host, port=self._metrics.port)
         await self.grpc_server.start()
+        if self._health_server is not None:
+            await self._health_server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.set_serving(True)
         self._tasks = [asyncio.create_task(work()) for work in self._background]
@@ -150,6 +174,9 @@ class Server:
             await asyncio.gather(*(hook(grace) for hook in self._on_drain))
             grace = max(grace - (time.monotonic() - started), _LAST_WORD_SECONDS)
         await self.grpc_server.stop(grace)
+        # The probes' port goes last: until the main port is closed it says NOT_SERVING.
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         if self._metrics is not None:
             await self._metrics.stop()
         for hook in reversed(self._on_stop):
@@ -172,10 +199,16 @@ async def create_server(
     """Builds (but does not start) a server for `services`; returns it and its bound port.
 
     `gate`, when given, admits or refuses every call but health and reflection before its
-    handler runs (the router's access checks).
+    handler runs (the router's access checks, the backends' caller identities).
+
+    The port serves TLS from `settings.tls` (ConfigError naming the setting of a bad file), or
+    plaintext when `settings.insecure` says so; with neither the service refuses to start.
+    With `settings.health_port`, a second server on that port serves grpc.health.v1 only, in
+    plaintext, with the main port's statuses (the kubelet's gRPC probes speak no TLS).
 
     Tests pass port 0 and use the returned port.
     """
+    certificates = _certificates(settings)
     options = [
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -193,12 +226,91 @@ async def create_server(
     names = [registration.name for registration in services]
     _enable_reflection(server, [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
     try:
-        port = server.add_insecure_port(settings.address)
+        if certificates is None:
+            port = server.add_insecure_port(settings.address)
+        else:
+            port = server.add_secure_port(settings.address, certificates.credentials())
     except RuntimeError as exc:
         raise ConfigError(f"cannot listen on {settings.address}: {exc}") from None
     if port == 0:
         raise ConfigError(f"cannot listen on {settings.address}: address in use or unavailable")
-    return Server(server, health_servicer, settings, names, on_stop), port
+    health_server, health_port = _health_only(settings, health_servicer)
+    return Server(
+        server,
+        health_servicer,
+        settings,
+        names,
+        on_stop,
+        certificates=certificates,
+        health_server=health_server,
+        health_port=health_port,
+    ), port
+
+
+def check_transport(settings: ServerSettings) -> None:
+    """ConfigError naming the setting when the server could not serve as `settings` say: no
+    TLS and no plaintext asked for, or a certificate, key or CA file that is unusable.
+
+    A service calls it first, so that a bad file stops it before it opens its database or its
+    worker processes, with nothing but the one line that says why.
+    """
+    if settings.tls is not None:
+        CertificateReloader(settings.tls)
+    elif not settings.insecure:
+        _certificates(settings)
+
+
+def _certificates(settings: ServerSettings) -> CertificateReloader | None:
+    """The server's certificate from its files (checked now), None for plaintext asked for
+    explicitly; ConfigError when neither is configured."""
+    if settings.tls is not None:
+        certificates = CertificateReloader(settings.tls)
+        _log.info(
+            "serving TLS",
+            client_certificates="required" if certificates.requires_client_certificates else "no",
+            **describe_certificate(certificates.certificate),
+        )
+        return certificates
+    if settings.insecure:
+        _log.warning(
+            "PLAINTEXT: this port serves without TLS; only a mesh that encrypts and authenticates"
+            " every hop makes that safe",
+            setting=f"{INSECURE_VARIABLE}=true",
+        )
+        return None
+    raise ConfigError(
+        f"no TLS certificate: set {CERT_FILE_VARIABLE} and {KEY_FILE_VARIABLE} (and"
+        f" {CLIENT_CA_FILE_VARIABLE} to require client certificates), or {INSECURE_VARIABLE}=true"
+        " to serve plaintext behind a mesh that encrypts the hops"
+    )
+
+
+def _health_only(
+    settings: ServerSettings, health_servicer: health.aio.HealthServicer
+) -> tuple[grpc.aio.Server | None, int | None]:
+    """A plaintext server of `health_servicer` alone on TIERGEN_HEALTH_PORT, if set.
+
+    It shares the main server's servicer, so it answers with the same statuses at every moment.
+    It has no reflection and no other service: a prober learns nothing else from it.
+    """
+    if settings.health_port is None:
+        return None, None
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    host = settings.address.rpartition(":")[0]
+    address = f"{host}:{settings.health_port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        port = 0
+        problem = str(exc)
+    else:
+        problem = "address in use or unavailable"
+    if port == 0:
+        raise ConfigError(
+            f"{HEALTH_PORT_VARIABLE}={settings.health_port}: cannot listen on {address}: {problem}"
+        )
+    return server, port
 
 
 #: Reflection as grpcurl and Postman ask for it first; v1alpha stays for older tools.
@@ -280,7 +392,13 @@ async def _serve(service: str, factory: Callable[[], Awaitable[tuple[Server, int
     await server.start()
     host = server.settings.host
     address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
-    _log.info("listening", address=address, event_loop=type(asyncio.get_running_loop()).__module__)
+    _log.info(
+        "listening",
+        address=address,
+        tls=server.certificates is not None,
+        health_port=server.health_port,
+        event_loop=type(asyncio.get_running_loop()).__module__,
+    )
     ready_file = os.environ.get("TIERGEN_READY_FILE")
     if ready_file:
         _write_ready_file(Path(ready_file), address)

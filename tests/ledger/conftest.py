@@ -28,9 +28,9 @@ from services.ledger.model import Clock
 from services.ledger.server import create_server
 from services.ledger.settings import LedgerSettings
 from services.runtime.migrations import upgrade
-from services.runtime.settings import ServerSettings
 from tests.ledger.served import Served, ServeFactory
 from tests.postgres import Schemas, require_postgres, with_search_path
+from tests.tls import session_pki
 
 #: Monday of ISO week 2026-W48, mid-morning.
 START = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -176,10 +176,10 @@ async def serve(harness: LedgerHarness) -> AsyncIterator[ServeFactory]:
     started: list[tuple[Any, grpc.aio.Channel]] = []
 
     async def start(clock: Clock | None = None, **overrides: Any) -> Served:
-        settings = harness.settings(server=ServerSettings(service="ledger", port=0), **overrides)
+        settings = harness.settings(server=session_pki().server("ledger"), **overrides)
         server, port = await create_server(settings, clock)
         await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        channel = session_pki().channel(f"127.0.0.1:{port}")
         started.append((server, channel))
         return Served(
             ledger_pb2_grpc.LedgerServiceStub(channel),
@@ -213,6 +213,7 @@ class LedgerProcess:
         self._log = run_dir / "ledger.log"
         self._env = {
             **os.environ,
+            **session_pki().env("ledger"),
             "TIERGEN_HOST": "127.0.0.1",
             "TIERGEN_PORT": "0",
             "TIERGEN_LEDGER_DSN": dsn,

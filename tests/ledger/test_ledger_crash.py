@@ -13,6 +13,7 @@ from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 
 from services.cli.ledger import verify_command
 from services.ledger.model import SystemClock
+from tests.tls import session_pki
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +56,7 @@ class Client:
             if self._ledger.address != self._address:
                 await self.close()
                 self._address = self._ledger.address
-                self._channel = grpc.aio.insecure_channel(self._address)
+                self._channel = session_pki().channel(self._address)
                 self._stub = ledger_pb2_grpc.LedgerServiceStub(self._channel)
             try:
                 return await getattr(self._stub, method)(request, timeout=2)

@@ -28,6 +28,7 @@ from services.runtime.identifiers import DEFAULT_TENANT
 from services.runtime.migrations import SchemaNotCurrent, current, head, upgrade
 from tests.ledger.conftest import ManualClock
 from tests.postgres import Schemas, with_search_path
+from tests.tls import session_pki
 
 FIXTURES = Path(__file__).parent / "fixtures"
 #: The revision a database of the hand-written migrations' version 1 is adopted at.
@@ -402,7 +403,12 @@ class TestCurrency:
             sys.executable,
             "-m",
             "services.ledger",
-            env={**os.environ, "TIERGEN_LEDGER_DSN": dsn, "TIERGEN_PORT": "0"},
+            env={
+                **os.environ,
+                **session_pki().env("ledger"),
+                "TIERGEN_LEDGER_DSN": dsn,
+                "TIERGEN_PORT": "0",
+            },
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

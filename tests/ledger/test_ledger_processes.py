@@ -18,6 +18,7 @@ from grpc_status import rpc_status
 from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 
 from services.ledger.model import SystemClock
+from tests.tls import session_pki
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +34,7 @@ def _fire_reserves(
     """Client process: connect, wait for the others, then send every Reserve at once."""
 
     async def fire() -> list[Outcome]:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with session_pki().channel(address) as channel:
             await asyncio.wait_for(channel.channel_ready(), _CLIENT_SECONDS)
             stub = ledger_pb2_grpc.LedgerServiceStub(channel)
             await asyncio.to_thread(barrier.wait, _CLIENT_SECONDS)
@@ -111,7 +112,7 @@ def reserve(account_id: str, amount: int, key: str) -> ledger_pb2.ReserveRequest
 
 
 async def open_accounts(address: str, *account_ids: str) -> None:
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with session_pki().channel(address) as channel:
         stub = ledger_pb2_grpc.LedgerServiceStub(channel)
         for account_id in account_ids:
             await stub.OpenAccount(
@@ -121,7 +122,7 @@ async def open_accounts(address: str, *account_ids: str) -> None:
 
 
 async def balance_of(address: str, account_id: str) -> ledger_pb2.Balance:
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with session_pki().channel(address) as channel:
         stub = ledger_pb2_grpc.LedgerServiceStub(channel)
         reply = await stub.GetBalance(
             ledger_pb2.GetBalanceRequest(account_id=account_id), timeout=30

@@ -12,7 +12,7 @@ import pytest
 from services.runtime.channels import open_channel
 from services.runtime.credentials import BearerToken, bearer_interceptors
 from services.runtime.server import Server, ServiceRegistration, create_server
-from services.runtime.settings import ServerSettings
+from tests.tls import session_pki
 
 SERVICE = "tiergen.test.Credentials"
 KEY = "tgk_3f9a2c1d_" + "s3cret-Part_of-the-key-0123456789abcdefghij"
@@ -62,7 +62,7 @@ async def address() -> AsyncIterator[str]:
         SERVICE, lambda server: server.add_generic_rpc_handlers((handler,))
     )
     server: Server
-    server, port = await create_server(ServerSettings(service=SERVICE), [registration])
+    server, port = await create_server(session_pki().server(SERVICE), [registration])
     await server.start()
     try:
         yield f"127.0.0.1:{port}"
@@ -88,7 +88,7 @@ async def _every_shape(channel: grpc.aio.Channel, **call: Any) -> list[str]:
 
 async def test_every_call_shape_carries_the_token_and_keeps_its_own_metadata(address):
     interceptors = bearer_interceptors(BearerToken(KEY))
-    async with grpc.aio.insecure_channel(address, interceptors=interceptors) as channel:
+    async with session_pki().channel(address, interceptors=interceptors) as channel:
         bare = await _every_shape(channel)
         tagged = await _every_shape(channel, metadata=(("x-tag", "kept"),))
     assert bare == [f"authorization=Bearer {KEY}"] * 4
@@ -97,20 +97,24 @@ async def test_every_call_shape_carries_the_token_and_keeps_its_own_metadata(add
 
 async def test_a_call_with_a_credential_of_its_own_sends_only_that_one(address):
     other = BearerToken("tgk_0000beef_another-key")
-    async with grpc.aio.insecure_channel(address, interceptors=bearer_interceptors(KEY)) as channel:
+    async with session_pki().channel(address, interceptors=bearer_interceptors(KEY)) as channel:
         seen = await _every_shape(channel, metadata=(other.metadata,))
     assert seen == [f"authorization=Bearer {other.secret}"] * 4
 
 
 async def test_open_channel_sends_the_token_with_its_own_interceptors(address):
-    async with open_channel(address, services=[SERVICE], token=BearerToken(KEY)) as channel:
+    async with open_channel(
+        address, security=session_pki().security(), services=[SERVICE], token=BearerToken(KEY)
+    ) as channel:
         seen = await _every_shape(channel, metadata=(("x-tag", "kept"),))
     # The runtime's tracing interceptors still ran: trace context came along too.
     assert seen == [f"authorization=Bearer {KEY}\ntraced\nx-tag=kept"] * 4
 
 
 async def test_without_a_token_open_channel_sends_none(address):
-    async with open_channel(address, services=[SERVICE]) as channel:
+    async with open_channel(
+        address, security=session_pki().security(), services=[SERVICE]
+    ) as channel:
         assert await _every_shape(channel) == ["traced"] * 4
 
 

@@ -12,7 +12,7 @@ import pytest
 from services.runtime.channels import open_channel
 from services.runtime.interceptors import outliving_the_caller
 from services.runtime.server import Server, ServiceRegistration, create_server
-from services.runtime.settings import ServerSettings
+from tests.tls import session_pki
 
 BACKEND = "tiergen.test.DeadlineBackend"
 FRONT = "tiergen.test.DeadlineFront"
@@ -37,7 +37,7 @@ class Hops:
         registration = ServiceRegistration(
             service, lambda server: server.add_generic_rpc_handlers((handler,))
         )
-        server, port = await create_server(ServerSettings(service=service), [registration])
+        server, port = await create_server(session_pki().server(service), [registration])
         await server.start()
         self._servers.append(server)
         return f"127.0.0.1:{port}"
@@ -72,7 +72,7 @@ class Hops:
                 "Stream": grpc.unary_stream_rpc_method_handler(self.backend_stream),
             },
         )
-        self._channel = open_channel(backend, services=[BACKEND])
+        self._channel = open_channel(backend, security=session_pki().security(), services=[BACKEND])
         return await self._serve(
             FRONT,
             {
@@ -92,7 +92,7 @@ class Hops:
 async def hops() -> AsyncIterator[tuple[Hops, grpc.aio.Channel]]:
     hops = Hops()
     front = await hops.start()
-    channel = grpc.aio.insecure_channel(front)
+    channel = session_pki().channel(front)
     try:
         yield hops, channel
     finally:

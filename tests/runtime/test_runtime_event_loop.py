@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tls import session_pki
+
 #: The smallest runtime server there is: health and reflection only.
 _ECHO = "from bench.ledger import serve_echo; serve_echo()"
 _ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +23,13 @@ def _serve(environ: dict[str, str], ready: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", _ECHO],
         cwd=_ROOT,
-        env={**os.environ, "TIERGEN_PORT": "0", "TIERGEN_READY_FILE": str(ready), **environ},
+        env={
+            **os.environ,
+            **session_pki().env("ledger"),
+            "TIERGEN_PORT": "0",
+            "TIERGEN_READY_FILE": str(ready),
+            **environ,
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -14,8 +14,8 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 
 from services.runtime.server import ServiceRegistration, create_server
-from services.runtime.settings import ServerSettings
 from tests.rich_errors import details
+from tests.tls import session_pki
 
 SERVICE = "tiergen.test.EchoService"
 GARBAGE = b"\xff\xff\xff"
@@ -62,11 +62,11 @@ def _registration() -> ServiceRegistration:
 
 @pytest.fixture
 async def channel() -> AsyncIterator[grpc.aio.Channel]:
-    server, port = await create_server(ServerSettings(service="echo"), [_registration()])
+    server, port = await create_server(session_pki().server("echo"), [_registration()])
     await server.start()
     try:
         # No serializers on the client: the bytes go out exactly as given.
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as opened:
+        async with session_pki().channel(f"127.0.0.1:{port}") as opened:
             yield opened
     finally:
         await server.stop(0)

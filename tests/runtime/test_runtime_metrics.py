@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.runtime import errors
 from services.runtime.server import Server, ServiceRegistration, create_server
 from services.runtime.settings import ConfigError, ServerSettings
+from tests.tls import session_pki
 
 SERVICE = "tiergen.test.MeteredService"
 
@@ -35,10 +36,10 @@ def _registration() -> ServiceRegistration:
 @pytest.fixture
 async def metered() -> AsyncIterator[tuple[Server, grpc.aio.Channel]]:
     server, port = await create_server(
-        ServerSettings(service="metered", metrics_port=0), [_registration()]
+        session_pki().server("metered", metrics_port=0), [_registration()]
     )
     await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = session_pki().channel(f"127.0.0.1:{port}")
     try:
         yield server, channel
     finally:
@@ -96,7 +97,7 @@ async def test_health_checks_are_not_counted(metered):
 
 
 async def test_the_endpoint_closes_with_the_server():
-    server, _ = await create_server(ServerSettings(service="metered", metrics_port=0), [])
+    server, _ = await create_server(session_pki().server("metered", metrics_port=0), [])
     await server.start()
     port = server.metrics_port
     assert port
@@ -107,7 +108,7 @@ async def test_the_endpoint_closes_with_the_server():
 
 
 async def test_without_a_port_no_endpoint_is_served():
-    server, _ = await create_server(ServerSettings(service="metered"), [])
+    server, _ = await create_server(session_pki().server("metered"), [])
     await server.start()
     try:
         assert server.metrics_port is None
@@ -120,7 +121,7 @@ async def test_a_port_in_use_is_a_configuration_error():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = taken.getsockname()[1]
-        server, _ = await create_server(ServerSettings(service="metered", metrics_port=busy), [])
+        server, _ = await create_server(session_pki().server("metered", metrics_port=busy), [])
         with pytest.raises(ConfigError, match=f"TIERGEN_METRICS_PORT={busy}"):
             await server.start()
         await server.stop(0)

@@ -11,7 +11,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from tiergen.generator.v1 import generator_pb2
 
 from services.runtime.server import ServiceRegistration, create_server
-from services.runtime.settings import ServerSettings
+from tests.tls import session_pki
 
 V1 = "grpc.reflection.v1.ServerReflection"
 V1ALPHA = "grpc.reflection.v1alpha.ServerReflection"
@@ -33,10 +33,10 @@ V1_REQUEST_FIELDS = {
 async def channel() -> AsyncIterator[grpc.aio.Channel]:
     # Listed only, not served: reflection describes it from the generated descriptors.
     generator = ServiceRegistration(GENERATOR, lambda server: None)
-    server, port = await create_server(ServerSettings(service="reflected"), [generator])
+    server, port = await create_server(session_pki().server("reflected"), [generator])
     await server.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as opened:
+        async with session_pki().channel(f"127.0.0.1:{port}") as opened:
             yield opened
     finally:
         await server.stop(0)

@@ -13,8 +13,8 @@ from services.runtime import errors
 from services.runtime.channels import RETRY_THROTTLING, open_channel, service_config
 from services.runtime.interceptors import RETRY_PUSHBACK, _Downstream
 from services.runtime.server import Server, ServiceRegistration, create_server
-from services.runtime.settings import ServerSettings
 from services.runtime.status import from_rpc_error
+from tests.tls import session_pki
 
 BACKEND = "tiergen.test.BackendService"
 FRONT = "tiergen.test.FrontService"
@@ -36,13 +36,13 @@ def test_every_service_config_throttles_retries(services, attempts):
 def test_every_channel_is_opened_with_retry_throttling(monkeypatch):
     opened: list[dict[str, Any]] = []
 
-    def insecure_channel(target: str, options: Any = None, **kwargs: Any) -> Any:
+    def secure_channel(target: str, credentials: Any, options: Any = None, **kwargs: Any) -> Any:
         opened.append(dict(options))
         return None
 
-    monkeypatch.setattr(grpc.aio, "insecure_channel", insecure_channel)
-    open_channel("127.0.0.1:1", services=[BACKEND])
-    open_channel("127.0.0.1:2", services=[FRONT], max_attempts=2)
+    monkeypatch.setattr(grpc.aio, "secure_channel", secure_channel)
+    open_channel("127.0.0.1:1", security=session_pki().security(), services=[BACKEND])
+    open_channel("127.0.0.1:2", security=session_pki().security(), services=[FRONT], max_attempts=2)
 
     for options in opened:
         assert options["grpc.enable_retries"] == 1
@@ -63,7 +63,7 @@ async def _serve(service: str, unary: Handler, stream: Any) -> tuple[Server, str
     registration = ServiceRegistration(
         service, lambda server: server.add_generic_rpc_handlers((handler,))
     )
-    server, port = await create_server(ServerSettings(service=service), [registration])
+    server, port = await create_server(session_pki().server(service), [registration])
     await server.start()
     return server, f"127.0.0.1:{port}"
 
@@ -109,7 +109,9 @@ class Hops:
 
     async def start(self) -> str:
         self._backend, backend = await _serve(BACKEND, self.backend_call, self.backend_stream)
-        self._backend_channel = open_channel(backend, services=[BACKEND])
+        self._backend_channel = open_channel(
+            backend, security=session_pki().security(), services=[BACKEND]
+        )
         self._front, front = await _serve(FRONT, self.front_call, self.front_stream)
         return front
 
@@ -125,7 +127,9 @@ async def hops() -> AsyncIterator[tuple[Hops, grpc.aio.Channel]]:
     hops = Hops()
     front = await hops.start()
     try:
-        async with open_channel(front, services=[FRONT]) as client:
+        async with open_channel(
+            front, security=session_pki().security(), services=[FRONT]
+        ) as client:
             yield hops, client
     finally:
         await hops.stop()

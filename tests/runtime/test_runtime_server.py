@@ -20,9 +20,9 @@ from services.runtime import errors
 from services.runtime.channels import open_channel
 from services.runtime.interceptors import remaining_deadline
 from services.runtime.server import ServiceRegistration, create_server
-from services.runtime.settings import ServerSettings
 from services.runtime.status import from_rpc_error
 from tests.rich_errors import bad_fields, details
+from tests.tls import session_pki
 
 SERVICE = "tiergen.test.ProbeService"
 
@@ -56,7 +56,9 @@ async def _count(request: bytes, context: Any) -> AsyncIterator[bytes]:
 async def _forward(request: bytes, context: Any) -> bytes:
     """Calls the probe service again, to see trace context and deadlines cross a hop."""
     target = request.decode()
-    async with open_channel(target, services=[SERVICE]) as channel:
+    async with open_channel(
+        target, security=session_pki().security(), services=[SERVICE]
+    ) as channel:
         reply: bytes = await channel.unary_unary(f"/{SERVICE}/Raise")(b"deadline")
         return reply
 
@@ -90,10 +92,10 @@ def _registration() -> ServiceRegistration:
 
 @pytest.fixture
 async def probe() -> AsyncIterator[tuple[str, grpc.aio.Channel]]:
-    server, port = await create_server(ServerSettings(service="probe"), [_registration()])
+    server, port = await create_server(session_pki().server("probe"), [_registration()])
     await server.start()
     target = f"127.0.0.1:{port}"
-    channel = grpc.aio.insecure_channel(target)
+    channel = session_pki().channel(target)
     try:
         yield target, channel
     finally:
@@ -159,9 +161,9 @@ async def test_streaming_error_after_messages(probe):
 
 
 async def test_health_serving_then_not_serving_on_stop():
-    server, port = await create_server(ServerSettings(service="probe"), [_registration()])
+    server, port = await create_server(session_pki().server("probe"), [_registration()])
     await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    async with session_pki().channel(f"127.0.0.1:{port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for name in ("", SERVICE):
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=name))
@@ -256,7 +258,9 @@ async def test_one_canonical_log_line_per_rpc(probe):
 async def test_every_call_shape_carries_the_trace_context(probe, spans):
     target, _ = probe
     tracer = trace.get_tracer("tests")
-    async with open_channel(target, services=[SERVICE]) as channel:
+    async with open_channel(
+        target, security=session_pki().security(), services=[SERVICE]
+    ) as channel:
         with tracer.start_as_current_span("root") as root:
             trace_id = format(root.get_span_context().trace_id, "032x")
             headers = [

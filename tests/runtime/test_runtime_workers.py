@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from services.runtime.workers import end_with_server
+from tests.tls import session_pki
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/stat").exists(), reason="reads processes from /proc"
@@ -58,7 +59,11 @@ def test_workers_end_when_their_server_is_killed(
 ) -> None:
     ready_file = tmp_path / f"{service}.addr"
     environment = dict(
-        os.environ, TIERGEN_PORT="0", TIERGEN_READY_FILE=str(ready_file), **{workers: "2"}
+        os.environ,
+        TIERGEN_PORT="0",
+        TIERGEN_READY_FILE=str(ready_file),
+        **session_pki().env(service),
+        **{workers: "2"},
     )
     server = subprocess.Popen(
         [sys.executable, "-m", f"services.{service}"],
