@@ -1,0 +1,247 @@
+"""The quota file (TIERGEN_ROUTER_QUOTAS_FILE, TOML): defaults for every tenant, and overrides for
+some, each for the tenant as a whole and for each account within it.
+
+```toml
+[defaults.tenant]            # every tenant, all its accounts together
+requests_per_second = 50
+images_per_minute = 1200
+concurrent_jobs = 64
+
+[defaults.account]           # each account of every tenant, on its own
+requests_per_second = 5
+images_per_minute = 120
+concurrent_jobs = 8
+
+[tenants.acme.tenant]        # acme's overrides: the keys given replace the defaults'
+requests_per_second = 200
+images_per_minute = "unlimited"
+
+[tenants.acme.account]
+concurrent_jobs = 16
+```
+
+Every key is optional: a quota no table sets is unlimited, and so is every quota when the
+variable is unset (the default). `"unlimited"` in an override lifts a default. Rates are
+numbers above 0 (fractions allowed: 0.5 requests per second is one every two seconds);
+concurrent jobs a whole number of at least 1. A mistake is a `RouterConfigError` naming the
+file, the line and the entry (`load_quotas` turns it into the ConfigError that stops a start).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from services.router.routing.toml_source import RouterConfigError, TomlSource
+from services.runtime.identifiers import TENANT_PATTERN
+from services.runtime.settings import ConfigError
+
+__all__ = [
+    "NO_QUOTAS",
+    "QUOTAS_FILE_SETTING",
+    "UNLIMITED",
+    "Level",
+    "Limits",
+    "Quota",
+    "QuotaTable",
+    "TenantQuotas",
+    "load_quotas",
+]
+
+#: The variable naming the file.
+QUOTAS_FILE_SETTING = "TIERGEN_ROUTER_QUOTAS_FILE"
+#: What an override writes to lift a default.
+UNLIMITED = "unlimited"
+#: Largest rate a file may set, per second (the limiter counts in microseconds).
+_MAX_PER_SECOND = 1_000_000.0
+
+
+class Quota(enum.StrEnum):
+    """What a quota limits."""
+
+    REQUESTS_PER_SECOND = "requests_per_second"
+    IMAGES_PER_MINUTE = "images_per_minute"
+    CONCURRENT_JOBS = "concurrent_jobs"
+
+
+class Level(enum.StrEnum):
+    """Whom a quota limits: the tenant as a whole, or each account within it."""
+
+    TENANT = "tenant"
+    ACCOUNT = "account"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """One level's quotas; None is unlimited."""
+
+    requests_per_second: float | None = None
+    images_per_minute: float | None = None
+    concurrent_jobs: int | None = None
+
+    def of(self, quota: Quota) -> float | None:
+        value: float | None = getattr(self, quota.value)
+        return value
+
+    @property
+    def limited(self) -> bool:
+        return any(self.of(quota) is not None for quota in Quota)
+
+
+@dataclass(frozen=True)
+class TenantQuotas:
+    """A tenant's quotas: its own, and each of its accounts'."""
+
+    tenant: Limits = field(default_factory=Limits)
+    account: Limits = field(default_factory=Limits)
+
+    def at(self, level: Level) -> Limits:
+        return self.tenant if level is Level.TENANT else self.account
+
+    @property
+    def limited(self) -> bool:
+        return self.tenant.limited or self.account.limited
+
+
+@dataclass(frozen=True)
+class QuotaTable:
+    """What a quota file says: the defaults, and each overridden tenant's quotas (the defaults
+    with its overrides applied)."""
+
+    defaults: TenantQuotas = field(default_factory=TenantQuotas)
+    tenants: Mapping[str, TenantQuotas] = field(default_factory=dict)
+
+    def of(self, tenant: str) -> TenantQuotas:
+        """The quotas of `tenant`."""
+        return self.tenants.get(tenant, self.defaults)
+
+    @property
+    def limited(self) -> bool:
+        """Whether any tenant has any quota."""
+        return self.defaults.limited or any(q.limited for q in self.tenants.values())
+
+    @classmethod
+    def parse(cls, source: TomlSource) -> QuotaTable:
+        """The table `source` describes; RouterConfigError naming the first bad entry."""
+        return _Parser(source).table()
+
+
+#: No file: nothing is limited.
+NO_QUOTAS = QuotaTable()
+
+
+def load_quotas(path: Path | None) -> QuotaTable:
+    """The quotas of the file at `path`, or none when it is None; ConfigError naming
+    TIERGEN_ROUTER_QUOTAS_FILE, the file, the line and the entry."""
+    if path is None:
+        return NO_QUOTAS
+    try:
+        return QuotaTable.parse(TomlSource.read(path, default_text="", default_name=str(path)))
+    except RouterConfigError as error:
+        raise ConfigError(f"{QUOTAS_FILE_SETTING}={error}") from None
+
+
+_Overrides = dict[Quota, float | None]
+
+
+class _Parser:
+    """Reads a quota document, naming the first bad entry it meets."""
+
+    def __init__(self, source: TomlSource) -> None:
+        self.source = source
+
+    def table(self) -> QuotaTable:
+        document = self.source.parse()
+        self._known(document, (), {"defaults", "tenants"})
+        defaults = self._tenant_quotas(document, ("defaults",), TenantQuotas(), lifts=False)
+        tenants_table = self._table(document, ("tenants",))
+        tenants = {}
+        for name in tenants_table:
+            path = ("tenants", name)
+            if not TENANT_PATTERN.fullmatch(name):
+                raise self.source.error(
+                    path,
+                    "not a tenant name (1-63 lowercase letters, digits and hyphens, starting"
+                    " and ending with a letter or digit)",
+                )
+            tenants[name] = self._tenant_quotas(tenants_table, path, defaults, lifts=True)
+        return QuotaTable(defaults=defaults, tenants=tenants)
+
+    def _tenant_quotas(
+        self, parent: Mapping[str, Any], path: tuple[str, ...], base: TenantQuotas, *, lifts: bool
+    ) -> TenantQuotas:
+        table = self._table(parent, path)
+        self._known(table, path, {level.value for level in Level})
+        levels = {}
+        for level in Level:
+            overrides = self._limits(table, (*path, level.value), lifts=lifts)
+            changes: dict[str, Any] = {quota.value: value for quota, value in overrides.items()}
+            levels[level] = replace(base.at(level), **changes)
+        return TenantQuotas(tenant=levels[Level.TENANT], account=levels[Level.ACCOUNT])
+
+    def _limits(
+        self, parent: Mapping[str, Any], path: tuple[str, ...], *, lifts: bool
+    ) -> _Overrides:
+        table = self._table(parent, path)
+        self._known(table, path, {quota.value for quota in Quota})
+        overrides: _Overrides = {}
+        for name, value in table.items():
+            quota = Quota(name)
+            where = (*path, name)
+            if value == UNLIMITED:
+                if not lifts:
+                    raise self.source.error(
+                        where, f"a default is unlimited by leaving it out, not {UNLIMITED!r}"
+                    )
+                overrides[quota] = None
+            elif quota is Quota.CONCURRENT_JOBS:
+                overrides[quota] = self._jobs(value, where, lifts)
+            else:
+                overrides[quota] = self._rate(quota, value, where, lifts)
+        return overrides
+
+    def _rate(self, quota: Quota, value: object, where: tuple[str, ...], lifts: bool) -> float:
+        per_second = 1.0 if quota is Quota.REQUESTS_PER_SECOND else 60.0
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+            or value / per_second > _MAX_PER_SECOND
+        ):
+            raise self.source.error(
+                where,
+                f"must be a number above 0 and at most {_MAX_PER_SECOND * per_second:g}"
+                f"{self._or_unlimited(lifts)}, not {value!r}",
+            )
+        return float(value)
+
+    def _jobs(self, value: object, where: tuple[str, ...], lifts: bool) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
+            raise self.source.error(
+                where,
+                f"must be a whole number from 1 to 1000000{self._or_unlimited(lifts)},"
+                f" not {value!r}",
+            )
+        return value
+
+    @staticmethod
+    def _or_unlimited(lifts: bool) -> str:
+        return f", or {UNLIMITED!r}" if lifts else ""
+
+    def _table(self, parent: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+        value = parent.get(path[-1], {})
+        if not isinstance(value, dict):
+            raise self.source.error(path, "must be a table")
+        return value
+
+    def _known(self, table: Mapping[str, Any], path: tuple[str, ...], known: set[str]) -> None:
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise self.source.error(
+                (*path, unknown[0]), f"unknown key; expected some of {', '.join(sorted(known))}"
+            )
