@@ -8,10 +8,14 @@ One `Render` call, as the server sees it:
    announcement when the client half-closes.
 2. The whole request is validated (tier, size, prompt, seed, strength, reference, mask) before
    it queues, so a bad request never takes a place.
-3. It takes a place in its tier's queue, or is refused with RESOURCE_EXHAUSTED, a RetryInfo of
-   the tier's expected latency and a QuotaFailure naming the tier.
-4. Progress: "queued" (0.0) once placed, "rendering" (0.1) when the tier lets it run and it goes
-   to the tier's backend (the worker pool, or an HTTP provider), "done" (1.0) when the image is
+3. It takes a place in its tier's queue, or is refused with RESOURCE_EXHAUSTED: `QUEUE_FULL`
+   with a RetryInfo of the tier's expected latency and a QuotaFailure naming the tier, or
+   `WAIT_EXCEEDS_DEADLINE` with a RetryInfo of the expected wait when it could not start before
+   the caller's deadline. The spec's `tenant`, `account_id` and `urgency` (set by the router)
+   decide its turn (`services.generator.scheduling`); a waiting render may be shed for more
+   urgent work or for a tenant under its share (RESOURCE_EXHAUSTED `SHED`).
+4. Progress: "queued" (0.0) once placed, "rendering" (0.1) when it gets a worker and goes to
+   the tier's backend (the worker pool, or an HTTP provider), "done" (1.0) when the image is
    back. The renderer's own stages are not forwarded: a callback cannot cross into a worker
    process cheaply, and even a 4K render takes only seconds.
 5. `result`, then the PNG in 1 MiB chunks. A provider's failure arrives as the status its
@@ -38,10 +42,11 @@ from tiergen.generator.v1 import generator_pb2
 
 from services.generator.drift import style_drift
 from services.generator.picture import Backend, Picture
-from services.generator.scheduling import TierQueue
+from services.generator.scheduling import BuiltinBackend, RenderScheduler
 from services.generator.tiers import RenderRequest, Tier, TierCatalogue, validate_request
 from services.runtime.chunks import ChunkAssembler, drain, image_info, split
 from services.runtime.errors import FieldViolation, InvalidArgument, TiergenError
+from services.runtime.fairshare import FairShareSettings, Requester, Turn, Urgency
 from services.runtime.resolution import AspectRatio, ImageSize, Resolution
 from services.runtime.resolution_proto import (
     aspect_ratio_from_proto,
@@ -66,15 +71,24 @@ _Value = TypeVar("_Value", ImageSize, AspectRatio)
 _CONTRACT_FIELDS = {"references": "reference", "references[0]": "reference"}
 #: Rendered images up to this size are hashed on the event loop (under 0.1 ms at 64 KiB).
 _HASH_ON_LOOP_BYTES = 64 * 1024
+#: Longest tenant or account id accepted: the router's own limits are far below it.
+_MOST_ID_CHARS = 256
+#: The contract's urgency, as the queues know it; unspecified is bulk.
+_URGENCIES = {common_pb2.URGENCY_INTERACTIVE: Urgency.INTERACTIVE}
 
 
 class GeneratorServicer:
     """`tiergen.generator.v1.GeneratorService` over a tier catalogue and its tiers' backends."""
 
-    def __init__(self, catalogue: TierCatalogue, backends: Mapping[str, Backend]) -> None:
+    def __init__(
+        self,
+        catalogue: TierCatalogue,
+        backends: Mapping[str, Backend],
+        fair_share: FairShareSettings | None = None,
+    ) -> None:
         self._catalogue = catalogue
         self._backends = {tier.name: backends[tier.backend] for tier in catalogue}
-        self._queues = {tier.name: TierQueue(tier) for tier in catalogue}
+        self._scheduler = RenderScheduler(catalogue, backends, fair_share)
 
     async def ListTiers(
         self, request: generator_pb2.ListTiersRequest, context: Any
@@ -88,7 +102,7 @@ class GeneratorServicer:
     ) -> AsyncIterator[generator_pb2.RenderResponse]:
         requests = aiter(request_iterator)
         try:
-            request = await self._receive(requests)
+            request, requester = await self._receive(requests)
         except TiergenError:
             await drain(requests, self._catalogue.reference_limits.max_bytes)
             raise
@@ -99,12 +113,13 @@ class GeneratorServicer:
         else:
             tier = self._validate(request)
         structlog.contextvars.bind_contextvars(tier=tier.name, backend=tier.backend)
-        queue = self._queues[tier.name]
-        with queue.place(request.resolution.size):
+        size = request.resolution.size
+        remaining = context.time_remaining()
+        with self._scheduler.admit(tier, size, requester, remaining) as ticket:
             yield _progress("queued", 0.0)
-            async with queue.turn():
+            async with ticket.turn() as turn:
                 yield _progress("rendering", 0.1)
-                picture = await self._render(tier, request)
+                picture = await self._render(tier, request, turn)
         # Hashing a large image takes milliseconds: off the event loop. A small one hashes in
         # less time than the hop would take.
         if len(picture.image) > _HASH_ON_LOOP_BYTES:
@@ -137,8 +152,9 @@ class GeneratorServicer:
         for chunk in split(picture.image):
             yield generator_pb2.RenderResponse(chunk=chunk)
 
-    async def _render(self, tier: Tier, request: RenderRequest) -> Picture:
-        """Renders `request` on the tier's backend, in a span."""
+    async def _render(self, tier: Tier, request: RenderRequest, turn: Turn) -> Picture:
+        """Renders `request` on the tier's backend (the built-in one on `turn`'s worker), in a
+        span."""
         span = _tracer.start_span(
             "render",
             attributes={
@@ -150,16 +166,22 @@ class GeneratorServicer:
                 "tiergen.seed": str(request.seed),
             },
         )
+        backend = self._backends[tier.name]
         try:
-            return await self._backends[tier.name].render(tier, request)
+            if isinstance(backend, BuiltinBackend):
+                return await backend.render_on(turn, tier, request)
+            return await backend.render(tier, request)
         except BaseException as error:
             span.set_status(Status(StatusCode.ERROR, str(error) or type(error).__name__))
             raise
         finally:
             span.end()
 
-    async def _receive(self, requests: AsyncIterator[generator_pb2.RenderRequest]) -> RenderRequest:
-        """The spec of the first message and the images it announces, as a domain request."""
+    async def _receive(
+        self, requests: AsyncIterator[generator_pb2.RenderRequest]
+    ) -> tuple[RenderRequest, Requester]:
+        """The spec of the first message and the images it announces, as a domain request, and
+        whom it is for."""
         first = await anext(requests, None)
         if first is None:
             raise InvalidArgument(
@@ -177,6 +199,7 @@ class GeneratorServicer:
         if spec.request_id:
             structlog.contextvars.bind_contextvars(request_id=spec.request_id)
         resolution = self._resolution(spec)
+        requester = _requester(spec)
         limit = self._catalogue.reference_limits.max_bytes
         # Keyed by the oneof case that carries each image's chunks.
         images: dict[str, ChunkAssembler | None] = {
@@ -217,7 +240,7 @@ class GeneratorServicer:
             None if assembler is None else await asyncio.to_thread(assembler.finish)
             for assembler in images.values()
         ]
-        return RenderRequest(
+        request = RenderRequest(
             tier=spec.tier,
             prompt=spec.prompt,
             seed=spec.seed,
@@ -226,6 +249,7 @@ class GeneratorServicer:
             strength=spec.strength,
             mask=mask,
         )
+        return request, requester
 
     def _resolution(self, spec: generator_pb2.RenderSpec) -> Resolution:
         """The requested size: unspecified is the tier's smallest, and the ratio square."""
@@ -259,6 +283,19 @@ class GeneratorServicer:
                 reason=error.reason,
                 metadata=error.metadata,
             ) from None
+
+
+def _requester(spec: generator_pb2.RenderSpec) -> Requester:
+    """Whom the render is for, as the router says; bulk work of tenant "" when it says nothing."""
+    for field, value in (("tenant", spec.tenant), ("account_id", spec.account_id)):
+        if len(value) > _MOST_ID_CHARS:
+            raise InvalidArgument(
+                f"{field} is {len(value)} characters; at most {_MOST_ID_CHARS}", field=field
+            )
+    if spec.tenant:
+        structlog.contextvars.bind_contextvars(tenant=spec.tenant)
+    urgency = _URGENCIES.get(spec.urgency, Urgency.BULK)
+    return Requester(spec.tenant, spec.account_id, urgency)
 
 
 def _announced(info: common_pb2.ImageInfo) -> bool:

@@ -14,10 +14,14 @@ from services.generator.providers.http import (
     setting_variable,
 )
 from services.generator.tiers import TierCatalogue, TierConfigError, load_catalogue
+from services.runtime.fairshare import FairShareSettings
 from services.runtime.settings import ConfigError, Env, ServerSettings
 
 __all__ = [
+    "BULK_NICE_VARIABLE",
     "DEFAULT_BASE_URLS",
+    "FAIR_SHARE_PREFIX",
+    "INTERACTIVE_WORKERS_VARIABLE",
     "SERVICE",
     "TIERS_FILE_VARIABLE",
     "WORKERS_VARIABLE",
@@ -30,8 +34,15 @@ SERVICE = "generator"
 
 TIERS_FILE_VARIABLE = "TIERGEN_GENERATOR_TIERS_FILE"
 WORKERS_VARIABLE = "TIERGEN_GENERATOR_WORKERS"
+INTERACTIVE_WORKERS_VARIABLE = "TIERGEN_GENERATOR_INTERACTIVE_WORKERS"
+BULK_NICE_VARIABLE = "TIERGEN_GENERATOR_BULK_NICE"
+#: Prefix of the fair-share settings: TIERGEN_GENERATOR_TENANT_WEIGHTS, …_INTERACTIVE_BURST.
+FAIR_SHARE_PREFIX = "TIERGEN_GENERATOR"
 
 _MOST_WORKERS = 64
+_MOST_INTERACTIVE_WORKERS = 16
+#: The lowest priority Linux has.
+_MOST_NICE = 19
 
 #: Where each HTTP provider's API lives unless TIERGEN_<PROVIDER>_BASE_URL says otherwise.
 DEFAULT_BASE_URLS = {
@@ -113,6 +124,13 @@ class GeneratorSettings:
     tiers_file: Path | None = None
     #: Worker processes rendering in parallel: one per core the generator may use.
     workers: int = 2
+    #: More worker processes that take only interactive renders (0: none; see scheduling.py).
+    interactive_workers: int = 1
+    #: Niceness of the shared workers, so that the interactive lane (and the server itself)
+    #: wins a core from a bulk render when both want one; 0 runs them at normal priority.
+    bulk_nice: int = 10
+    #: Tenant weights and the interactive bound of the render queues.
+    fair_share: FairShareSettings = field(default_factory=FairShareSettings)
     #: The Gemini image API (TIERGEN_GEMINI_*, GEMINI_API_KEY or GEMINI_API_KEY_FILE).
     gemini: ProviderSettings = field(default_factory=_default_provider("gemini"))
     #: The OpenAI Images API (TIERGEN_OPENAI_*, OPENAI_API_KEY or OPENAI_API_KEY_FILE).
@@ -122,6 +140,15 @@ class GeneratorSettings:
         if not 1 <= self.workers <= _MOST_WORKERS:
             raise ConfigError(
                 f"{WORKERS_VARIABLE}={self.workers}: must be between 1 and {_MOST_WORKERS}"
+            )
+        if not 0 <= self.interactive_workers <= _MOST_INTERACTIVE_WORKERS:
+            raise ConfigError(
+                f"{INTERACTIVE_WORKERS_VARIABLE}={self.interactive_workers}: must be between 0"
+                f" and {_MOST_INTERACTIVE_WORKERS}"
+            )
+        if not 0 <= self.bulk_nice <= _MOST_NICE:
+            raise ConfigError(
+                f"{BULK_NICE_VARIABLE}={self.bulk_nice}: must be between 0 and {_MOST_NICE}"
             )
 
     @classmethod
@@ -134,6 +161,9 @@ class GeneratorSettings:
             server=ServerSettings.from_env(SERVICE, environ),
             tiers_file=Path(tiers_file).expanduser() if tiers_file else None,
             workers=env.integer(WORKERS_VARIABLE, cls.workers),
+            interactive_workers=env.integer(INTERACTIVE_WORKERS_VARIABLE, cls.interactive_workers),
+            bulk_nice=env.integer(BULK_NICE_VARIABLE, cls.bulk_nice),
+            fair_share=FairShareSettings.from_env(FAIR_SHARE_PREFIX, environ),
             gemini=provider_settings("gemini", environ),
             openai=provider_settings("openai", environ),
         )

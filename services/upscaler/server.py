@@ -9,6 +9,7 @@ from concurrent.futures import ProcessPoolExecutor
 from tiergen.upscaler.v1 import upscaler_pb2, upscaler_pb2_grpc
 
 from services.runtime import server as runtime
+from services.runtime.callers import caller_gate, same_for_every_method
 from services.upscaler.servicer import UpscalerService
 from services.upscaler.settings import UpscalerSettings
 from services.upscaler.worker import JobBoard, prepare_worker
@@ -16,7 +17,8 @@ from services.upscaler.worker import JobBoard, prepare_worker
 __all__ = ["SERVICE_NAME", "create_server"]
 
 #: Full name of the gRPC service, as health checks and reflection know it.
-SERVICE_NAME: str = upscaler_pb2.DESCRIPTOR.services_by_name["UpscalerService"].full_name
+_SERVICE = upscaler_pb2.DESCRIPTOR.services_by_name["UpscalerService"]
+SERVICE_NAME: str = _SERVICE.full_name
 
 
 async def create_server(settings: UpscalerSettings) -> tuple[runtime.Server, int]:
@@ -25,6 +27,13 @@ async def create_server(settings: UpscalerSettings) -> tuple[runtime.Server, int
     The worker processes start here, so the first request does not wait for them; stopping the
     server stops them.
     """
+    runtime.check_transport(settings.server)
+    # Every RPC serves the allowed callers (TIERGEN_ALLOWED_CALLERS: the router by default).
+    gate = caller_gate(
+        settings.server,
+        SERVICE_NAME,
+        same_for_every_method(_SERVICE, settings.server.allowed_callers),
+    )
     # Spawned, not forked: a fork would copy the gRPC threads' locks in whatever state they are.
     context = multiprocessing.get_context("spawn")
     board = JobBoard(settings.workers + settings.queue_limit, context)
@@ -49,7 +58,7 @@ async def create_server(settings: UpscalerSettings) -> tuple[runtime.Server, int
     )
     try:
         return await runtime.create_server(
-            settings.server, [registration], on_stop=[servicer.close]
+            settings.server, [registration], on_stop=[servicer.close], gate=gate
         )
     except BaseException:
         await servicer.close()

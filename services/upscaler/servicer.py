@@ -5,21 +5,30 @@ One `Upscale` call, as the server sees it:
 1. The first message must be the spec; it is validated (and the announced input size checked)
    before any image byte is buffered. A request refused while the client is still sending is
    read to its end first (see `_drain`), so asyncio clients see the refusal, not INTERNAL.
-2. Admission: a request takes one of `workers + queue_limit` job slots, or is refused with
-   RESOURCE_EXHAUSTED and a RetryInfo of about one job's time, when a slot frees.
-3. The chunks are assembled (in order, within `max_input_bytes`) and the job goes to the process
-   pool. While it runs, the worker's stage on the shared `JobBoard` becomes `progress` messages.
+2. Admission: a request takes one of `workers + queue_limit` places, or is refused with
+   RESOURCE_EXHAUSTED: `QUEUE_FULL` with a RetryInfo of about one job's time, when a place
+   frees; `WAIT_EXCEEDS_DEADLINE` with a RetryInfo of the expected wait, when it could not
+   start before the caller's deadline. A full upscaler sheds a waiting bulk job for an
+   interactive one, or a job of a tenant over its weighted share for one under it (`SHED`).
+3. The chunks are assembled (in order, within `max_input_bytes`), "queued" is reported, and the
+   job waits for a worker in fair order (`services.runtime.fairshare`: tenants by the weights
+   of TIERGEN_UPSCALER_TENANT_WEIGHTS, accounts evenly, interactive first within a bound; the
+   spec's `tenant`, `account_id` and `urgency` say whose it is). Only then does it go to the
+   process pool, so the pool never queues work of its own. While it runs, the worker's stage on
+   the shared `JobBoard` becomes `progress` messages.
 4. `progress` "done", then `result`, then the output in 1 MiB chunks.
 
-When the call ends early (cancelled, deadline passed, client gone) the job's slot is flagged and
-its worker stops before its next tile; the slot is handed out again only once the worker has
-let go of it. A worker process that dies breaks the whole pool, so the pool is replaced and
-the requests it was running fail with UNAVAILABLE, which callers may retry.
+When the call ends early (cancelled, deadline passed, client gone) the job's board slot is
+flagged and its worker stops before its next tile; the worker (and the slot) is handed out
+again only once it has let go of the job. A worker process that dies breaks the whole pool, so
+the pool is replaced and the requests it was running fail with UNAVAILABLE, which callers may
+retry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,7 +42,7 @@ import structlog
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 from tiergen.common.v1 import common_pb2
 from tiergen.upscaler.v1 import upscaler_pb2
 
@@ -44,6 +53,18 @@ from services.runtime.errors import (
     TiergenError,
     Unavailable,
 )
+from services.runtime.fairshare import (
+    Claim,
+    Dispatcher,
+    FairOrder,
+    GroupFull,
+    GroupLimits,
+    Requester,
+    ServiceTimes,
+    Ticket,
+    Turn,
+    Urgency,
+)
 from services.upscaler.pipeline import (
     IMAGE_FIELD,
     OutputFormat,
@@ -52,7 +73,8 @@ from services.upscaler.pipeline import (
     UpscaleSpec,
 )
 from services.upscaler.settings import UpscalerSettings
-from services.upscaler.worker import Finished, JobBoard, Stage, Ticket, run_job
+from services.upscaler.worker import Finished, JobBoard, Stage, run_job
+from services.upscaler.worker import Ticket as BoardTicket
 
 __all__ = ["UpscalerService"]
 
@@ -62,6 +84,18 @@ _log = structlog.get_logger("tiergen.upscaler")
 _JOBS = Gauge(
     "tiergen_upscaler_jobs",
     "Upscale jobs admitted, running on a worker or waiting for one (the queue depth and load).",
+)
+_EXPECTED_WAIT = Gauge(
+    "tiergen_upscaler_expected_wait_seconds",
+    "Seconds a new upscale of a tenant with nothing queued would wait for a worker, by urgency:"
+    " the work ahead of it over the workers, from recent job times.",
+    ["urgency"],
+)
+_REFUSED = Counter(
+    "tiergen_upscaler_refused_total",
+    "Upscales refused at admission or shed while waiting, by urgency and reason (QUEUE_FULL,"
+    " WAIT_EXCEEDS_DEADLINE, SHED).",
+    ["urgency", "reason"],
 )
 
 _Context: TypeAlias = (
@@ -90,6 +124,12 @@ _STAGE_NAMES = {
 }
 #: Job time assumed for the RetryInfo hint until a job has finished: a 4K PNG's.
 _FIRST_JOB_SECONDS = 1.0
+#: The upscaler's one admission group: every job takes the same workers.
+_GROUP = "upscale"
+#: Longest tenant or account id accepted: the router's own limits are far below it.
+_MOST_ID_CHARS = 256
+#: The contract's urgency, as the queue knows it; unspecified is bulk.
+_URGENCIES = {common_pb2.URGENCY_INTERACTIVE: Urgency.INTERACTIVE}
 
 _FORMATS = {
     OutputFormat.PNG: common_pb2.IMAGE_FORMAT_PNG,
@@ -128,6 +168,20 @@ class UpscalerService:
         self._start_pool = start_pool
         self._pool = start_pool()
         self._last_job_seconds = _FIRST_JOB_SECONDS
+        fair_share = settings.fair_share
+        self._dispatcher = Dispatcher(
+            order=FairOrder(fair_share.weights, fair_share.interactive_burst),
+            groups={_GROUP: GroupLimits(places=settings.workers + settings.queue_limit)},
+            estimates=ServiceTimes(lambda _work: _FIRST_JOB_SECONDS),
+            shared_workers=settings.workers,
+            subject="the upscaler",
+            on_refusal=_count_refusal,
+        )
+        dispatcher = self._dispatcher
+        for urgency in Urgency:
+            _EXPECTED_WAIT.labels(urgency.value).set_function(
+                functools.partial(dispatcher.expected_wait, "", urgency, _GROUP)
+            )
 
     async def close(self) -> None:
         """Stop every job at its next check and shut the pool down (a stop hook)."""
@@ -140,46 +194,56 @@ class UpscalerService:
         requests = aiter(request_iterator)
         limit = self._settings.max_input_bytes
         try:
-            spec, announced = self._read_spec(await anext(requests, None))
-            slot = self._admit()
+            spec, announced, requester = self._read_spec(await anext(requests, None))
+            ticket = self._admit(spec, requester, context.time_remaining())
         except TiergenError:
             await drain(requests, limit)
             raise
-        try:
-            data = await _receive_image(requests, announced, limit)
-            job = self._submit(data, spec, slot, context.time_remaining())
-        except BaseException as error:
-            self._slots.give_back(slot)
-            if isinstance(error, TiergenError):
+        with ticket:
+            try:
+                data = await _receive_image(requests, announced, limit)
+            except TiergenError:
                 await drain(requests, limit)
-            raise
-        span = _tracer.start_span(
-            "upscale",
-            attributes={"tiergen.factor": spec.factor, "tiergen.method": spec.method.value},
-        )
-        try:
-            async for progress in self._progress(job):
-                yield upscaler_pb2.UpscaleResponse(progress=progress)
-            finished = self._outcome(job)
-            image = finished.image
-            span.set_attributes({"tiergen.width": image.width, "tiergen.height": image.height})
-        except BaseException as error:
-            span.set_status(Status(StatusCode.ERROR, str(error) or type(error).__name__))
-            raise
-        finally:
-            if not job.future.done():
-                # The call ended before the job did: free its worker at the next tile.
-                self._board.cancel(slot)
-                job.future.cancel()
-            span.end()
+                raise
+            # Announced at once: a fast job may be decoding before the board is first read.
+            yield upscaler_pb2.UpscaleResponse(progress=_progress("queued", 0.0))
+            async with ticket.turn() as turn:
+                job = self._submit(data, spec, turn, context.time_remaining())
+                span = _tracer.start_span(
+                    "upscale",
+                    attributes={
+                        "tiergen.factor": spec.factor,
+                        "tiergen.method": spec.method.value,
+                    },
+                )
+                try:
+                    async for progress in self._progress(job):
+                        yield upscaler_pb2.UpscaleResponse(progress=progress)
+                    finished = self._outcome(job)
+                    image = finished.image
+                    span.set_attributes(
+                        {"tiergen.width": image.width, "tiergen.height": image.height}
+                    )
+                except BaseException as error:
+                    span.set_status(Status(StatusCode.ERROR, str(error) or type(error).__name__))
+                    raise
+                finally:
+                    if not job.future.done():
+                        # The call ended before the job did: free its worker at the next tile.
+                        self._board.cancel(job.slot)
+                        job.future.cancel()
+                    span.end()
         self._last_job_seconds = finished.seconds
         yield upscaler_pb2.UpscaleResponse(progress=_progress("done", 1.0))
         yield upscaler_pb2.UpscaleResponse(result=_result(finished))
         for chunk in split(image.data):
             yield upscaler_pb2.UpscaleResponse(chunk=chunk)
 
-    def _read_spec(self, first: upscaler_pb2.UpscaleRequest | None) -> tuple[UpscaleSpec, int]:
-        """The validated spec of the first message, and the input size it announces (0: none)."""
+    def _read_spec(
+        self, first: upscaler_pb2.UpscaleRequest | None
+    ) -> tuple[UpscaleSpec, int, Requester]:
+        """The validated spec of the first message, the input size it announces (0: none), and
+        whom the upscale is for."""
         if first is None:
             raise InvalidArgument(
                 "the request stream is empty: send the spec first, then the image in chunks",
@@ -195,6 +259,7 @@ class UpscalerService:
         message = first.spec
         if message.request_id:
             structlog.contextvars.bind_contextvars(request_id=message.request_id)
+        requester = _requester(message)
         spec = UpscaleSpec.parse(
             factor=message.factor,
             method=_enum_name(common_pb2.UpscaleMethod, message.method, "UPSCALE_METHOD_"),
@@ -218,40 +283,52 @@ class UpscalerService:
                 reason="IMAGE_TOO_LARGE",
                 metadata={"size_bytes": str(announced), "max_bytes": str(limit)},
             )
-        return spec, announced
+        return spec, announced, requester
 
-    def _admit(self) -> int:
+    def _admit(self, spec: UpscaleSpec, requester: Requester, remaining: float | None) -> Ticket:
+        """A place for the upscale, or RESOURCE_EXHAUSTED (see the module's docstring)."""
+        dispatcher = self._dispatcher
+        work = f"x{spec.factor:g}/{spec.output_format.value}"
+        claim = requester.claim(_GROUP, dispatcher.estimate(work), work)
+        try:
+            return dispatcher.admit(claim, remaining)
+        except GroupFull:
+            settings = self._settings
+            # A place frees when a running job finishes: within about one job's time.
+            retry_after = max(0.1, round(self._last_job_seconds, 1))
+            raise ResourceExhausted(
+                f"the upscaler is busy: {settings.workers} running and {settings.queue_limit} "
+                f"waiting is the most it takes; retry in {retry_after:g} s",
+                retry_after=retry_after,
+                reason="QUEUE_FULL",
+                metadata={
+                    "workers": str(settings.workers),
+                    "queue_limit": str(settings.queue_limit),
+                },
+            ) from None
+
+    def _submit(self, data: bytes, spec: UpscaleSpec, turn: Turn, remaining: float | None) -> _Job:
+        """Sends the job to the pool on the worker `turn` holds, until the worker lets go."""
+        # At most one job per worker holds a slot: the board has more than enough.
         slot = self._slots.take()
-        if slot is not None:
-            return slot
-        settings = self._settings
-        # A slot frees when a running job finishes: within about one job's time.
-        retry_after = max(0.1, round(self._last_job_seconds, 1))
-        raise ResourceExhausted(
-            f"the upscaler is busy: {settings.workers} running and {settings.queue_limit} "
-            f"waiting is the most it takes; retry in {retry_after:g} s",
-            retry_after=retry_after,
-            reason="QUEUE_FULL",
-            metadata={"workers": str(settings.workers), "queue_limit": str(settings.queue_limit)},
-        )
-
-    def _submit(self, data: bytes, spec: UpscaleSpec, slot: int, remaining: float | None) -> _Job:
+        assert slot is not None, "the board has a slot for every worker"
         deadline = None if remaining is None else time.monotonic() + remaining
         pool = self._pool
         try:
-            future = pool.submit(run_job, data, spec, self._pipeline, Ticket(slot, deadline))
+            future = pool.submit(run_job, data, spec, self._pipeline, BoardTicket(slot, deadline))
         except BrokenProcessPool:
+            self._slots.give_back(slot)
             raise self._replace(pool) from None
         # Not when the call ends: a cancelled job's worker may still be busy until its next tile.
         future.add_done_callback(lambda _: self._slots.give_back(slot))
+        turn.hold_until(future)
         return _Job(future, pool, slot)
 
     async def _progress(self, job: _Job) -> AsyncIterator[common_pb2.Progress]:
-        """The job's progress whenever it changes, until the job is done."""
+        """The job's progress whenever it changes, until the job is done ("queued" is already
+        reported)."""
         done = asyncio.wrap_future(job.future)
-        # Announced at once: a fast job may be decoding before the board is first read.
         reported = _progress("queued", 0.0)
-        yield reported
         try:
             while True:
                 stage, fraction = self._board.progress(job.slot)
@@ -347,6 +424,23 @@ async def _receive_image(
             reason="EMPTY_IMAGE",
         )
     return assembler.finish()
+
+
+def _requester(spec: upscaler_pb2.UpscaleSpec) -> Requester:
+    """Whom the upscale is for, as the router says; bulk work of tenant "" when it says nothing."""
+    for field, value in (("tenant", spec.tenant), ("account_id", spec.account_id)):
+        if len(value) > _MOST_ID_CHARS:
+            raise InvalidArgument(
+                f"{field} is {len(value)} characters; at most {_MOST_ID_CHARS}",
+                field=f"spec.{field}",
+            )
+    if spec.tenant:
+        structlog.contextvars.bind_contextvars(tenant=spec.tenant)
+    return Requester(spec.tenant, spec.account_id, _URGENCIES.get(spec.urgency, Urgency.BULK))
+
+
+def _count_refusal(claim: Claim, reason: str) -> None:
+    _REFUSED.labels(claim.urgency.value, reason).inc()
 
 
 def _enum_name(enum: EnumTypeWrapper, number: int, prefix: str) -> str:

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from services.runtime.fairshare import FairShareSettings
 from services.runtime.settings import ConfigError, Env, ServerSettings
 from services.upscaler.encoding import OutputFormat
 from services.upscaler.pipeline import PipelineSettings
 
-__all__ = ["SERVICE", "UpscalerSettings"]
+__all__ = ["FAIR_SHARE_PREFIX", "SERVICE", "UpscalerSettings"]
 
 #: The service's short name: its default port, log and trace name.
 SERVICE = "upscaler"
@@ -31,6 +32,9 @@ _VARIABLES = {
     "workers": "TIERGEN_UPSCALER_WORKERS",
     "queue_limit": "TIERGEN_UPSCALER_QUEUE_LIMIT",
 }
+
+#: Prefix of the fair-share settings: TIERGEN_UPSCALER_TENANT_WEIGHTS, …_INTERACTIVE_BURST.
+FAIR_SHARE_PREFIX = "TIERGEN_UPSCALER"
 
 #: An output raster this large (1 GiB as RGBA) is where one worker process stops being sane.
 _LARGEST_OUTPUT_SIDE = 16384
@@ -75,6 +79,8 @@ class UpscalerSettings:
     queue_limit: int = 4
     #: Where and how the gRPC server listens (TIERGEN_HOST, TIERGEN_PORT, ...).
     server: ServerSettings = field(default_factory=_default_server)
+    #: Tenant weights and the interactive bound of the queue for workers.
+    fair_share: FairShareSettings = field(default_factory=FairShareSettings)
 
     def __post_init__(self) -> None:
         _in_range("max_input_side", self.max_input_side, 1, _LARGEST_INPUT_SIDE)
@@ -123,6 +129,7 @@ class UpscalerSettings:
             workers=env.integer(_VARIABLES["workers"], defaults.workers),
             queue_limit=env.integer(_VARIABLES["queue_limit"], defaults.queue_limit),
             server=ServerSettings.from_env(SERVICE, environ),
+            fair_share=FairShareSettings.from_env(FAIR_SHARE_PREFIX, environ),
         )
 
     def pipeline(self) -> PipelineSettings:

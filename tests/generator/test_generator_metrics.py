@@ -1,31 +1,53 @@
-"""The generator's queue depth on the metrics registry: renders running and waiting per tier."""
+"""The generator's queues on the metrics registry: renders running and waiting per tier, the
+expected wait of a new render, and refusals by reason."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
 
+import pytest
 from prometheus_client import REGISTRY
 
-from services.generator.scheduling import TierQueue
-from services.generator.tiers import load_catalogue
+from services.generator.providers.instant import InstantBackend
+from services.generator.scheduling import RenderScheduler
+from services.generator.tiers import TierCatalogue, load_catalogue
+from services.runtime.errors import ResourceExhausted
+from services.runtime.fairshare import Requester, Urgency
 from services.runtime.resolution import ImageSize
 
 
+def _sample(name: str, labels: dict[str, str]) -> float | None:
+    return REGISTRY.get_sample_value(name, labels)
+
+
 def _renders(tier: str, state: str) -> float | None:
-    return REGISTRY.get_sample_value("tiergen_generator_renders", {"tier": tier, "state": state})
+    return _sample("tiergen_generator_renders", {"tier": tier, "state": state})
+
+
+def _scheduler(queue_limit: int = 64) -> tuple[RenderScheduler, TierCatalogue]:
+    # A tier on the instant backend: bounded only by its own max_concurrency.
+    tier = replace(
+        load_catalogue().tier("nano"),
+        name="metered",
+        backend="instant",
+        max_concurrency=1,
+        queue_limit=queue_limit,
+    )
+    catalogue = TierCatalogue((tier,))
+    return RenderScheduler(catalogue, {"instant": InstantBackend()}), catalogue
 
 
 async def test_renders_running_and_waiting_are_reported_per_tier():
-    tier = replace(load_catalogue().tier("nano"), name="metered", max_concurrency=1)
-    queue = TierQueue(tier)
+    scheduler, catalogue = _scheduler()
+    tier = catalogue.tier("metered")
     assert (_renders("metered", "running"), _renders("metered", "waiting")) == (0, 0)
     first_running = asyncio.Event()
     release = asyncio.Event()
 
     async def render() -> None:
-        with queue.place(ImageSize.K1):
-            async with queue.turn():
+        with scheduler.admit(tier, ImageSize.K1, Requester("acme", "a"), None) as ticket:
+            async with ticket.turn():
                 first_running.set()
                 await release.wait()
 
@@ -34,6 +56,34 @@ async def test_renders_running_and_waiting_are_reported_per_tier():
     await asyncio.sleep(0)
     assert (_renders("metered", "running"), _renders("metered", "waiting")) == (1, 2)
 
+    # A new tenant goes before acme's two waiting renders: it waits only for the running one
+    # (about 0.05 s); acme's next render waits for its own two as well.
+    wait = _sample(
+        "tiergen_generator_expected_wait_seconds", {"tier": "metered", "urgency": "bulk"}
+    )
+    assert wait is not None
+    assert 0.0 < wait <= 0.05
+    assert 0.1 < scheduler.expected_wait("metered", Urgency.BULK, "acme") <= 0.15
+
     release.set()
     await asyncio.gather(*renders)
     assert (_renders("metered", "running"), _renders("metered", "waiting")) == (0, 0)
+
+
+async def test_refusals_are_counted_by_reason():
+    scheduler, catalogue = _scheduler(queue_limit=0)
+    tier = catalogue.tier("metered")
+
+    def refused(urgency: str, reason: str) -> float:
+        labels = {"tier": "metered", "urgency": urgency, "reason": reason}
+        return _sample("tiergen_generator_refused_total", labels) or 0.0
+
+    full, shed = refused("bulk", "QUEUE_FULL"), refused("bulk", "SHED")
+    with scheduler.admit(tier, ImageSize.K1, Requester("acme", "a"), None):
+        with pytest.raises(ResourceExhausted):
+            scheduler.admit(tier, ImageSize.K1, Requester("acme", "b"), None)
+        assert refused("bulk", "QUEUE_FULL") == full + 1
+        # An interactive render takes the place of the waiting bulk one.
+        sketch = Requester("acme", "b", Urgency.INTERACTIVE)
+        with scheduler.admit(tier, ImageSize.K1, sketch, None):
+            assert refused("bulk", "SHED") == shed + 1

@@ -25,9 +25,9 @@ from services.generator.providers.instant import colour_of
 from services.generator.server import create_server
 from services.generator.settings import GeneratorSettings
 from services.runtime.chunks import image_info, split
-from services.runtime.settings import ServerSettings
 from tests.generator.fake_providers import FakeGemini, FakeOpenAI, FakeProvider, Mode, colour_for
 from tests.rich_errors import details
+from tests.tls import session_pki
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -95,14 +95,14 @@ async def channel(
     path = tmp_path_factory.mktemp("tiers") / "tiers.toml"
     path.write_text(TIERS)
     settings = GeneratorSettings(
-        server=ServerSettings(service="generator", port=0),
+        server=session_pki().server("generator"),
         tiers_file=path,
         gemini=provider(gemini_server),
         openai=provider(openai_server),
     )
     server, port = await create_server(settings)
     await server.start()
-    opened = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    opened = session_pki().channel(f"127.0.0.1:{port}")
     try:
         yield opened
     finally:

@@ -14,7 +14,8 @@ import pytest
 from services.generator.providers import ApiKey, ProviderSettings
 from services.generator.server import create_server
 from services.generator.settings import GeneratorSettings, provider_settings
-from services.runtime.settings import ConfigError, ServerSettings
+from services.runtime.settings import ConfigError
+from tests.tls import session_pki
 
 GEMINI_TIER = """\
 [tiers.vista]
@@ -42,9 +43,7 @@ def with_tiers(
 ) -> GeneratorSettings:
     path = tmp_path / "tiers.toml"
     path.write_text(text)
-    settings = GeneratorSettings(
-        server=ServerSettings(service="generator", port=0), tiers_file=path
-    )
+    settings = GeneratorSettings(server=session_pki().server("generator"), tiers_file=path)
     return replace(settings, gemini=gemini or settings.gemini, openai=openai or settings.openai)
 
 

@@ -32,8 +32,9 @@ from services.generator.settings import GeneratorSettings
 from services.generator.tiers import Quality
 from services.runtime.chunks import CHUNK_BYTES, image_info, split
 from services.runtime.resolution import MAX_PROMPT_CHARS
-from services.runtime.settings import ConfigError, ServerSettings
+from services.runtime.settings import ConfigError
 from tests.rich_errors import bad_fields, details
+from tests.tls import session_pki
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -83,7 +84,7 @@ FREED_WITHIN_SECONDS = 20.0
 
 def settings(tiers_file: Path | None = None, workers: int = 2) -> GeneratorSettings:
     return GeneratorSettings(
-        server=ServerSettings(service="generator", port=0), tiers_file=tiers_file, workers=workers
+        server=session_pki().server("generator"), tiers_file=tiers_file, workers=workers
     )
 
 
@@ -91,7 +92,7 @@ def settings(tiers_file: Path | None = None, workers: int = 2) -> GeneratorSetti
 async def serving(generator_settings: GeneratorSettings) -> AsyncIterator[grpc.aio.Channel]:
     server, port = await create_server(generator_settings)
     await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = session_pki().channel(f"127.0.0.1:{port}")
     try:
         yield channel
     finally:

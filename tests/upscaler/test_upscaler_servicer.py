@@ -30,11 +30,11 @@ from tiergen.common.v1 import common_pb2
 from tiergen.upscaler.v1 import upscaler_pb2, upscaler_pb2_grpc
 
 from services.runtime.chunks import CHUNK_BYTES, split
-from services.runtime.settings import ServerSettings
 from services.upscaler.pipeline import OutputFormat, UpscaleMethod, UpscaleSpec, upscale_image
 from services.upscaler.server import SERVICE_NAME, create_server
 from services.upscaler.settings import UpscalerSettings
 from tests.rich_errors import details
+from tests.tls import session_pki
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -43,7 +43,7 @@ SHARED = UpscalerSettings(
     workers=2,
     queue_limit=8,
     max_input_bytes=MAX_INPUT_BYTES,
-    server=ServerSettings(service="upscaler", port=0),
+    server=session_pki().server("upscaler"),
 )
 #: Far longer than a small request takes on a free worker (under 0.1 s), and less than half of
 #: what the slow job would still need if its worker kept running it (over 10 s).
@@ -176,7 +176,7 @@ async def serving(settings: UpscalerSettings) -> AsyncIterator[grpc.aio.Channel]
     """A started server for `settings` and a channel to it; stopped on exit."""
     server, port = await create_server(settings)
     await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = session_pki().channel(f"127.0.0.1:{port}")
     try:
         yield channel
     finally:
@@ -206,7 +206,7 @@ def one_worker(queue_limit: int) -> UpscalerSettings:
         workers=1,
         queue_limit=queue_limit,
         tile_size=64,
-        server=ServerSettings(service="upscaler", port=0),
+        server=session_pki().server("upscaler"),
     )
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etiergen/common/v1/common.proto\x12\x11tiergen.common.v1\"n\n\nResolution\x12*\n\x04size\x18\x01 \x01(\x0e\x32\x1c.tiergen.common.v1.ImageSize\x12\x34\n\x0c\x61spect_ratio\x18\x02 \x01(\x0e\x32\x1e.tiergen.common.v1.AspectRatio\"\x92\x01\n\tImageInfo\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12.\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1e.tiergen.common.v1.ImageFormat\x12\x12\n\nmedia_type\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\t\"*\n\nImageChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"H\n\x08\x41ssetRef\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12*\n\x04info\x18\x02 \x01(\x0b\x32\x1c.tiergen.common.v1.ImageInfo\"<\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x02\x12\x0f\n\x07message\x18\x03 \x01(\t*j\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x11\n\rSTAGE_EXPLORE\x10\x01\x12\x12\n\x0eSTAGE_VALIDATE\x10\x02\x12\x10\n\x0cSTAGE_REFINE\x10\x03\x12\x11\n\rSTAGE_ENHANCE\x10\x04*`\n\tImageSize\x12\x1a\n\x16IMAGE_SIZE_UNSPECIFIED\x10\x00\x12\x11\n\rIMAGE_SIZE_1K\x10\x01\x12\x11\n\rIMAGE_SIZE_2K\x10\x02\x12\x11\n\rIMAGE_SIZE_4K\x10\x03*\xde\x01\n\x0b\x41spectRatio\x12\x1c\n\x18\x41SPECT_RATIO_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41SPECT_RATIO_1_1\x10\x01\x12\x14\n\x10\x41SPECT_RATIO_3_2\x10\x02\x12\x14\n\x10\x41SPECT_RATIO_2_3\x10\x03\x12\x14\n\x10\x41SPECT_RATIO_4_3\x10\x04\x12\x14\n\x10\x41SPECT_RATIO_3_4\x10\x05\x12\x15\n\x11\x41SPECT_RATIO_16_9\x10\x06\x12\x15\n\x11\x41SPECT_RATIO_9_16\x10\x07\x12\x15\n\x11\x41SPECT_RATIO_21_9\x10\x08*o\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x02\x12\x15\n\x11IMAGE_FORMAT_WEBP\x10\x03*\x83\x01\n\rUpscaleMethod\x12\x1e\n\x1aUPSCALE_METHOD_UNSPECIFIED\x10\x00\x12\x1a\n\x16UPSCALE_METHOD_LANCZOS\x10\x01\x12\x1a\n\x16UPSCALE_METHOD_BICUBIC\x10\x02\x12\x1a\n\x16UPSCALE_METHOD_ENHANCE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etiergen/common/v1/common.proto\x12\x11tiergen.common.v1\"n\n\nResolution\x12*\n\x04size\x18\x01 \x01(\x0e\x32\x1c.tiergen.common.v1.ImageSize\x12\x34\n\x0c\x61spect_ratio\x18\x02 \x01(\x0e\x32\x1e.tiergen.common.v1.AspectRatio\"\x92\x01\n\tImageInfo\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12.\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1e.tiergen.common.v1.ImageFormat\x12\x12\n\nmedia_type\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\t\"*\n\nImageChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"H\n\x08\x41ssetRef\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12*\n\x04info\x18\x02 \x01(\x0b\x32\x1c.tiergen.common.v1.ImageInfo\"<\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x02\x12\x0f\n\x07message\x18\x03 \x01(\t*j\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x11\n\rSTAGE_EXPLORE\x10\x01\x12\x12\n\x0eSTAGE_VALIDATE\x10\x02\x12\x10\n\x0cSTAGE_REFINE\x10\x03\x12\x11\n\rSTAGE_ENHANCE\x10\x04*M\n\x07Urgency\x12\x17\n\x13URGENCY_UNSPECIFIED\x10\x00\x12\x17\n\x13URGENCY_INTERACTIVE\x10\x01\x12\x10\n\x0cURGENCY_BULK\x10\x02*`\n\tImageSize\x12\x1a\n\x16IMAGE_SIZE_UNSPECIFIED\x10\x00\x12\x11\n\rIMAGE_SIZE_1K\x10\x01\x12\x11\n\rIMAGE_SIZE_2K\x10\x02\x12\x11\n\rIMAGE_SIZE_4K\x10\x03*\xde\x01\n\x0b\x41spectRatio\x12\x1c\n\x18\x41SPECT_RATIO_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41SPECT_RATIO_1_1\x10\x01\x12\x14\n\x10\x41SPECT_RATIO_3_2\x10\x02\x12\x14\n\x10\x41SPECT_RATIO_2_3\x10\x03\x12\x14\n\x10\x41SPECT_RATIO_4_3\x10\x04\x12\x14\n\x10\x41SPECT_RATIO_3_4\x10\x05\x12\x15\n\x11\x41SPECT_RATIO_16_9\x10\x06\x12\x15\n\x11\x41SPECT_RATIO_9_16\x10\x07\x12\x15\n\x11\x41SPECT_RATIO_21_9\x10\x08*o\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x02\x12\x15\n\x11IMAGE_FORMAT_WEBP\x10\x03*\x83\x01\n\rUpscaleMethod\x12\x1e\n\x1aUPSCALE_METHOD_UNSPECIFIED\x10\x00\x12\x1a\n\x16UPSCALE_METHOD_LANCZOS\x10\x01\x12\x1a\n\x16UPSCALE_METHOD_BICUBIC\x10\x02\x12\x1a\n\x16UPSCALE_METHOD_ENHANCE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,14 +33,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STAGE']._serialized_start=494
   _globals['_STAGE']._serialized_end=600
-  _globals['_IMAGESIZE']._serialized_start=602
-  _globals['_IMAGESIZE']._serialized_end=698
-  _globals['_ASPECTRATIO']._serialized_start=701
-  _globals['_ASPECTRATIO']._serialized_end=923
-  _globals['_IMAGEFORMAT']._serialized_start=925
-  _globals['_IMAGEFORMAT']._serialized_end=1036
-  _globals['_UPSCALEMETHOD']._serialized_start=1039
-  _globals['_UPSCALEMETHOD']._serialized_end=1170
+  _globals['_URGENCY']._serialized_start=602
+  _globals['_URGENCY']._serialized_end=679
+  _globals['_IMAGESIZE']._serialized_start=681
+  _globals['_IMAGESIZE']._serialized_end=777
+  _globals['_ASPECTRATIO']._serialized_start=780
+  _globals['_ASPECTRATIO']._serialized_end=1002
+  _globals['_IMAGEFORMAT']._serialized_start=1004
+  _globals['_IMAGEFORMAT']._serialized_end=1115
+  _globals['_UPSCALEMETHOD']._serialized_start=1118
+  _globals['_UPSCALEMETHOD']._serialized_end=1249
   _globals['_RESOLUTION']._serialized_start=53
   _globals['_RESOLUTION']._serialized_end=163
   _globals['_IMAGEINFO']._serialized_start=166

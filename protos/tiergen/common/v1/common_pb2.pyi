@@ -14,6 +14,12 @@ class Stage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STAGE_REFINE: _ClassVar[Stage]
     STAGE_ENHANCE: _ClassVar[Stage]
 
+class Urgency(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    URGENCY_UNSPECIFIED: _ClassVar[Urgency]
+    URGENCY_INTERACTIVE: _ClassVar[Urgency]
+    URGENCY_BULK: _ClassVar[Urgency]
+
 class ImageSize(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     IMAGE_SIZE_UNSPECIFIED: _ClassVar[ImageSize]
@@ -51,6 +57,9 @@ STAGE_EXPLORE: Stage
 STAGE_VALIDATE: Stage
 STAGE_REFINE: Stage
 STAGE_ENHANCE: Stage
+URGENCY_UNSPECIFIED: Urgency
+URGENCY_INTERACTIVE: Urgency
+URGENCY_BULK: Urgency
 IMAGE_SIZE_UNSPECIFIED: ImageSize
 IMAGE_SIZE_1K: ImageSize
 IMAGE_SIZE_2K: ImageSize

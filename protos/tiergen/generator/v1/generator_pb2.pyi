@@ -44,7 +44,7 @@ class ListTiersResponse(_message.Message):
     def __init__(self, tiers: _Optional[_Iterable[_Union[Tier, _Mapping]]] = ...) -> None: ...
 
 class RenderSpec(_message.Message):
-    __slots__ = ("tier", "resolution", "prompt", "seed", "reference", "strength", "mask", "request_id")
+    __slots__ = ("tier", "resolution", "prompt", "seed", "reference", "strength", "mask", "request_id", "tenant", "account_id", "urgency")
     TIER_FIELD_NUMBER: _ClassVar[int]
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,9 @@ class RenderSpec(_message.Message):
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    URGENCY_FIELD_NUMBER: _ClassVar[int]
     tier: str
     resolution: _common_pb2.Resolution
     prompt: str
@@ -61,7 +64,10 @@ class RenderSpec(_message.Message):
     strength: float
     mask: _common_pb2.ImageInfo
     request_id: str
-    def __init__(self, tier: _Optional[str] = ..., resolution: _Optional[_Union[_common_pb2.Resolution, _Mapping]] = ..., prompt: _Optional[str] = ..., seed: _Optional[int] = ..., reference: _Optional[_Union[_common_pb2.ImageInfo, _Mapping]] = ..., strength: _Optional[float] = ..., mask: _Optional[_Union[_common_pb2.ImageInfo, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    tenant: str
+    account_id: str
+    urgency: _common_pb2.Urgency
+    def __init__(self, tier: _Optional[str] = ..., resolution: _Optional[_Union[_common_pb2.Resolution, _Mapping]] = ..., prompt: _Optional[str] = ..., seed: _Optional[int] = ..., reference: _Optional[_Union[_common_pb2.ImageInfo, _Mapping]] = ..., strength: _Optional[float] = ..., mask: _Optional[_Union[_common_pb2.ImageInfo, _Mapping]] = ..., request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., account_id: _Optional[str] = ..., urgency: _Optional[_Union[_common_pb2.Urgency, str]] = ...) -> None: ...
 
 class RenderRequest(_message.Message):
     __slots__ = ("spec", "reference_chunk", "mask_chunk")

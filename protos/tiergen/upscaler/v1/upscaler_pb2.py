@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tiergen.common.v1 import common_pb2 as tiergen_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"tiergen/upscaler/v1/upscaler.proto\x12\x13tiergen.upscaler.v1\x1a\x1etiergen/common/v1/common.proto\"\xc5\x01\n\x0bUpscaleSpec\x12\x0e\n\x06\x66\x61\x63tor\x18\x01 \x01(\x02\x12\x30\n\x06method\x18\x02 \x01(\x0e\x32 .tiergen.common.v1.UpscaleMethod\x12\x35\n\routput_format\x18\x03 \x01(\x0e\x32\x1e.tiergen.common.v1.ImageFormat\x12\x0f\n\x07quality\x18\x04 \x01(\x05\x12\x18\n\x10input_size_bytes\x18\x05 \x01(\x03\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"}\n\x0eUpscaleRequest\x12\x30\n\x04spec\x18\x01 \x01(\x0b\x32 .tiergen.upscaler.v1.UpscaleSpecH\x00\x12.\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1d.tiergen.common.v1.ImageChunkH\x00\x42\t\n\x07payload\"\xad\x01\n\rUpscaleResult\x12+\n\x05image\x18\x01 \x01(\x0b\x32\x1c.tiergen.common.v1.ImageInfo\x12\x13\n\x0binput_width\x18\x02 \x01(\x05\x12\x14\n\x0cinput_height\x18\x03 \x01(\x05\x12\x30\n\x06method\x18\x04 \x01(\x0e\x32 .tiergen.common.v1.UpscaleMethod\x12\x12\n\nprocess_ms\x18\x05 \x01(\x03\"\xb3\x01\n\x0fUpscaleResponse\x12/\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.tiergen.common.v1.ProgressH\x00\x12\x34\n\x06result\x18\x02 \x01(\x0b\x32\".tiergen.upscaler.v1.UpscaleResultH\x00\x12.\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x1d.tiergen.common.v1.ImageChunkH\x00\x42\t\n\x07payload2k\n\x0fUpscalerService\x12X\n\x07Upscale\x12#.tiergen.upscaler.v1.UpscaleRequest\x1a$.tiergen.upscaler.v1.UpscaleResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"tiergen/upscaler/v1/upscaler.proto\x12\x13tiergen.upscaler.v1\x1a\x1etiergen/common/v1/common.proto\"\x96\x02\n\x0bUpscaleSpec\x12\x0e\n\x06\x66\x61\x63tor\x18\x01 \x01(\x02\x12\x30\n\x06method\x18\x02 \x01(\x0e\x32 .tiergen.common.v1.UpscaleMethod\x12\x35\n\routput_format\x18\x03 \x01(\x0e\x32\x1e.tiergen.common.v1.ImageFormat\x12\x0f\n\x07quality\x18\x04 \x01(\x05\x12\x18\n\x10input_size_bytes\x18\x05 \x01(\x03\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x0e\n\x06tenant\x18\x07 \x01(\t\x12\x12\n\naccount_id\x18\x08 \x01(\t\x12+\n\x07urgency\x18\t \x01(\x0e\x32\x1a.tiergen.common.v1.Urgency\"}\n\x0eUpscaleRequest\x12\x30\n\x04spec\x18\x01 \x01(\x0b\x32 .tiergen.upscaler.v1.UpscaleSpecH\x00\x12.\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1d.tiergen.common.v1.ImageChunkH\x00\x42\t\n\x07payload\"\xad\x01\n\rUpscaleResult\x12+\n\x05image\x18\x01 \x01(\x0b\x32\x1c.tiergen.common.v1.ImageInfo\x12\x13\n\x0binput_width\x18\x02 \x01(\x05\x12\x14\n\x0cinput_height\x18\x03 \x01(\x05\x12\x30\n\x06method\x18\x04 \x01(\x0e\x32 .tiergen.common.v1.UpscaleMethod\x12\x12\n\nprocess_ms\x18\x05 \x01(\x03\"\xb3\x01\n\x0fUpscaleResponse\x12/\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.tiergen.common.v1.ProgressH\x00\x12\x34\n\x06result\x18\x02 \x01(\x0b\x32\".tiergen.upscaler.v1.UpscaleResultH\x00\x12.\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x1d.tiergen.common.v1.ImageChunkH\x00\x42\t\n\x07payload2k\n\x0fUpscalerService\x12X\n\x07Upscale\x12#.tiergen.upscaler.v1.UpscaleRequest\x1a$.tiergen.upscaler.v1.UpscaleResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tiergen.upscaler.v1.upscale
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_UPSCALESPEC']._serialized_start=92
-  _globals['_UPSCALESPEC']._serialized_end=289
-  _globals['_UPSCALEREQUEST']._serialized_start=291
-  _globals['_UPSCALEREQUEST']._serialized_end=416
-  _globals['_UPSCALERESULT']._serialized_start=419
-  _globals['_UPSCALERESULT']._serialized_end=592
-  _globals['_UPSCALERESPONSE']._serialized_start=595
-  _globals['_UPSCALERESPONSE']._serialized_end=774
-  _globals['_UPSCALERSERVICE']._serialized_start=776
-  _globals['_UPSCALERSERVICE']._serialized_end=883
+  _globals['_UPSCALESPEC']._serialized_end=370
+  _globals['_UPSCALEREQUEST']._serialized_start=372
+  _globals['_UPSCALEREQUEST']._serialized_end=497
+  _globals['_UPSCALERESULT']._serialized_start=500
+  _globals['_UPSCALERESULT']._serialized_end=673
+  _globals['_UPSCALERESPONSE']._serialized_start=676
+  _globals['_UPSCALERESPONSE']._serialized_end=855
+  _globals['_UPSCALERSERVICE']._serialized_start=857
+  _globals['_UPSCALERSERVICE']._serialized_end=964
 # @@protoc_insertion_point(module_scope)

@@ -7,20 +7,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class UpscaleSpec(_message.Message):
-    __slots__ = ("factor", "method", "output_format", "quality", "input_size_bytes", "request_id")
+    __slots__ = ("factor", "method", "output_format", "quality", "input_size_bytes", "request_id", "tenant", "account_id", "urgency")
     FACTOR_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
     INPUT_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    URGENCY_FIELD_NUMBER: _ClassVar[int]
     factor: float
     method: _common_pb2.UpscaleMethod
     output_format: _common_pb2.ImageFormat
     quality: int
     input_size_bytes: int
     request_id: str
-    def __init__(self, factor: _Optional[float] = ..., method: _Optional[_Union[_common_pb2.UpscaleMethod, str]] = ..., output_format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ..., quality: _Optional[int] = ..., input_size_bytes: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    tenant: str
+    account_id: str
+    urgency: _common_pb2.Urgency
+    def __init__(self, factor: _Optional[float] = ..., method: _Optional[_Union[_common_pb2.UpscaleMethod, str]] = ..., output_format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ..., quality: _Optional[int] = ..., input_size_bytes: _Optional[int] = ..., request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., account_id: _Optional[str] = ..., urgency: _Optional[_Union[_common_pb2.Urgency, str]] = ...) -> None: ...
 
 class UpscaleRequest(_message.Message):
     __slots__ = ("spec", "chunk")
