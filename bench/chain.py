@@ -3,7 +3,8 @@
 `python -m bench.chain` serves two services on the runtime's `create_server` (so with the same
 telemetry interceptor, health and reflection as every Tiergen service), and calls others over
 the runtime's `open_channel` (so with the same client interceptors, deadlines and retry policy
-as the router's channels):
+as the router's channels), secured as a service's are: TLS from TIERGEN_TLS_* and
+TIERGEN_CA_FILE, or plaintext with TIERGEN_INSECURE=true:
 
 - `tiergen.bench.v1.ChainService/Hop` takes and returns an empty message. With
   CHAIN_NEXT_ADDRS set (`host:port,host:port`), each Hop first calls Hop on each of those
@@ -28,7 +29,7 @@ import grpc
 
 from services.runtime.channels import open_channel
 from services.runtime.server import Server, ServiceRegistration, create_server, serve_forever
-from services.runtime.settings import Env, ServerSettings
+from services.runtime.settings import ChannelSecurity, Env, ServerSettings
 
 __all__ = [
     "CHAIN_SERVICE",
@@ -108,11 +109,14 @@ async def create_chain_server(environ: Mapping[str, str]) -> tuple[Server, int]:
     """Both services: TIERGEN_* server settings, CHAIN_NEXT_ADDRS for the hops Hop calls, and
     SHAPE_LEDGER_ADDR and SHAPE_GENERATOR_ADDR for the calls Generate makes."""
     settings = ServerSettings.from_env("chain", environ)
+    security = ChannelSecurity.from_env(environ)
     env = Env(environ)
     channels: list[grpc.aio.Channel] = []
 
     def connect(address: str, service: str) -> grpc.aio.Channel:
-        channel = open_channel(address, services=[service], default_timeout=_CALL_TIMEOUT)
+        channel = open_channel(
+            address, security=security, services=[service], default_timeout=_CALL_TIMEOUT
+        )
         channels.append(channel)
         return channel
 

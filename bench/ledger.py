@@ -139,9 +139,11 @@ _Client = Callable[[int, float, dict[str, list[float]]], Awaitable[int]]
 async def _start_server(
     processes: ProcessGroup, name: str, arguments: Sequence[str], environ: dict[str, str]
 ) -> _Server:
-    process = processes.spawn(name, arguments, environ)
+    # Each serves mutual TLS, as the ledger does in a deployment; the benchmark calls as the
+    # router.
+    process = processes.spawn(name, arguments, {**processes.tls_env("ledger"), **environ})
     address = await process.ready()
-    return _Server(name, process, grpc.aio.insecure_channel(address))
+    return _Server(name, process, processes.aio_channel(address))
 
 
 def _echo_client(channel: grpc.aio.Channel) -> _Client:

@@ -5,11 +5,19 @@ small server of its own), each in its own session so a terminal's Ctrl-C reaches
 benchmark, which then stops them in order. A process writes its address to a ready file once it
 serves, and its log to a file beside it; a process that does not start raises with its log's
 tail.
+
+Every process serves TLS as in a deployment: the group makes a CA and certificates in its
+directory (`services.cli.pki`, as `tiergen up` does), `tls_env(name)` are the settings that
+make a process serve and call with the certificate of `name` (mutual TLS for the ledger,
+generator and upscaler), and `client_security(name)` is how the benchmark calls with it.
+`PLAINTEXT` are the settings of a process asked to serve and call without TLS. Transport
+settings of the benchmark's own environment never reach a process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
@@ -19,7 +27,30 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ProcessGroup", "ServerProcess", "cpu_seconds"]
+import grpc
+
+from services.cli.pki import LocalPki, provision_local_pki
+from services.runtime.settings import (
+    CA_FILE_VARIABLE,
+    CERT_FILE_VARIABLE,
+    CLIENT_CA_FILE_VARIABLE,
+    INSECURE_VARIABLE,
+    KEY_FILE_VARIABLE,
+    ChannelSecurity,
+)
+from services.runtime.tls import channel_credentials
+
+__all__ = ["PLAINTEXT", "ProcessGroup", "ServerProcess", "cpu_seconds"]
+
+#: The settings of a process that serves and calls in plaintext.
+PLAINTEXT = {INSECURE_VARIABLE: "true"}
+_TRANSPORT = (
+    CERT_FILE_VARIABLE,
+    KEY_FILE_VARIABLE,
+    CLIENT_CA_FILE_VARIABLE,
+    CA_FILE_VARIABLE,
+    INSECURE_VARIABLE,
+)
 
 _START_SECONDS = 60.0
 _STOP_SECONDS = 30.0
@@ -108,7 +139,7 @@ class ProcessGroup:
         ready_file = self.run_dir / f"{name}.addr"
         log_path = self.run_dir / f"{name}.log"
         full_environ = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k not in _TRANSPORT},
             "TIERGEN_HOST": "127.0.0.1",
             "TIERGEN_PORT": "0",
             "TIERGEN_READY_FILE": str(ready_file),
@@ -127,6 +158,24 @@ class ProcessGroup:
         process = ServerProcess(name, popen, ready_file, log_path)
         self.started.append(process)
         return process
+
+    @functools.cached_property
+    def pki(self) -> LocalPki:
+        """The group's CA and certificates, made on first use in its directory."""
+        return provision_local_pki(self.run_dir)[0]
+
+    def tls_env(self, name: str) -> dict[str, str]:
+        """The settings of a process serving and calling as `name` (router, ledger, generator,
+        upscaler): its certificate, the CA, and for a backend the client CA."""
+        return self.pki.server_env(name)
+
+    def client_security(self, name: str = "router") -> ChannelSecurity:
+        """TLS trusting the group's CA, presenting the certificate of `name`."""
+        return self.pki.client_security(name)
+
+    def aio_channel(self, address: str, name: str = "router") -> grpc.aio.Channel:
+        """A bare TLS channel (no interceptors) to `address`, calling as `name`."""
+        return grpc.aio.secure_channel(address, channel_credentials(self.client_security(name)))
 
     def stop(self) -> None:
         """SIGTERM each, last started first, each drained before the next (killed if stuck)."""

@@ -35,7 +35,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc
 import numpy as np
 from PIL import Image
 from tiergen.common.v1 import common_pb2
@@ -181,8 +180,8 @@ async def _render_over_grpc(stub: Any, index: int) -> None:
         raise RuntimeError(f"render {index}: {received} bytes arrived, {expected} announced")
 
 
-async def _rounds(address: str) -> tuple[list[float], list[float]]:
-    async with grpc.aio.insecure_channel(address) as channel:
+async def _rounds(address: str, processes: ProcessGroup) -> tuple[list[float], list[float]]:
+    async with processes.aio_channel(address) as channel:
         stub = generator_pb2_grpc.GeneratorServiceStub(channel)  # type: ignore[no-untyped-call]
         # Untimed: the connection, and every worker's first render.
         await asyncio.gather(*(_render_over_grpc(stub, i) for i in range(2 * WORKERS)))
@@ -208,12 +207,16 @@ def measure_service(figures: Figures) -> None:
     """16 nano 1K renders over gRPC, one after another and all at once."""
     with tempfile.TemporaryDirectory(prefix="tiergen-bench-") as scratch:
         processes = ProcessGroup(Path(scratch))
-        environ = {"TIERGEN_GENERATOR_WORKERS": str(WORKERS), "OTEL_TRACES_EXPORTER": "none"}
+        environ = {
+            **processes.tls_env("generator"),
+            "TIERGEN_GENERATOR_WORKERS": str(WORKERS),
+            "OTEL_TRACES_EXPORTER": "none",
+        }
         # The embedded tier catalogue, whatever this shell has configured.
         environ["TIERGEN_GENERATOR_TIERS_FILE"] = ""
         try:
             generator = processes.spawn("generator", ["-m", "services.generator"], environ)
-            sequential, concurrent = asyncio.run(_rounds(generator.wait_ready()))
+            sequential, concurrent = asyncio.run(_rounds(generator.wait_ready(), processes))
         finally:
             processes.stop()
     figures["nano_1K_sequential_16_s"] = round(statistics.median(sequential), 3)

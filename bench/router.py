@@ -1,4 +1,5 @@
-"""Benchmarks the router's Generate against a bare chain of gRPC hops; tracing, auth on and off.
+"""Benchmarks the router's Generate against a bare chain of gRPC hops; tracing, auth and TLS on
+and off.
 
 Run from the repository root: `python -m bench.router --json` (or `tiergen bench router --json`).
 One run starts every process below on loopback, its files in a fresh temporary directory (under
@@ -18,6 +19,21 @@ SIGTERM:
   store, and the gRPC hops between them.
 - router_untraced: a second suite, identical but with TIERGEN_TRACING=off in every process.
 - router_auth_off: a third suite, identical to router but with TIERGEN_AUTH=off at the router.
+- router_plaintext: a fourth suite, identical to router but with TIERGEN_INSECURE=true in every
+  process and a plaintext client: no TLS on any hop.
+- router_webhooks: a fifth suite, identical to router but for one webhook endpoint of the
+  benchmark's tenant subscribed to every event (job.succeeded, job.failed, job.cancelled,
+  batch.completed, credits.low), at a local HTTPS receiver (`bench.webhook_receiver`, its
+  certificate from the run's CA, which TIERGEN_ROUTER_WEBHOOK_CA_FILE names): each Generate
+  then sends two signed deliveries, its job's and its batch's. The receiver measures each
+  event's delay from its moment (a job's finish_time) to its arrival, on the machine's clock.
+
+Every process but router_plaintext's serves TLS with certificates of a CA the benchmark makes
+in its directory (`bench.processes`), as a deployment does: the client calls the routers (and
+chain A, and the shape's router) over TLS trusting that CA, and the routers call their
+ledger, generator and upscaler over mutual TLS with the router's certificate, as do chain A
+and the shape's router their next hops. Connections are long-lived, as in a deployment, so what
+TLS costs is its encryption of every message and the handshake of the first call only.
 
 Each router's store gets an API key before the router starts, made through the store's own API
 as an operator makes a tenant's first key. Every call to every router carries that key (the
@@ -41,6 +57,7 @@ import json
 import os
 import platform
 import signal
+import ssl
 import statistics
 import sys
 import tempfile
@@ -52,12 +69,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 from tiergen.common.v1 import common_pb2
 from tiergen.ledger.v1 import ledger_pb2
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
 from bench.chain import generate_callable, hop_callable
-from bench.processes import ProcessGroup, ServerProcess
+from bench.processes import PLAINTEXT, ProcessGroup, ServerProcess, cpu_seconds
 from services.generator.tiers import DEFAULT_CATALOGUE_TOML
 from services.router.access.keys import KeyStore
 from services.router.access.scopes import Scope
@@ -66,13 +84,28 @@ from services.runtime.credentials import BearerToken
 __all__ = ["main", "run"]
 
 CONCURRENCY = (1, 16)
-VARIANTS = ("chain", "shape", "router", "router_untraced", "router_auth_off")
+VARIANTS = (
+    "chain",
+    "shape",
+    "router",
+    "router_untraced",
+    "router_auth_off",
+    "router_plaintext",
+    "router_webhooks",
+)
 #: The routers measured, with their tracing and authentication settings.
 ROUTERS = {
     "router": {"TIERGEN_TRACING": "on", "TIERGEN_AUTH": "on"},
     "router_untraced": {"TIERGEN_TRACING": "off", "TIERGEN_AUTH": "on"},
     "router_auth_off": {"TIERGEN_TRACING": "on", "TIERGEN_AUTH": "off"},
+    "router_plaintext": {"TIERGEN_TRACING": "on", "TIERGEN_AUTH": "on"},
+    "router_webhooks": {"TIERGEN_TRACING": "on", "TIERGEN_AUTH": "on"},
 }
+#: The suites whose router has a webhook endpoint subscribed to every event.
+_WEBHOOK_SUITES = frozenset({"router_webhooks"})
+_EVERY_EVENT = ("job.succeeded", "job.failed", "job.cancelled", "batch.completed", "credits.low")
+#: The suites whose every process serves and calls in plaintext.
+_PLAINTEXT_SUITES = frozenset({"router_plaintext"})
 #: Router Generates per second at 16 clients, as a share of the chain's requests: at least this.
 RPS_TARGET_RATIO = 0.6
 #: Router p50 at 1 client: at most the chain's p50 plus this.
@@ -81,8 +114,13 @@ P50_TARGET_EXTRA_MS = 3.0
 TRACING_TARGET_RATIO = 0.75
 #: Router throughput at 16 clients with authentication on, as a share of it off: at least this.
 AUTH_TARGET_RATIO = 0.95
+#: Router throughput at 16 clients with TLS on every hop, as a share of plaintext: at least this.
+MTLS_TARGET_RATIO = 0.85
+#: Router throughput at 16 clients with a webhook endpoint subscribed to every event, as a share
+#: of it without one: at least this.
+WEBHOOKS_TARGET_RATIO = 0.95
 #: What the benchmark's key may do: exactly the calls it makes.
-_SCOPES = (Scope.IMAGES_WRITE, Scope.ACCOUNTS_WRITE, Scope.CREDITS_GRANT)
+_SCOPES = (Scope.IMAGES_WRITE, Scope.ACCOUNTS_WRITE, Scope.CREDITS_GRANT, Scope.WEBHOOKS_ADMIN)
 
 _CALL_TIMEOUT = 10.0
 _TIER = "nano"
@@ -103,7 +141,20 @@ class _Variant:
             if seconds is None:
                 return None
             total += seconds
+            if process.name.endswith("-router"):
+                # A router's webhook dispatcher is a process of its own: its work is the
+                # router's.
+                total += _children_cpu_seconds(process.pid)
         return total
+
+
+def _children_cpu_seconds(pid: int) -> float:
+    """CPU time of the live children of process `pid` (none where /proc is missing)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0.0
+    return sum(cpu_seconds(int(child)) or 0.0 for child in children)
 
 
 @dataclass
@@ -290,13 +341,18 @@ def _spawn_suite(processes: ProcessGroup, variant: str) -> list[ServerProcess]:
         processes.spawn(
             f"{variant}-ledger",
             ["-m", "services.ledger"],
-            {**common, "TIERGEN_LEDGER_DSN": f"sqlite:///{data / 'ledger.db'}"},
+            {
+                **common,
+                **_transport(processes, variant, "ledger"),
+                "TIERGEN_LEDGER_DSN": f"sqlite:///{data / 'ledger.db'}",
+            },
         ),
         processes.spawn(
             f"{variant}-generator",
             ["-m", "services.generator"],
             {
                 **common,
+                **_transport(processes, variant, "generator"),
                 "TIERGEN_GENERATOR_TIERS_FILE": str(tiers),
                 "TIERGEN_GENERATOR_WORKERS": "1",
             },
@@ -304,9 +360,18 @@ def _spawn_suite(processes: ProcessGroup, variant: str) -> list[ServerProcess]:
         processes.spawn(
             f"{variant}-upscaler",
             ["-m", "services.upscaler"],
-            {**common, "TIERGEN_UPSCALER_WORKERS": "1"},
+            {
+                **common,
+                **_transport(processes, variant, "upscaler"),
+                "TIERGEN_UPSCALER_WORKERS": "1",
+            },
         ),
     ]
+
+
+def _transport(processes: ProcessGroup, variant: str, service: str) -> dict[str, str]:
+    """How a process of `variant` serves and calls: plaintext, or TLS as `service`."""
+    return dict(PLAINTEXT) if variant in _PLAINTEXT_SUITES else processes.tls_env(service)
 
 
 def _spawn_router(
@@ -318,6 +383,8 @@ def _spawn_router(
         ["-m", "services.router"],
         {
             **ROUTERS[variant],
+            **_transport(processes, variant, "router"),
+            **(_webhook_env(processes) if variant in _WEBHOOK_SUITES else {}),
             "TIERGEN_ROUTER_DSN": f"sqlite:///{data / 'router.db'}",
             "TIERGEN_ROUTER_ASSETS_DIR": str(data / "assets"),
             "LEDGER_ADDR": ledger,
@@ -325,6 +392,56 @@ def _spawn_router(
             "UPSCALER_ADDR": upscaler,
         },
     )
+
+
+def _webhook_env(processes: ProcessGroup) -> dict[str, str]:
+    """A router sending webhooks to the loopback receiver, whose certificate the run's CA
+    signed."""
+    return {
+        "TIERGEN_ROUTER_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
+        "TIERGEN_ROUTER_WEBHOOK_CA_FILE": str(processes.pki.ca_file),
+    }
+
+
+async def _subscribe(router: grpc.aio.Channel, token: BearerToken, receiver: str) -> None:
+    """One endpoint of the benchmark's tenant, subscribed to every event."""
+    stub = router_pb2_grpc.RouterServiceStub(router)  # type: ignore[no-untyped-call]
+    await stub.CreateWebhook(
+        router_pb2.CreateWebhookRequest(
+            url=f"{receiver}/hook",
+            events=list(_EVERY_EVENT),
+            description="bench receiver",
+            credits_low_threshold=1,
+        ),
+        timeout=_CALL_TIMEOUT,
+        metadata=(token.metadata,),
+    )
+
+
+async def _receiver_stats(
+    processes: ProcessGroup, receiver: str, *, reset: bool = False
+) -> dict[str, Any]:
+    """The receiver's figures so far (see `bench.webhook_receiver`), started afresh if `reset`."""
+    verify = ssl.create_default_context(cafile=str(processes.pki.ca_file))
+    async with httpx.AsyncClient(verify=verify, trust_env=False, timeout=_CALL_TIMEOUT) as client:
+        answer = await client.get(f"{receiver}/stats{'?reset' if reset else ''}")
+        answer.raise_for_status()
+        stats: dict[str, Any] = answer.json()
+        return stats
+
+
+async def _receiver_settled(processes: ProcessGroup, receiver: str) -> dict[str, Any]:
+    """The receiver's figures once the deliveries still under way have arrived: when a second
+    passes without one (at most 30 s)."""
+    stats = await _receiver_stats(processes, receiver)
+    give_up = time.monotonic() + 30
+    while time.monotonic() < give_up:
+        await asyncio.sleep(1.0)
+        later = await _receiver_stats(processes, receiver)
+        if later == stats:
+            break
+        stats = later
+    return stats
 
 
 async def _measure(variant: _Variant, clients: int, seconds: float, requests: int) -> _Sample:
@@ -349,25 +466,40 @@ def _rotated(names: Sequence[str], shift: int) -> Iterator[str]:
 
 
 async def _run(
-    processes: ProcessGroup, rounds: int, seconds: float, warmup: float, requests: int
+    processes: ProcessGroup,
+    rounds: int,
+    seconds: float,
+    warmup: float,
+    requests: int,
+    observed: dict[str, Any],
 ) -> dict[tuple[str, int], _Sample]:
-    chain_b = processes.spawn("chain-b", ["-m", "bench.chain"], {})
-    chain_c = processes.spawn("chain-c", ["-m", "bench.chain"], {})
-    shape_ledger = processes.spawn("shape-ledger", ["-m", "bench.chain"], {})
-    shape_generator = processes.spawn("shape-generator", ["-m", "bench.chain"], {})
+    """The samples of every variant and count; `observed` gets the webhook receiver's figures
+    and CPU."""
+    # The chain's and the shape's hops are TLS as the routers' are: a router's certificate
+    # calling, mutual TLS at the backends.
+    backend, front = processes.tls_env("ledger"), processes.tls_env("router")
+    chain_b = processes.spawn("chain-b", ["-m", "bench.chain"], backend)
+    chain_c = processes.spawn("chain-c", ["-m", "bench.chain"], backend)
+    shape_ledger = processes.spawn("shape-ledger", ["-m", "bench.chain"], backend)
+    shape_generator = processes.spawn("shape-generator", ["-m", "bench.chain"], backend)
     suites = {name: _spawn_suite(processes, name) for name in ROUTERS}
     tokens = {name: await _issue_key(processes, name) for name in ROUTERS}
-    first = [chain_b, chain_c, shape_ledger, shape_generator]
+    # The platform's side of the webhooks: a certificate of the run's CA for 127.0.0.1.
+    receiver = processes.spawn(
+        "webhook-receiver", ["-m", "bench.webhook_receiver"], processes.tls_env("upscaler")
+    )
+    first = [chain_b, chain_c, shape_ledger, shape_generator, receiver]
     await asyncio.gather(*(p.ready() for p in [*first, *(p for s in suites.values() for p in s)]))
     chain_a = processes.spawn(
         "chain-a",
         ["-m", "bench.chain"],
-        {"CHAIN_NEXT_ADDRS": f"{chain_b.address},{chain_c.address}"},
+        {**front, "CHAIN_NEXT_ADDRS": f"{chain_b.address},{chain_c.address}"},
     )
     shape_router = processes.spawn(
         "shape-router",
         ["-m", "bench.chain"],
         {
+            **front,
             "SHAPE_LEDGER_ADDR": shape_ledger.address,
             "SHAPE_GENERATOR_ADDR": shape_generator.address,
         },
@@ -380,9 +512,9 @@ async def _run(
         chain_a.ready(), shape_router.ready(), *(r.ready() for r in routers.values())
     )
     async with contextlib.AsyncExitStack() as channels:
-        chain_channel = grpc.aio.insecure_channel(chain_a.address)
+        chain_channel = processes.aio_channel(chain_a.address)
         channels.push_async_callback(chain_channel.close)
-        shape_channel = grpc.aio.insecure_channel(shape_router.address)
+        shape_channel = processes.aio_channel(shape_router.address)
         channels.push_async_callback(shape_channel.close)
         variants = {
             "chain": _Variant("chain", [chain_a, chain_b, chain_c], _chain_client(chain_channel)),
@@ -393,20 +525,35 @@ async def _run(
             ),
         }
         for name, router in routers.items():
-            router_channel = grpc.aio.insecure_channel(router.address)
+            router_channel = (
+                grpc.aio.insecure_channel(router.address)
+                if name in _PLAINTEXT_SUITES
+                else processes.aio_channel(router.address)
+            )
             channels.push_async_callback(router_channel.close)
             await _fund_accounts(router_channel, name, tokens[name])
+            if name in _WEBHOOK_SUITES:
+                await _subscribe(router_channel, tokens[name], receiver.address)
             variants[name] = _Variant(
                 name, [router, *suites[name]], _router_client(router_channel, name, tokens[name])
             )
         for variant in variants.values():
             await _measure(variant, max(CONCURRENCY), warmup, requests)
+        # The warm-up's deliveries are not the measurement's.
+        await _receiver_settled(processes, receiver.address)
+        await _receiver_stats(processes, receiver.address, reset=True)
+        receiver_cpu = receiver.cpu_seconds()
         samples = {(name, count): _Sample() for name in VARIANTS for count in CONCURRENCY}
         for round_number in range(rounds):
             for count in CONCURRENCY:
                 for name in _rotated(VARIANTS, round_number):
                     sample = await _measure(variants[name], count, seconds, requests)
                     samples[(name, count)].add(sample)
+        observed["receiver"] = await _receiver_settled(processes, receiver.address)
+        after = receiver.cpu_seconds()
+        observed["receiver_cpu_seconds"] = (
+            None if receiver_cpu is None or after is None else after - receiver_cpu
+        )
     return samples
 
 
@@ -426,11 +573,13 @@ async def run(
         processes = ProcessGroup(
             Path(run_dir), {"TIERGEN_LOG_LEVEL": "info", "OTEL_TRACES_EXPORTER": "none"}
         )
+        observed: dict[str, Any] = {}
         try:
-            samples = await _run(processes, rounds, seconds, warmup, requests)
+            samples = await _run(processes, rounds, seconds, warmup, requests, observed)
         finally:
             await asyncio.to_thread(processes.stop)
     figures = _figures(samples, rounds, seconds, requests)
+    figures.update(_webhook_figures(samples, observed))
     figures["method"]["data_dir"] = str(data_dir or tempfile.gettempdir())
     return figures
 
@@ -457,12 +606,25 @@ def _figures(
     p50_extra = figures["router_p50_ms_1"] - figures["chain_p50_ms_1"]
     tracing_ratio = figures["router_rps_16"] / figures["router_rps_16_untraced"]
     auth_ratio = figures["router_rps_16"] / figures["router_rps_16_auth_off"]
+    mtls_ratio = figures["router_rps_16"] / figures["router_rps_16_plaintext"]
+    webhooks_ratio = figures["router_rps_16_webhooks"] / figures["router_rps_16"]
+    figures["webhooks_rps_ratio_16"] = round(webhooks_ratio, 3)
+    figures["webhooks_rps_ratio_1"] = round(
+        figures["router_rps_1_webhooks"] / figures["router_rps_1"], 3
+    )
     figures["router_rps_ratio_16"] = round(rps_ratio, 3)
     figures["router_p50_extra_ms_1"] = round(p50_extra, 3)
     figures["tracing_rps_ratio_16"] = round(tracing_ratio, 3)
     figures["auth_rps_ratio_16"] = round(auth_ratio, 3)
     figures["auth_p50_extra_ms_1"] = round(
         figures["router_p50_ms_1"] - figures["router_p50_ms_1_auth_off"], 3
+    )
+    figures["mtls_rps_ratio_16"] = round(mtls_ratio, 3)
+    figures["mtls_rps_ratio_1"] = round(
+        figures["router_rps_1"] / figures["router_rps_1_plaintext"], 3
+    )
+    figures["mtls_p50_extra_ms_1"] = round(
+        figures["router_p50_ms_1"] - figures["router_p50_ms_1_plaintext"], 3
     )
     figures["shape_rps_ratio_16"] = round(figures["shape_rps_16"] / figures["chain_rps_16"], 3)
     figures["shape_p50_extra_ms_1"] = round(
@@ -482,6 +644,12 @@ def _figures(
         f"router_rps_16_at_least_{AUTH_TARGET_RATIO:g}_of_auth_off": (
             auth_ratio >= AUTH_TARGET_RATIO
         ),
+        f"router_rps_16_at_least_{MTLS_TARGET_RATIO:g}_of_plaintext": (
+            mtls_ratio >= MTLS_TARGET_RATIO
+        ),
+        f"router_rps_16_with_webhooks_at_least_{WEBHOOKS_TARGET_RATIO:g}_of_without": (
+            webhooks_ratio >= WEBHOOKS_TARGET_RATIO
+        ),
     }
     figures["targets"] = targets
     figures["targets_met"] = all(targets.values())
@@ -499,7 +667,15 @@ def _figures(
         "in the router's store before it started, cached by the router after its first check "
         "(TIERGEN_ROUTER_KEY_CACHE_SECONDS default); router_auth_off: TIERGEN_AUTH=off, the "
         "same calls and key, ignored",
-        "server_cpu": "user + system CPU of the variant's main processes per request",
+        "tls": "chain, shape, router, router_untraced and router_auth_off: TLS on every port "
+        "(ECDSA P-256 certificates of a CA made for the run), mutual TLS on every hop behind "
+        "the front process, connections kept open; router_plaintext: TIERGEN_INSECURE=true in "
+        "every process, a plaintext client",
+        "webhooks": "router_webhooks: the router suite with one endpoint subscribed to every "
+        "event at a loopback HTTPS receiver (a separate process, not counted in server_cpu); "
+        "two deliveries per Generate; delays from each event's moment to its arrival",
+        "server_cpu": "user + system CPU of the variant's main processes per request, the "
+        "router's webhook dispatcher process included",
         "rounds": rounds,
         "seconds_per_measurement": seconds,
         "max_requests_per_measurement": requests,
@@ -510,9 +686,38 @@ def _figures(
     return figures
 
 
+def _webhook_figures(
+    samples: dict[tuple[str, int], _Sample], observed: dict[str, Any]
+) -> dict[str, Any]:
+    """What the receiver measured of the router_webhooks suite's deliveries: how long from a
+    job's end (its finish_time) to its job.succeeded's arrival, and from a batch's settlement to
+    its batch.completed's; how many arrived of how many Generates; its CPU per delivery."""
+    events = observed.get("receiver", {}).get("events", {})
+    jobs = events.get("job.succeeded", {})
+    batches = events.get("batch.completed", {})
+    generates = sum(samples[("router_webhooks", count)].requests for count in CONCURRENCY)
+    received = sum(figures["count"] for figures in events.values())
+    receiver_cpu = observed.get("receiver_cpu_seconds")
+    return {
+        "webhook_job_delay_p50_ms": jobs.get("p50_ms"),
+        "webhook_job_delay_p99_ms": jobs.get("p99_ms"),
+        "webhook_job_delay_max_ms": jobs.get("max_ms"),
+        "webhook_batch_delay_p50_ms": batches.get("p50_ms"),
+        "webhook_batch_delay_p99_ms": batches.get("p99_ms"),
+        "webhook_generates": generates,
+        "webhook_events_received": received,
+        "webhook_duplicates_received": observed.get("receiver", {}).get("duplicates"),
+        "webhook_receiver_cpu_ms_per_event": (
+            None
+            if receiver_cpu is None or not received
+            else round(receiver_cpu / received * 1000, 3)
+        ),
+    }
+
+
 def _figure_name(variant: str) -> tuple[str, str]:
     """How a variant's figures are named: `router_untraced` gives `router_rps_16_untraced`."""
-    for suffix in ("_untraced", "_auth_off"):
+    for suffix in ("_untraced", "_auth_off", "_plaintext", "_webhooks"):
         if variant.endswith(suffix):
             return variant.removesuffix(suffix), suffix
     return variant, ""
@@ -537,7 +742,11 @@ def _table(figures: dict[str, Any]) -> str:
         f"chain's: {figures['router_p50_extra_ms_1']} ms; traced/untraced req/s at 16: "
         f"{figures['tracing_rps_ratio_16']}; shape/chain req/s at 16: "
         f"{figures['shape_rps_ratio_16']}; auth on/off req/s at 16: "
-        f"{figures['auth_rps_ratio_16']}"
+        f"{figures['auth_rps_ratio_16']}; mTLS/plaintext req/s at 16: "
+        f"{figures['mtls_rps_ratio_16']}; with/without webhooks req/s at 16: "
+        f"{figures['webhooks_rps_ratio_16']}; job end to webhook arrival p50/p99: "
+        # Measured by the receiver, so absent from figures made without one.
+        f"{figures.get('webhook_job_delay_p50_ms')}/{figures.get('webhook_job_delay_p99_ms')} ms"
     )
     for name, met in figures["targets"].items():
         lines.append(f"{'met' if met else 'MISSED':<7} {name}")

@@ -39,6 +39,7 @@ from tiergen.upscaler.v1 import upscaler_pb2, upscaler_pb2_grpc
 from bench.processes import ProcessGroup, ServerProcess
 from bench.upscale_gallery import draw_scene
 from services.runtime.chunks import split
+from services.runtime.tls import channel_credentials
 from services.upscaler.settings import UpscalerSettings
 
 __all__ = ["main", "measure"]
@@ -70,10 +71,17 @@ class UpscalerProcess:
         self._server: ServerProcess | None = None
         self.address = ""
 
+    def channel(self) -> grpc.Channel:
+        """A blocking TLS channel to the service, calling as the router does."""
+        credentials = channel_credentials(self._processes.client_security())
+        return grpc.secure_channel(self.address, credentials)
+
     def __enter__(self) -> UpscalerProcess:
         try:
             self._server = self._processes.spawn(
-                "upscaler", ["-m", "services.upscaler"], self._environ
+                "upscaler",
+                ["-m", "services.upscaler"],
+                {**self._processes.tls_env("upscaler"), **self._environ},
             )
             self.address = self._server.wait_ready()
         except BaseException:
@@ -175,7 +183,7 @@ def measure(runs: int = 7, warmup: int = 2) -> dict[str, Any]:
     samples: dict[str, list[float]] = {}
     sizes: dict[str, int] = {}
     with UpscalerProcess({}) as service:
-        with grpc.insecure_channel(service.address) as channel:
+        with service.channel() as channel:
             stub = upscaler_pb2_grpc.UpscalerServiceStub(channel)  # type: ignore[no-untyped-call]
             variants: dict[str, Callable[[], bytes]] = {}
             for name in _FORMATS:

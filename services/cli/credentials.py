@@ -1,9 +1,17 @@
-"""The API key the `tiergen` command sends, and the development key `tiergen up` makes for it.
+"""The API key the `tiergen` command sends, the TLS it calls with, and the development key
+`tiergen up` makes for it.
 
-A command that calls the router takes its key from `--api-key`, else from `TIERGEN_API_KEY`,
-else, when it is pointed at a data directory (`--data-dir`), from that directory's
-`dev-api-key`: the key of tenant `dev`, with every scope, that the first `tiergen up` of the
-directory made. A key is never printed, logged or put in an error; it is named by its prefix.
+A command that calls the router takes its key from `--api-key`, else from `TIERGEN_API_KEY` (or
+the file `TIERGEN_API_KEY_FILE` names), else, when it is pointed at a data directory
+(`--data-dir`), from that directory's `dev-api-key`: the key of tenant `dev`, with every scope,
+that the first `tiergen up` of the directory made. A key is never printed, logged or put in an
+error; it is named by its prefix.
+
+A command calls over TLS, trusting `--ca-file` (else TIERGEN_CA_FILE, else the `tls/ca.crt` of
+`--data-dir`, else the system's trust store) and presenting the client certificate of
+`--cert-file`/`--key-file` (else TIERGEN_TLS_CERT_FILE/KEY, else the data directory's
+`tls/cli.crt`, the operator's, else none). `--insecure` (or TIERGEN_INSECURE=true) calls in
+plaintext, for a router behind a mesh, and says so on stderr every time.
 
 The dev key file is created with mode 0600 from its first byte (opened with that mode, written,
 then renamed over the old one), so it is never readable by others, not even for a moment, and a
@@ -13,14 +21,27 @@ which the next start overwrites.
 
 from __future__ import annotations
 
+import argparse
 import os
 import secrets
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.cli.pki import CLI_NAME, TLS_DIR, LocalPki
 from services.router.access.keys import KeyStore
 from services.router.access.scopes import Scope
 from services.runtime.credentials import BearerToken
+from services.runtime.settings import (
+    CA_FILE_VARIABLE,
+    CERT_FILE_VARIABLE,
+    INSECURE_VARIABLE,
+    KEY_FILE_VARIABLE,
+    ChannelSecurity,
+    ConfigError,
+    Env,
+    PemFile,
+)
 
 __all__ = [
     "API_KEY_VARIABLE",
@@ -28,8 +49,10 @@ __all__ = [
     "DEV_TENANT",
     "CredentialError",
     "DevKey",
+    "add_transport_arguments",
     "provision_dev_key",
     "resolve_api_key",
+    "resolve_security",
 ]
 
 API_KEY_VARIABLE = "TIERGEN_API_KEY"
@@ -44,10 +67,14 @@ class CredentialError(RuntimeError):
 
 
 def resolve_api_key(given: str | None, data_dir: Path | None) -> BearerToken:
-    """The key a command sends: `given` (`--api-key`), TIERGEN_API_KEY, or the dev key of
-    `data_dir`; CredentialError when there is none or it is malformed."""
+    """The key a command sends: `given` (`--api-key`), TIERGEN_API_KEY (or the file
+    TIERGEN_API_KEY_FILE names), or the dev key of `data_dir`; CredentialError when there is
+    none or it is malformed."""
     # An exported but empty variable is read as unset, as shells and most tools do.
-    from_environ = os.environ.get(API_KEY_VARIABLE) or None
+    try:
+        from_environ = Env(os.environ).secret(API_KEY_VARIABLE)
+    except ConfigError as error:
+        raise CredentialError(str(error)) from None
     for source, text in (("--api-key", given), (API_KEY_VARIABLE, from_environ)):
         if text is not None:
             try:
@@ -71,6 +98,104 @@ def resolve_api_key(given: str | None, data_dir: Path | None) -> BearerToken:
         raise CredentialError(f"cannot read the API key at {path}: {error.strerror}") from None
     except ValueError as error:
         raise CredentialError(f"the API key at {path} is malformed: {error}") from None
+
+
+def add_transport_arguments(parser: argparse.ArgumentParser, context: str = "") -> None:
+    """The options of how a command calls: --ca-file, --cert-file, --key-file, --insecure."""
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        metavar="FILE",
+        help=f"{context}trust servers whose certificate this CA signed (env {CA_FILE_VARIABLE};"
+        " default: the tls/ca.crt of --data-dir, else the system's trust store)",
+    )
+    parser.add_argument(
+        "--cert-file",
+        type=Path,
+        metavar="FILE",
+        help=f"{context}the client certificate to present (env {CERT_FILE_VARIABLE}; default:"
+        " the tls/cli.crt of --data-dir, the operator's, else none)",
+    )
+    parser.add_argument(
+        "--key-file",
+        type=Path,
+        metavar="FILE",
+        help=f"{context}the client certificate's key (env {KEY_FILE_VARIABLE})",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help=f"{context}call in plaintext, without TLS: only through a mesh that encrypts the"
+        f" hop (env {INSECURE_VARIABLE}=true)",
+    )
+
+
+def resolve_security(
+    *,
+    ca_file: Path | None = None,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+    insecure: bool = False,
+    data_dir: Path | None = None,
+) -> ChannelSecurity:
+    """How a command calls: the options, else the environment, else `data_dir`'s certificates
+    (see the module's docstring); CredentialError when they contradict each other."""
+    try:
+        env_insecure = Env(os.environ).flag(INSECURE_VARIABLE, False)
+    except ConfigError as error:
+        raise CredentialError(str(error)) from None
+    if insecure or env_insecure:
+        given = [name for name, value in (("--ca-file", ca_file), ("--cert-file", cert_file),
+                 ("--key-file", key_file)) if value is not None]  # fmt: skip
+        if given:
+            raise CredentialError(
+                f"{'--insecure' if insecure else INSECURE_VARIABLE + '=true'} calls in plaintext,"
+                f" yet {', '.join(given)} asks for TLS: choose one"
+            )
+        print(
+            "tiergen: PLAINTEXT: calling without TLS (--insecure); nothing is encrypted or checked",
+            file=sys.stderr,
+        )
+        return ChannelSecurity.plaintext()
+    pki = None if data_dir is None else LocalPki(data_dir / TLS_DIR)
+
+    def chosen(
+        option: str, given: Path | None, variable: str, local: Path | None
+    ) -> PemFile | None:
+        if given is not None:
+            return PemFile(given.expanduser(), option)
+        from_environ = os.environ.get(variable) or None
+        if from_environ is not None:
+            return PemFile(Path(from_environ).expanduser(), variable)
+        if local is not None:
+            if not local.is_file():
+                raise CredentialError(
+                    f"no {local.name} in {local.parent}: `tiergen up --data-dir {data_dir}` makes"
+                    " the data directory's certificates on its start"
+                )
+            return PemFile(local, "--data-dir")
+        return None
+
+    ca = chosen("--ca-file", ca_file, CA_FILE_VARIABLE, pki.ca_file if pki else None)
+    pair_given = cert_file is not None or key_file is not None
+    pair_in_env = bool(os.environ.get(CERT_FILE_VARIABLE) or os.environ.get(KEY_FILE_VARIABLE))
+    use_local = pki is not None and not pair_given and not pair_in_env
+    certificate = chosen(
+        "--cert-file",
+        cert_file,
+        CERT_FILE_VARIABLE,
+        pki.certificate_file(CLI_NAME) if pki and use_local else None,
+    )
+    key = chosen(
+        "--key-file",
+        key_file,
+        KEY_FILE_VARIABLE,
+        pki.key_file(CLI_NAME) if pki and use_local else None,
+    )
+    try:
+        return ChannelSecurity(ca=ca, certificate=certificate, key=key)
+    except ConfigError as error:
+        raise CredentialError(str(error)) from None
 
 
 @dataclass(frozen=True)

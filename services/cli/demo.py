@@ -17,6 +17,7 @@ from tiergen.router.v1 import router_pb2
 
 from services.cli.router_client import EventSink, RouterClient, new_key
 from services.runtime.credentials import BearerToken
+from services.runtime.settings import ChannelSecurity
 
 __all__ = ["DEFAULT_PROMPT", "DemoFailed", "run_demo"]
 
@@ -51,6 +52,7 @@ async def run_demo(
     sink: EventSink,
     *,
     token: BearerToken,
+    security: ChannelSecurity,
     prompt: str = DEFAULT_PROMPT,
     account: str | None = None,
     pick: int = 0,
@@ -64,7 +66,7 @@ async def run_demo(
     """
     account = account or f"demo-{uuid.uuid4().hex[:12]}"
     with _tracer.start_as_current_span("tiergen.demo", attributes={"tiergen.account_id": account}):
-        async with RouterClient(router, token) as client:
+        async with RouterClient(router, token, security) as client:
             return await _pipeline(client, out, sink, prompt, account, pick, variations)
 
 

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from google.protobuf import timestamp_pb2
 from tiergen.router.v1 import router_pb2
 
-from services.cli.credentials import resolve_api_key
+from services.cli.credentials import add_transport_arguments, resolve_api_key, resolve_security
 from services.cli.router_client import RouterClient
 from services.router.access.admin import audit_key_change
 from services.router.access.keys import ApiKeyRecord, KeyStore
@@ -42,7 +42,7 @@ from services.runtime.errors import TiergenError
 from services.runtime.identifiers import require_tenant
 from services.runtime.logging import configure_logging
 from services.runtime.migrations import redact
-from services.runtime.settings import ConfigError
+from services.runtime.settings import ConfigError, Env
 
 __all__ = ["KeyCommandError", "add_keys_commands", "parse_duration"]
 
@@ -279,7 +279,10 @@ def _where(options: argparse.Namespace) -> tuple[str | None, str | None]:
     if options.data_dir is not None:
         dsn = f"sqlite:///{options.data_dir / 'router.db'}"
     elif router is None and dsn is None:
-        dsn = os.environ.get(_DSN_VARIABLE) or None
+        try:
+            dsn = Env(os.environ).secret(_DSN_VARIABLE)
+        except ConfigError as error:
+            raise KeyCommandError(str(error)) from None
         router = None if dsn else os.environ.get(_ROUTER_VARIABLE) or None
     if router is None and dsn is None:
         raise KeyCommandError(
@@ -296,9 +299,16 @@ def _where(options: argparse.Namespace) -> tuple[str | None, str | None]:
     return router, dsn
 
 
-async def _open(router: str | None, dsn: str | None, api_key: str | None) -> _Keys:
+async def _open(options: argparse.Namespace, router: str | None, dsn: str | None) -> _Keys:
     if router is not None:
-        return _RouterKeys(RouterClient(router, resolve_api_key(api_key, None), timeout=30))
+        token = resolve_api_key(options.api_key, None)
+        security = resolve_security(
+            ca_file=options.ca_file,
+            cert_file=options.cert_file,
+            key_file=options.key_file,
+            insecure=options.insecure,
+        )
+        return _RouterKeys(RouterClient(router, token, security, timeout=30))
     assert dsn is not None  # _where
     # The audit events of changes on the store go to stderr; stdout carries the answer.
     configure_logging("cli")
@@ -327,7 +337,7 @@ def _issued(secret: str, key: _Key) -> dict[str, Any]:
 
 
 async def _command(options: argparse.Namespace, router: str | None, dsn: str | None) -> None:
-    keys = await _open(router, dsn, options.api_key)
+    keys = await _open(options, router, dsn)
     now = datetime.now(UTC)
     try:
         if options.keys_command == "create":
@@ -377,6 +387,7 @@ def add_keys_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="with --router: a keys:admin key (env TIERGEN_API_KEY, which keeps it out of ps)",
     )
     where.add_argument("--json", action="store_true", help="print JSON on stdout")
+    add_transport_arguments(where, "with --router: ")
 
     keys = commands.add_parser(
         "keys",

@@ -1,19 +1,36 @@
-"""`tiergen ledger verify`: checks every invariant of a ledger database and says which hold.
+"""`tiergen ledger`: the operator's commands on the ledger.
 
-One run covers every tenant; a violation names each account it concerns as `tenant/account`.
+`verify` checks every invariant of a ledger database and says which hold; one run covers every
+tenant, and a violation names each account it concerns as `tenant/account`. It reads the
+database directly.
+
+`grant`, `balance` and `entries` call a running ledger over mutual TLS with the operator's
+certificate (identity `spiffe://tiergen/admin`, which the ledger admits to Grant and its reads
+only: see `services.ledger.callers`). With `--data-dir` of a `tiergen up` they find its
+ledger's address (`run/ledger.addr`) and its `tls/cli.crt`; elsewhere `--ledger` (LEDGER_ADDR)
+and `--ca-file`, `--cert-file`, `--key-file` say where and as whom.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
+import uuid
 from pathlib import Path
+from typing import Any
 
+import grpc
+from google.protobuf import json_format
+from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+
+from services.cli.credentials import CredentialError, add_transport_arguments, resolve_security
 from services.ledger.ledger import Ledger
 from services.ledger.model import InvariantCheck
-from services.ledger.settings import DEFAULT_DSN, LedgerSettings
+from services.ledger.settings import LedgerSettings
+from services.runtime.channels import open_channel
 from services.runtime.errors import Internal, TiergenError
 from services.runtime.migrations import redact
 from services.runtime.settings import ConfigError
@@ -35,18 +52,19 @@ def verify_command(dsn: str | None, data_dir: Path | None) -> int:
     """
     environ = dict(os.environ)
     if data_dir is not None:
-        environ[_DSN_VARIABLE] = f"sqlite:///{data_dir / 'ledger.db'}"
-    elif dsn is not None:
+        dsn = f"sqlite:///{data_dir / 'ledger.db'}"
+    if dsn is not None:
+        environ.pop(f"{_DSN_VARIABLE}_FILE", None)
         environ[_DSN_VARIABLE] = dsn
-    dsn = environ.setdefault(_DSN_VARIABLE, DEFAULT_DSN)
     try:
-        # The service's other settings (database timeouts above all) apply here too.
+        # The service's other settings (database timeouts above all) apply here too, and its
+        # database is TIERGEN_LEDGER_DSN, TIERGEN_LEDGER_DSN_FILE or the `tiergen up` default.
         settings = LedgerSettings.from_env(environ)
         checks = asyncio.run(_verify(settings))
     except (ConfigError, TiergenError) as error:
         print(f"tiergen ledger verify: {error}", file=sys.stderr)
         return EXIT_UNREADABLE
-    print(f"ledger at {redact(dsn)}")
+    print(f"ledger at {redact(settings.dsn)}")
     for check in checks:
         print(f"{'OK' if check.ok else 'FAILED':<7} {check.name}: {check.detail}")
     failed = sum(not check.ok for check in checks)
@@ -57,8 +75,11 @@ def verify_command(dsn: str | None, data_dir: Path | None) -> int:
 def add_ledger_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> None:
-    """Register `ledger verify [--dsn DSN | --data-dir DIR]` under the `tiergen` command."""
-    ledger = commands.add_parser("ledger", help="inspect the ledger's database")
+    """Register `ledger verify [--dsn DSN | --data-dir DIR]` and `ledger grant|balance|entries`
+    under the `tiergen` command."""
+    ledger = commands.add_parser(
+        "ledger", help="inspect the ledger's database; grant credits and read balances as admin"
+    )
     actions = ledger.add_subparsers(dest="ledger_command", required=True, metavar="COMMAND")
     verify = actions.add_parser(
         "verify",
@@ -78,6 +99,136 @@ def add_ledger_commands(
         help="a `tiergen up` data directory (its ledger.db)",
     )
     verify.set_defaults(handler=_verify_handler)
+
+    running = argparse.ArgumentParser(add_help=False)
+    running.add_argument(
+        "--ledger",
+        metavar="HOST:PORT",
+        help=f"the ledger (env {_LEDGER_VARIABLE}; default: the one --data-dir's `tiergen up`"
+        " runs, else 127.0.0.1:50053)",
+    )
+    running.add_argument(
+        "--data-dir", type=Path, metavar="DIR", help="a `tiergen up` data directory"
+    )
+    running.add_argument(
+        "--tenant", default="default", help="the account's tenant (default: default)"
+    )
+    running.add_argument("--account", required=True, help="the account id")
+    running.add_argument("--json", action="store_true", help="print JSON on stdout")
+    add_transport_arguments(running)
+
+    grant = actions.add_parser(
+        "grant", parents=[running], help="add credits to an account (admin identity)"
+    )
+    grant.add_argument("--amount", type=int, required=True, help="credits, at least 1")
+    grant.add_argument("--kind", choices=sorted(_GRANT_KINDS), default="adjustment")
+    grant.add_argument("--reason", required=True, help="why, kept in the ledger's history")
+    grant.add_argument(
+        "--key", help="idempotency key (default: a fresh one; repeat one to make a retry safe)"
+    )
+    grant.set_defaults(handler=lambda options: asyncio.run(_grant(options)))
+    balance = actions.add_parser(
+        "balance", parents=[running], help="an account's balance (admin identity)"
+    )
+    balance.set_defaults(handler=lambda options: asyncio.run(_balance(options)))
+    entries = actions.add_parser(
+        "entries", parents=[running], help="an account's newest history entries (admin identity)"
+    )
+    entries.add_argument("--limit", type=int, default=50, help="entries at most (default 50)")
+    entries.set_defaults(handler=lambda options: asyncio.run(_entries(options)))
+
+
+_LEDGER_VARIABLE = "LEDGER_ADDR"
+_GRANT_KINDS = {
+    "purchase": ledger_pb2.GRANT_KIND_PURCHASE,
+    "adjustment": ledger_pb2.GRANT_KIND_ADJUSTMENT,
+}
+_SERVICE = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
+
+
+def _ledger_address(options: argparse.Namespace) -> str:
+    if options.ledger:
+        return str(options.ledger)
+    if options.data_dir is not None:
+        ready = options.data_dir / "run" / "ledger.addr"
+        try:
+            return ready.read_text().strip()
+        except OSError:
+            raise CredentialError(
+                f"no running ledger found in {options.data_dir}: start `tiergen up --data-dir"
+                f" {options.data_dir}`, or give --ledger HOST:PORT"
+            ) from None
+    return os.environ.get(_LEDGER_VARIABLE) or "127.0.0.1:50053"
+
+
+def _ledger_channel(options: argparse.Namespace) -> grpc.aio.Channel:
+    security = resolve_security(
+        ca_file=options.ca_file,
+        cert_file=options.cert_file,
+        key_file=options.key_file,
+        insecure=options.insecure,
+        data_dir=options.data_dir,
+    )
+    return open_channel(
+        _ledger_address(options), security=security, services=[_SERVICE], default_timeout=30
+    )
+
+
+def _show(options: argparse.Namespace, message: Any, human: str) -> None:
+    if options.json:
+        document = json_format.MessageToDict(message, preserving_proto_field_name=True)
+        print(json.dumps(document, indent=2, sort_keys=True))
+    else:
+        print(human)
+
+
+def _balance_line(balance: ledger_pb2.Balance) -> str:
+    return (
+        f"{balance.tenant}/{balance.account_id}: {balance.available} available,"
+        f" {balance.held} held, promotional {balance.promotional_granted}/"
+        f"{balance.promotional_cap}, purchased {balance.purchased}, consumed {balance.consumed}"
+    )
+
+
+async def _grant(options: argparse.Namespace) -> None:
+    request = ledger_pb2.GrantRequest(
+        tenant=options.tenant,
+        account_id=options.account,
+        amount=options.amount,
+        kind=_GRANT_KINDS[options.kind],
+        reason=options.reason,
+        idempotency_key=options.key or f"cli-grant-{uuid.uuid4().hex}",
+    )
+    async with _ledger_channel(options) as channel:
+        reply = await ledger_pb2_grpc.LedgerServiceStub(channel).Grant(request)
+    note = " (a replay: nothing granted again)" if reply.replayed else ""
+    _show(options, reply, f"+{reply.entry.available_delta}{note}; {_balance_line(reply.balance)}")
+
+
+async def _balance(options: argparse.Namespace) -> None:
+    request = ledger_pb2.GetBalanceRequest(tenant=options.tenant, account_id=options.account)
+    async with _ledger_channel(options) as channel:
+        reply = await ledger_pb2_grpc.LedgerServiceStub(channel).GetBalance(request)
+    _show(options, reply, _balance_line(reply.balance))
+
+
+def _kind(kind: int) -> str:
+    return ledger_pb2.EntryKind.Name(kind).removeprefix("ENTRY_KIND_").lower()
+
+
+async def _entries(options: argparse.Namespace) -> None:
+    request = ledger_pb2.ListEntriesRequest(
+        tenant=options.tenant, account_id=options.account, page_size=options.limit
+    )
+    async with _ledger_channel(options) as channel:
+        reply = await ledger_pb2_grpc.LedgerServiceStub(channel).ListEntries(request)
+    lines = [
+        f"{entry.create_time.ToJsonString()}  {_kind(entry.kind):<12}"
+        f" available {entry.available_delta:+} -> {entry.available_after},"
+        f" held {entry.held_delta:+} -> {entry.held_after}  {entry.memo}"
+        for entry in reply.entries
+    ]
+    _show(options, reply, "\n".join(lines) or "no entries")
 
 
 def _verify_handler(options: argparse.Namespace) -> None:

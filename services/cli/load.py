@@ -10,6 +10,12 @@ Every call carries the plan's API key. Funding goes through the router's Grant (
 `credits:grant`), not the ledger: the credits must land in the accounts of the key's tenant,
 which only the router knows.
 
+With `tenants`, several tenants load the router at once, each with its own key, clients, pace
+and spec (`services.cli.load_tenants` reads them from `--tenants`): one tenant's batches against
+another's sketches reproduces the contention the fair share of the generator and upscaler is
+for. Their accounts are opened first, then every tenant starts together; the report gives each
+tenant's figures and their totals.
+
 Pacing is closed-loop by default: each client sends its next request when the last one ends. With
 a rate, requests are scheduled at fixed intervals across all clients and each latency counts from
 its scheduled start, so that a stalled server shows up in the latencies instead of hiding behind
@@ -26,7 +32,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -35,8 +41,17 @@ from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
 from services.runtime.channels import open_channel
 from services.runtime.credentials import BearerToken
+from services.runtime.settings import ChannelSecurity
 
-__all__ = ["OPERATIONS", "LoadError", "LoadPlan", "parse_mix", "run_load", "summary"]
+__all__ = [
+    "OPERATIONS",
+    "LoadError",
+    "LoadPlan",
+    "TenantLoad",
+    "parse_mix",
+    "run_load",
+    "summary",
+]
 
 OPERATIONS = ("generate", "quote", "promote")
 _ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
@@ -48,6 +63,21 @@ class LoadError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class TenantLoad:
+    """One tenant of a multi-tenant load: its key, and what it does differently from the plan
+    (None: the plan's own clients, rate, spec, mix or credits)."""
+
+    name: str
+    token: BearerToken
+    clients: int | None = None
+    #: Requests per second of this tenant's clients together; None: the plan's.
+    rate: float | None = None
+    spec: router_pb2.GenerationSpec | None = None
+    mix: Mapping[str, int] | None = None
+    credits: int | None = None
+
+
+@dataclass(frozen=True)
 class LoadPlan:
     """What to send, how hard, and for how long."""
 
@@ -55,6 +85,8 @@ class LoadPlan:
     spec: router_pb2.GenerationSpec
     #: Sent on every call; None only for a router with authentication off (TIERGEN_AUTH=off).
     token: BearerToken | None = None
+    #: TLS trusting the system's store unless told otherwise (`--ca-file`, `--data-dir`).
+    security: ChannelSecurity = field(default_factory=ChannelSecurity)
     clients: int = 8
     duration_seconds: float = 30.0
     max_requests: int = 1000
@@ -68,6 +100,8 @@ class LoadPlan:
     credits: int = 0
     account_prefix: str = "load"
     seed: int | None = None
+    #: Several tenants at once, each with its own key (the plan's `token` is then not used).
+    tenants: tuple[TenantLoad, ...] = ()
 
     def check(self) -> None:
         """LoadError naming the first setting that cannot be run."""
@@ -88,6 +122,11 @@ class LoadPlan:
             raise LoadError("the mix needs weights of 0 or more, at least one above 0")
         if self.credits < 0:
             raise LoadError("credits must be 0 or more")
+        names = [tenant.name for tenant in self.tenants]
+        if len(set(names)) != len(names):
+            raise LoadError(f"a tenant is named twice in {', '.join(names)}")
+        for tenant in self.tenants:
+            _for_tenant(self, tenant).check()
 
 
 def parse_mix(text: str) -> dict[str, int]:
@@ -178,14 +217,23 @@ class _Client:
 
 
 async def run_load(
-    plan: LoadPlan, say: Callable[[str], None] = lambda _line: None
+    plan: LoadPlan,
+    say: Callable[[str], None] = lambda _line: None,
+    start: asyncio.Barrier | None = None,
 ) -> dict[str, Any]:
-    """Runs `plan` against its router; the report `tiergen load --json` prints."""
+    """Runs `plan` against its router; the report `tiergen load --json` prints.
+
+    `start`, when given, is waited at once the accounts are ready: the tenants of one load
+    start their clients together.
+    """
     plan.check()
+    if plan.tenants:
+        return await _run_tenants(plan, say)
     run_id = uuid.uuid4().hex[:8]
     chooser = random.Random(plan.seed)
     router_channel = open_channel(
         plan.router,
+        security=plan.security,
         services=[_ROUTER_SERVICE],
         default_timeout=plan.timeout_seconds,
         token=plan.token,
@@ -198,6 +246,8 @@ async def run_load(
         ]
         await _open_accounts(plan, router, clients)
         before = await _available(router, clients)
+        if start is not None:
+            await start.wait()
         say(f"{plan.clients} client(s) on {plan.router}, accounts {plan.account_prefix}-{run_id}-*")
         tallies = {name: _Tally() for name in OPERATIONS if plan.mix.get(name, 0) > 0}
         started = time.monotonic()
@@ -371,8 +421,64 @@ def _report(
     }
 
 
+def _for_tenant(plan: LoadPlan, tenant: TenantLoad) -> LoadPlan:
+    """The plan one tenant of a multi-tenant load runs."""
+    return replace(
+        plan,
+        tenants=(),
+        token=tenant.token,
+        clients=plan.clients if tenant.clients is None else tenant.clients,
+        rate=plan.rate if tenant.rate is None else tenant.rate,
+        spec=plan.spec if tenant.spec is None else tenant.spec,
+        mix=plan.mix if tenant.mix is None else tenant.mix,
+        credits=plan.credits if tenant.credits is None else tenant.credits,
+        account_prefix=f"{plan.account_prefix}-{tenant.name}",
+    )
+
+
+async def _run_tenants(plan: LoadPlan, say: Callable[[str], None]) -> dict[str, Any]:
+    """Every tenant's plan at once, started together; each one's report and the totals."""
+    start = asyncio.Barrier(len(plan.tenants))
+
+    def said_by(name: str) -> Callable[[str], None]:
+        return lambda line: say(f"{name}: {line}")
+
+    reports = await asyncio.gather(
+        *(
+            run_load(_for_tenant(plan, tenant), said_by(tenant.name), start)
+            for tenant in plan.tenants
+        )
+    )
+    by_tenant = {tenant.name: report for tenant, report in zip(plan.tenants, reports, strict=True)}
+    count = sum(report["requests"] for report in reports)
+    errors = sum(report["errors"] for report in reports)
+    seconds = max(report["seconds"] for report in reports)
+    return {
+        "router": plan.router,
+        "seconds": seconds,
+        "clients": sum(report["clients"] for report in reports),
+        "requests": count,
+        "ok": count - errors,
+        "errors": errors,
+        "error_rate": round(errors / count, 4) if count else 0.0,
+        "per_second": round(count / seconds, 2) if seconds else 0.0,
+        "behind_schedule": sum(report["behind_schedule"] for report in reports),
+        "credits_spent": sum(report["credits_spent"] for report in reports),
+        "tenants": by_tenant,
+    }
+
+
 def summary(report: Mapping[str, Any]) -> str:
     """The report as a few human lines."""
+    if "tenants" in report:
+        lines = [
+            f"{len(report['tenants'])} tenants, {report['requests']} requests in"
+            f" {report['seconds']} s: {report['ok']} ok, {report['errors']} failed"
+        ]
+        for name, tenant_report in report["tenants"].items():
+            lines.append(f"tenant {name}:")
+            lines.extend(f"  {line}" for line in summary(tenant_report).splitlines())
+        return "\n".join(lines)
     lines = [
         f"{report['requests']} requests in {report['seconds']} s ({report['per_second']}/s) from"
         f" {report['clients']} client(s): {report['ok']} ok, {report['errors']} failed;"

@@ -26,19 +26,23 @@ from services.cli.credentials import (
     DEV_KEY_FILE,
     DEV_TENANT,
     CredentialError,
+    add_transport_arguments,
     resolve_api_key,
+    resolve_security,
 )
 from services.cli.demo import DEFAULT_PROMPT, DemoFailed, run_demo
 from services.cli.keys import KeyCommandError, add_keys_commands
 from services.cli.ledger import add_ledger_commands
 from services.cli.load import LoadError, LoadPlan, parse_mix, run_load
 from services.cli.load import summary as load_summary
+from services.cli.load_tenants import parse_tenants
 from services.cli.migrate import add_migrate_command, migrate_local_postgres
 from services.cli.router_client import RouterClient, new_key
 from services.cli.suite import SERVICES, Suite, SuiteError
+from services.cli.webhooks import WebhookCommandError, add_webhooks_commands
 from services.runtime.credentials import BearerToken
 from services.runtime.errors import TiergenError
-from services.runtime.settings import ConfigError
+from services.runtime.settings import ChannelSecurity, ConfigError
 from services.runtime.status import from_rpc_error
 from services.runtime.tracing import configure_tracing
 
@@ -66,7 +70,7 @@ METHODS = _choices(common_pb2.UpscaleMethod, "UPSCALE_METHOD_")
 FORMATS = _choices(common_pb2.ImageFormat, "IMAGE_FORMAT_")
 FIDELITIES = _choices(router_pb2.Fidelity, "FIDELITY_")
 STATUSES = _choices(router_pb2.JobStatus, "JOB_STATUS_")
-BENCHMARKS = ("render", "upscale", "ledger", "router")
+BENCHMARKS = ("render", "upscale", "ledger", "router", "fairness", "ratelimit")
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 
@@ -94,8 +98,20 @@ def _token(options: argparse.Namespace) -> BearerToken:
     return resolve_api_key(options.api_key, options.data_dir)
 
 
+def _security(options: argparse.Namespace) -> ChannelSecurity:
+    """How a client command calls: --ca-file, --cert-file, --key-file, --insecure, their
+    variables, or --data-dir's certificates."""
+    return resolve_security(
+        ca_file=options.ca_file,
+        cert_file=options.cert_file,
+        key_file=options.key_file,
+        insecure=options.insecure,
+        data_dir=options.data_dir,
+    )
+
+
 def _client(options: argparse.Namespace) -> RouterClient:
-    return RouterClient(options.router, _token(options))
+    return RouterClient(options.router, _token(options), _security(options))
 
 
 def _message_dict(message: Any) -> dict[str, Any]:
@@ -309,13 +325,14 @@ async def _cancel(options: argparse.Namespace) -> None:
 def _demo(options: argparse.Namespace) -> None:
     sink = _say
 
-    def run(router: str, token: BearerToken) -> dict[str, Any]:
+    def run(router: str, token: BearerToken, security: ChannelSecurity) -> dict[str, Any]:
         return asyncio.run(
             run_demo(
                 router,
                 options.out,
                 sink,
                 token=token,
+                security=security,
                 prompt=options.prompt,
                 account=options.account,
                 pick=options.pick,
@@ -325,7 +342,7 @@ def _demo(options: argparse.Namespace) -> None:
     if options.router or options.data_dir:
         # Pointed at a running suite: --router's, or the one `tiergen up --data-dir` started.
         router = options.router or os.environ.get("TIERGEN_ROUTER", "127.0.0.1:50051")
-        document = run(router, _token(options))
+        document = run(router, _token(options), _security(options))
     else:
         _migrate_local()
         with tempfile.TemporaryDirectory(prefix="tiergen-demo-") as data_dir:
@@ -333,7 +350,7 @@ def _demo(options: argparse.Namespace) -> None:
             with Suite(Path(data_dir)) as suite:
                 for name, address in suite.addresses.items():
                     sink(f"{name} {address}")
-                document = run(suite.router, suite.api_key)
+                document = run(suite.router, suite.api_key, suite.client_security)
     if options.json:
         print(json.dumps(document, indent=2))
         return
@@ -381,6 +398,11 @@ def _up(options: argparse.Namespace) -> None:
             f"API key of tenant {DEV_TENANT} (every scope) {what} in {dev_key.path}; client"
             f" commands read it with --data-dir {options.data_dir}"
         )
+        made = "made" if suite.certificates_made else "kept"
+        _say(
+            f"TLS on every port: CA and certificates {made} in {suite.pki.directory}; client"
+            f" commands trust {suite.pki.ca_file.name} with --data-dir {options.data_dir}"
+        )
         if options.metrics_port_base is not None:
             first = options.metrics_port_base
             _say(f"metrics at http://{options.host}:{first}..{first + 3}/metrics, in that order")
@@ -402,13 +424,16 @@ async def _load(options: argparse.Namespace) -> None:
         plan = LoadPlan(
             router=options.router,
             spec=_spec(options),
-            token=_token(options),
+            # With --tenants each tenant brings its own key.
+            token=None if options.tenants else _token(options),
+            tenants=parse_tenants(options.tenants, _spec(options)) if options.tenants else (),
             clients=options.clients,
             duration_seconds=options.duration,
             max_requests=options.requests,
             rate=options.rate,
             mix=parse_mix(options.mix),
             promote_tier=options.promote_tier,
+            security=_security(options),
             timeout_seconds=options.timeout,
             credits=options.credits,
             account_prefix=options.account_prefix,
@@ -447,10 +472,11 @@ def _parser() -> argparse.ArgumentParser:
             " option, other users cannot see in the process list)",
         )
         sub.add_argument("--data-dir", type=Path, metavar="DIR", help=data_dir_help)
+        add_transport_arguments(sub)
 
     key_from_data_dir = (
         f"a `tiergen up` data directory: with no --api-key nor {API_KEY_VARIABLE}, its"
-        f" {DEV_KEY_FILE} is the key"
+        f" {DEV_KEY_FILE} is the key, and its tls/ca.crt the CA"
     )
 
     def client_command(
@@ -607,6 +633,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     load.add_argument("--account-prefix", default="load", help="prefix of the accounts' ids")
     load.add_argument(
+        "--tenants",
+        metavar="TENANTS",
+        help="load as several tenants at once, each with its own key: a TOML file of"
+        " [tenants.NAME] tables (key_file or key_env, clients, rate, tier, stage, size, n, ...)"
+        " or NAME=@KEY_FILE[:CLIENTS],NAME=env:VARIABLE[:CLIENTS]; see README",
+    )
+    load.add_argument(
         "--max-error-rate",
         type=float,
         default=1.0,
@@ -618,6 +651,7 @@ def _parser() -> argparse.ArgumentParser:
     load.set_defaults(stage="explore", handler=lambda options: asyncio.run(_load(options)))
 
     add_keys_commands(commands)
+    add_webhooks_commands(commands)
     add_ledger_commands(commands)
     add_migrate_command(commands)
 
@@ -654,7 +688,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except grpc.aio.AioRpcError as error:
         _say(f"tiergen: {_describe(error)}")
         return 1
-    except (CommandError, CredentialError, KeyCommandError, SuiteError, DemoFailed) as error:
+    except (
+        CommandError,
+        ConfigError,
+        CredentialError,
+        KeyCommandError,
+        WebhookCommandError,
+        SuiteError,
+        DemoFailed,
+    ) as error:
         _say(f"tiergen: {error}")
         return 1
     except KeyboardInterrupt:

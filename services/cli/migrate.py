@@ -26,7 +26,7 @@ from services.runtime.migrations import (
     require_current,
     upgrade,
 )
-from services.runtime.settings import ConfigError
+from services.runtime.settings import ConfigError, Env
 
 __all__ = [
     "EXIT_BEHIND",
@@ -79,9 +79,16 @@ def migrate_command(
 
 def _migrate_one(name: str, dsn: str | None, *, check: bool, environ: Mapping[str, str]) -> int:
     variable = SERVICES[name].dsn_variable
-    target = dsn if dsn is not None else (environ.get(variable) or "").strip()
+    try:
+        target = dsn if dsn is not None else Env(environ).secret(variable) or ""
+    except ConfigError as error:
+        _fail(f"{name}: {error}")
+        return EXIT_FAILED
     if not target:
-        _fail(f"{name}: no database named: set {variable}, or pass --service {name} --dsn DSN")
+        _fail(
+            f"{name}: no database named: set {variable} (or {variable}_FILE), or pass"
+            f" --service {name} --dsn DSN"
+        )
         return EXIT_FAILED
     try:
         schema = _schema(name)
@@ -109,7 +116,7 @@ def migrate_local_postgres(environ: Mapping[str, str], say: Callable[[str], None
     and `tiergen demo` run them: the one machine owns the suite, so its command is the
     operator. SQLite files need nothing: each store upgrades its own at open."""
     for name, service in SERVICES.items():
-        dsn = (environ.get(service.dsn_variable) or "").strip()
+        dsn = Env(environ).secret(service.dsn_variable) or ""
         if not dsn.startswith(("postgresql://", "postgres://")):
             continue
         try:

@@ -14,6 +14,7 @@ from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
 from services.runtime.channels import open_channel
 from services.runtime.credentials import BearerToken
+from services.runtime.settings import ChannelSecurity
 
 __all__ = ["EventSink", "RouterClient", "new_key"]
 
@@ -38,12 +39,18 @@ def _progress_line(event: router_pb2.JobProgress) -> str:
 
 
 class RouterClient:
-    """An open channel to one router, every call sent with `token`, and the calls the command
-    line needs."""
+    """An open channel to one router, secured as `security` says, every call sent with
+    `token`, and the calls the command line needs."""
 
-    def __init__(self, address: str, token: BearerToken, timeout: float = 300.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        token: BearerToken,
+        security: ChannelSecurity,
+        timeout: float = 300.0,
+    ) -> None:
         self._channel = open_channel(
-            address, services=[_SERVICE], default_timeout=timeout, token=token
+            address, security=security, services=[_SERVICE], default_timeout=timeout, token=token
         )
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
         self._timeout = timeout
@@ -192,3 +199,27 @@ class RouterClient:
             router_pb2.RevokeApiKeyRequest(prefix=prefix), timeout=30
         )
         return reply.api_key
+
+    async def create_webhook(
+        self, request: router_pb2.CreateWebhookRequest
+    ) -> router_pb2.CreateWebhookResponse:
+        return await self._stub.CreateWebhook(request, timeout=30)
+
+    async def list_webhooks(self) -> list[router_pb2.Webhook]:
+        reply = await self._stub.ListWebhooks(router_pb2.ListWebhooksRequest(), timeout=30)
+        return list(reply.webhooks)
+
+    async def update_webhook(self, request: router_pb2.UpdateWebhookRequest) -> router_pb2.Webhook:
+        reply = await self._stub.UpdateWebhook(request, timeout=30)
+        return reply.webhook
+
+    async def delete_webhook(self, webhook_id: str) -> router_pb2.Webhook:
+        reply = await self._stub.DeleteWebhook(
+            router_pb2.DeleteWebhookRequest(webhook_id=webhook_id), timeout=30
+        )
+        return reply.webhook
+
+    async def list_webhook_deliveries(
+        self, request: router_pb2.ListWebhookDeliveriesRequest
+    ) -> router_pb2.ListWebhookDeliveriesResponse:
+        return await self._stub.ListWebhookDeliveries(request, timeout=30)

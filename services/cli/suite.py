@@ -3,6 +3,12 @@
 The router refuses calls without a credential, so a suite also has a key to call it with: the
 data directory's dev key (`services.cli.credentials`), made in the router's store before the
 router starts, on the first start of the directory, and kept for the later ones.
+
+Every port serves TLS from the directory's own CA and certificates (`services.cli.pki`, made
+on its first start too): the router's port trusts any caller with the CA (callers authenticate
+with the key), the ledger, generator and upscaler admit only the router's certificate (and the
+ledger the operator commands' `cli` certificate, for Grant and the reads). Whatever TLS or
+plaintext settings the environment holds are not passed on: the suite is always TLS.
 """
 
 from __future__ import annotations
@@ -20,15 +26,40 @@ from pathlib import Path
 from types import TracebackType
 
 from services.cli.credentials import DevKey, provision_dev_key
+from services.cli.pki import LocalPki, provision_local_pki
 from services.runtime.credentials import BearerToken
 from services.runtime.errors import TiergenError
 from services.runtime.migrations import redact
-from services.runtime.settings import ConfigError
+from services.runtime.settings import (
+    CA_FILE_VARIABLE,
+    CERT_FILE_VARIABLE,
+    CLIENT_CA_FILE_VARIABLE,
+    HEALTH_PORT_VARIABLE,
+    INSECURE_VARIABLE,
+    KEY_FILE_VARIABLE,
+    ChannelSecurity,
+    ConfigError,
+    Env,
+)
 
 __all__ = ["SERVICES", "Suite", "SuiteError"]
 
+_LEDGER_DSN = "TIERGEN_LEDGER_DSN"
+_ROUTER_DSN = "TIERGEN_ROUTER_DSN"
 #: Start order: the router last, once the addresses of its dependencies are known.
 SERVICES = ("ledger", "generator", "upscaler", "router")
+#: Settings of the environment not passed on: the transport's, replaced by the suite's own
+#: certificates, and a health port, which four processes cannot share.
+_NOT_INHERITED = frozenset(
+    {
+        HEALTH_PORT_VARIABLE,
+        CERT_FILE_VARIABLE,
+        KEY_FILE_VARIABLE,
+        CLIENT_CA_FILE_VARIABLE,
+        CA_FILE_VARIABLE,
+        INSECURE_VARIABLE,
+    }
+)
 _PORT_OFFSETS = {"router": 0, "generator": 1, "ledger": 2, "upscaler": 3}
 
 
@@ -63,6 +94,9 @@ class Suite:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     _running: dict[str, _Running] = field(default_factory=dict, init=False)
     _dev_key: DevKey | None = field(default=None, init=False)
+    _pki: LocalPki | None = field(default=None, init=False)
+    #: Whether this start made or issued again any of the data directory's certificates.
+    certificates_made: bool = field(default=False, init=False)
 
     @property
     def addresses(self) -> dict[str, str]:
@@ -84,14 +118,27 @@ class Suite:
         """The key to call the router with: the dev key."""
         return self.dev_key.token
 
+    @property
+    def pki(self) -> LocalPki:
+        """The data directory's CA and certificates; known once started."""
+        if self._pki is None:
+            raise SuiteError("the suite has not been started: it has no certificates yet")
+        return self._pki
+
+    @property
+    def client_security(self) -> ChannelSecurity:
+        """How a client calls the suite: TLS trusting its CA, with the operator's certificate."""
+        return self.pki.client_security()
+
     def _router_dsn(self) -> str:
         environ = {**os.environ, **self.extra_env}
-        return environ.get("TIERGEN_ROUTER_DSN", f"sqlite:///{self.data_dir / 'router.db'}")
+        return Env(environ).secret(_ROUTER_DSN) or f"sqlite:///{self.data_dir / 'router.db'}"
 
     def _environment(self, name: str) -> dict[str, str]:
         port = 0 if self.port_base == 0 else self.port_base + _PORT_OFFSETS[name]
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
         env.update(self.extra_env)
+        env.update(self.pki.server_env(name))
         env.update(
             {
                 "TIERGEN_HOST": self.host,
@@ -102,10 +149,11 @@ class Suite:
         env.pop("TIERGEN_METRICS_PORT", None)
         if self.metrics_port_base is not None:
             env["TIERGEN_METRICS_PORT"] = str(self.metrics_port_base + _PORT_OFFSETS[name])
-        if name == "ledger":
-            env.setdefault("TIERGEN_LEDGER_DSN", f"sqlite:///{self.data_dir / 'ledger.db'}")
+        if name == "ledger" and not env.get(f"{_LEDGER_DSN}_FILE"):
+            env.setdefault(_LEDGER_DSN, f"sqlite:///{self.data_dir / 'ledger.db'}")
+        if name == "router" and not env.get(f"{_ROUTER_DSN}_FILE"):
+            env[_ROUTER_DSN] = self._router_dsn()
         if name == "router":
-            env["TIERGEN_ROUTER_DSN"] = self._router_dsn()
             env.setdefault("TIERGEN_ROUTER_ASSETS_DIR", str(self.data_dir / "assets"))
             env["LEDGER_ADDR"] = self._running["ledger"].address
             env["GENERATOR_ADDR"] = self._running["generator"].address
@@ -155,6 +203,7 @@ class Suite:
         """Starts the services and returns their addresses; stops them all if one fails."""
         for sub in ("run", "logs"):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+        self._pki, self.certificates_made = provision_local_pki(self.data_dir, [self.host])
         try:
             first = [self._spawn(name) for name in SERVICES[:-1]]
             self._dev_key = _provisioned(self.data_dir, self._router_dsn())

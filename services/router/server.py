@@ -30,9 +30,9 @@ from services.router.downstream.grpc_clients import (
     GrpcUpscaler,
 )
 from services.router.jobs.sql_store import SqlJobStore
-from services.router.jobs.store import JobStore
 from services.router.operations.limits import OperationLimits
 from services.router.operations.orchestrator import Orchestrator
+from services.router.quotas import QuotaLimiter, SqlQuotaStore, load_quotas, reload_on_change
 from services.router.routing.admission import capacities
 from services.router.routing.catalogue import TierCatalogue
 from services.router.routing.catalogue_watch import CatalogueWatcher, log_notes
@@ -41,10 +41,14 @@ from services.router.routing.pricing import PriceTable
 from services.router.routing.toml_source import RouterConfigError
 from services.router.servicer import RouterServicer
 from services.router.settings import RouterSettings
+from services.router.webhooks.admin import WebhookAdmin
+from services.router.webhooks.store import WebhookStore
+from services.router.webhooks.targets import client_ssl_context
+from services.router.webhooks.worker import DispatcherProcess, WorkerConfig
 from services.runtime.channels import open_channel
 from services.runtime.dependencies import Dependency, watch_dependencies
 from services.runtime.errors import NotFound
-from services.runtime.server import Server, ServiceRegistration
+from services.runtime.server import Server, ServiceRegistration, check_transport
 from services.runtime.server import create_server as create_grpc_server
 from services.runtime.settings import ConfigError
 
@@ -72,7 +76,7 @@ def load_policy(settings: RouterSettings) -> RoutingPolicy:
         raise ConfigError(str(error)) from None
 
 
-async def open_job_store(settings: RouterSettings) -> JobStore:
+async def open_job_store(settings: RouterSettings) -> SqlJobStore:
     """SQLite for a `sqlite:///` DSN (creating the file's directory, upgrading its schema),
     PostgreSQL otherwise (refusing a schema `tiergen migrate` has not brought up to date)."""
     path = settings.jobs_sqlite_path
@@ -115,6 +119,26 @@ async def open_key_store(settings: RouterSettings) -> KeyStore:
     )
 
 
+def open_webhook_dispatcher(settings: RouterSettings, jobs: SqlJobStore) -> DispatcherProcess:
+    """The dispatcher of the webhooks whose outbox is in `jobs`' database, in a process of its
+    own started when there is work (`webhooks.worker`), told by the job store of every event it
+    flags. ConfigError for a CA file that holds no certificate."""
+    webhooks = settings.webhooks
+    try:
+        client_ssl_context(webhooks.ca_file)
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"TIERGEN_ROUTER_WEBHOOK_CA_FILE={str(webhooks.ca_file)!r}: not PEM certificates"
+            f" ({error})"
+        ) from None
+    dispatcher = DispatcherProcess(
+        WorkerConfig(settings.jobs_dsn, webhooks, settings.db_timeout_seconds),
+        WebhookStore(jobs.database),
+    )
+    jobs.on_events(dispatcher.wake)
+    return dispatcher
+
+
 def load_oidc_verifier(settings: RouterSettings) -> OidcVerifier | None:
     """The OIDC issuers of TIERGEN_ROUTER_OIDC_FILE, or None when it is unset (keys only)."""
     if settings.oidc_file is None:
@@ -139,17 +163,31 @@ def open_authenticator(
 async def create_server(settings: RouterSettings) -> tuple[Server, int]:
     """The router's server, with its job store recovered and its channels open; not started."""
     policy = load_policy(settings)
+    # A bad quota file is a configuration error before any store is opened, as a bad policy.
+    quota_table = load_quotas(settings.quotas_file)
+    # A bad certificate file stops the start before any store is opened.
+    check_transport(settings.server)
     timeout = settings.call_timeout_seconds
+    # Mutual TLS to every backend: the router's certificate is its identity there.
+    security = settings.downstream
+    security.require_ca("the router checks the ledger, generator and upscaler against it")
     ledger_channel = open_channel(
         settings.ledger_addr,
+        security=security,
         services=[LEDGER_SERVICE],
         default_timeout=settings.ledger_timeout_seconds,
     )
     generator_channel = open_channel(
-        settings.generator_addr, services=[GENERATOR_SERVICE], default_timeout=timeout
+        settings.generator_addr,
+        security=security,
+        services=[GENERATOR_SERVICE],
+        default_timeout=timeout,
     )
     upscaler_channel = open_channel(
-        settings.upscaler_addr, services=[UPSCALER_SERVICE], default_timeout=timeout
+        settings.upscaler_addr,
+        security=security,
+        services=[UPSCALER_SERVICE],
+        default_timeout=timeout,
     )
     # A bad issuers file fails the start before any store is opened.
     oidc = load_oidc_verifier(settings) if settings.auth else None
@@ -175,6 +213,23 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
     )
 
     generator = GrpcRenderer(generator_channel, timeout, settings.max_image_bytes)
+    webhooks = WebhookStore(jobs.database)
+    try:
+        dispatcher = open_webhook_dispatcher(settings, jobs)
+    except BaseException:
+        await keys.close()
+        await jobs.close()
+        raise
+
+    async def webhook_exists(tenant: str, webhook_id: str) -> bool:
+        try:
+            await webhooks.get(tenant, webhook_id)
+        except NotFound:
+            return False
+        return True
+
+    # The quotas' state is in the job database: shared, so exact, across replicas on PostgreSQL.
+    quotas = QuotaLimiter(quota_table, SqlQuotaStore(jobs.database))
     router = Orchestrator(
         jobs=jobs,
         assets=assets,
@@ -191,6 +246,8 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
             parallel_jobs=settings.parallel_jobs,
             max_upscale_side=settings.max_upscale_side,
         ),
+        webhook_exists=webhook_exists,
+        quotas=quotas,
     )
     # Before serving, take over what routers that are gone left unfinished: on SQLite every
     # earlier process, on a shared PostgreSQL store the replicas whose leases ran out (a
@@ -201,6 +258,9 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
         ledger,
         keys=ApiKeyAdmin(
             keys, on_change=authenticator.forget if authenticator is not None else None
+        ),
+        webhooks=WebhookAdmin(
+            webhooks, allow_private_targets=settings.webhooks.allow_private_targets
         ),
     )
 
@@ -220,8 +280,8 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
         SERVICE_NAME,
         lambda server: router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server),
     )
-    # Hooks run last-added first: stop the batches (settling their holds), stop renewing their
-    # leases, then close.
+    # Hooks run last-added first: stop the batches (settling their holds), let the webhooks
+    # under way finish, stop renewing the leases, then close.
     try:
         server, port = await create_grpc_server(
             settings.server,
@@ -232,6 +292,7 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
                 assets.close,
                 close_channels,
                 stop_leases,
+                dispatcher.stop,
                 router.close,
             ],
             gate=AccessGate(
@@ -241,7 +302,11 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
         )
     except BaseException:
         await stop_leases()
+        await dispatcher.stop()
         raise
+    # Events flagged and deliveries due, also those a router before this one left, are sent
+    # from now on, by a process beside the router's, never in the batches' way.
+    dispatcher.look()
     # Without the ledger no credit can be held, so no request can be served.
     ledger_dependency = Dependency("ledger", ledger_channel, LEDGER_SERVICE)
     server.add_background(lambda: watch_dependencies(server, [ledger_dependency]))
@@ -258,6 +323,10 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
     server.add_background(router.watch_abandoned)
     server.add_drain_hook(router.drain)
     server.add_background(lambda: reload_policy_on_change(router, settings))
+    server.add_background(
+        lambda: reload_on_change(quotas, settings.quotas_file, settings.reload_interval_seconds)
+    )
+    server.add_background(quotas.sweep_idle)
     return server, port
 
 

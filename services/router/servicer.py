@@ -33,10 +33,11 @@ from services.router.operations.events import (
     JobFinished,
     JobProgressed,
 )
-from services.router.operations.orchestrator import Orchestrator
+from services.router.operations.orchestrator import Orchestrator, Submission
 from services.router.operations.planning import EditRequest, Handover, UpscaleRequest
 from services.router.routing.catalogue import AspectRatio, Fidelity, Stage
 from services.router.routing.policy import Decision, RouteRequest
+from services.router.webhooks.admin import WebhookAdmin
 from services.runtime.errors import FieldViolation, InvalidArgument
 from services.runtime.identifiers import (
     require_account_id,
@@ -291,12 +292,25 @@ def _aspect_ratio(value: int) -> AspectRatio | None:
     return aspect_ratio_from_proto(value)
 
 
+def _submission(request: Any) -> Submission:
+    """How a Generate, Promote, Upscale or Edit wants its batch run."""
+    return Submission(detach=request.detach, webhook_id=request.webhook_id or None)
+
+
+def _deadline(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    """The caller's deadline as routing weighs it: none for a detached call, whose work does
+    not wait for its caller."""
+    return None if request.detach else context.time_remaining()
+
+
 def _batch_message(event: BatchAccepted) -> router_pb2.Batch:
     record = event.record
     batch = router_pb2.Batch(
         batch_id=record.batch.batch_id,
         jobs=[job_message(job) for job in record.jobs],
         replayed=record.replayed,
+        detached=record.batch.detached,
+        webhook_id=record.batch.webhook_id or "",
     )
     if record.batch.decision is not None:
         batch.decision.CopyFrom(decision_message(record.batch.decision))
@@ -313,10 +327,18 @@ def _progress(event: JobProgressed) -> router_pb2.JobProgress:
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     """RouterService over the router's operations; balance calls are forwarded to the ledger."""
 
-    def __init__(self, router: Orchestrator, accounts: Accounts, *, keys: ApiKeyAdmin) -> None:
+    def __init__(
+        self,
+        router: Orchestrator,
+        accounts: Accounts,
+        *,
+        keys: ApiKeyAdmin,
+        webhooks: WebhookAdmin,
+    ) -> None:
         self._router = router
         self._accounts = accounts
         self._keys = keys
+        self._webhooks = webhooks
 
     async def Quote(
         self, request: router_pb2.QuoteRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -338,9 +360,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
         owner = _owner(request.account_id)
-        route = _route_request(request.spec, context.time_remaining())
+        route = _route_request(request.spec, _deadline(request, context))
         seed = request.spec.seed if request.spec.HasField("seed") else None
-        events = self._router.generate(owner, request.idempotency_key, route, seed)
+        events = self._router.generate(
+            owner, request.idempotency_key, route, seed, _submission(request)
+        )
         async with contextlib.aclosing(events):
             with _fields_of(_SPEC_FIELDS):
                 async for event in events:
@@ -393,7 +417,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             strength=request.strength if request.HasField("strength") else None,
             seed=request.seed if request.HasField("seed") else None,
         )
-        events = self._router.promote(owner, request.idempotency_key, handover)
+        events = self._router.promote(
+            owner, request.idempotency_key, handover, _submission(request)
+        )
         with _fields_of(_PROMOTE_FIELDS):
             async for message in self._single(events, router_pb2.PromoteResponse):
                 yield message
@@ -416,7 +442,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             output_format=_enum(_FORMATS, request.output_format, "output_format"),
             quality=request.quality,
         )
-        events = self._router.upscale(owner, request.idempotency_key, upscale)
+        events = self._router.upscale(owner, request.idempotency_key, upscale, _submission(request))
         async for message in self._single(events, router_pb2.UpscaleResponse):
             yield message
 
@@ -432,7 +458,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             prompt=request.prompt,
             seed=request.seed if request.HasField("seed") else None,
         )
-        events = self._router.edit(owner, request.idempotency_key, edit)
+        events = self._router.edit(owner, request.idempotency_key, edit, _submission(request))
         async for message in self._single(events, router_pb2.EditResponse):
             yield message
 
@@ -588,6 +614,35 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> router_pb2.RevokeApiKeyResponse:
         return await self._keys.RevokeApiKey(request)
+
+    # The caller's tenant's webhook endpoints (services.router.webhooks.admin).
+
+    async def CreateWebhook(
+        self, request: router_pb2.CreateWebhookRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> router_pb2.CreateWebhookResponse:
+        return await self._webhooks.CreateWebhook(request)
+
+    async def ListWebhooks(
+        self, request: router_pb2.ListWebhooksRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> router_pb2.ListWebhooksResponse:
+        return await self._webhooks.ListWebhooks(request)
+
+    async def UpdateWebhook(
+        self, request: router_pb2.UpdateWebhookRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> router_pb2.UpdateWebhookResponse:
+        return await self._webhooks.UpdateWebhook(request)
+
+    async def DeleteWebhook(
+        self, request: router_pb2.DeleteWebhookRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> router_pb2.DeleteWebhookResponse:
+        return await self._webhooks.DeleteWebhook(request)
+
+    async def ListWebhookDeliveries(
+        self,
+        request: router_pb2.ListWebhookDeliveriesRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> router_pb2.ListWebhookDeliveriesResponse:
+        return await self._webhooks.ListWebhookDeliveries(request)
 
 
 def _grant_reason(reason: str) -> str:

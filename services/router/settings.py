@@ -1,4 +1,8 @@
-"""Router settings from the environment."""
+"""Router settings from the environment.
+
+The secrets among them (the job store's DSN, the S3 credentials) can each be read from a file
+instead, `NAME_FILE`, and appear in no repr and in no message but masked.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from services.runtime.settings import ConfigError, Env, ServerSettings
+from services.runtime.migrations import redact
+from services.runtime.settings import ChannelSecurity, ConfigError, Env, ServerSettings
 
-__all__ = ["RouterSettings", "S3AssetSettings"]
+__all__ = ["RouterSettings", "S3AssetSettings", "WebhookSettings"]
 
 _SQLITE_PREFIX = "sqlite:///"
 _POSTGRES_PREFIXES = ("postgresql://", "postgres://")
@@ -25,8 +30,8 @@ def _job_store_dsn(variable: str, dsn: str) -> str:
     ):
         return dsn
     raise ConfigError(
-        f"{variable}={dsn!r}: expected sqlite:///path/to/file.db (sqlite:////absolute/path.db)"
-        " or postgresql://user@host:port/database"
+        f"{variable}={redact(dsn)!r}: expected sqlite:///path/to/file.db"
+        " (sqlite:////absolute/path.db) or postgresql://user@host:port/database"
     )
 
 
@@ -75,11 +80,13 @@ class S3AssetSettings:
                 raise ConfigError(
                     f"TIERGEN_ROUTER_S3_ENDPOINT_URL={endpoint_url!r}: expected http(s)://host:port"
                 )
-        access_key_id = env.optional_str("AWS_ACCESS_KEY_ID")
-        secret_access_key = env.optional_str("AWS_SECRET_ACCESS_KEY")
+        # Each also from a file (AWS_SECRET_ACCESS_KEY_FILE, ...): a mounted Secret.
+        access_key_id = env.secret("AWS_ACCESS_KEY_ID")
+        secret_access_key = env.secret("AWS_SECRET_ACCESS_KEY")
         if (access_key_id is None) != (secret_access_key is None):
             raise ConfigError(
-                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together, or neither"
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or their _FILE variables) must be"
+                " set together, or neither"
             )
         return cls(
             bucket=bucket,
@@ -88,7 +95,7 @@ class S3AssetSettings:
             region=env.optional_str("AWS_REGION") or env.optional_str("AWS_DEFAULT_REGION"),
             access_key_id=access_key_id,
             secret_access_key=secret_access_key,
-            session_token=env.optional_str("AWS_SESSION_TOKEN"),
+            session_token=env.secret("AWS_SESSION_TOKEN"),
         )
 
 
@@ -109,6 +116,68 @@ def _s3_location(variable: str, url: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    """How webhooks are sent (`services.router.webhooks`); docs/configuration.md lists each."""
+
+    #: CAs trusted for receivers besides the system's store (TIERGEN_ROUTER_WEBHOOK_CA_FILE).
+    ca_file: Path | None = None
+    #: Lets URLs reach loopback, private and link-local addresses, for development and tests
+    #: (TIERGEN_ROUTER_WEBHOOK_ALLOW_PRIVATE_TARGETS); cloud metadata addresses stay refused.
+    allow_private_targets: bool = False
+    timeout_seconds: float = 10.0
+    retry_base_seconds: float = 5.0
+    retry_max_delay_seconds: float = 3600.0
+    retry_period_seconds: float = 86_400.0
+    pause_after_failures: int = 20
+    pause_after_seconds: float = 86_400.0
+    max_in_flight: int = 64
+    poll_seconds: float = 1.0
+    retention_seconds: float = 7 * 86_400.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> WebhookSettings:
+        env = Env(environ)
+        ca_file = _optional_path(env.optional_str("TIERGEN_ROUTER_WEBHOOK_CA_FILE"))
+        if ca_file is not None and not ca_file.is_file():
+            raise ConfigError(
+                f"TIERGEN_ROUTER_WEBHOOK_CA_FILE={str(ca_file)!r}: no such file (PEM"
+                " certificates of the CAs that sign receivers' certificates)"
+            )
+        day = 86_400.0
+        return cls(
+            ca_file=ca_file,
+            allow_private_targets=env.flag("TIERGEN_ROUTER_WEBHOOK_ALLOW_PRIVATE_TARGETS", False),
+            timeout_seconds=env.number(
+                "TIERGEN_ROUTER_WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1, maximum=60.0
+            ),
+            retry_base_seconds=env.number(
+                "TIERGEN_ROUTER_WEBHOOK_RETRY_BASE_SECONDS", 5.0, minimum=0.01, maximum=3600.0
+            ),
+            retry_max_delay_seconds=env.number(
+                "TIERGEN_ROUTER_WEBHOOK_RETRY_MAX_DELAY_SECONDS", 3600.0, minimum=0.01, maximum=day
+            ),
+            retry_period_seconds=env.number(
+                "TIERGEN_ROUTER_WEBHOOK_RETRY_PERIOD_SECONDS", day, minimum=1.0, maximum=30 * day
+            ),
+            pause_after_failures=env.integer(
+                "TIERGEN_ROUTER_WEBHOOK_PAUSE_AFTER_FAILURES", 20, minimum=1, maximum=100_000
+            ),
+            pause_after_seconds=env.number(
+                "TIERGEN_ROUTER_WEBHOOK_PAUSE_AFTER_SECONDS", day, minimum=0.0, maximum=30 * day
+            ),
+            max_in_flight=env.integer(
+                "TIERGEN_ROUTER_WEBHOOK_MAX_IN_FLIGHT", 64, minimum=1, maximum=1024
+            ),
+            poll_seconds=env.number(
+                "TIERGEN_ROUTER_WEBHOOK_POLL_SECONDS", 1.0, minimum=0.01, maximum=60.0
+            ),
+            retention_seconds=env.number(
+                "TIERGEN_ROUTER_WEBHOOK_RETENTION_SECONDS", 7 * day, minimum=60.0, maximum=365 * day
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class RouterSettings:
     """Where the router's dependencies are and how it runs its work."""
 
@@ -116,8 +185,9 @@ class RouterSettings:
     ledger_addr: str
     generator_addr: str
     upscaler_addr: str
-    #: The job store: `sqlite:///path` (one router) or `postgresql://...` (replicas).
-    jobs_dsn: str
+    #: The job store: `sqlite:///path` (one router) or `postgresql://...` (replicas), from
+    #: TIERGEN_ROUTER_DSN or the file TIERGEN_ROUTER_DSN_FILE names; it may hold a password.
+    jobs_dsn: str = field(repr=False)
     #: The local asset directory, used unless `assets_s3` is set.
     assets_dir: Path
     assets_s3: S3AssetSettings | None = None
@@ -155,12 +225,21 @@ class RouterSettings:
     #: The OIDC issuers file (TIERGEN_ROUTER_OIDC_FILE, TOML), read by
     #: `services.router.access.oidc`; None accepts API keys only.
     oidc_file: Path | None = None
+    #: The quota file (TIERGEN_ROUTER_QUOTAS_FILE, TOML), read by `services.router.quotas`
+    #: and reloaded on change; None limits nothing.
+    quotas_file: Path | None = None
     #: Refused calls per peer host and minute answered at once
     #: (TIERGEN_ROUTER_FREE_REFUSALS); each further one waits twice as long as the last, from
     #: 0.1 s up to TIERGEN_ROUTER_MAX_REFUSAL_DELAY_SECONDS (0 answers every refusal at once).
     #: Only refusals wait: a caller with a valid credential behind the same proxy never does.
     free_refusals: int = 5
     max_refusal_delay_seconds: float = 5.0
+    #: How the router's channels to the ledger, generator and upscaler are secured: TLS
+    #: trusting TIERGEN_CA_FILE, presenting the router's own certificate
+    #: (TIERGEN_TLS_CERT_FILE/KEY) as its identity; plaintext with TIERGEN_INSECURE=true.
+    downstream: ChannelSecurity = field(default_factory=ChannelSecurity)
+    #: How webhooks are sent: TIERGEN_ROUTER_WEBHOOK_*.
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     @property
     def jobs_sqlite_path(self) -> Path | None:
@@ -196,6 +275,7 @@ class RouterSettings:
                 "TIERGEN_ROUTER_KEY_CACHE_SECONDS", 2.0, minimum=0.0, maximum=300.0
             ),
             oidc_file=_optional_path(env.optional_str("TIERGEN_ROUTER_OIDC_FILE")),
+            quotas_file=_optional_path(env.optional_str("TIERGEN_ROUTER_QUOTAS_FILE")),
             free_refusals=env.integer("TIERGEN_ROUTER_FREE_REFUSALS", 5, minimum=0, maximum=10_000),
             max_refusal_delay_seconds=env.number(
                 "TIERGEN_ROUTER_MAX_REFUSAL_DELAY_SECONDS", 5.0, minimum=0.0, maximum=60.0
@@ -204,8 +284,10 @@ class RouterSettings:
             upscaler_addr=env.address("UPSCALER_ADDR", "127.0.0.1:50054"),
             jobs_dsn=_job_store_dsn(
                 "TIERGEN_ROUTER_DSN",
-                env.string("TIERGEN_ROUTER_DSN", "sqlite:///tiergen-data/router.db"),
+                env.secret("TIERGEN_ROUTER_DSN") or "sqlite:///tiergen-data/router.db",
             ),
+            downstream=ChannelSecurity.from_env(environ),
+            webhooks=WebhookSettings.from_env(environ),
             assets_dir=env.path("TIERGEN_ROUTER_ASSETS_DIR", Path("tiergen-data/assets")),
             assets_s3=S3AssetSettings.from_env(environ),
             db_pool_size=env.integer("TIERGEN_ROUTER_DB_POOL_SIZE", 10, minimum=1, maximum=100),

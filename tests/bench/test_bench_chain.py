@@ -17,6 +17,7 @@ from opentelemetry.trace import SpanKind
 
 from bench.chain import create_chain_server, generate_callable, hop_callable
 from services.runtime.server import Server
+from tests.tls import session_pki
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -31,7 +32,7 @@ async def servers() -> AsyncIterator[list[Server]]:
 
 async def _start(servers: list[Server], **environ: str) -> str:
     server, port = await create_chain_server(
-        {"TIERGEN_HOST": "127.0.0.1", "TIERGEN_PORT": "0", **environ}
+        {**session_pki().env("ledger"), "TIERGEN_HOST": "127.0.0.1", "TIERGEN_PORT": "0", **environ}
     )
     await server.start()
     servers.append(server)
@@ -43,7 +44,7 @@ async def test_a_hop_calls_each_next_hop_in_one_trace(servers, spans):
     c = await _start(servers)
     a = await _start(servers, CHAIN_NEXT_ADDRS=f"{b}, {c}")
 
-    async with grpc.aio.insecure_channel(a) as channel:
+    async with session_pki().channel(a) as channel:
         reply = await hop_callable(channel)(b"", timeout=10)
 
     assert reply == b""
@@ -60,7 +61,7 @@ async def test_the_shape_streams_the_routers_six_messages(servers, spans):
     generator = await _start(servers)
     router = await _start(servers, SHAPE_LEDGER_ADDR=ledger, SHAPE_GENERATOR_ADDR=generator)
 
-    async with grpc.aio.insecure_channel(router) as channel:
+    async with session_pki().channel(router) as channel:
         replies = [reply async for reply in generate_callable(channel)(b"spec", timeout=10)]
 
     assert [len(reply) for reply in replies] == [320, 45, 45, 45, 45, 420]
@@ -78,7 +79,7 @@ async def test_generate_needs_both_addresses(servers):
     ledger = await _start(servers)
     router = await _start(servers, SHAPE_LEDGER_ADDR=ledger)
 
-    async with grpc.aio.insecure_channel(router) as channel:
+    async with session_pki().channel(router) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as failure:
             async for _ in generate_callable(channel)(b"spec", timeout=10):
                 pass
@@ -111,6 +112,7 @@ def _spawn(
             [sys.executable, "-m", "bench.chain"],
             env={
                 **os.environ,
+                **session_pki().env("ledger"),
                 "TIERGEN_HOST": "127.0.0.1",
                 "TIERGEN_PORT": "0",
                 "TIERGEN_READY_FILE": str(ready),
@@ -134,7 +136,7 @@ async def test_a_hop_with_tracing_off_hands_the_callers_trace_on(hop_processes, 
     _spawn(hop_processes, tmp_path, "untraced", TIERGEN_TRACING="off", CHAIN_NEXT_ADDRS=traced)
     untraced = (tmp_path / "untraced.addr").read_text().strip()
 
-    async with grpc.aio.insecure_channel(untraced) as channel:
+    async with session_pki().channel(untraced) as channel:
         await hop_callable(channel)(b"", timeout=10, metadata=(("traceparent", TRACEPARENT),))
         await hop_callable(channel)(b"", timeout=10)
     for process, _ in hop_processes:

@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 from tests.router.conftest import running_suite
+from tests.tls import session_pki
 
 
 async def tiergen(*args: str, api_key: str) -> str:
@@ -19,7 +20,11 @@ async def tiergen(*args: str, api_key: str) -> str:
         "services.cli.main",
         *args,
         # In the environment, as a person would keep it: not on a command line others can see.
-        env={**os.environ, "TIERGEN_API_KEY": api_key},
+        env={
+            **os.environ,
+            "TIERGEN_API_KEY": api_key,
+            "TIERGEN_CA_FILE": str(session_pki().ca_file),
+        },
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

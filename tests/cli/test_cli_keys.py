@@ -19,6 +19,7 @@ from services.router.jobs.migrations import SCHEMA as ROUTER_SCHEMA
 from services.runtime.migrations import upgrade
 from tests.postgres import fresh_schema, with_search_path
 from tests.router.conftest import InProcessSuite, running_suite
+from tests.tls import session_pki
 
 #: The scopes `tiergen open` and `tiergen balance` need.
 ACCOUNT_SCOPES = "accounts:write,accounts:read"
@@ -28,6 +29,8 @@ async def tiergen(*args: str, api_key: str | None = None) -> tuple[int, str, str
     """Runs `tiergen ARGS` with `api_key` as TIERGEN_API_KEY (and no other key around); its exit
     status, stdout and stderr."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIERGEN_")}
+    # The CA of the suite's TLS, as a platform calling a deployment would have it.
+    env["TIERGEN_CA_FILE"] = str(session_pki().ca_file)
     if api_key is not None:
         env["TIERGEN_API_KEY"] = api_key
     process = await asyncio.create_subprocess_exec(

@@ -198,7 +198,10 @@ def test_a_service_whose_database_is_not_named_is_refused(capsys, monkeypatch):
 
     assert tiergen("migrate", "--service", "router") == EXIT_FAILED
 
-    assert "set TIERGEN_ROUTER_DSN, or pass --service router --dsn DSN" in capsys.readouterr().err
+    assert (
+        "set TIERGEN_ROUTER_DSN (or TIERGEN_ROUTER_DSN_FILE), or pass --service router --dsn DSN"
+        in capsys.readouterr().err
+    )
 
 
 def test_a_dsn_needs_the_service_it_belongs_to(capsys):

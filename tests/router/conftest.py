@@ -1,4 +1,6 @@
-"""The whole suite in this process: four real servers on port 0 talking gRPC to each other."""
+"""The whole suite in this process: four real servers on port 0 talking gRPC to each other, over
+TLS with the run's certificates (`tests.tls`): mutual TLS from the router to the backends, and
+TLS without a client certificate from the tests to the router, as a tenant's platform calls."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from services.runtime.credentials import bearer_interceptors
 from services.runtime.server import Server
 from services.upscaler.server import create_server as create_upscaler
 from services.upscaler.settings import UpscalerSettings
+from tests.tls import session_pki
 
 #: The tenant of the suite's own key.
 MAIN_TENANT = "t-main"
@@ -45,10 +48,10 @@ async def issue_key(
 
 
 def router_channel(address: str, api_key: str | None) -> grpc.aio.Channel:
-    """A channel to the router at `address` that sends `api_key` on every call (None: no
-    credential at all)."""
+    """A TLS channel to the router at `address` (trusting the run's CA, with no client
+    certificate) that sends `api_key` on every call (None: no credential at all)."""
     interceptors = None if api_key is None else bearer_interceptors(api_key)
-    return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS, interceptors=interceptors)
+    return session_pki().channel(address, None, options=_CHANNEL_OPTIONS, interceptors=interceptors)
 
 
 @dataclass
@@ -121,6 +124,7 @@ async def running_suite(
 ) -> AsyncIterator[InProcessSuite]:
     """The four servers on port 0 with their files in `data_dir`, stopped on the way out."""
     env = {"TIERGEN_PORT": "0", "TIERGEN_SHUTDOWN_GRACE_SECONDS": "0"}
+    tls = session_pki().env
     servers: dict[str, Server] = {}
     addresses: dict[str, str] = {}
     suite: InProcessSuite | None = None
@@ -128,18 +132,25 @@ async def running_suite(
         servers["ledger"], addresses["ledger"] = await _start(
             create_ledger,
             LedgerSettings.from_env(
-                {**env, "TIERGEN_LEDGER_DSN": f"sqlite:///{data_dir / 'ledger.db'}"}
+                {
+                    **env,
+                    **tls("ledger"),
+                    "TIERGEN_LEDGER_DSN": f"sqlite:///{data_dir / 'ledger.db'}",
+                }
             ),
         )
         servers["generator"], addresses["generator"] = await _start(
-            create_generator, GeneratorSettings.from_env({**env, **generator_env})
+            create_generator,
+            GeneratorSettings.from_env({**env, **tls("generator"), **generator_env}),
         )
         servers["upscaler"], addresses["upscaler"] = await _start(
-            create_upscaler, UpscalerSettings.from_env({**env, "TIERGEN_UPSCALER_WORKERS": "2"})
+            create_upscaler,
+            UpscalerSettings.from_env({**env, **tls("upscaler"), "TIERGEN_UPSCALER_WORKERS": "2"}),
         )
         router_settings = RouterSettings.from_env(
             {
                 **env,
+                **tls("router"),
                 "LEDGER_ADDR": addresses["ledger"],
                 "GENERATOR_ADDR": addresses["generator"],
                 "UPSCALER_ADDR": addresses["upscaler"],

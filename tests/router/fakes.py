@@ -35,10 +35,17 @@ from services.router.assets.store import (
     check_new_asset,
     info_mismatch,
 )
-from services.router.downstream.ports import Image, ProgressSink, RenderOrder, UpscaleOrder
+from services.router.downstream.ports import (
+    Image,
+    ProgressSink,
+    RenderOrder,
+    Reservation,
+    UpscaleOrder,
+)
 from services.router.jobs.model import (
     Batch,
     BatchRecord,
+    HoldBalance,
     HoldState,
     Job,
     JobError,
@@ -170,7 +177,7 @@ class MemoryLedger:
     accounts: dict[Owner, int] = field(default_factory=dict)
     holds: dict[str, _Hold] = field(default_factory=dict)
     settlements: list[tuple[str, str]] = field(default_factory=list)
-    _keys: dict[tuple[str, str], str] = field(default_factory=dict)
+    _keys: dict[tuple[str, str], Reservation] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def open(self, account_id: str, credits: int = 400, *, tenant: str = TENANT) -> Owner:
@@ -193,7 +200,7 @@ class MemoryLedger:
 
     async def reserve(
         self, owner: Owner, amount: int, idempotency_key: str, memo: str, ttl_seconds: int
-    ) -> str:
+    ) -> Reservation:
         if (owner.tenant, idempotency_key) in self._keys:
             return self._keys[(owner.tenant, idempotency_key)]
         available = await self.available(owner)
@@ -206,8 +213,9 @@ class MemoryLedger:
         hold_id = f"hold_{next(self._ids)}"
         self.accounts[owner] -= amount
         self.holds[hold_id] = _Hold(owner, amount)
-        self._keys[(owner.tenant, idempotency_key)] = hold_id
-        return hold_id
+        reservation = Reservation(hold_id, self.accounts[owner])
+        self._keys[(owner.tenant, idempotency_key)] = reservation
+        return reservation
 
     async def capture(self, owner: Owner, hold_id: str, amount: int, idempotency_key: str) -> None:
         self.settlements.append(("capture", hold_id))
@@ -413,7 +421,11 @@ class MemoryJobStore:
         decision: Decision | None = None,
         hold_id: str | None = None,
         lease: Lease | None = None,
+        detached: bool = False,
+        webhook_id: str | None = None,
+        balance: HoldBalance | None = None,
     ) -> BatchRecord:
+        # No webhook outbox here (see `JobStore`): `balance` is only ever told to one.
         check_batch_request(owner, idempotency_key, jobs)
         await self._step()
         existing = self.tables.keys.get((owner, idempotency_key))
@@ -440,6 +452,8 @@ class MemoryJobStore:
             hold_state=HoldState.NONE if hold_id is None else HoldState.OPEN,
             captured=0,
             create_time=now,
+            detached=detached,
+            webhook_id=webhook_id,
         )
         job_ids = []
         for new in jobs:

@@ -1,7 +1,8 @@
 """Every RouterService RPC against every kind of bad credential, and against a valid key of
 another tenant, through a real suite.
 
-For each RPC, the same request (naming tenant `t-main`'s account, job, batch, asset and key) is
+For each RPC, the same request (naming tenant `t-main`'s account, job, batch, asset, key and
+webhook endpoint) is
 sent with no credential, a garbage `authorization` value, a garbage token, an unknown key, an
 expired key, a revoked key, and a key of `t-main` holding every scope but the RPC's own. Each
 is refused with its exact code and reason, writes a `call.refused` audit event, and leaves
@@ -35,6 +36,8 @@ from tests.router.conftest import InProcessSuite
 OTHER = "t-other"
 _STREAMING = {"Generate", "Promote", "Upscale", "Edit", "GetAsset"}
 _1K = common_pb2.Resolution(size=common_pb2.IMAGE_SIZE_1K)
+#: Where the endpoints made here point: loopback, where nothing listens.
+_HOOK = "https://127.0.0.1:9/hook"
 
 
 @pytest.fixture
@@ -44,6 +47,8 @@ def router_env() -> dict[str, str]:
     return {
         "TIERGEN_ROUTER_KEY_CACHE_SECONDS": "0",
         "TIERGEN_ROUTER_MAX_REFUSAL_DELAY_SECONDS": "0",
+        # The endpoints made here point at loopback, where nothing listens.
+        "TIERGEN_ROUTER_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
     }
 
 
@@ -58,6 +63,7 @@ class World:
     width: int
     height: int
     key_prefix: str
+    webhook_id: str
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ class Names:
     asset_id: str
     key_prefix: str
     mask: bytes
+    webhook_id: str
 
 
 def _mask(width: int, height: int) -> bytes:
@@ -127,6 +134,17 @@ REQUESTS: dict[str, Callable[[Names, str], Any]] = {
     "ListApiKeys": lambda n, k: router_pb2.ListApiKeysRequest(include_inactive=True),
     "RotateApiKey": lambda n, k: router_pb2.RotateApiKeyRequest(prefix=n.key_prefix),
     "RevokeApiKey": lambda n, k: router_pb2.RevokeApiKeyRequest(prefix=n.key_prefix),
+    "CreateWebhook": lambda n, k: router_pb2.CreateWebhookRequest(
+        url=_HOOK, events=["job.failed"], description=f"made-{k[:8]}"
+    ),
+    "ListWebhooks": lambda n, k: router_pb2.ListWebhooksRequest(),
+    "UpdateWebhook": lambda n, k: router_pb2.UpdateWebhookRequest(
+        webhook_id=n.webhook_id, description=f"changed-{k[:8]}"
+    ),
+    "DeleteWebhook": lambda n, k: router_pb2.DeleteWebhookRequest(webhook_id=n.webhook_id),
+    "ListWebhookDeliveries": lambda n, k: router_pb2.ListWebhookDeliveriesRequest(
+        webhook_id=n.webhook_id
+    ),
 }
 
 
@@ -158,6 +176,9 @@ async def _world(suite: InProcessSuite) -> World:
     (job,) = jobs
     assert job.status == router_pb2.JOB_STATUS_SUCCEEDED
     keys = await suite.router.ListApiKeys(router_pb2.ListApiKeysRequest())
+    webhook = await suite.router.CreateWebhook(
+        router_pb2.CreateWebhookRequest(url=_HOOK, events=["job.succeeded"])
+    )
     return World(
         account,
         job.job_id,
@@ -166,6 +187,7 @@ async def _world(suite: InProcessSuite) -> World:
         job.width,
         job.height,
         keys.api_keys[0].prefix,
+        webhook.webhook.webhook_id,
     )
 
 
@@ -174,6 +196,7 @@ async def _snapshot(suite: InProcessSuite, world: World) -> tuple[Any, ...]:
     balance = await suite.balance(world.account)
     jobs = await suite.router.ListJobs(router_pb2.ListJobsRequest(account_id=world.account))
     keys = await suite.router.ListApiKeys(router_pb2.ListApiKeysRequest(include_inactive=True))
+    webhooks = await suite.router.ListWebhooks(router_pb2.ListWebhooksRequest())
     return (
         (balance.available, balance.held, balance.total, balance.purchased),
         [(job.job_id, job.status, job.shortlisted) for job in jobs.jobs],
@@ -181,6 +204,7 @@ async def _snapshot(suite: InProcessSuite, world: World) -> tuple[Any, ...]:
             (key.prefix, key.HasField("revoke_time"), key.expire_time.seconds)
             for key in keys.api_keys
         ],
+        [(hook.webhook_id, hook.url, hook.description, hook.state) for hook in webhooks.webhooks],
     )
 
 
@@ -232,6 +256,7 @@ async def test_a_bad_credential_is_refused_with_nothing_left_behind(
         world.asset_id,
         world.key_prefix,
         _mask(world.width, world.height),
+        world.webhook_id,
     )
     cases = await _bad_credentials(suite, rpc)
     before = await _snapshot(suite, world)
@@ -268,7 +293,13 @@ async def test_another_tenant_sees_nothing_of_this_one(suite: InProcessSuite, rp
     world = await _world(suite)
     mask = _mask(world.width, world.height)
     theirs = Names(
-        world.account, world.job_id, world.batch_id, world.asset_id, world.key_prefix, mask
+        world.account,
+        world.job_id,
+        world.batch_id,
+        world.asset_id,
+        world.key_prefix,
+        mask,
+        world.webhook_id,
     )
     nowhere = Names(
         f"nobody-{uuid.uuid4().hex[:8]}",
@@ -277,6 +308,7 @@ async def test_another_tenant_sees_nothing_of_this_one(suite: InProcessSuite, rp
         uuid.uuid4().hex * 2,
         "tgk_" + uuid.uuid4().hex[:8],
         mask,
+        "wh_" + uuid.uuid4().hex,
     )
     other = await suite.stub_of(OTHER)
     before = await _snapshot(suite, world)

@@ -21,6 +21,7 @@ from services.router.jobs.migrations import SCHEMA
 from services.runtime.migrations import upgrade
 from tests.postgres import fresh_schema, with_search_path
 from tests.router.conftest import InProcessSuite, router_channel, running_suite
+from tests.tls import session_pki
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -56,6 +57,7 @@ def replicas(suite: InProcessSuite, database: str, count: int) -> Iterator[list[
         for i, ready_file in enumerate(ready):
             env = {
                 **os.environ,
+                **session_pki().env("router"),
                 "TIERGEN_PORT": "0",
                 "TIERGEN_READY_FILE": str(ready_file),
                 "TIERGEN_SHUTDOWN_GRACE_SECONDS": "0",

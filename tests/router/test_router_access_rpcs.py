@@ -22,6 +22,7 @@ from services.runtime.migrations import upgrade
 from services.runtime.status import from_rpc_error
 from tests.postgres import fresh_schema, with_search_path
 from tests.router.conftest import EVERY_SCOPE, InProcessSuite, running_suite
+from tests.tls import session_pki
 
 #: A job id no one has: a call about it that reaches the handler is NOT_FOUND.
 NO_JOB = router_pb2.GetJobRequest(account_id="acct-probe", job_id="job-none")
@@ -204,7 +205,7 @@ async def test_expired_revoked_missing_and_unknown_credentials_are_refused(
         "CREDENTIAL_MISSING",
     )
     # Health stays open to probes without a credential.
-    async with grpc.aio.insecure_channel(suite.addresses["router"]) as channel:
+    async with session_pki().channel(suite.addresses["router"], None) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         await health.Check(health_pb2.HealthCheckRequest(service=""))
 

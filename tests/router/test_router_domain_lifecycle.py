@@ -229,7 +229,9 @@ async def test_routers_recovering_at_once_settle_each_batch_once(domain: RouterD
     dead = Lease("dead-router", domain.limits.lease_seconds)
     holds = []
     for index in range(6):
-        hold_id = await domain.ledger.reserve(account, 4, f"hold-{index}", "abandoned", 900)
+        hold_id = (
+            await domain.ledger.reserve(account, 4, f"hold-{index}", "abandoned", 900)
+        ).hold_id
         new = NewJob(
             kind=JobKind.GENERATE,
             prompt="a lighthouse",
@@ -273,7 +275,8 @@ async def test_a_recovered_batch_settles_in_its_owners_tenant(domain: RouterDoma
     owners = [domain.ledger.open("acct"), domain.ledger.open("acct", tenant="tenant-b")]
     dead = Lease("dead-router", domain.limits.lease_seconds)
     for index, owner in enumerate(owners):
-        hold_id = await domain.ledger.reserve(owner, 2 + index, f"hold-{index}", "abandoned", 900)
+        reserved = await domain.ledger.reserve(owner, 2 + index, f"hold-{index}", "abandoned", 900)
+        hold_id = reserved.hold_id
         record = await domain.jobs.create_batch(
             owner=owner,
             idempotency_key="same-key",

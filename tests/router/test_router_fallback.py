@@ -14,6 +14,7 @@ from tiergen.router.v1 import router_pb2
 
 from services.generator.tiers import DEFAULT_CATALOGUE_TOML
 from services.router.routing.policy import DEFAULT_POLICY_TOML
+from tests.tls import session_pki
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +46,7 @@ async def _occupy_pro(suite) -> asyncio.Task[None]:
     rendering = asyncio.Event()
 
     async def render() -> None:
-        async with grpc.aio.insecure_channel(suite.addresses["generator"]) as channel:
+        async with session_pki().channel(suite.addresses["generator"]) as channel:
             spec = generator_pb2.RenderSpec(
                 tier="pro",
                 prompt="a crowded market",

@@ -225,3 +225,16 @@ async def test_edit_key_reused_with_one_field_changed(shared, field):
     await refused_as_reused(shared.router.Edit(changed))
     replay = await drain(shared.router.Edit(request(), timeout=60))
     assert replay[0].accepted.job_id == original[0].accepted.job_id
+
+
+async def test_the_webhook_named_identifies_the_request_and_detaching_does_not(shared):
+    account = await shared.open_account()
+    key = uuid.uuid4().hex
+    original = await drain(shared.router.Generate(generate_request(account, key)))
+    named = generate_request(account, key)
+    named.webhook_id = "wh_01ANOTHERENDPOINT"
+    await refused_as_reused(shared.router.Generate(named))
+    detached = generate_request(account, key)
+    detached.detach = True
+    (replay,) = await drain(shared.router.Generate(detached))
+    assert replay.batch.replayed and replay.batch.batch_id == original[0].batch.batch_id

@@ -18,6 +18,7 @@ from services.router.downstream.grpc_clients import LEDGER_SERVICE
 from services.runtime.channels import open_channel
 from services.runtime.status import from_rpc_error
 from tests.router.conftest import MAIN_TENANT, InProcessSuite
+from tests.tls import session_pki
 
 
 def grant(account: str, **changes: Any) -> router_pb2.GrantRequest:
@@ -119,7 +120,12 @@ async def test_a_reason_of_the_limit_is_taken(suite: InProcessSuite) -> None:
 
 
 async def test_an_unopened_account_is_what_the_ledger_answers(suite: InProcessSuite) -> None:
-    channel = open_channel(suite.addresses["ledger"], services=[LEDGER_SERVICE], default_timeout=10)
+    channel = open_channel(
+        suite.addresses["ledger"],
+        security=session_pki().security(),
+        services=[LEDGER_SERVICE],
+        default_timeout=10,
+    )
     try:
         ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
         expected = await refusal(

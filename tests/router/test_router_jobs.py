@@ -21,6 +21,7 @@ import pytest
 from services.router.assets.store import AssetInfo, AssetRef
 from services.router.jobs.migrations import SCHEMA
 from services.router.jobs.model import (
+    HoldBalance,
     HoldState,
     Job,
     JobError,
@@ -237,6 +238,28 @@ class TestCreateBatch:
             assert job.start_time is None and job.finish_time is None
             assert job.reasons == ("stage explore routes to nano",)
             assert job.trace_id == "0af7651916cd43dd8448eb211c80319c"
+
+    async def test_a_detached_batch_and_its_webhook_are_kept(self, store: JobStore) -> None:
+        record = await store.create_batch(
+            owner=ACCT,
+            idempotency_key="key-1",
+            fingerprint="fp",
+            jobs=[generation()],
+            hold_id="hold-1",
+            detached=True,
+            webhook_id="wh_01ABC",
+            balance=HoldBalance(before=10, after=8),
+        )
+        assert (record.batch.detached, record.batch.webhook_id) == (True, "wh_01ABC")
+        assert (await store.batch(ACCT, record.batch.batch_id)).batch == record.batch
+        again = await store.create_batch(
+            owner=ACCT, idempotency_key="key-1", fingerprint="fp", jobs=[generation()]
+        )
+        assert again.replayed and again.batch == record.batch
+        plain = await store.create_batch(
+            owner=ACCT, idempotency_key="key-2", fingerprint="fp", jobs=[generation()]
+        )
+        assert (plain.batch.detached, plain.batch.webhook_id) == (False, None)
 
     async def test_same_key_and_request_replays(self, store: JobStore) -> None:
         first = await store.create_batch(

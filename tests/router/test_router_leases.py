@@ -30,6 +30,7 @@ from services.router.downstream.grpc_clients import (
     GrpcRenderer,
     GrpcUpscaler,
 )
+from services.router.downstream.ports import Reservation
 from services.router.jobs.migrations import SCHEMA
 from services.router.jobs.model import HoldState, JobKind, JobStatus, Lease, NewJob, Owner
 from services.router.jobs.sql_store import SqlJobStore
@@ -47,6 +48,7 @@ from tests.generator.fake_providers import FakeGemini, Mode
 from tests.postgres import fresh_schema, with_search_path
 from tests.router.conftest import MAIN_TENANT
 from tests.router.gemini_tiers import standard_on_gemini
+from tests.tls import session_pki
 
 pytestmark = pytest.mark.postgres
 
@@ -87,7 +89,7 @@ class CountingLedger:
 
     async def reserve(
         self, owner: Owner, amount: int, idempotency_key: str, memo: str, ttl_seconds: int
-    ) -> str:
+    ) -> Reservation:
         return await self._ledger.reserve(owner, amount, idempotency_key, memo, ttl_seconds)
 
     async def capture(self, owner: Owner, hold_id: str, amount: int, idempotency_key: str) -> None:
@@ -150,10 +152,14 @@ async def replicas(
 
     async def start(*, keep_leases: bool = False) -> Replica:
         addresses = suite.addresses
+        security = session_pki().security("router")
         channels = [
-            open_channel(addresses["ledger"], services=[LEDGER_SERVICE], default_timeout=30),
-            open_channel(addresses["generator"], services=[GENERATOR_SERVICE], default_timeout=60),
-            open_channel(addresses["upscaler"], services=[UPSCALER_SERVICE], default_timeout=60),
+            open_channel(addresses[name], security=security, services=[service], default_timeout=t)
+            for name, service, t in (
+                ("ledger", LEDGER_SERVICE, 30),
+                ("generator", GENERATOR_SERVICE, 60),
+                ("upscaler", UPSCALER_SERVICE, 60),
+            )
         ]
         jobs = await SqlJobStore.open_postgres(job_dsn, pool_size=4)
         ledger = CountingLedger(GrpcLedger(channels[0], timeout=30))
@@ -318,7 +324,7 @@ async def test_replicas_recovering_at_once_settle_each_batch_once(suite, replica
     # image delivered before it died.
     holds = []
     for index in range(6):
-        hold_id = await dead.ledger.reserve(account, 4, f"hold-{index}", "abandoned", 900)
+        hold_id = (await dead.ledger.reserve(account, 4, f"hold-{index}", "abandoned", 900)).hold_id
         record = await dead.jobs.create_batch(
             owner=account,
             idempotency_key=f"batch-{index}",

@@ -158,7 +158,8 @@ def _in_default_tenant(expected: dict[str, Any]) -> dict[str, Any]:
 
     return {
         **expected,
-        "batch": owned(expected["batch"]),
+        # Attached, naming no webhook, as every batch before detached ones reads now.
+        "batch": {**owned(expected["batch"]), "detached": False, "webhook_id": None},
         "jobs": [owned(job) for job in expected["jobs"]],
     }
 
@@ -584,3 +585,54 @@ class TestCurrency:
             await SqlJobStore.open_postgres(dsn, pool_size=1)
         upgrade(SCHEMA, dsn)
         await (await SqlJobStore.open_postgres(dsn, pool_size=1)).close()
+
+
+class TestWebhooksUpgrade:
+    """Revision 0005 adds the webhook tables and the outbox flags: rows of the previous release
+    read as attached batches with nothing to tell, and the downgrade takes only what it added."""
+
+    @pytest.fixture
+    def previous(self, database: Database) -> Database:
+        database.migrate_to("0004")
+        database.insert(
+            "batches",
+            {
+                "batch_id": "bat_1",
+                "tenant": "acme",
+                "account_id": "acct-1",
+                "idempotency_key": "key-1",
+                "fingerprint": "fp",
+                "hold_state": "captured",
+                "hold_id": "hold-1",
+                "captured": 2,
+                "create_us": 1,
+            },
+        )
+        database.insert(
+            "jobs",
+            _job_row(job_id="job_1", batch_id="bat_1", account_id="acct-1", tenant="acme"),
+        )
+        return database
+
+    async def test_rows_read_as_attached_with_nothing_to_tell(self, previous: Database) -> None:
+        previous.migrate()
+        store = await previous.open()
+        try:
+            record = await store.batch(Owner("acme", "acct-1"), "bat_1")
+        finally:
+            await store.close()
+        assert (record.batch.detached, record.batch.webhook_id) == (False, None)
+        assert previous.raw("SELECT count(*) FROM jobs WHERE event_pending") == [(0,)]
+        flags = "SELECT count(*) FROM batches WHERE completion_pending OR credits_low_pending"
+        assert previous.raw(flags) == [(0,)]
+        assert previous.raw("SELECT count(*) FROM webhooks") == [(0,)]
+
+    def test_the_downgrade_takes_only_what_it_added(self, previous: Database) -> None:
+        previous.migrate_to("0005")
+        previous.migrate_to("0004", down=True)
+        assert previous.raw("SELECT batch_id, captured FROM batches") == [("bat_1", 2)]
+        assert previous.raw("SELECT job_id FROM jobs") == [("job_1",)]
+        columns = {column["name"] for column in _columns(previous.url, "batches")}
+        assert not columns & {"detached", "webhook_id", "completion_pending"}
+        previous.migrate()
+        assert previous.raw(f"SELECT version_num FROM {SCHEMA.version_table}") == [(head(SCHEMA),)]

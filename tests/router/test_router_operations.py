@@ -15,6 +15,7 @@ from tiergen.router.v1 import router_pb2
 
 from services.router.routing.pricing import DEFAULT_PRICES_TOML
 from services.runtime.status import from_rpc_error
+from tests.tls import session_pki
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -41,7 +42,7 @@ async def _eventually(check, seconds: float = 15.0):
 
 
 async def test_readiness_is_not_serving_while_the_ledger_is_down(suite):
-    async with grpc.aio.insecure_channel(suite.addresses["router"]) as channel:
+    async with session_pki().channel(suite.addresses["router"], None) as channel:
         health = health_pb2_grpc.HealthStub(channel)
 
         async def status(service: str) -> int:

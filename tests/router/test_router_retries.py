@@ -25,6 +25,7 @@ from services.runtime.status import from_rpc_error
 from tests.postgres import fresh_schema, with_search_path
 from tests.rich_errors import details
 from tests.router.conftest import MAIN_TENANT, router_channel
+from tests.tls import session_pki
 
 SQUARE_1K = common_pb2.Resolution(size=common_pb2.IMAGE_SIZE_1K)
 #: The nano tier takes 1 render running and 3 waiting: a burst of 40 overflows it.
@@ -235,6 +236,7 @@ async def test_control_characters_are_refused_the_same_on_every_store(suite, fie
 async def _start_router(suite: Any, router_env: dict[str, str]) -> tuple[Any, str]:
     settings = RouterSettings.from_env(
         {
+            **session_pki().env("router"),
             "TIERGEN_PORT": "0",
             "TIERGEN_SHUTDOWN_GRACE_SECONDS": "0",
             "LEDGER_ADDR": suite.addresses["ledger"],
@@ -272,7 +274,7 @@ async def test_a_stopping_router_says_so_and_the_key_runs_again(suite, router_en
     assert "same idempotency key" in error.details()
     assert details(error)[error_details_pb2.RetryInfo].retry_delay.ToNanoseconds() > 0
     # Nothing charged, nothing left held.
-    async with grpc.aio.insecure_channel(suite.addresses["ledger"]) as channel:
+    async with session_pki().channel(suite.addresses["ledger"]) as channel:
         ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
         reply = await ledger.GetBalance(
             ledger_pb2.GetBalanceRequest(account_id=account, tenant=MAIN_TENANT)

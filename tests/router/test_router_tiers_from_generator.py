@@ -38,6 +38,7 @@ from services.upscaler.settings import UpscalerSettings
 from tests.rich_errors import bad_fields, details
 from tests.router.conftest import issue_key, router_channel, running_suite
 from tests.router.generator_tiers import reported_tiers
+from tests.tls import session_pki
 
 SQUARE_1K = common_pb2.Resolution(size=common_pb2.IMAGE_SIZE_1K)
 #: The embedded catalogue with in-painting turned off on the standard tier.
@@ -98,7 +99,7 @@ async def jobs_of(suite: Any, account: str) -> list[router_pb2.Job]:
 
 
 async def test_the_router_reads_the_tiers_the_generator_reports(suite: Any) -> None:
-    async with grpc.aio.insecure_channel(suite.addresses["generator"]) as channel:
+    async with session_pki().channel(suite.addresses["generator"]) as channel:
         assert await GrpcRenderer(channel, 10, 1 << 20).tiers() == reported_tiers()
 
 
@@ -208,19 +209,25 @@ async def router_without_generator(
     """A ledger, an upscaler and a router whose generator's port has nothing listening yet;
     yields the router, its address, the generator's port and an API key of the router's."""
     env = {"TIERGEN_PORT": "0", "TIERGEN_SHUTDOWN_GRACE_SECONDS": "0"}
+    tls = session_pki().env
     generator_port = _free_port()
     servers: list[Server] = []
     try:
         ledger, ledger_addr = await _start(
             create_ledger,
-            LedgerSettings.from_env({**env, "TIERGEN_LEDGER_DSN": f"sqlite:///{tmp_path}/l.db"}),
+            LedgerSettings.from_env(
+                {**env, **tls("ledger"), "TIERGEN_LEDGER_DSN": f"sqlite:///{tmp_path}/l.db"}
+            ),
         )
         servers.append(ledger)
-        upscaler, upscaler_addr = await _start(create_upscaler, UpscalerSettings.from_env(env))
+        upscaler, upscaler_addr = await _start(
+            create_upscaler, UpscalerSettings.from_env({**env, **tls("upscaler")})
+        )
         servers.append(upscaler)
         router_settings = RouterSettings.from_env(
             {
                 **env,
+                **tls("router"),
                 "LEDGER_ADDR": ledger_addr,
                 "GENERATOR_ADDR": f"127.0.0.1:{generator_port}",
                 "UPSCALER_ADDR": upscaler_addr,
@@ -284,7 +291,11 @@ async def test_a_router_whose_generator_is_down_is_not_ready_until_it_answers(
         generator, _ = await _start(
             create_generator,
             GeneratorSettings.from_env(
-                {"TIERGEN_PORT": str(generator_port), "TIERGEN_SHUTDOWN_GRACE_SECONDS": "0"}
+                {
+                    **session_pki().env("generator"),
+                    "TIERGEN_PORT": str(generator_port),
+                    "TIERGEN_SHUTDOWN_GRACE_SECONDS": "0",
+                }
             ),
         )
         try:
@@ -302,14 +313,20 @@ async def test_a_changed_answer_is_swapped_in(tmp_path: Path) -> None:
     """One watcher over one channel, before and after the generator behind it is redeployed
     with another catalogue on the same address."""
     port = _free_port()
-    env = {"TIERGEN_PORT": str(port), "TIERGEN_SHUTDOWN_GRACE_SECONDS": "0"}
+    env = {
+        **session_pki().env("generator"),
+        "TIERGEN_PORT": str(port),
+        "TIERGEN_SHUTDOWN_GRACE_SECONDS": "0",
+    }
     adopted: list[TierCatalogue] = []
     ready: list[bool] = []
 
     async def record_ready(serving: bool) -> None:
         ready.append(serving)
 
-    channel = open_channel(f"127.0.0.1:{port}", services=[GENERATOR_SERVICE])
+    channel = open_channel(
+        f"127.0.0.1:{port}", security=session_pki().security(), services=[GENERATOR_SERVICE]
+    )
     watcher = CatalogueWatcher(
         GrpcRenderer(channel, 10, 1 << 20), adopted.append, ready=record_ready, interval=3600
     )

@@ -61,12 +61,13 @@ async def test_a_mix_of_operations_is_sent_counted_and_timed(suite: Suite) -> No
         max_requests=24,
         mix=parse_mix("generate=2,quote=1,promote=1"),
         token=suite.api_key,
+        security=suite.client_security,
         credits=1000,
         seed=7,
     )
 
     report = await run_load(plan)
-    async with RouterClient(suite.router, suite.api_key) as client:
+    async with RouterClient(suite.router, suite.api_key, suite.client_security) as client:
         funded = await client.balance(f"load-{report['run']}-0")
 
     assert (report["requests"], report["ok"], report["errors"]) == (24, 24, 0)
@@ -98,6 +99,7 @@ async def test_an_account_that_runs_out_of_credits_shows_as_failed_preconditions
         router=suite.router,
         spec=pro,
         token=suite.api_key,
+        security=suite.client_security,
         clients=1,
         duration_seconds=120,
         max_requests=30,
@@ -122,6 +124,7 @@ async def test_a_paced_run_sends_no_more_than_its_rate_allows(suite: Suite) -> N
         rate=20,
         mix={"quote": 1},
         token=suite.api_key,
+        security=suite.client_security,
     )
 
     report = await run_load(plan)
@@ -144,7 +147,7 @@ def test_the_command_prints_its_report_as_json(suite: Suite) -> None:
 def test_the_command_fails_when_too_many_requests_fail(suite: Suite) -> None:
     done = _tiergen(
         "--router", suite.router, "--tier", "pro", "--clients", "1", "--requests", "28",
-        "--max-error-rate", "0", api_key=suite.api_key.secret,
+        "--max-error-rate", "0", "--ca-file", str(suite.pki.ca_file), api_key=suite.api_key.secret,
     )  # fmt: skip
 
     assert done.returncode == 1

@@ -70,7 +70,12 @@ async def test_each_service_counts_what_the_pipeline_did(tmp_path: Path) -> None
     await asyncio.to_thread(suite.start)
     try:
         document = await run_demo(
-            suite.router, tmp_path / "out", lambda _line: None, token=suite.api_key, variations=2
+            suite.router,
+            tmp_path / "out",
+            lambda _line: None,
+            token=suite.api_key,
+            security=suite.client_security,
+            variations=2,
         )
         router, generator, ledger, upscaler = [
             await asyncio.to_thread(_scrape, base + offset) for offset in range(4)

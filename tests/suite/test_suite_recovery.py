@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -21,6 +22,7 @@ from services.cli.suite import Suite
 from services.router.jobs.migrations import SCHEMA
 from services.runtime.credentials import bearer_interceptors
 from services.runtime.migrations import upgrade
+from services.runtime.tls import channel_credentials
 from tests.postgres import fresh_schema, with_search_path
 
 pytestmark = pytest.mark.slow
@@ -34,6 +36,11 @@ DOOMED = router_pb2.GenerationSpec(
 )
 
 
+def _channel(suite: Suite, address: str, **kwargs: Any) -> grpc.aio.Channel:
+    """A TLS channel to a router of the suite, trusting the suite's CA."""
+    return grpc.aio.secure_channel(address, channel_credentials(suite.client_security), **kwargs)
+
+
 def _start_router(suite: Suite, data: Path, **settings: str) -> tuple[subprocess.Popen[bytes], str]:
     """Another router process next to the suite's, on its job store unless `settings` say."""
     ready = data / "run" / "router-again.addr"
@@ -41,6 +48,7 @@ def _start_router(suite: Suite, data: Path, **settings: str) -> tuple[subprocess
     addresses = suite.addresses
     env = {
         **os.environ,
+        **suite.pki.server_env("router"),
         "TIERGEN_PORT": "0",
         "TIERGEN_READY_FILE": str(ready),
         "LEDGER_ADDR": addresses["ledger"],
@@ -69,8 +77,8 @@ async def test_a_restarted_router_fails_abandoned_jobs_and_returns_their_credits
     restarted: subprocess.Popen[bytes] | None = None
     try:
         account = "crash-victim"
-        async with grpc.aio.insecure_channel(
-            suite.router, interceptors=bearer_interceptors(suite.api_key)
+        async with _channel(
+            suite, suite.router, interceptors=bearer_interceptors(suite.api_key)
         ) as channel:
             router = router_pb2_grpc.RouterServiceStub(channel)
             await router.OpenAccount(
@@ -91,8 +99,8 @@ async def test_a_restarted_router_fails_abandoned_jobs_and_returns_their_credits
             call.cancel()
 
         restarted, address = _start_router(suite, data)
-        async with grpc.aio.insecure_channel(
-            address, interceptors=bearer_interceptors(suite.api_key)
+        async with _channel(
+            suite, address, interceptors=bearer_interceptors(suite.api_key)
         ) as channel:
             router = router_pb2_grpc.RouterServiceStub(channel)
             listed = await router.ListJobs(router_pb2.ListJobsRequest(account_id=account))
@@ -142,8 +150,8 @@ async def test_a_replica_takes_over_the_batch_of_a_killed_one(tmp_path, router_d
     try:
         survivor, address = _start_router(suite, data, **leases)
         account = "replica-crash-victim"
-        async with grpc.aio.insecure_channel(
-            suite.router, interceptors=bearer_interceptors(suite.api_key)
+        async with _channel(
+            suite, suite.router, interceptors=bearer_interceptors(suite.api_key)
         ) as channel:
             doomed = router_pb2_grpc.RouterServiceStub(channel)
             await doomed.OpenAccount(
@@ -158,8 +166,8 @@ async def test_a_replica_takes_over_the_batch_of_a_killed_one(tmp_path, router_d
             suite.kill("router")
             call.cancel()
 
-        async with grpc.aio.insecure_channel(
-            address, interceptors=bearer_interceptors(suite.api_key)
+        async with _channel(
+            suite, address, interceptors=bearer_interceptors(suite.api_key)
         ) as channel:
             router = router_pb2_grpc.RouterServiceStub(channel)
             request = router_pb2.ListJobsRequest(account_id=account)

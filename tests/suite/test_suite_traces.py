@@ -81,7 +81,12 @@ async def test_one_pipeline_is_one_trace_across_every_service(
     await asyncio.to_thread(suite.start)
     try:
         await run_demo(
-            suite.router, tmp_path / "out", lambda _line: None, token=suite.api_key, variations=2
+            suite.router,
+            tmp_path / "out",
+            lambda _line: None,
+            token=suite.api_key,
+            security=suite.client_security,
+            variations=2,
         )
     finally:
         codes = await asyncio.to_thread(suite.stop)  # a graceful stop flushes every span

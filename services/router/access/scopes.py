@@ -23,6 +23,7 @@ class Scope(enum.StrEnum):
     ACCOUNTS_READ = "accounts:read"
     CREDITS_GRANT = "credits:grant"
     KEYS_ADMIN = "keys:admin"
+    WEBHOOKS_ADMIN = "webhooks:admin"
 
 
 #: The full name of the router's public service.
@@ -48,6 +49,11 @@ METHOD_SCOPES: dict[str, Scope] = {
     "ListApiKeys": Scope.KEYS_ADMIN,
     "RotateApiKey": Scope.KEYS_ADMIN,
     "RevokeApiKey": Scope.KEYS_ADMIN,
+    "CreateWebhook": Scope.WEBHOOKS_ADMIN,
+    "ListWebhooks": Scope.WEBHOOKS_ADMIN,
+    "UpdateWebhook": Scope.WEBHOOKS_ADMIN,
+    "DeleteWebhook": Scope.WEBHOOKS_ADMIN,
+    "ListWebhookDeliveries": Scope.WEBHOOKS_ADMIN,
 }
 
 

@@ -30,6 +30,7 @@ from services.router.downstream.ports import (
     ProgressSink,
     Renderer,
     RenderOrder,
+    Reservation,
     UpscaleOrder,
     Upscaler,
 )
@@ -159,7 +160,7 @@ class BreakingLedger:
 
     async def reserve(
         self, owner: Owner, amount: int, idempotency_key: str, memo: str, ttl_seconds: int
-    ) -> str:
+    ) -> Reservation:
         return await self._breaker.call(
             lambda: self._ledger.reserve(owner, amount, idempotency_key, memo, ttl_seconds)
         )

@@ -24,12 +24,14 @@ from services.router.downstream.ports import (
     LedgerEntry,
     ProgressSink,
     RenderOrder,
+    Reservation,
     UpscaleOrder,
 )
 from services.router.jobs.model import Owner
 from services.router.routing.catalogue import ImageSize, TierCatalogue, TierSpec
 from services.runtime.chunks import ChunkAssembler, image_info, split
 from services.runtime.errors import Internal
+from services.runtime.fairshare import Urgency
 from services.runtime.resolution_proto import (
     aspect_ratio_from_proto,
     aspect_ratio_to_proto,
@@ -60,6 +62,10 @@ _METHODS = {
     "lanczos": common_pb2.UPSCALE_METHOD_LANCZOS,
     "bicubic": common_pb2.UPSCALE_METHOD_BICUBIC,
     "enhance": common_pb2.UPSCALE_METHOD_ENHANCE,
+}
+_URGENCIES = {
+    Urgency.INTERACTIVE: common_pb2.URGENCY_INTERACTIVE,
+    Urgency.BULK: common_pb2.URGENCY_BULK,
 }
 _GRANT_KINDS = {
     GrantKind.PURCHASE: ledger_pb2.GRANT_KIND_PURCHASE,
@@ -135,7 +141,7 @@ class GrpcLedger:
 
     async def reserve(
         self, owner: Owner, amount: int, idempotency_key: str, memo: str, ttl_seconds: int
-    ) -> str:
+    ) -> Reservation:
         request = ledger_pb2.ReserveRequest(
             tenant=owner.tenant,
             account_id=owner.account_id,
@@ -148,7 +154,8 @@ class GrpcLedger:
             reply = await self._stub.Reserve(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
-        return str(reply.hold.hold_id)
+        available = reply.balance.available if reply.HasField("balance") else None
+        return Reservation(str(reply.hold.hold_id), available)
 
     async def capture(self, owner: Owner, hold_id: str, amount: int, idempotency_key: str) -> None:
         request = ledger_pb2.CaptureRequest(
@@ -267,6 +274,9 @@ class GrpcRenderer:
             seed=order.seed,
             strength=order.strength,
             request_id=order.request_id,
+            tenant=order.owner.tenant if order.owner else "",
+            account_id=order.owner.account_id if order.owner else "",
+            urgency=_URGENCIES[order.urgency],
         )
         if order.reference is not None:
             spec.reference.CopyFrom(
@@ -341,6 +351,9 @@ class GrpcUpscaler:
             quality=order.quality,
             input_size_bytes=len(order.data),
             request_id=order.request_id,
+            tenant=order.owner.tenant if order.owner else "",
+            account_id=order.owner.account_id if order.owner else "",
+            urgency=_URGENCIES[order.urgency],
         )
         messages = [upscaler_pb2.UpscaleRequest(spec=spec)]
         messages += [upscaler_pb2.UpscaleRequest(chunk=c) for c in split(order.data)]

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from services.router.jobs.model import Owner
 from services.router.routing.catalogue import AspectRatio, ImageSize
+from services.runtime.fairshare import Urgency
 
 __all__ = [
     "AccountBalance",
@@ -31,6 +32,7 @@ __all__ = [
     "ProgressSink",
     "RenderOrder",
     "Renderer",
+    "Reservation",
     "UpscaleOrder",
     "Upscaler",
 ]
@@ -71,6 +73,10 @@ class RenderOrder:
     #: on the way in), so that they are not hashed again to announce them.
     reference_sha256: str = ""
     mask_sha256: str = ""
+    #: Whom the render is for and how soon (`routing.urgency`): the generator shares its
+    #: workers between tenants and serves interactive work first by them.
+    owner: Owner | None = None
+    urgency: Urgency = Urgency.BULK
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,9 @@ class UpscaleOrder:
     output_format: str
     quality: int
     request_id: str
+    #: Whom the upscale is for and how soon: the upscaler shares its workers by them.
+    owner: Owner | None = None
+    urgency: Urgency = Urgency.BULK
 
 
 @dataclass(frozen=True)
@@ -166,6 +175,15 @@ class Accounts(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """A hold placed, and the account's available credits just after it (None when the ledger
+    did not say): what a credits.low webhook compares with its threshold."""
+
+    hold_id: str
+    available: int | None = None
+
+
 class CreditLedger(Protocol):
     """Credits as the router uses them: look, hold, settle."""
 
@@ -173,8 +191,9 @@ class CreditLedger(Protocol):
 
     async def reserve(
         self, owner: Owner, amount: int, idempotency_key: str, memo: str, ttl_seconds: int
-    ) -> str:
-        """Holds `amount`; returns the hold id. Raises FailedPrecondition when unaffordable."""
+    ) -> Reservation:
+        """Holds `amount`; returns the hold and the balance it left. Raises FailedPrecondition
+        when unaffordable."""
         ...
 
     async def capture(self, owner: Owner, hold_id: str, amount: int, idempotency_key: str) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "Batch",
     "BatchRecord",
+    "HoldBalance",
     "HoldState",
     "Job",
     "JobError",
@@ -150,6 +151,15 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class HoldBalance:
+    """An account's available credits just before and just after a batch's hold, as the ledger
+    answered the hold: what decides whether it crossed a credits.low threshold."""
+
+    before: int
+    after: int
+
+
+@dataclass(frozen=True)
 class NewJob:
     """A job about to be created; the store assigns its id, batch, status and times."""
 
@@ -223,6 +233,10 @@ class Batch:
     #: Credits captured from the hold once it is settled.
     captured: int
     create_time: datetime
+    #: Whether the call that created it answered at once and left it to run on its own.
+    detached: bool = False
+    #: The webhook endpoint the call named to be told about this batch only.
+    webhook_id: str | None = None
 
 
 @dataclass(frozen=True)

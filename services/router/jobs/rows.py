@@ -351,6 +351,8 @@ def batch_from_row(row: Row) -> Batch:
         hold_state=HoldState(row["hold_state"]),
         captured=row["captured"],
         create_time=_from_us(row["create_us"]),
+        detached=bool(row["detached"]),
+        webhook_id=row["webhook_id"],
     )
 
 

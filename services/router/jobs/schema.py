@@ -22,6 +22,14 @@ text. Two columns differ by dialect, each through a named variant:
 
 Constraint names are the ones PostgreSQL gave the constraints of the hand-written schema, so
 that existing PostgreSQL databases already carry them.
+
+The webhook outbox lives here too (`services.router.webhooks`), because it must commit with
+the job's final state: the very UPDATE that makes a job final, or settles a batch, or the
+INSERT that records a batch whose hold took an account under a credits.low threshold, sets a
+pending flag on the row (`jobs.event_pending`, `batches.completion_pending`,
+`batches.credits_low_pending`) when the tenant has a webhook endpoint, at no extra statement.
+The dispatcher turns flagged rows into `webhook_deliveries`, one per endpoint, and clears the
+flags, in one transaction; a router killed in between leaves the flags for the next to find.
 """
 
 from __future__ import annotations
@@ -30,7 +38,17 @@ import sqlalchemy as sa
 
 from services.router.jobs.model import HoldState, JobKind, JobStatus
 
-__all__ = ["UNFINISHED_STATUSES", "batches", "jobs", "metadata", "values_in"]
+__all__ = [
+    "UNFINISHED_STATUSES",
+    "api_keys",
+    "batches",
+    "jobs",
+    "metadata",
+    "quota_rates",
+    "values_in",
+    "webhook_deliveries",
+    "webhooks",
+]
 
 metadata = sa.MetaData()
 
@@ -46,6 +64,10 @@ def values_in(column: str, values: tuple[str, ...]) -> str:
 
 
 _OPEN_HOLD = f"hold_state = '{HoldState.OPEN.value}'"
+#: The partial indexes' predicates of the webhook outbox flags, spelled as statements that
+#: should use them spell their conditions.
+JOB_EVENT_PENDING = "event_pending"
+BATCH_EVENTS_PENDING = "completion_pending OR credits_low_pending"
 _UNFINISHED = values_in("status", UNFINISHED_STATUSES)
 _UINT64_LIMIT = 2**64
 
@@ -78,6 +100,18 @@ batches = sa.Table(
     # The tenant of the account (`account_id` is unique only within it); no default, so that
     # no statement can leave it out.
     sa.Column("tenant", sa.Text, nullable=False),
+    # Whether the call that created it answered at once and left the batch to run on.
+    sa.Column("detached", sa.Boolean(), nullable=False, server_default=sa.false()),
+    # The webhook endpoint the call named to be told about this batch only; NULL for every
+    # subscribed endpoint of the tenant. Not a foreign key: deleting an endpoint keeps batches.
+    sa.Column("webhook_id", sa.Text),
+    # Outbox flags (see the module's docstring): batch.completed to send, and credits.low.
+    sa.Column("completion_pending", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("credits_low_pending", sa.Boolean(), nullable=False, server_default=sa.false()),
+    # The account's available credits before and after the batch's hold, as the ledger said;
+    # NULL when it said nothing. What a credits.low event reports.
+    sa.Column("available_before", sa.BigInteger),
+    sa.Column("available_after", sa.BigInteger),
     sa.PrimaryKeyConstraint("batch_id", name="batches_pkey"),
     sa.UniqueConstraint(
         "tenant",
@@ -97,6 +131,13 @@ batches = sa.Table(
         "lease_until_us",
         postgresql_where=sa.text(_OPEN_HOLD),
         sqlite_where=sa.text(_OPEN_HOLD),
+    ),
+    # Batches with an event to fan out: what the webhook dispatcher scans, among every batch.
+    sa.Index(
+        "batches_events_pending",
+        "create_us",
+        postgresql_where=sa.text(BATCH_EVENTS_PENDING),
+        sqlite_where=sa.text(BATCH_EVENTS_PENDING),
     ),
 )
 
@@ -153,6 +194,8 @@ jobs = sa.Table(
     ),
     # The tenant of the account, as on `batches`.
     sa.Column("tenant", sa.Text, nullable=False),
+    # Outbox flag: the job's final state is still to be told to its tenant's webhooks.
+    sa.Column("event_pending", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.PrimaryKeyConstraint("seq", name="jobs_pkey"),
     sa.UniqueConstraint("job_id", name="jobs_job_id_key"),
     sa.ForeignKeyConstraint(["batch_id"], ["batches.batch_id"], name="jobs_batch_id_fkey"),
@@ -187,6 +230,13 @@ jobs = sa.Table(
         postgresql_where=sa.text(_UNFINISHED),
         sqlite_where=sa.text(_UNFINISHED),
     ),
+    # Jobs whose final state is still to be fanned out to webhooks.
+    sa.Index(
+        "jobs_events_pending",
+        "seq",
+        postgresql_where=sa.text(JOB_EVENT_PENDING),
+        sqlite_where=sa.text(JOB_EVENT_PENDING),
+    ),
     sqlite_autoincrement=True,
 )
 
@@ -210,4 +260,112 @@ api_keys = sa.Table(
     sa.CheckConstraint("scopes <> ''", name="api_keys_scopes_check"),
     # A tenant's keys, newest first: what a listing reads.
     sa.Index("api_keys_by_tenant", "tenant", "create_us"),
+)
+
+#: The events a webhook endpoint can subscribe to (`services.router.webhooks.model.EventType`),
+#: frozen here as the constraints spell them.
+WEBHOOK_EVENT_TYPES = (
+    "job.succeeded",
+    "job.failed",
+    "job.cancelled",
+    "batch.completed",
+    "credits.low",
+)
+
+# A tenant's webhook endpoints (`services.router.webhooks`). `events` is the subscribed event
+# types as space-separated text; `credits_low_threshold` is set exactly when credits.low is one
+# of them. `secret` is the Standard Webhooks signing secret (`whsec_...`), kept as it is because
+# signing needs it (docs/security.md says how it is protected); no statement but the
+# dispatcher's reads it. `consecutive_failures` and `failing_since_us` count the attempts that
+# failed since the last success, from which an endpoint is paused (`pause_reason` says why).
+webhooks = sa.Table(
+    "webhooks",
+    metadata,
+    sa.Column("webhook_id", sa.Text, nullable=False),
+    sa.Column("tenant", sa.Text, nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("events", sa.Text, nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("credits_low_threshold", sa.BigInteger),
+    sa.Column("secret", sa.Text, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("pause_reason", sa.Text),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("failing_since_us", sa.BigInteger),
+    sa.Column("create_us", sa.BigInteger, nullable=False),
+    sa.Column("update_us", sa.BigInteger, nullable=False),
+    sa.Column("pause_us", sa.BigInteger),
+    sa.PrimaryKeyConstraint("webhook_id", name="webhooks_pkey"),
+    sa.CheckConstraint(values_in("state", ("active", "paused")), name="webhooks_state_check"),
+    sa.CheckConstraint("events <> ''", name="webhooks_events_check"),
+    sa.CheckConstraint("credits_low_threshold > 0", name="webhooks_credits_low_threshold_check"),
+    sa.CheckConstraint("consecutive_failures >= 0", name="webhooks_consecutive_failures_check"),
+    # A tenant's endpoints, newest first (a listing), and whether a tenant has any (the flags).
+    sa.Index("webhooks_by_tenant", "tenant", "create_us"),
+)
+
+_PENDING_DELIVERY = "state = 'pending'"
+
+# One event on its way to one endpoint: the durable outbox the dispatcher sends from. `payload`
+# is the JSON body, made once so that every attempt sends the same bytes. `next_attempt_us` is
+# when the next attempt is due; a dispatcher taking a delivery moves it past the attempt's
+# timeout, which leases the delivery to it (a router that dies mid-attempt leaves it due again).
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("delivery_id", sa.Text, nullable=False),
+    sa.Column("tenant", sa.Text, nullable=False),
+    sa.Column("webhook_id", sa.Text, nullable=False),
+    sa.Column("event_id", sa.Text, nullable=False),
+    sa.Column("event_type", sa.Text, nullable=False),
+    sa.Column("account_id", sa.Text, nullable=False),
+    sa.Column("batch_id", sa.Text),
+    sa.Column("job_id", sa.Text),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("create_us", sa.BigInteger, nullable=False),
+    sa.Column("next_attempt_us", sa.BigInteger, nullable=False),
+    sa.Column("last_attempt_us", sa.BigInteger),
+    sa.Column("last_status", sa.Integer),
+    sa.Column("last_error", sa.Text),
+    sa.Column("finish_us", sa.BigInteger),
+    sa.PrimaryKeyConstraint("delivery_id", name="webhook_deliveries_pkey"),
+    sa.ForeignKeyConstraint(
+        ["webhook_id"], ["webhooks.webhook_id"], name="webhook_deliveries_webhook_id_fkey"
+    ),
+    sa.CheckConstraint(
+        values_in("state", ("pending", "delivered", "failed")),
+        name="webhook_deliveries_state_check",
+    ),
+    sa.CheckConstraint(
+        values_in("event_type", WEBHOOK_EVENT_TYPES), name="webhook_deliveries_event_type_check"
+    ),
+    sa.CheckConstraint("attempts >= 0", name="webhook_deliveries_attempts_check"),
+    # Pending deliveries by when they are due: what the dispatcher takes from.
+    sa.Index(
+        "webhook_deliveries_due",
+        "next_attempt_us",
+        postgresql_where=sa.text(_PENDING_DELIVERY),
+        sqlite_where=sa.text(_PENDING_DELIVERY),
+    ),
+    # A tenant's deliveries newest first, and an endpoint's (the listings), and a batch's
+    # (forgetting a batch refused before any work forgets its deliveries).
+    sa.Index("webhook_deliveries_by_tenant", "tenant", "create_us", "delivery_id"),
+    sa.Index("webhook_deliveries_by_webhook", "webhook_id", "create_us", "delivery_id"),
+    sa.Index("webhook_deliveries_by_batch", "batch_id"),
+)
+
+# The quota limiter's state (`services.router.quotas`): one row per rate-limited subject
+# ("tenant:acme:requests_per_second", "account:acme/alice:images_per_minute"), holding the
+# subject's theoretical arrival time (GCRA) in microseconds since the epoch, which one UPDATE
+# moves forward as it admits a call. A row whose time has passed means the same as no row (an
+# idle subject), so the limiter deletes rows idle for a while and makes them again on use.
+quota_rates = sa.Table(
+    "quota_rates",
+    metadata,
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("tenant", sa.Text, nullable=False),
+    sa.Column("tat_us", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("subject", name="quota_rates_pkey"),
 )

@@ -24,6 +24,10 @@ locks across round trips:
 - A claim is one UPDATE over the batches a `SELECT ... FOR UPDATE SKIP LOCKED` picks. Leases
   are timed by the store's clock, so the replicas' clocks must agree to well within a lease.
 
+The webhook outbox (`jobs.schema`) is flagged by the statements themselves; the store tells
+`on_events` (the router's dispatcher) after each commit that flagged an event, so that it is
+sent within moments rather than at the dispatcher's next look.
+
 Durability on SQLite: only marking a job succeeded waits for the disk (`synchronous=FULL`): it
 must survive a power loss because the ledger charges for the job next. Any other commit lost
 to a power loss costs nothing: an unrecorded batch's hold expires in the ledger, a retried
@@ -54,6 +58,7 @@ from services.router.jobs.migrations import SCHEMA
 from services.router.jobs.model import (
     Batch,
     BatchRecord,
+    HoldBalance,
     HoldState,
     Job,
     JobFilter,
@@ -84,6 +89,20 @@ class SqlJobStore:
     def __init__(self, database: Database, clock: Callable[[], datetime]) -> None:
         self._database = database
         self._clock = clock
+        self._on_events: Callable[[], None] | None = None
+
+    @property
+    def database(self) -> Database:
+        """The database, which the webhook store shares: its outbox is in the same tables."""
+        return self._database
+
+    def on_events(self, callback: Callable[[], None] | None) -> None:
+        """Calls `callback` on the event loop after every commit that flagged a webhook event."""
+        self._on_events = callback
+
+    def _told(self, flagged: _Flagged) -> None:
+        if flagged.any and self._on_events is not None:
+            self._on_events()
 
     @classmethod
     async def open_sqlite(
@@ -138,8 +157,18 @@ class SqlJobStore:
         decision: Decision | None = None,
         hold_id: str | None = None,
         lease: Lease | None = None,
+        detached: bool = False,
+        webhook_id: str | None = None,
+        balance: HoldBalance | None = None,
     ) -> BatchRecord:
         rows.check_batch_request(owner, idempotency_key, jobs)
+        flagged = _Flagged()
+        batch_columns = {
+            "detached": detached,
+            "webhook_id": webhook_id,
+            "available_before": None if balance is None else balance.before,
+            "available_after": None if balance is None else balance.after,
+        }
 
         def create() -> Script[BatchRecord]:
             key = {**_owner(owner), "idempotency_key": idempotency_key}
@@ -147,7 +176,15 @@ class SqlJobStore:
             if existing is None:
                 yield from _check_parents(owner, jobs)
                 created = yield from self._insert_batch(
-                    owner, idempotency_key, fingerprint, jobs, decision, hold_id, lease
+                    owner,
+                    idempotency_key,
+                    fingerprint,
+                    jobs,
+                    decision,
+                    hold_id,
+                    lease,
+                    batch_columns,
+                    flagged,
                 )
                 if created is not None:
                     return created
@@ -160,7 +197,9 @@ class SqlJobStore:
             (record,) = yield from _records([existing], replayed=True)
             return record
 
-        return await self._database.run(Mode.ATOMIC, create)
+        created = await self._database.run(Mode.ATOMIC, create)
+        self._told(flagged)
+        return created
 
     async def find_batch(self, owner: Owner, idempotency_key: str) -> BatchRecord | None:
         def find() -> Script[BatchRecord | None]:
@@ -197,6 +236,7 @@ class SqlJobStore:
 
     async def settle_hold(self, batch_id: str, state: HoldState, captured: int = 0) -> Batch:
         rows.check_settlement(state, captured)
+        flagged = _Flagged()
 
         def settle() -> Script[Batch]:
             row = yield Step.one(
@@ -206,6 +246,7 @@ class SqlJobStore:
                 new_captured=captured,
             )
             if row is not None:
+                flagged.note(row["completion_pending"])
                 return rows.batch_from_row(row)
             # A settled hold never opens again: the refusal cannot go stale.
             row = yield from _batch_row(None, batch_id)
@@ -213,7 +254,9 @@ class SqlJobStore:
                 raise rows.hold_not_open(batch_id, row["hold_state"])
             return rows.batch_from_row(row)
 
-        return await self._database.run(Mode.WRITE, settle)
+        settled = await self._database.run(Mode.WRITE, settle)
+        self._told(flagged)
+        return settled
 
     async def forget_batch(self, batch_id: str) -> bool:
         def forget() -> Script[bool]:
@@ -223,6 +266,7 @@ class SqlJobStore:
                 return False
             if (yield Step.one(statements.FORGETTABLE_BATCH, batch_id=batch_id)) is None:
                 return False
+            yield Step.run(statements.DELETE_PENDING_DELIVERIES_OF_BATCH, batch_id=batch_id)
             yield Step.run(statements.DELETE_JOBS_OF_BATCH, batch_id=batch_id)
             yield Step.run(statements.DELETE_BATCH, batch_id=batch_id)
             return True
@@ -292,19 +336,25 @@ class SqlJobStore:
     ) -> Job:
         changes = {**rows.cancelled_changes(message), "finish_us": self._now_us()}
         move = _move(JobStatus.CANCELLED, changes, job_id=job_id, owner=owner)
+        flagged = _Flagged()
 
         def cancel() -> Script[Job]:
             row = yield move
             if row is not None:
+                flagged.note(row["event_pending"])
                 return rows.job_from_row(row)
             # Missing, another owner's, or final already: a final job never changes again.
             return (yield from _job(owner, job_id))
 
-        return await self._database.run(Mode.WRITE, cancel)
+        cancelled = await self._database.run(Mode.WRITE, cancel)
+        self._told(flagged)
+        return cancelled
 
     async def cancel_batch(
         self, owner: Owner, batch_id: str, message: str = "cancelled by the caller"
     ) -> tuple[Job, ...]:
+        flagged = _Flagged()
+
         def cancel() -> Script[tuple[Job, ...]]:
             yield from _batch_row(owner, batch_id)
             yield Step.run(
@@ -313,9 +363,14 @@ class SqlJobStore:
                 message=message,
                 now=self._now_us(),
             )
-            return (yield from _batch_jobs(batch_id))
+            found = yield Step.all(statements.JOBS_OF_BATCH, batch_id=batch_id)
+            for row in found:
+                flagged.note(row["event_pending"])
+            return tuple(rows.job_from_row(row) for row in found)
 
-        return await self._database.run(Mode.ATOMIC, cancel)
+        cancelled = await self._database.run(Mode.ATOMIC, cancel)
+        self._told(flagged)
+        return cancelled
 
     async def get(self, owner: Owner, job_id: str) -> Job:
         return await self._database.run(Mode.READ, lambda: _job(owner, job_id))
@@ -383,6 +438,8 @@ class SqlJobStore:
         decision: Decision | None,
         hold_id: str | None,
         lease: Lease | None,
+        batch_columns: dict[str, Any],
+        flagged: _Flagged,
     ) -> Script[BatchRecord | None]:
         """Insert the batch and its jobs; None when a batch with the key already exists."""
         now_us = self._now_us()
@@ -398,9 +455,11 @@ class SqlJobStore:
             create_us=now_us,
             owner=None if lease is None else lease.owner,
             lease_until_us=None if lease is None else now_us + _micros(lease.seconds),
+            **batch_columns,
         )
         if batch is None:
             return None
+        flagged.note(batch["credits_low_pending"])
         inserted = yield Step(
             statements.INSERT_JOB,
             [rows.new_job_row(new, batch["batch_id"], owner, now_us) for new in jobs],
@@ -417,6 +476,7 @@ class SqlJobStore:
         self, job_id: str, target: JobStatus, changes: dict[str, Any], *, charged: int = 0
     ) -> Job:
         move = _move(target, changes, job_id=job_id, charged=charged)
+        flagged = _Flagged()
 
         def transition() -> Script[Job]:
             # Ends: a lap that finds the move still allowed saw the job move forward since the
@@ -424,6 +484,7 @@ class SqlJobStore:
             while True:
                 row = yield move
                 if row is not None:
+                    flagged.note(row["event_pending"])
                     return rows.job_from_row(row)
                 job = yield from _job(None, job_id)
                 if not may_move(job.status, target):
@@ -431,7 +492,23 @@ class SqlJobStore:
                 rows.check_charge(job, charged)
 
         durable = target is JobStatus.SUCCEEDED
-        return await self._database.run(Mode.WRITE, transition, durable=durable)
+        moved = await self._database.run(Mode.WRITE, transition, durable=durable)
+        self._told(flagged)
+        return moved
+
+
+class _Flagged:
+    """Whether a script flagged a webhook event: noted where the script runs (the database's
+    thread, for SQLite), read on the event loop once it has committed."""
+
+    __slots__ = ("any",)
+
+    def __init__(self) -> None:
+        self.any = False
+
+    def note(self, flag: object) -> None:
+        if flag:
+            self.any = True
 
 
 def _owner(owner: Owner) -> dict[str, str]:

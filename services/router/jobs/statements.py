@@ -11,6 +11,11 @@ Every statement a caller's request reaches is scoped by the owner (parameters `t
 
 Conditions that a partial index must match (`hold_state = 'open'`, the unfinished statuses)
 are literal SQL, as in the index: a planner matches a partial index against constants.
+
+The statements that make a job final, settle a hold or insert a batch also set the webhook
+outbox's flags (`jobs.schema`), each to whether the row's tenant has a webhook endpoint (and,
+for credits.low, one whose threshold the hold crossed): the event commits with the change that
+makes it, in the same statement.
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ import sqlalchemy as sa
 
 from services.router.jobs.model import LIFECYCLE, HoldState, JobStatus
 from services.router.jobs.queries import Query, insert_for, one_of
-from services.router.jobs.schema import UNFINISHED_STATUSES, batches, jobs, values_in
+from services.router.jobs.schema import (
+    UNFINISHED_STATUSES,
+    batches,
+    jobs,
+    values_in,
+    webhook_deliveries,
+    webhooks,
+)
 
 __all__ = [
     "ATTACH_HOLD",
@@ -33,6 +45,7 @@ __all__ = [
     "CLAIM_ABANDONED",
     "DELETE_BATCH",
     "DELETE_JOBS_OF_BATCH",
+    "DELETE_PENDING_DELIVERIES_OF_BATCH",
     "FORGETTABLE_BATCH",
     "HAS_ASSET",
     "INSERT_BATCH",
@@ -71,6 +84,23 @@ _UNFINISHED = sa.text(values_in("status", UNFINISHED_STATUSES))
 _HOLD_OF_UPDATED_JOB: sa.Label[Any] = sa.literal_column(
     "(SELECT batches.hold_id FROM batches WHERE batches.batch_id = jobs.batch_id)"
 ).label("hold_id")
+
+#: Whether the tenant of the `jobs` or `batches` row being updated has a webhook endpoint: the
+#: value of its outbox flag. Written as SQL for the reason `_HOLD_OF_UPDATED_JOB` is.
+_JOB_TENANT_HAS_WEBHOOKS: sa.ColumnElement[Any] = sa.literal_column(
+    "(EXISTS (SELECT 1 FROM webhooks WHERE webhooks.tenant = jobs.tenant))"
+)
+_BATCH_TENANT_HAS_WEBHOOKS: sa.ColumnElement[Any] = sa.literal_column(
+    "(EXISTS (SELECT 1 FROM webhooks WHERE webhooks.tenant = batches.tenant))"
+)
+#: Whether an endpoint of the new batch's tenant subscribes to credits.low with a threshold its
+#: hold crossed: at or under the credits before the hold, above those after. Either balance
+#: NULL (the ledger said nothing) compares to nothing, so no flag.
+_HOLD_CROSSED_A_THRESHOLD = sa.exists().where(
+    webhooks.c.tenant == _p("tenant"),
+    webhooks.c.credits_low_threshold > _p("available_after"),
+    webhooks.c.credits_low_threshold <= _p("available_before"),
+)
 
 _JOB_ROWS = sa.select(jobs, batches.c.hold_id).join_from(
     jobs, batches, jobs.c.batch_id == batches.c.batch_id
@@ -135,6 +165,14 @@ DELETE_JOBS_OF_BATCH = Query.of(
 DELETE_BATCH = Query.of(
     "delete batch", sa.delete(batches).where(batches.c.batch_id == _p("batch_id"))
 )
+#: The deliveries not yet made of a batch being forgotten: its ids are about to mean nothing.
+DELETE_PENDING_DELIVERIES_OF_BATCH = Query.of(
+    "delete pending deliveries of batch",
+    sa.delete(webhook_deliveries).where(
+        webhook_deliveries.c.batch_id == _p("batch_id"),
+        webhook_deliveries.c.state == _literal("pending"),
+    ),
+)
 
 #: What a new batch row is given; the rest are the columns' defaults.
 _NEW_BATCH_COLUMNS = (
@@ -149,6 +187,10 @@ _NEW_BATCH_COLUMNS = (
     "create_us",
     "owner",
     "lease_until_us",
+    "detached",
+    "webhook_id",
+    "available_before",
+    "available_after",
 )
 #: Inserts a batch unless its owner already used the key; of two calls racing with one
 #: key, the later waits for the earlier to commit and inserts nothing (no row returned).
@@ -156,7 +198,12 @@ INSERT_BATCH = Query(
     "insert batch",
     lambda dialect: (
         insert_for(dialect, batches)
-        .values({column: _p(column) for column in _NEW_BATCH_COLUMNS})
+        .values(
+            {
+                **{column: _p(column) for column in _NEW_BATCH_COLUMNS},
+                "credits_low_pending": _HOLD_CROSSED_A_THRESHOLD,
+            }
+        )
         .on_conflict_do_nothing(index_elements=["tenant", "account_id", "idempotency_key"])
         .returning(*batches.c)
     ),
@@ -202,7 +249,11 @@ ATTACH_HOLD = Query.of(
 SETTLE_HOLD = Query.of(
     "settle hold",
     sa.update(batches)
-    .values(hold_state=_p("new_state"), captured=_p("new_captured"))
+    .values(
+        hold_state=_p("new_state"),
+        captured=_p("new_captured"),
+        completion_pending=_BATCH_TENANT_HAS_WEBHOOKS,
+    )
     .where(batches.c.batch_id == _p("batch_id"), batches.c.hold_state == _literal(HoldState.OPEN))
     .returning(*batches.c),
 )
@@ -215,6 +266,7 @@ CANCEL_UNFINISHED = Query.of(
         error_reason=_literal("CANCELLED"),
         error_message=_p("message"),
         finish_us=_p("now"),
+        event_pending=_JOB_TENANT_HAS_WEBHOOKS,
     )
     .where(jobs.c.batch_id == _p("batch_id"), _UNFINISHED),
 )
@@ -299,9 +351,15 @@ def move_job(columns: tuple[str, ...], target: JobStatus, scoped: bool) -> Query
     ]
     if scoped:
         conditions.extend(_owned(jobs))
+    # A final state is an event for the tenant's webhooks (see the module's docstring).
+    flags = {"event_pending": _JOB_TENANT_HAS_WEBHOOKS} if target.is_final else {}
     statement = (
         sa.update(jobs)
-        .values(status=_literal(target), **{column: _p(f"set_{column}") for column in columns})
+        .values(
+            status=_literal(target),
+            **{column: _p(f"set_{column}") for column in columns},
+            **flags,
+        )
         .where(*conditions)
         .returning(*jobs.c, _HOLD_OF_UPDATED_JOB)
     )

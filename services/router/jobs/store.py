@@ -13,6 +13,7 @@ from services.router.assets.store import AssetRef
 from services.router.jobs.model import (
     Batch,
     BatchRecord,
+    HoldBalance,
     HoldState,
     Job,
     JobFilter,
@@ -35,6 +36,11 @@ class JobStore(Protocol):
     nothing found), so ids leak nothing. The calls of the router's own bookkeeping (holds,
     moves, leases) go by id. A store whose database cannot be reached raises Unavailable; one
     that was closed raises RuntimeError.
+
+    The SQL store also keeps the webhook outbox (`services.router.webhooks`): the change that
+    makes a job final, settles a batch's hold or records a batch whose hold crossed a credits.low
+    threshold flags its event in the same commit, when the tenant has a webhook endpoint. That
+    is no part of this contract: the in-memory store keeps no outbox.
     """
 
     async def close(self) -> None:
@@ -51,6 +57,9 @@ class JobStore(Protocol):
         decision: Decision | None = None,
         hold_id: str | None = None,
         lease: Lease | None = None,
+        detached: bool = False,
+        webhook_id: str | None = None,
+        balance: HoldBalance | None = None,
     ) -> BatchRecord:
         """Create a batch and its queued jobs atomically, or replay the one the key created.
 
@@ -62,6 +71,10 @@ class JobStore(Protocol):
         created without one is treated as a router older than leases wrote it (see
         `claim_abandoned`). An empty key is InvalidArgument on "idempotency_key"; no jobs, or
         a job with a seed outside 0..2^64-1, a size below 1x1 or a negative cost, is ValueError.
+
+        `detached` and `webhook_id` (the endpoint the call named) are kept on the batch as
+        given; `balance` is the account's credits around the batch's hold, which a store with a
+        webhook outbox compares with its tenant's credits.low thresholds in the same commit.
         """
         ...
 

@@ -11,6 +11,12 @@ router) is forgotten once its hold is released, so that its key runs anew on a r
 
 A batch is its owner's from the start: its hold is placed, captured and released in the owner's
 tenant, also when another router settles it after this one is gone.
+
+A detached submission (`Submission.detach`) answers with the accepted batch and ends; the batch
+then runs in a task of its own, with no caller to go away and no caller's deadline, holding its
+tier's places until it is done, and settles exactly as an attached one. It is drained, leased
+and recovered like any batch. Its refusals are its key's answer (nobody is there to retry), so
+a detached batch is never forgotten.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -28,6 +34,7 @@ from services.router.downstream.ports import CreditLedger
 from services.router.jobs.model import (
     Batch,
     BatchRecord,
+    HoldBalance,
     HoldState,
     Job,
     JobStatus,
@@ -51,7 +58,7 @@ from services.runtime.errors import FailedPrecondition, NotFound, TiergenError
 from services.runtime.interceptors import outliving_the_caller
 from services.runtime.tracing import current_trace_id
 
-__all__ = ["BatchRunner", "job_error"]
+__all__ = ["BatchRunner", "Submission", "job_error"]
 
 _log = structlog.get_logger("tiergen.router")
 
@@ -60,6 +67,15 @@ _STORE_REASONS = frozenset({"JOB_FINAL", "ILLEGAL_TRANSITION"})
 #: Share of the shutdown grace that running batches get to finish; the rest lets the ones
 #: ended early settle and tell their callers.
 _DRAIN_SHARE = 0.8
+
+
+@dataclass(frozen=True)
+class Submission:
+    """How a call that creates work wants it run: `detach` to answer once it is accepted and
+    leave it running; `webhook_id`, the tenant's endpoint to tell about this batch only."""
+
+    detach: bool = False
+    webhook_id: str | None = None
 
 
 def job_error(job: Job) -> TiergenError:
@@ -110,6 +126,8 @@ class BatchRunner:
         self._lease = lease
         self._limits = limits
         self._batch_tasks: dict[str, asyncio.Task[None]] = {}
+        #: The tasks that follow detached batches to their end in their callers' stead.
+        self._detached: set[asyncio.Task[None]] = set()
         self._job_tasks: dict[str, asyncio.Task[Job]] = {}
         #: Set by `drain`: new work is refused and running jobs end as SHUTTING_DOWN.
         self._stopping = False
@@ -130,10 +148,16 @@ class BatchRunner:
                 task.cancel()
 
     async def submit(
-        self, owner: Owner, key: str, fingerprint: str, plan: Plan
+        self,
+        owner: Owner,
+        key: str,
+        fingerprint: str,
+        plan: Plan,
+        submission: Submission | None = None,
     ) -> AsyncGenerator[BatchEvent, None]:
         """Admits the plan to its tier, opens its batch and runs it, or replays it when a
         racing call with the same key won. A refusal here holds no credit and records nothing."""
+        submission = submission or Submission()
         if self._stopping:
             raise _shutting_down()
         places = min(len(plan.jobs), self._limits.parallel_jobs)
@@ -142,21 +166,25 @@ class BatchRunner:
             if plan.tier is not None
             else contextlib.nullcontext()
         )
-        with admitted:
-            record = await self._open(owner, key, fingerprint, plan)
-            events = (
-                self.replay(record, fingerprint)
-                if record.replayed
-                else self._run(record, plan.work)
-            )
+        with contextlib.ExitStack() as held:
+            held.enter_context(admitted)
+            record = await self._open(owner, key, fingerprint, plan, submission)
+            if record.replayed:
+                events = self.replay(record, fingerprint, detach=submission.detach)
+            elif submission.detach:
+                # The batch keeps its places until it ends, after this call has.
+                events = self._detach(record, plan.work, held.pop_all())
+            else:
+                events = self._run(record, plan.work)
             async with contextlib.aclosing(events):
                 async for event in events:
                     yield event
 
     async def replay(
-        self, record: BatchRecord, fingerprint: str
+        self, record: BatchRecord, fingerprint: str, *, detach: bool = False
     ) -> AsyncGenerator[BatchEvent, None]:
-        """Answers a retry: the original batch, then each job's final state as it arrives."""
+        """Answers a retry: the original batch, then (unless `detach`) each job's final state
+        as it arrives."""
         if record.batch.fingerprint != fingerprint:
             raise errors.AlreadyExists(
                 "this idempotency key was used for a different request; use a new key",
@@ -164,6 +192,8 @@ class BatchRunner:
                 metadata={"batch_id": record.batch.batch_id},
             )
         yield BatchAccepted(replace(record, replayed=True))
+        if detach:
+            return
         reported: set[str] = set()
         while True:
             try:
@@ -207,6 +237,8 @@ class BatchRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # The detached batches' followers end with their batches, once they have settled.
+        await asyncio.gather(*self._detached, return_exceptions=True)
 
     async def settle(
         self,
@@ -233,7 +265,9 @@ class BatchRunner:
 
     # The batch's life ---------------------------------------------------------------------
 
-    async def _open(self, owner: Owner, key: str, fingerprint: str, plan: Plan) -> BatchRecord:
+    async def _open(
+        self, owner: Owner, key: str, fingerprint: str, plan: Plan, submission: Submission
+    ) -> BatchRecord:
         """Holds the credits, then records the batch; releases the hold if recording fails."""
         total = sum(job.quoted_cost for job in plan.jobs)
         # One hold per attempt: a batch refused without doing any work is forgotten, and the
@@ -243,7 +277,7 @@ class BatchRunner:
         hold_key = f"router:{owner.account_id}:{fingerprint[:24]}:{secrets.token_hex(8)}"
         with step("reserve", account_id=owner.account_id, cost=total):
             try:
-                hold_id = await self._ledger.reserve(
+                reservation = await self._ledger.reserve(
                     owner,
                     total,
                     hold_key,
@@ -252,6 +286,13 @@ class BatchRunner:
                 )
             except FailedPrecondition as error:
                 raise _refusal(error, plan.decision) from None
+        hold_id = reservation.hold_id
+        # What the hold did to the account's credits: a credits.low webhook's question.
+        balance = (
+            None
+            if reservation.available is None
+            else HoldBalance(reservation.available + total, reservation.available)
+        )
         try:
             record = await self._jobs.create_batch(
                 owner=owner,
@@ -261,6 +302,9 @@ class BatchRunner:
                 decision=plan.decision,
                 hold_id=hold_id,
                 lease=self._lease,
+                detached=submission.detach,
+                webhook_id=submission.webhook_id,
+                balance=balance,
             )
         except BaseException:
             await self._release_unused(owner, hold_id, hold_key)
@@ -275,9 +319,51 @@ class BatchRunner:
         with contextlib.suppress(TiergenError), outliving_the_caller():
             await self._ledger.release(owner, hold_id, f"{hold_key}:release")
 
-    async def _run(self, record: BatchRecord, work: Work) -> AsyncGenerator[BatchEvent, None]:
+    async def _detach(
+        self, record: BatchRecord, work: Work, places: contextlib.ExitStack
+    ) -> AsyncGenerator[BatchEvent, None]:
+        """Starts the batch, answers with it, and leaves a task to follow it to its end."""
+        events = self._run(record, work, forget=False)
+        with places:
+            # Started here, so that a drain that begins now already sees it; with no deadline
+            # but its work's own, since no caller waits for it.
+            with outliving_the_caller():
+                accepted = await anext(events)
+            follower = asyncio.create_task(
+                self._follow(events, places.pop_all(), record.batch.batch_id),
+                name=f"detached-{record.batch.batch_id}",
+            )
+        self._detached.add(follower)
+        follower.add_done_callback(self._detached.discard)
+        yield accepted
+
+    async def _follow(
+        self,
+        events: AsyncGenerator[BatchEvent, None],
+        places: contextlib.ExitStack,
+        batch_id: str,
+    ) -> None:
+        """Reads a detached batch's events to its end, as its caller would have."""
+        with places:
+            try:
+                async with contextlib.aclosing(events):
+                    async for _ in events:
+                        pass
+            except TiergenError as error:
+                # Its jobs recorded how they ended; nobody is there to hear the batch's error.
+                _log.info(
+                    "detached batch ended with an error",
+                    batch_id=batch_id,
+                    code=error.code,
+                    reason=error.reason,
+                )
+
+    async def _run(
+        self, record: BatchRecord, work: Work, *, forget: bool = True
+    ) -> AsyncGenerator[BatchEvent, None]:
         """Streams a batch's events while a separate task runs it, so that a caller going
-        away cancels the batch instead of abandoning it half-done, from its first event on."""
+        away cancels the batch instead of abandoning it half-done, from its first event on.
+        `forget` False keeps a batch refused before any work (a detached one's)."""
         events: asyncio.Queue[BatchEvent | None] = asyncio.Queue()
         batch_id = record.batch.batch_id
         started = asyncio.Event()
@@ -312,8 +398,10 @@ class BatchRunner:
                 self._idle.set()
         if any(job.status is JobStatus.SUCCEEDED for job in finished):
             return
-        if len(failures) == len(record.jobs) and all(
-            refused_before_work(error) for error in failures.values()
+        if (
+            forget
+            and len(failures) == len(record.jobs)
+            and all(refused_before_work(error) for error in failures.values())
         ):
             # Nothing was done: the refusal is not the key's answer, and a retry runs anew.
             if await self._jobs.forget_batch(batch_id):

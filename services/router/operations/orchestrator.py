@@ -5,6 +5,11 @@ the running batches.
 Every operation acts for an `Owner`, the account of one tenant, which the edge makes from the
 caller's credential (the tenant) and the request's well-formed account id; the rest of the
 request is checked here, before anything is read or held.
+
+How a call wants its batch run (`Submission`: detached, and the webhook endpoint to tell) is
+part of what identifies it only through the endpoint: a retry with the same key, detached or
+not, is the same request. A named endpoint must be one of the tenant's (`webhook_exists`),
+checked before anything is held; a retry replays without asking again.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from services.router.assets.store import AssetRef, AssetStore, check_asset_id
 from services.router.downstream.ports import CreditLedger, Renderer, Upscaler
 from services.router.jobs.model import Job, JobFilter, JobPage, Lease, Owner
 from services.router.jobs.store import JobStore
-from services.router.operations.batches import BatchRunner
+from services.router.operations.batches import BatchRunner, Submission
 from services.router.operations.events import BatchEvent
 from services.router.operations.limits import OperationLimits
 from services.router.operations.planning import (
@@ -36,13 +41,17 @@ from services.router.operations.planning import (
 )
 from services.router.operations.recovery import Recovery
 from services.router.operations.telemetry import step
+from services.router.quotas.limiter import QuotaLimiter
 from services.router.routing import checks
 from services.router.routing.admission import Admission
-from services.router.routing.policy import Quote, RouteRequest, RoutingPolicy
+from services.router.routing.policy import MAX_N, Quote, RouteRequest, RoutingPolicy
 from services.runtime.errors import InvalidArgument, NotFound
 from services.runtime.identifiers import require_id, require_idempotency_key, require_plain_text
 
-__all__ = ["Orchestrator"]
+__all__ = ["Orchestrator", "Submission", "WebhookExists"]
+
+#: Whether (tenant, webhook id) names an endpoint of that tenant.
+WebhookExists = Callable[[str, str], Awaitable[bool]]
 
 
 class Orchestrator:
@@ -61,8 +70,12 @@ class Orchestrator:
         limits: OperationLimits | None = None,
         admission: Admission | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        webhook_exists: WebhookExists | None = None,
+        quotas: QuotaLimiter | None = None,
     ) -> None:
         self._jobs = jobs
+        self._quotas = quotas or QuotaLimiter()
+        self._webhook_exists = webhook_exists
         self._assets = assets
         self._ledger = ledger
         self._policy = policy
@@ -119,28 +132,42 @@ class Orchestrator:
 
     async def quote(self, owner: Owner, request: RouteRequest) -> Quote:
         require_plain_text(request.prompt, "spec.prompt")
+        # A Quote counts against requests per second (services.router.quotas.limiter).
+        await self._quotas.admit_quote(owner)
         available = await self._ledger.available(owner)
         with step("route", account_id=owner.account_id, stage=request.stage.value):
             return self._policy.quote(replace(request, available=available))
 
     async def generate(
-        self, owner: Owner, key: str, request: RouteRequest, seed: int | None = None
+        self,
+        owner: Owner,
+        key: str,
+        request: RouteRequest,
+        seed: int | None = None,
+        submission: Submission | None = None,
     ) -> AsyncGenerator[BatchEvent, None]:
         """Generates `request.n` variations; variation i renders with seed + i."""
         require_idempotency_key(key)
         require_plain_text(request.prompt, "spec.prompt")
+        submission = _checked(submission)
         events = self._submit(
             owner,
             key,
-            fingerprint("generate", owner, request, seed=seed),
+            fingerprint("generate", owner, request, seed=seed, **_named(submission)),
             lambda: self._planner.generate(owner, key, request, seed),
+            submission,
+            images=min(max(request.n, 1), MAX_N),
         )
         async with contextlib.aclosing(events):
             async for event in events:
                 yield event
 
     async def promote(
-        self, owner: Owner, key: str, handover: Handover
+        self,
+        owner: Owner,
+        key: str,
+        handover: Handover,
+        submission: Submission | None = None,
     ) -> AsyncGenerator[BatchEvent, None]:
         """Renders a parent job of the owner again on a higher tier with its image as the
         reference."""
@@ -148,50 +175,70 @@ class Orchestrator:
         require_id(handover.job_id, "job_id")
         require_plain_text(handover.prompt, "prompt")
         require_plain_text(handover.prompt_addition, "prompt_addition")
+        submission = _checked(submission)
         structlog.contextvars.bind_contextvars(parent_job_id=handover.job_id)
         events = self._submit(
             owner,
             key,
-            fingerprint("promote", owner, handover),
+            fingerprint("promote", owner, handover, **_named(submission)),
             lambda: self._planner.promote(owner, handover),
+            submission,
         )
         async with contextlib.aclosing(events):
             async for event in events:
                 yield event
 
     async def upscale(
-        self, owner: Owner, key: str, request: UpscaleRequest
+        self,
+        owner: Owner,
+        key: str,
+        request: UpscaleRequest,
+        submission: Submission | None = None,
     ) -> AsyncGenerator[BatchEvent, None]:
         """Upscales a succeeded job's image into a new job linked to it."""
         require_idempotency_key(key)
         require_id(request.job_id, "job_id")
         request = replace(request, factor=checks.check_upscale_factor(request.factor or 2.0))
+        submission = _checked(submission)
         structlog.contextvars.bind_contextvars(parent_job_id=request.job_id)
         events = self._submit(
             owner,
             key,
-            fingerprint("upscale", owner, request),
+            fingerprint("upscale", owner, request, **_named(submission)),
             lambda: self._planner.upscale(owner, request),
+            submission,
         )
         async with contextlib.aclosing(events):
             async for event in events:
                 yield event
 
     async def edit(
-        self, owner: Owner, key: str, request: EditRequest
+        self,
+        owner: Owner,
+        key: str,
+        request: EditRequest,
+        submission: Submission | None = None,
     ) -> AsyncGenerator[BatchEvent, None]:
         """In-paints the masked region of a rendered job on its own tier and size."""
         require_idempotency_key(key)
         require_id(request.job_id, "job_id")
         require_plain_text(request.prompt, "prompt")
         checks.check_mask_bytes(request.mask, self._limits.max_mask_bytes)
+        submission = _checked(submission)
         structlog.contextvars.bind_contextvars(parent_job_id=request.job_id)
         mask_sha256 = hashlib.sha256(request.mask).hexdigest()
         events = self._submit(
             owner,
             key,
-            fingerprint("edit", owner, replace(request, mask=b""), mask_sha256=mask_sha256),
+            fingerprint(
+                "edit",
+                owner,
+                replace(request, mask=b""),
+                mask_sha256=mask_sha256,
+                **_named(submission),
+            ),
             lambda: self._planner.edit(owner, request, mask_sha256),
+            submission,
         )
         async with contextlib.aclosing(events):
             async for event in events:
@@ -203,18 +250,35 @@ class Orchestrator:
         key: str,
         request_fingerprint: str,
         plan: Callable[[], Awaitable[Plan]],
+        submission: Submission,
+        images: int = 1,
     ) -> AsyncGenerator[BatchEvent, None]:
         """The one path of every operation: a retry replays the batch its key made; anything
-        else is planned, then run."""
+        else passes its quotas, is planned, then run."""
         structlog.contextvars.bind_contextvars(tenant=owner.tenant, account_id=owner.account_id)
         existing = await self._jobs.find_batch(owner, key)
-        if existing is not None:
-            events = self._batches.replay(existing, request_fingerprint)
-        else:
-            events = self._batches.submit(owner, key, request_fingerprint, await plan())
-        async with contextlib.aclosing(events):
-            async for event in events:
-                yield event
+        async with contextlib.AsyncExitStack() as quota:
+            if existing is not None:
+                events = self._batches.replay(
+                    existing, request_fingerprint, detach=submission.detach
+                )
+            else:
+                # Over a quota: refused here, before anything is held, charged or recorded.
+                admitted = await quota.enter_async_context(self._quotas.admit(owner, images))
+                await self._require_webhook(owner, submission.webhook_id)
+                events = admitted.follow(
+                    self._batches.submit(owner, key, request_fingerprint, await plan(), submission)
+                )
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    yield event
+
+    async def _require_webhook(self, owner: Owner, webhook_id: str | None) -> None:
+        """NotFound unless `webhook_id` (when given) is an endpoint of the owner's tenant."""
+        if webhook_id is None:
+            return
+        if self._webhook_exists is None or not await self._webhook_exists(owner.tenant, webhook_id):
+            raise NotFound(f"there is no webhook {webhook_id!r}", reason="WEBHOOK_NOT_FOUND")
 
     # Reads and cancellation ------------------------------------------------------------------
 
@@ -280,3 +344,18 @@ class Orchestrator:
     async def close(self) -> None:
         """Stops running batches; each settles its hold before this returns."""
         await self._batches.close()
+
+
+def _checked(submission: Submission | None) -> Submission:
+    """The submission, its endpoint id checked as an id; none given is attached, untold."""
+    if submission is None:
+        return Submission()
+    if submission.webhook_id is not None:
+        require_id(submission.webhook_id, "webhook_id")
+    return submission
+
+
+def _named(submission: Submission) -> dict[str, str]:
+    """What a submission adds to its request's fingerprint: the endpoint it names, if any, so
+    that requests made before webhooks keep their fingerprints."""
+    return {} if submission.webhook_id is None else {"webhook_id": submission.webhook_id}

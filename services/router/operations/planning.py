@@ -35,6 +35,7 @@ from services.router.operations.telemetry import step
 from services.router.routing import checks
 from services.router.routing.catalogue import AspectRatio, ImageSize, Stage
 from services.router.routing.policy import Decision, RouteRequest, RoutingPolicy
+from services.router.routing.urgency import render_urgency, urgency_of
 from services.runtime import errors
 from services.runtime.errors import FailedPrecondition, InvalidArgument, TiergenError
 from services.runtime.tracing import current_trace_id
@@ -224,6 +225,7 @@ class Planner:
             for index in range(decision.n)
         ]
         automatic = request.tier in ("", "auto")
+        urgency = render_urgency(policy.catalogue, request.stage, decision.tier, decision.size)
 
         async def render(job: Job, progress: ProgressSink) -> Delivery:
             order = RenderOrder(
@@ -233,6 +235,8 @@ class Planner:
                 prompt=job.prompt,
                 seed=job.seed,
                 request_id=job.job_id,
+                owner=job.owner,
+                urgency=urgency,
             )
             try:
                 return Delivery(await self._renderer.render(order, progress))
@@ -301,6 +305,8 @@ class Planner:
                 reference=reference,
                 strength=strength,
                 reference_sha256=parent_asset_id,
+                owner=job.owner,
+                urgency=urgency_of(job.stage, None),
             )
             return await self._render_from(order, progress)
 
@@ -341,6 +347,8 @@ class Planner:
                 output_format=request.output_format,
                 quality=request.quality,
                 request_id=job.job_id,
+                owner=job.owner,
+                urgency=urgency_of(job.stage, None),
             )
             with step("upscale", job_id=job.job_id, factor=factor):
                 return Delivery(await self._upscaler.upscale(order, progress))
@@ -396,6 +404,8 @@ class Planner:
                 mask=request.mask,
                 reference_sha256=parent.asset.asset_id if parent.asset else "",
                 mask_sha256=mask_sha256,
+                owner=job.owner,
+                urgency=urgency_of(job.stage, None),
             )
             return await self._render_from(order, progress)
 

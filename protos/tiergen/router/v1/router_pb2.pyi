@@ -35,6 +35,19 @@ class JobStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATUS_SUCCEEDED: _ClassVar[JobStatus]
     JOB_STATUS_FAILED: _ClassVar[JobStatus]
     JOB_STATUS_CANCELLED: _ClassVar[JobStatus]
+
+class WebhookState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WEBHOOK_STATE_UNSPECIFIED: _ClassVar[WebhookState]
+    WEBHOOK_STATE_ACTIVE: _ClassVar[WebhookState]
+    WEBHOOK_STATE_PAUSED: _ClassVar[WebhookState]
+
+class DeliveryState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DELIVERY_STATE_UNSPECIFIED: _ClassVar[DeliveryState]
+    DELIVERY_STATE_PENDING: _ClassVar[DeliveryState]
+    DELIVERY_STATE_DELIVERED: _ClassVar[DeliveryState]
+    DELIVERY_STATE_FAILED: _ClassVar[DeliveryState]
 FIDELITY_UNSPECIFIED: Fidelity
 FIDELITY_DRAFT: Fidelity
 FIDELITY_BALANCED: Fidelity
@@ -50,6 +63,13 @@ JOB_STATUS_RUNNING: JobStatus
 JOB_STATUS_SUCCEEDED: JobStatus
 JOB_STATUS_FAILED: JobStatus
 JOB_STATUS_CANCELLED: JobStatus
+WEBHOOK_STATE_UNSPECIFIED: WebhookState
+WEBHOOK_STATE_ACTIVE: WebhookState
+WEBHOOK_STATE_PAUSED: WebhookState
+DELIVERY_STATE_UNSPECIFIED: DeliveryState
+DELIVERY_STATE_PENDING: DeliveryState
+DELIVERY_STATE_DELIVERED: DeliveryState
+DELIVERY_STATE_FAILED: DeliveryState
 
 class GenerationSpec(_message.Message):
     __slots__ = ("prompt", "tier", "stage", "resolution", "n", "seed", "allow_downgrade", "fidelity")
@@ -174,16 +194,20 @@ class JobProgress(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("batch_id", "decision", "jobs", "replayed")
+    __slots__ = ("batch_id", "decision", "jobs", "replayed", "detached", "webhook_id")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     JOBS_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    DETACHED_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     decision: Decision
     jobs: _containers.RepeatedCompositeFieldContainer[Job]
     replayed: bool
-    def __init__(self, batch_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    detached: bool
+    webhook_id: str
+    def __init__(self, batch_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., replayed: _Optional[bool] = ..., detached: _Optional[bool] = ..., webhook_id: _Optional[str] = ...) -> None: ...
 
 class QuoteRequest(_message.Message):
     __slots__ = ("account_id", "spec")
@@ -206,14 +230,18 @@ class QuoteResponse(_message.Message):
     def __init__(self, decision: _Optional[_Union[Decision, _Mapping]] = ..., available: _Optional[int] = ..., affordable: _Optional[bool] = ..., shortfall: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("account_id", "idempotency_key", "spec")
+    __slots__ = ("account_id", "idempotency_key", "spec", "detach", "webhook_id")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    DETACH_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     idempotency_key: str
     spec: GenerationSpec
-    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., spec: _Optional[_Union[GenerationSpec, _Mapping]] = ...) -> None: ...
+    detach: bool
+    webhook_id: str
+    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., spec: _Optional[_Union[GenerationSpec, _Mapping]] = ..., detach: _Optional[bool] = ..., webhook_id: _Optional[str] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("batch", "progress", "job")
@@ -226,7 +254,7 @@ class GenerateResponse(_message.Message):
     def __init__(self, batch: _Optional[_Union[Batch, _Mapping]] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class PromoteRequest(_message.Message):
-    __slots__ = ("account_id", "idempotency_key", "job_id", "tier", "resolution", "prompt", "prompt_addition", "strength", "seed")
+    __slots__ = ("account_id", "idempotency_key", "job_id", "tier", "resolution", "prompt", "prompt_addition", "strength", "seed", "detach", "webhook_id")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -236,6 +264,8 @@ class PromoteRequest(_message.Message):
     PROMPT_ADDITION_FIELD_NUMBER: _ClassVar[int]
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    DETACH_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     idempotency_key: str
     job_id: str
@@ -245,7 +275,9 @@ class PromoteRequest(_message.Message):
     prompt_addition: str
     strength: float
     seed: int
-    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., job_id: _Optional[str] = ..., tier: _Optional[str] = ..., resolution: _Optional[_Union[_common_pb2.Resolution, _Mapping]] = ..., prompt: _Optional[str] = ..., prompt_addition: _Optional[str] = ..., strength: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    detach: bool
+    webhook_id: str
+    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., job_id: _Optional[str] = ..., tier: _Optional[str] = ..., resolution: _Optional[_Union[_common_pb2.Resolution, _Mapping]] = ..., prompt: _Optional[str] = ..., prompt_addition: _Optional[str] = ..., strength: _Optional[float] = ..., seed: _Optional[int] = ..., detach: _Optional[bool] = ..., webhook_id: _Optional[str] = ...) -> None: ...
 
 class PromoteResponse(_message.Message):
     __slots__ = ("accepted", "progress", "job")
@@ -258,7 +290,7 @@ class PromoteResponse(_message.Message):
     def __init__(self, accepted: _Optional[_Union[Job, _Mapping]] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class UpscaleRequest(_message.Message):
-    __slots__ = ("account_id", "idempotency_key", "job_id", "factor", "method", "output_format", "quality")
+    __slots__ = ("account_id", "idempotency_key", "job_id", "factor", "method", "output_format", "quality", "detach", "webhook_id")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +298,8 @@ class UpscaleRequest(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
+    DETACH_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     idempotency_key: str
     job_id: str
@@ -273,7 +307,9 @@ class UpscaleRequest(_message.Message):
     method: _common_pb2.UpscaleMethod
     output_format: _common_pb2.ImageFormat
     quality: int
-    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., job_id: _Optional[str] = ..., factor: _Optional[float] = ..., method: _Optional[_Union[_common_pb2.UpscaleMethod, str]] = ..., output_format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ..., quality: _Optional[int] = ...) -> None: ...
+    detach: bool
+    webhook_id: str
+    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., job_id: _Optional[str] = ..., factor: _Optional[float] = ..., method: _Optional[_Union[_common_pb2.UpscaleMethod, str]] = ..., output_format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ..., quality: _Optional[int] = ..., detach: _Optional[bool] = ..., webhook_id: _Optional[str] = ...) -> None: ...
 
 class UpscaleResponse(_message.Message):
     __slots__ = ("accepted", "progress", "job")
@@ -286,20 +322,24 @@ class UpscaleResponse(_message.Message):
     def __init__(self, accepted: _Optional[_Union[Job, _Mapping]] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class EditRequest(_message.Message):
-    __slots__ = ("account_id", "idempotency_key", "job_id", "prompt", "mask", "seed")
+    __slots__ = ("account_id", "idempotency_key", "job_id", "prompt", "mask", "seed", "detach", "webhook_id")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    DETACH_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     idempotency_key: str
     job_id: str
     prompt: str
     mask: bytes
     seed: int
-    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., job_id: _Optional[str] = ..., prompt: _Optional[str] = ..., mask: _Optional[bytes] = ..., seed: _Optional[int] = ...) -> None: ...
+    detach: bool
+    webhook_id: str
+    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., job_id: _Optional[str] = ..., prompt: _Optional[str] = ..., mask: _Optional[bytes] = ..., seed: _Optional[int] = ..., detach: _Optional[bool] = ..., webhook_id: _Optional[str] = ...) -> None: ...
 
 class EditResponse(_message.Message):
     __slots__ = ("accepted", "progress", "job")
@@ -564,3 +604,147 @@ class RevokeApiKeyResponse(_message.Message):
     API_KEY_FIELD_NUMBER: _ClassVar[int]
     api_key: ApiKey
     def __init__(self, api_key: _Optional[_Union[ApiKey, _Mapping]] = ...) -> None: ...
+
+class Webhook(_message.Message):
+    __slots__ = ("webhook_id", "url", "events", "description", "credits_low_threshold", "state", "pause_reason", "consecutive_failures", "create_time", "update_time", "pause_time")
+    WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_LOW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_REASON_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_TIME_FIELD_NUMBER: _ClassVar[int]
+    webhook_id: str
+    url: str
+    events: _containers.RepeatedScalarFieldContainer[str]
+    description: str
+    credits_low_threshold: int
+    state: WebhookState
+    pause_reason: str
+    consecutive_failures: int
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    pause_time: _timestamp_pb2.Timestamp
+    def __init__(self, webhook_id: _Optional[str] = ..., url: _Optional[str] = ..., events: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., credits_low_threshold: _Optional[int] = ..., state: _Optional[_Union[WebhookState, str]] = ..., pause_reason: _Optional[str] = ..., consecutive_failures: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pause_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class WebhookDelivery(_message.Message):
+    __slots__ = ("delivery_id", "webhook_id", "event_id", "event_type", "state", "attempts", "last_status_code", "last_error", "account_id", "batch_id", "job_id", "create_time", "last_attempt_time", "next_attempt_time", "finish_time")
+    DELIVERY_ID_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_ATTEMPT_TIME_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _ClassVar[int]
+    FINISH_TIME_FIELD_NUMBER: _ClassVar[int]
+    delivery_id: str
+    webhook_id: str
+    event_id: str
+    event_type: str
+    state: DeliveryState
+    attempts: int
+    last_status_code: int
+    last_error: str
+    account_id: str
+    batch_id: str
+    job_id: str
+    create_time: _timestamp_pb2.Timestamp
+    last_attempt_time: _timestamp_pb2.Timestamp
+    next_attempt_time: _timestamp_pb2.Timestamp
+    finish_time: _timestamp_pb2.Timestamp
+    def __init__(self, delivery_id: _Optional[str] = ..., webhook_id: _Optional[str] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., state: _Optional[_Union[DeliveryState, str]] = ..., attempts: _Optional[int] = ..., last_status_code: _Optional[int] = ..., last_error: _Optional[str] = ..., account_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., job_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateWebhookRequest(_message.Message):
+    __slots__ = ("url", "events", "description", "credits_low_threshold")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_LOW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    events: _containers.RepeatedScalarFieldContainer[str]
+    description: str
+    credits_low_threshold: int
+    def __init__(self, url: _Optional[str] = ..., events: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., credits_low_threshold: _Optional[int] = ...) -> None: ...
+
+class CreateWebhookResponse(_message.Message):
+    __slots__ = ("webhook", "secret")
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    webhook: Webhook
+    secret: str
+    def __init__(self, webhook: _Optional[_Union[Webhook, _Mapping]] = ..., secret: _Optional[str] = ...) -> None: ...
+
+class ListWebhooksRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListWebhooksResponse(_message.Message):
+    __slots__ = ("webhooks",)
+    WEBHOOKS_FIELD_NUMBER: _ClassVar[int]
+    webhooks: _containers.RepeatedCompositeFieldContainer[Webhook]
+    def __init__(self, webhooks: _Optional[_Iterable[_Union[Webhook, _Mapping]]] = ...) -> None: ...
+
+class UpdateWebhookRequest(_message.Message):
+    __slots__ = ("webhook_id", "url", "events", "description", "credits_low_threshold", "paused")
+    WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_LOW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    webhook_id: str
+    url: str
+    events: _containers.RepeatedScalarFieldContainer[str]
+    description: str
+    credits_low_threshold: int
+    paused: bool
+    def __init__(self, webhook_id: _Optional[str] = ..., url: _Optional[str] = ..., events: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., credits_low_threshold: _Optional[int] = ..., paused: _Optional[bool] = ...) -> None: ...
+
+class UpdateWebhookResponse(_message.Message):
+    __slots__ = ("webhook",)
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
+    webhook: Webhook
+    def __init__(self, webhook: _Optional[_Union[Webhook, _Mapping]] = ...) -> None: ...
+
+class DeleteWebhookRequest(_message.Message):
+    __slots__ = ("webhook_id",)
+    WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
+    webhook_id: str
+    def __init__(self, webhook_id: _Optional[str] = ...) -> None: ...
+
+class DeleteWebhookResponse(_message.Message):
+    __slots__ = ("webhook",)
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
+    webhook: Webhook
+    def __init__(self, webhook: _Optional[_Union[Webhook, _Mapping]] = ...) -> None: ...
+
+class ListWebhookDeliveriesRequest(_message.Message):
+    __slots__ = ("webhook_id", "state", "page_size", "page_token")
+    WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    webhook_id: str
+    state: DeliveryState
+    page_size: int
+    page_token: str
+    def __init__(self, webhook_id: _Optional[str] = ..., state: _Optional[_Union[DeliveryState, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListWebhookDeliveriesResponse(_message.Message):
+    __slots__ = ("deliveries", "next_page_token")
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    deliveries: _containers.RepeatedCompositeFieldContainer[WebhookDelivery]
+    next_page_token: str
+    def __init__(self, deliveries: _Optional[_Iterable[_Union[WebhookDelivery, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

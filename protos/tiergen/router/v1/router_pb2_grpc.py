@@ -137,6 +137,31 @@ class RouterServiceStub:
                 request_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.RevokeApiKeyResponse.FromString,
                 _registered_method=True)
+        self.CreateWebhook = channel.unary_unary(
+                '/tiergen.router.v1.RouterService/CreateWebhook',
+                request_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.CreateWebhookRequest.SerializeToString,
+                response_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.CreateWebhookResponse.FromString,
+                _registered_method=True)
+        self.ListWebhooks = channel.unary_unary(
+                '/tiergen.router.v1.RouterService/ListWebhooks',
+                request_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.ListWebhooksRequest.SerializeToString,
+                response_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.ListWebhooksResponse.FromString,
+                _registered_method=True)
+        self.UpdateWebhook = channel.unary_unary(
+                '/tiergen.router.v1.RouterService/UpdateWebhook',
+                request_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.UpdateWebhookRequest.SerializeToString,
+                response_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.UpdateWebhookResponse.FromString,
+                _registered_method=True)
+        self.DeleteWebhook = channel.unary_unary(
+                '/tiergen.router.v1.RouterService/DeleteWebhook',
+                request_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.DeleteWebhookRequest.SerializeToString,
+                response_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.DeleteWebhookResponse.FromString,
+                _registered_method=True)
+        self.ListWebhookDeliveries = channel.unary_unary(
+                '/tiergen.router.v1.RouterService/ListWebhookDeliveries',
+                request_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+                response_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.ListWebhookDeliveriesResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -166,7 +191,8 @@ class RouterServiceServicer:
         """Generates `n` variations of a prompt. Streams the accepted batch, progress, then each job as
         it finishes. Progress is coalesced: each job's latest stage at most five times a second,
         none once the job has finished, so a quick job streams no progress at all. Credits are held
-        before any work and charged per image delivered.
+        before any work and charged per image delivered. With `detach`, the stream ends after the
+        accepted batch and the work goes on without the caller (so for Promote, Upscale and Edit).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -288,6 +314,44 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateWebhook(self, request, context):
+        """Registers an HTTPS endpoint of the caller's tenant that is told about jobs, batches and
+        credits by signed webhooks (docs/api.md#webhooks). Its signing secret is in this response
+        only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhooks(self, request, context):
+        """Lists the caller's tenant's webhook endpoints, never their secrets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateWebhook(self, request, context):
+        """Changes a webhook endpoint's URL, events, description or threshold, or pauses or resumes it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWebhook(self, request, context):
+        """Deletes a webhook endpoint with its deliveries still to be made.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhookDeliveries(self, request, context):
+        """Lists the deliveries of the caller's tenant's webhooks, newest first: every attempt's
+        outcome, so a tenant can see what reached it and why an endpoint is failing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -380,6 +444,31 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.RevokeApiKey,
                     request_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'CreateWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWebhook,
+                    request_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.CreateWebhookRequest.FromString,
+                    response_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.CreateWebhookResponse.SerializeToString,
+            ),
+            'ListWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhooks,
+                    request_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.ListWebhooksRequest.FromString,
+                    response_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.ListWebhooksResponse.SerializeToString,
+            ),
+            'UpdateWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateWebhook,
+                    request_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.UpdateWebhookRequest.FromString,
+                    response_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.UpdateWebhookResponse.SerializeToString,
+            ),
+            'DeleteWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWebhook,
+                    request_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.DeleteWebhookRequest.FromString,
+                    response_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.DeleteWebhookResponse.SerializeToString,
+            ),
+            'ListWebhookDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookDeliveries,
+                    request_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.ListWebhookDeliveriesRequest.FromString,
+                    response_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.ListWebhookDeliveriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -881,6 +970,141 @@ class RouterService:
             '/tiergen.router.v1.RouterService/RevokeApiKey',
             tiergen_dot_router_dot_v1_dot_router__pb2.RevokeApiKeyRequest.SerializeToString,
             tiergen_dot_router_dot_v1_dot_router__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiergen.router.v1.RouterService/CreateWebhook',
+            tiergen_dot_router_dot_v1_dot_router__pb2.CreateWebhookRequest.SerializeToString,
+            tiergen_dot_router_dot_v1_dot_router__pb2.CreateWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiergen.router.v1.RouterService/ListWebhooks',
+            tiergen_dot_router_dot_v1_dot_router__pb2.ListWebhooksRequest.SerializeToString,
+            tiergen_dot_router_dot_v1_dot_router__pb2.ListWebhooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiergen.router.v1.RouterService/UpdateWebhook',
+            tiergen_dot_router_dot_v1_dot_router__pb2.UpdateWebhookRequest.SerializeToString,
+            tiergen_dot_router_dot_v1_dot_router__pb2.UpdateWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiergen.router.v1.RouterService/DeleteWebhook',
+            tiergen_dot_router_dot_v1_dot_router__pb2.DeleteWebhookRequest.SerializeToString,
+            tiergen_dot_router_dot_v1_dot_router__pb2.DeleteWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiergen.router.v1.RouterService/ListWebhookDeliveries',
+            tiergen_dot_router_dot_v1_dot_router__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+            tiergen_dot_router_dot_v1_dot_router__pb2.ListWebhookDeliveriesResponse.FromString,
             options,
             channel_credentials,
             insecure,
