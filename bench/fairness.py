@@ -42,7 +42,6 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import json
 import math
 import os
 import platform
@@ -63,7 +62,7 @@ from tiergen.common.v1 import common_pb2
 from tiergen.ledger.v1 import ledger_pb2
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
-from bench.processes import ProcessGroup, ServerProcess
+from bench.processes import ProcessGroup, ServerProcess, report
 from services.router.access.keys import KeyStore
 from services.router.access.scopes import Scope
 from services.runtime.credentials import BearerToken
@@ -592,13 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--seconds must be positive")
     if options.data_dir is not None and not options.data_dir.is_dir():
         parser.error(f"--data-dir {options.data_dir} is not a directory")
-    try:
-        figures = asyncio.run(run(options))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted; every process the benchmark started is stopped", file=sys.stderr)
-        return 130
-    print(json.dumps(figures, indent=2) if options.json else _table(figures))
-    return 0
+    return report(run(options), options.json, _table)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -40,7 +42,7 @@ from services.runtime.settings import (
 )
 from services.runtime.tls import channel_credentials
 
-__all__ = ["PLAINTEXT", "ProcessGroup", "ServerProcess", "cpu_seconds"]
+__all__ = ["PLAINTEXT", "ProcessGroup", "ServerProcess", "cpu_seconds", "report"]
 
 #: The settings of a process that serves and calls in plaintext.
 PLAINTEXT = {INSECURE_VARIABLE: "true"}
@@ -182,3 +184,19 @@ class ProcessGroup:
         for process in reversed(self.started):
             process.terminate()
             process.wait_stopped()
+
+
+def report(
+    measurement: Coroutine[Any, Any, dict[str, Any]],
+    as_json: bool,
+    table: Callable[[dict[str, Any]], str],
+) -> int:
+    """Runs a benchmark's `measurement` and prints its figures, as JSON or as `table` renders
+    them; the exit status: 0, or 130 when interrupted (its processes are stopped by then)."""
+    try:
+        figures = asyncio.run(measurement)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted; every process the benchmark started is stopped", file=sys.stderr)
+        return 130
+    print(json.dumps(figures, indent=2) if as_json else table(figures))
+    return 0

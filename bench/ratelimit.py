@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import json
 import os
 import platform
 import signal
@@ -48,7 +47,7 @@ from tiergen.common.v1 import common_pb2
 from tiergen.ledger.v1 import ledger_pb2
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
-from bench.processes import ProcessGroup, ServerProcess
+from bench.processes import ProcessGroup, ServerProcess, report
 from services.generator.tiers import DEFAULT_CATALOGUE_TOML
 from services.router.access.keys import KeyStore
 from services.router.access.scopes import Scope
@@ -418,21 +417,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--limit and --seconds must be positive, --warmup not negative")
     if arguments.data_dir is not None and not arguments.data_dir.is_dir():
         parser.error(f"--data-dir {arguments.data_dir} is not a directory")
-    try:
-        figures = asyncio.run(
-            run(
-                arguments.limit,
-                arguments.seconds,
-                arguments.warmup,
-                arguments.dsn,
-                arguments.data_dir,
-            )
-        )
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted; every process the benchmark started is stopped", file=sys.stderr)
-        return 130
-    print(json.dumps(figures, indent=2) if arguments.json else _table(figures))
-    return 0
+    return report(
+        run(
+            arguments.limit,
+            arguments.seconds,
+            arguments.warmup,
+            arguments.dsn,
+            arguments.data_dir,
+        ),
+        arguments.json,
+        _table,
+    )
 
 
 if __name__ == "__main__":

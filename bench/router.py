@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import signal
@@ -75,7 +74,7 @@ from tiergen.ledger.v1 import ledger_pb2
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
 from bench.chain import generate_callable, hop_callable
-from bench.processes import PLAINTEXT, ProcessGroup, ServerProcess, cpu_seconds
+from bench.processes import PLAINTEXT, ProcessGroup, ServerProcess, cpu_seconds, report
 from services.generator.tiers import DEFAULT_CATALOGUE_TOML
 from services.router.access.keys import KeyStore
 from services.router.access.scopes import Scope
@@ -774,21 +773,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--rounds, --seconds and --max-requests must be positive")
     if arguments.data_dir is not None and not arguments.data_dir.is_dir():
         parser.error(f"--data-dir {arguments.data_dir} is not a directory")
-    try:
-        figures = asyncio.run(
-            run(
-                arguments.rounds,
-                arguments.seconds,
-                arguments.warmup,
-                arguments.max_requests,
-                arguments.data_dir,
-            )
-        )
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted; every process the benchmark started is stopped", file=sys.stderr)
-        return 130
-    print(json.dumps(figures, indent=2) if arguments.json else _table(figures))
-    return 0
+    return report(
+        run(
+            arguments.rounds,
+            arguments.seconds,
+            arguments.warmup,
+            arguments.max_requests,
+            arguments.data_dir,
+        ),
+        arguments.json,
+        _table,
+    )
 
 
 if __name__ == "__main__":
