@@ -180,6 +180,19 @@ async def test_an_override_lifts_a_default_for_its_tenant_only() -> None:
     assert all([await admits(limiter, DAN_AT_GLOBEX, 64) for _ in range(3)])
 
 
+async def test_a_named_accounts_override_is_its_own() -> None:
+    limiter, _, _ = limiter_of(
+        "[defaults.tenant]\nimages_per_minute = 10\n"
+        "[defaults.account]\nimages_per_minute = 1\n"
+        "[tenants.acme.accounts.bob]\nimages_per_minute = 4\n"
+    )
+    assert [await admits(limiter, BOB) for _ in range(5)] == [True] * 4 + [False]
+    assert [await admits(limiter, ALICE) for _ in range(2)] == [True, False]
+    # The tenant's quota still binds the named account: 5 of acme's 10 are drawn.
+    assert await admits(limiter, CAROL)
+    assert await admits(limiter, DAN_AT_GLOBEX)
+
+
 async def test_a_call_wider_than_the_quota_waits_for_it_to_be_unused() -> None:
     limiter, _, clock = limiter_of("[defaults.account]\nimages_per_minute = 60\n")
     assert await admits(limiter, ALICE, 1)

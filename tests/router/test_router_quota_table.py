@@ -55,6 +55,35 @@ def test_defaults_and_overrides() -> None:
     assert table.limited
 
 
+def test_a_named_account_overrides_its_tenants_account_quotas() -> None:
+    table = parse(
+        EXAMPLE
+        + '[tenants.acme.accounts."studio-7"]\nconcurrent_jobs = 64\n'
+        + 'images_per_minute = "unlimited"\n'
+        + "[tenants.initech.accounts.bulk]\nrequests_per_second = 1\n"
+    )
+    acme = table.of("acme")
+    studio = table.of("acme", "studio-7")
+    assert studio.tenant == acme.tenant, "the tenant's own quota still binds the account"
+    assert studio.account == Limits(
+        requests_per_second=5, images_per_minute=None, concurrent_jobs=64
+    )
+    assert table.of("acme", "alice").account == acme.account, "others keep the tenant's"
+    # An override on a tenant without its own takes the defaults as its base.
+    assert table.of("initech", "bulk").account == Limits(
+        requests_per_second=1, images_per_minute=120, concurrent_jobs=8
+    )
+    assert table.of("globex", "studio-7").account == table.of("globex").account
+
+
+def test_a_named_account_alone_makes_its_tenant_limited() -> None:
+    table = parse("[tenants.acme.accounts.bulk]\nimages_per_minute = 6\n")
+    assert table.limited
+    assert table.of("acme").limited
+    assert table.of("acme", "bulk").limited
+    assert not table.of("acme", "alice").limited
+
+
 def test_no_file_and_an_empty_file_limit_nothing() -> None:
     assert load_quotas(None) == NO_QUOTAS
     assert not NO_QUOTAS.limited
@@ -105,6 +134,23 @@ def test_an_override_alone_limits_its_tenant_only() -> None:
             " and at most 1e+06, or 'unlimited', not 'lots'",
         ),
         ("[tenants.Acme.tenant]\n", "quotas.toml: tenants.Acme: not a tenant name"),
+        (
+            '[tenants.acme.accounts."-x"]\n',
+            "quotas.toml:1: tenants.acme.accounts.-x: not an account id",
+        ),
+        (
+            "[tenants.acme.accounts.bob]\nconcurrent_jobs = 0\n",
+            "quotas.toml:2: tenants.acme.accounts.bob.concurrent_jobs: must be a whole number",
+        ),
+        (
+            "[tenants.acme.accounts.bob]\nseats = 1\n",
+            "quotas.toml:2: tenants.acme.accounts.bob.seats: unknown key",
+        ),
+        (
+            "[defaults.accounts.bob]\nconcurrent_jobs = 1\n",
+            "quotas.toml: defaults.accounts: unknown key",
+        ),
+        ("[tenants.acme]\naccounts = 1\n", "quotas.toml:2: tenants.acme.accounts: must be a"),
         ("tenants = 3\n", "quotas.toml:1: tenants: must be a table"),
         ("[defaults\n", "quotas.toml: not valid TOML"),
     ],

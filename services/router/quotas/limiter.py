@@ -229,7 +229,7 @@ class QuotaLimiter:
         return round(self._clock() * SECOND_US)
 
     async def _take(self, owner: Owner, images: int) -> QuotaPass:
-        quotas = self._table.of(owner.tenant)
+        quotas = self._table.of(owner.tenant, owner.account_id)
         if not quotas.limited:
             return QuotaPass()
         asked: list[_RateAsked] = []

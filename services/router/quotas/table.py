@@ -18,10 +18,16 @@ images_per_minute = "unlimited"
 
 [tenants.acme.account]
 concurrent_jobs = 16
+
+[tenants.acme.accounts."studio-7"]   # one account of acme: replaces acme's account quotas' keys
+concurrent_jobs = 64
+images_per_minute = "unlimited"
 ```
 
 Every key is optional: a quota no table sets is unlimited, and so is every quota when the
-variable is unset (the default). `"unlimited"` in an override lifts a default. Rates are
+variable is unset (the default). `"unlimited"` in an override lifts a default. A named
+account's override applies on top of its tenant's account quotas (the tenant's own override,
+else the defaults) and to that account only; the tenant's quota still binds it. Rates are
 numbers above 0 (fractions allowed: 0.5 requests per second is one every two seconds);
 concurrent jobs a whole number of at least 1. A mistake is a `RouterConfigError` naming the
 file, the line and the entry (`load_quotas` turns it into the ConfigError that stops a start).
@@ -37,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from services.router.routing.toml_source import RouterConfigError, TomlSource
-from services.runtime.identifiers import TENANT_PATTERN
+from services.runtime.identifiers import ACCOUNT_ID_PATTERN, TENANT_PATTERN
 from services.runtime.settings import ConfigError
 
 __all__ = [
@@ -94,17 +100,27 @@ class Limits:
 
 @dataclass(frozen=True)
 class TenantQuotas:
-    """A tenant's quotas: its own, and each of its accounts'."""
+    """A tenant's quotas: its own, each of its accounts', and those of the accounts named
+    apart (their account quotas in full, the overrides already applied)."""
 
     tenant: Limits = field(default_factory=Limits)
     account: Limits = field(default_factory=Limits)
+    accounts: Mapping[str, Limits] = field(default_factory=dict)
 
     def at(self, level: Level) -> Limits:
         return self.tenant if level is Level.TENANT else self.account
 
+    def of(self, account_id: str) -> TenantQuotas:
+        """The quotas that bind `account_id`: the tenant's, and its own account quotas."""
+        return TenantQuotas(tenant=self.tenant, account=self.accounts.get(account_id, self.account))
+
     @property
     def limited(self) -> bool:
-        return self.tenant.limited or self.account.limited
+        return (
+            self.tenant.limited
+            or self.account.limited
+            or any(limits.limited for limits in self.accounts.values())
+        )
 
 
 @dataclass(frozen=True)
@@ -115,9 +131,10 @@ class QuotaTable:
     defaults: TenantQuotas = field(default_factory=TenantQuotas)
     tenants: Mapping[str, TenantQuotas] = field(default_factory=dict)
 
-    def of(self, tenant: str) -> TenantQuotas:
-        """The quotas of `tenant`."""
-        return self.tenants.get(tenant, self.defaults)
+    def of(self, tenant: str, account_id: str | None = None) -> TenantQuotas:
+        """The quotas of `tenant`; with `account_id`, those that bind that account."""
+        quotas = self.tenants.get(tenant, self.defaults)
+        return quotas if account_id is None else quotas.of(account_id)
 
     @property
     def limited(self) -> bool:
@@ -146,6 +163,8 @@ def load_quotas(path: Path | None) -> QuotaTable:
 
 
 _Overrides = dict[Quota, float | None]
+#: The table of a tenant's accounts named apart.
+_ACCOUNTS = "accounts"
 
 
 class _Parser:
@@ -175,13 +194,34 @@ class _Parser:
         self, parent: Mapping[str, Any], path: tuple[str, ...], base: TenantQuotas, *, lifts: bool
     ) -> TenantQuotas:
         table = self._table(parent, path)
-        self._known(table, path, {level.value for level in Level})
-        levels = {}
-        for level in Level:
-            overrides = self._limits(table, (*path, level.value), lifts=lifts)
-            changes: dict[str, Any] = {quota.value: value for quota, value in overrides.items()}
-            levels[level] = replace(base.at(level), **changes)
-        return TenantQuotas(tenant=levels[Level.TENANT], account=levels[Level.ACCOUNT])
+        names = {level.value for level in Level}
+        self._known(table, path, names | ({_ACCOUNTS} if lifts else set()))
+        levels = {
+            level: self._override(base.at(level), table, (*path, level.value), lifts=lifts)
+            for level in Level
+        }
+        account = levels[Level.ACCOUNT]
+        accounts_path = (*path, _ACCOUNTS)
+        accounts = {}
+        for account_id in self._table(table, accounts_path):
+            where = (*accounts_path, account_id)
+            if not ACCOUNT_ID_PATTERN.fullmatch(account_id):
+                raise self.source.error(
+                    where,
+                    "not an account id (1-128 letters, digits and . _ : @ -, starting with a"
+                    " letter or digit)",
+                )
+            accounts[account_id] = self._override(
+                account, self._table(table, accounts_path), where, lifts=True
+            )
+        return TenantQuotas(tenant=levels[Level.TENANT], account=account, accounts=accounts)
+
+    def _override(
+        self, base: Limits, parent: Mapping[str, Any], path: tuple[str, ...], *, lifts: bool
+    ) -> Limits:
+        overrides = self._limits(parent, path, lifts=lifts)
+        changes: dict[str, Any] = {quota.value: value for quota, value in overrides.items()}
+        return replace(base, **changes)
 
     def _limits(
         self, parent: Mapping[str, Any], path: tuple[str, ...], *, lifts: bool
