@@ -24,16 +24,26 @@ acme starts, while its queues fill; 1 s after globex starts), and the next round
 so every phase borders the contended one and a drift in the machine's load spreads over all
 three. A phase without acme starts only once every batch acme had in flight has ended.
 
+Throughout, a probe reads from the router as a dashboard would, open loop, every
+`_PROBE_INTERVAL` s: a ListJobs and a GetBalance of globex's account in turn (`router_read`),
+and a `grpc.health.v1` Check on the router's port (`router_health`), the one clients and load
+balancers use. Their latency is pooled per phase like the victim's.
+
 Figures: `victim_p99_ms_alone` and `victim_p99_ms_contended` (globex's Generate latency, from the
 call to the end of its stream, of the sketches sent in the phase; p99 is the nearest rank, so
-with 102 sketches the second slowest), and `bulk_throughput_share` (acme's images delivered per
-second while contended, over alone). Targets: contended p99 at most twice alone; share at least
-0.8.
+with 102 sketches the second slowest), `bulk_throughput_share` (acme's images delivered per
+second while contended, over alone), and `router_read_p99_ms_*` and `router_health_p99_ms_*`
+(victim alone, contended). Targets: contended victim p99 at most twice alone; share at least
+0.8; every read and health check answered, contended read and health p99 at most
+`ROUTER_TARGET_RATIO` times alone.
+
+Then, unless `--no-ratelimit`, the quotas' exactness across replicas is measured as
+`bench.ratelimit` does (two routers over one PostgreSQL database, `--ratelimit-dsn`), and its
+`ratelimit_*` figures and target join these.
 
 `--interactive-workers` and `--bulk-nice` set the generator's TIERGEN_GENERATOR_INTERACTIVE_WORKERS
 and TIERGEN_GENERATOR_BULK_NICE, to measure the ways of giving interactive work a processor
-(docs/performance.md compares them). The per-tenant rate limits of issue 17 (`ratelimit_*`) are
-not measured here: the quotas are not built yet.
+(docs/performance.md compares them).
 """
 
 from __future__ import annotations
@@ -58,10 +68,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tiergen.common.v1 import common_pb2
 from tiergen.ledger.v1 import ledger_pb2
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
+from bench import ratelimit
 from bench.processes import ProcessGroup, ServerProcess, report
 from services.router.access.keys import KeyStore
 from services.router.access.scopes import Scope
@@ -78,6 +90,8 @@ VICTIM_TARGET_RATIO = 2.0
 SHARE_TARGET = 0.8
 #: The issue's own: the victim sends one sketch every half second.
 VICTIM_INTERVAL = 0.5
+#: Router reads and health checks contended: p99 at most this many times alone.
+ROUTER_TARGET_RATIO = 2.0
 BATCH = 4
 #: acme's clients per kind of batch (tier, size): one more than the router's admission places
 #: for each tier with the default catalogue (pro 9 places: 2 batches of 4; standard 18: 4).
@@ -85,7 +99,13 @@ BULK_LOOPS: dict[tuple[str, common_pb2.ImageSize], int] = {
     ("pro", common_pb2.IMAGE_SIZE_2K): 3,
     ("standard", common_pb2.IMAGE_SIZE_2K): 5,
 }
-_SCOPES = (Scope.IMAGES_WRITE, Scope.ACCOUNTS_WRITE, Scope.CREDITS_GRANT)
+_SCOPES = (
+    Scope.IMAGES_WRITE,
+    Scope.IMAGES_READ,
+    Scope.ACCOUNTS_WRITE,
+    Scope.ACCOUNTS_READ,
+    Scope.CREDITS_GRANT,
+)
 _VICTIM_TIMEOUT = 10.0
 _BULK_TIMEOUT = 120.0
 #: How long a refused bulk client waits before it sends again.
@@ -95,6 +115,9 @@ _SETTLE_BULK = 3.0
 _SETTLE_VICTIM = 1.0
 #: How long a load may take to drain its calls once it stops sending.
 _DRAIN_SECONDS = 120.0
+#: How often the probe reads from the router, and how long it gives a read.
+_PROBE_INTERVAL = 0.1
+_PROBE_TIMEOUT = 10.0
 
 
 @dataclass
@@ -124,7 +147,7 @@ class _Tenant:
 
     def __init__(self, stub: Any, token: BearerToken, account: str) -> None:
         self._stub = stub
-        self._metadata = (token.metadata,)
+        self.metadata = (token.metadata,)
         self.account = account
         self._run = uuid.uuid4().hex[:8]
         self._sequence = 0
@@ -133,7 +156,7 @@ class _Tenant:
         await self._stub.OpenAccount(
             router_pb2.OpenAccountRequest(account_id=self.account, idempotency_key="open"),
             timeout=10,
-            metadata=self._metadata,
+            metadata=self.metadata,
         )
         await self._stub.Grant(
             router_pb2.GrantRequest(
@@ -144,7 +167,7 @@ class _Tenant:
                 idempotency_key="fund",
             ),
             timeout=10,
-            metadata=self._metadata,
+            metadata=self.metadata,
         )
 
     async def generate(
@@ -160,7 +183,7 @@ class _Tenant:
         started = time.monotonic()
         try:
             async for event in self._stub.Generate(
-                request, timeout=deadline, metadata=self._metadata
+                request, timeout=deadline, metadata=self.metadata
             ):
                 if event.WhichOneof("event") != "job":
                     continue
@@ -271,6 +294,74 @@ class _VictimLoad:
             call.add_done_callback(self._calls.discard)
 
 
+class _RouterProbe:
+    """Reads from the router while the loads run, every `_PROBE_INTERVAL` s whatever the
+    answers: ListJobs and GetBalance of an account in turn (`read`), and a health Check."""
+
+    def __init__(self, channel: grpc.aio.Channel, tenant: _Tenant) -> None:
+        self._router = router_pb2_grpc.RouterServiceStub(channel)  # type: ignore[no-untyped-call]
+        self._health = health_pb2_grpc.HealthStub(channel)
+        self._tenant = tenant
+        self.read = _Tally()
+        self.health = _Tally()
+        self._pacer: asyncio.Task[None] | None = None
+        self._calls: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self._pacer = asyncio.create_task(self._pace())
+
+    async def stop(self) -> None:
+        if self._pacer is not None:
+            self._pacer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pacer
+        if self._calls:
+            await asyncio.wait_for(asyncio.gather(*self._calls), _DRAIN_SECONDS)
+
+    async def _pace(self) -> None:
+        started = time.monotonic()
+        account = self._tenant.account
+        metadata = self._tenant.metadata
+        reads = itertools.cycle(
+            (
+                lambda: self._router.ListJobs(
+                    router_pb2.ListJobsRequest(account_id=account, page_size=10),
+                    timeout=_PROBE_TIMEOUT,
+                    metadata=metadata,
+                ),
+                lambda: self._router.GetBalance(
+                    router_pb2.GetBalanceRequest(account_id=account),
+                    timeout=_PROBE_TIMEOUT,
+                    metadata=metadata,
+                ),
+            )
+        )
+        for sequence in itertools.count():
+            await asyncio.sleep(max(0.0, started + sequence * _PROBE_INTERVAL - time.monotonic()))
+            for call, tally in (
+                (next(reads), self.read),
+                (
+                    lambda: self._health.Check(
+                        health_pb2.HealthCheckRequest(), timeout=_PROBE_TIMEOUT
+                    ),
+                    self.health,
+                ),
+            ):
+                task = asyncio.create_task(self._timed(call, tally))
+                self._calls.add(task)
+                task.add_done_callback(self._calls.discard)
+
+    @staticmethod
+    async def _timed(call: Any, tally: _Tally) -> None:
+        started = time.monotonic()
+        try:
+            await call()
+        except grpc.aio.AioRpcError as error:
+            tally.errors[_error_name(error)] += 1
+            return
+        tally.latencies_ms.append((started, (time.monotonic() - started) * 1000))
+
+
 @dataclass
 class _Phase:
     """One kind of phase, pooled over the rounds: the windows in which it was measured."""
@@ -295,9 +386,9 @@ class _Phase:
     def offered_images_per_s(self, bulk: _BulkLoad) -> float:
         return BATCH * sum(1 for at in bulk.sent if self.covers(at)) / self.seconds
 
-    def latencies(self, victim: _VictimLoad) -> list[float]:
-        """The latency of every sketch sent in one of the windows."""
-        return [latency for at, latency in victim.tally.latencies_ms if self.covers(at)]
+    def latencies(self, tally: _Tally) -> list[float]:
+        """The latency of every call of `tally` sent in one of the windows."""
+        return [latency for at, latency in tally.latencies_ms if self.covers(at)]
 
     def delivered_by_tier(self, bulk: _BulkLoad) -> dict[str, int]:
         return dict(Counter(tier for at, tier in bulk.tally.delivered if self.covers(at)))
@@ -416,11 +507,16 @@ async def _run(processes: ProcessGroup, options: argparse.Namespace) -> dict[str
             *(bulk.generate(_bulk_spec(*kind), _BULK_TIMEOUT, warm) for kind in BULK_LOOPS),
         )
         bulk_load, victim_load, phases = _BulkLoad(bulk), _VictimLoad(victim), _Phases()
-        for round_number in range(options.rounds):
-            await _round(round_number % 2 == 0, bulk_load, victim_load, phases, options.seconds)
+        probe = _RouterProbe(channel, victim)
+        probe.start()
+        try:
+            for round_number in range(options.rounds):
+                await _round(round_number % 2 == 0, bulk_load, victim_load, phases, options.seconds)
+        finally:
+            await probe.stop()
     finally:
         await channel.close()
-    return _figures(options, bulk_load, victim_load, phases)
+    return _figures(options, bulk_load, victim_load, probe, phases)
 
 
 async def _wait_for_catalogue(tenant: _Tenant) -> None:
@@ -435,10 +531,10 @@ async def _wait_for_catalogue(tenant: _Tenant) -> None:
         await asyncio.sleep(0.2)
 
 
-def _victim_figures(phase: _Phase, victim: _VictimLoad) -> dict[str, Any]:
-    latencies = phase.latencies(victim)
+def _latency_figures(phase: _Phase, tally: _Tally, calls: str) -> dict[str, Any]:
+    latencies = phase.latencies(tally)
     if not latencies:
-        raise RuntimeError(f"the victim's calls all failed: {dict(victim.tally.errors)}")
+        raise RuntimeError(f"the {calls} all failed: {dict(tally.errors)}")
     return {
         "p50_ms": round(statistics.median(latencies), 1),
         "p90_ms": round(_percentile(latencies, 0.9), 1),
@@ -457,10 +553,24 @@ def _bulk_figures(phase: _Phase, bulk: _BulkLoad) -> dict[str, Any]:
 
 
 def _figures(
-    options: argparse.Namespace, bulk: _BulkLoad, victim: _VictimLoad, phases: _Phases
+    options: argparse.Namespace,
+    bulk: _BulkLoad,
+    victim: _VictimLoad,
+    probe: _RouterProbe,
+    phases: _Phases,
 ) -> dict[str, Any]:
-    victim_alone = _victim_figures(phases.victim_alone, victim)
-    victim_contended = _victim_figures(phases.contended, victim)
+    victim_alone = _latency_figures(phases.victim_alone, victim.tally, "victim's sketches")
+    victim_contended = _latency_figures(phases.contended, victim.tally, "victim's sketches")
+    router = {
+        f"{kind}_{phase_name}": _latency_figures(phase, tally, f"router's {kind}s")
+        for kind, tally in (("read", probe.read), ("health", probe.health))
+        for phase_name, phase in (("alone", phases.victim_alone), ("contended", phases.contended))
+    }
+    router_ratios = {
+        kind: router[f"{kind}_contended"]["p99_ms"] / router[f"{kind}_alone"]["p99_ms"]
+        for kind in ("read", "health")
+    }
+    router_unanswered = sum(probe.read.errors.values()) + sum(probe.health.errors.values())
     bulk_alone = _bulk_figures(phases.bulk_alone, bulk)
     bulk_contended = _bulk_figures(phases.contended, bulk)
     alone_images = bulk_alone["images_per_s"]
@@ -471,6 +581,12 @@ def _figures(
         f"victim_p99_contended_at_most_{VICTIM_TARGET_RATIO:g}x_alone": ratio
         <= VICTIM_TARGET_RATIO,
         f"bulk_throughput_share_at_least_{SHARE_TARGET:g}": share >= SHARE_TARGET,
+        "router_reads_and_health_all_answered": router_unanswered == 0,
+        **{
+            f"router_{kind}_p99_contended_at_most_{ROUTER_TARGET_RATIO:g}x_alone": ratio
+            <= ROUTER_TARGET_RATIO
+            for kind, ratio in router_ratios.items()
+        },
     }
     return {
         "victim_p99_ms_alone": victim_alone["p99_ms"],
@@ -482,8 +598,17 @@ def _figures(
         # The benchmark's own condition, not a target: the issue asks for at least twice.
         "bulk_offered_ratio": round(offered_ratio, 2),
         "bulk_offered_at_least_2x": offered_ratio >= 2.0,
+        "router_read_p99_ms_alone": router["read_alone"]["p99_ms"],
+        "router_read_p99_ms_contended": router["read_contended"]["p99_ms"],
+        "router_health_p99_ms_alone": router["health_alone"]["p99_ms"],
+        "router_health_p99_ms_contended": router["health_contended"]["p99_ms"],
         "victim_alone": victim_alone,
         "victim_contended": victim_contended,
+        "router": router,
+        "router_errors": {
+            "read": dict(probe.read.errors),
+            "health": dict(probe.health.errors),
+        },
         "bulk_alone": bulk_alone,
         "bulk_contended": bulk_contended,
         "victim_errors": dict(victim.tally.errors),
@@ -513,7 +638,9 @@ def _figures(
             "rounds": options.rounds,
             "seconds_per_phase_and_round": options.seconds,
             "settle_seconds": {"bulk": _SETTLE_BULK, "victim": _SETTLE_VICTIM},
-            "ratelimit": "not measured: the per-tenant quotas are not built yet",
+            "router_probe": f"every {_PROBE_INTERVAL} s, open loop: ListJobs (page of 10) and"
+            " GetBalance of globex's account in turn, and a grpc.health.v1 Check, on the"
+            " router's port; 'alone' is the victim-alone phase",
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "grpcio": grpc.__version__,
@@ -534,9 +661,21 @@ async def run(options: argparse.Namespace) -> dict[str, Any]:
             {"TIERGEN_LOG_LEVEL": "info", "OTEL_TRACES_EXPORTER": "none"},
         )
         try:
-            return await _run(processes, options)
+            figures = await _run(processes, options)
         finally:
             await asyncio.to_thread(processes.stop)
+    if options.ratelimit:
+        limits = await ratelimit.run(
+            options.ratelimit_limit,
+            options.ratelimit_seconds,
+            ratelimit.DEFAULT_WARMUP,
+            options.ratelimit_dsn,
+            options.data_dir,
+        )
+        targets = {**figures["targets"], **limits.pop("targets")}
+        figures["method"]["ratelimit"] = limits.pop("method")
+        figures.update(limits, targets=targets, targets_met=all(targets.values()))
+    return figures
 
 
 def _table(figures: dict[str, Any]) -> str:
@@ -551,9 +690,15 @@ def _table(figures: dict[str, Any]) -> str:
         f" ({figures['bulk_offered_ratio']}x what it got"
         + ("" if figures["bulk_offered_at_least_2x"] else "; LESS THAN 2x: not saturated")
         + ")",
+        f"router p99 alone/contended: reads {figures['router_read_p99_ms_alone']}/"
+        f"{figures['router_read_p99_ms_contended']} ms, health"
+        f" {figures['router_health_p99_ms_alone']}/{figures['router_health_p99_ms_contended']} ms",
         f"victim errors: {figures['victim_errors'] or 'none'}; bulk refused:"
-        f" {figures['bulk_refused'] or 'none'}",
+        f" {figures['bulk_refused'] or 'none'}; router probe errors:"
+        f" {figures['router_errors']}",
     ]
+    if "ratelimit_accepted_per_s" in figures:
+        lines.append(ratelimit.summary(figures))
     for name, met in figures["targets"].items():
         lines.append(f"{'met' if met else 'MISSED':<7} {name}")
     return "\n".join(lines)
@@ -584,11 +729,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--data-dir", type=Path, help="where the databases, assets and logs go (default: tmp)"
     )
+    parser.add_argument(
+        "--no-ratelimit",
+        dest="ratelimit",
+        action="store_false",
+        help="skip the quotas' exactness across two routers (needs PostgreSQL)",
+    )
+    parser.add_argument(
+        "--ratelimit-limit",
+        type=float,
+        default=ratelimit.DEFAULT_LIMIT,
+        help="requests per second of the rate-limited tenant (N)",
+    )
+    parser.add_argument(
+        "--ratelimit-seconds",
+        type=float,
+        default=ratelimit.DEFAULT_SECONDS,
+        help="measured seconds of the rate-limit run, after its warm-up",
+    )
+    parser.add_argument(
+        "--ratelimit-dsn",
+        default=ratelimit.DEFAULT_DSN,
+        help="the PostgreSQL server of the rate-limit run (a schema is made and dropped)",
+    )
     options = parser.parse_args(argv)
     if options.rounds < 1:
         parser.error("--rounds must be at least 1")
-    if options.seconds <= 0:
-        parser.error("--seconds must be positive")
+    if options.seconds <= 0 or options.ratelimit_seconds <= 0 or options.ratelimit_limit <= 0:
+        parser.error("--seconds, --ratelimit-seconds and --ratelimit-limit must be positive")
     if options.data_dir is not None and not options.data_dir.is_dir():
         parser.error(f"--data-dir {options.data_dir} is not a directory")
     return report(run(options), options.json, _table)

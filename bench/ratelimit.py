@@ -56,7 +56,7 @@ from services.runtime.credentials import BearerToken
 from services.runtime.migrations import upgrade
 from services.runtime.status import from_rpc_error
 
-__all__ = ["main", "run"]
+__all__ = ["main", "run", "summary"]
 
 TENANT = "bench"
 REPLICAS = 2
@@ -65,6 +65,10 @@ ACCOUNTS = 16
 OFFERED_RATIO = 5
 #: Accepted calls per second may differ from the limit by at most this share.
 TARGET_TOLERANCE = 0.05
+#: The issue's own: N requests per second, offered 5N for 20 s.
+DEFAULT_LIMIT = 20.0
+DEFAULT_SECONDS = 20.0
+DEFAULT_WARMUP = 2.0
 DEFAULT_DSN = os.environ.get(
     "TIERGEN_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
 )
@@ -388,14 +392,19 @@ def _figures(tally: _Tally, limit: float, seconds: float, warmup: float) -> dict
     }
 
 
-def _table(figures: dict[str, Any]) -> str:
-    lines = [
+def summary(figures: dict[str, Any]) -> str:
+    """One line of the `ratelimit_*` figures."""
+    return (
         f"limit {figures['ratelimit_limit_per_s']:g}/s, offered"
         f" {figures['ratelimit_offered_per_s']:g}/s over {REPLICAS} replicas: accepted"
         f" {figures['ratelimit_accepted_per_s']:g}/s (ratio {figures['ratelimit_accepted_ratio']};"
         f" per replica {figures['ratelimit_accepted_per_replica_per_s']}), errors"
         f" {figures['ratelimit_errors'] or 'none'}"
-    ]
+    )
+
+
+def _table(figures: dict[str, Any]) -> str:
+    lines = [summary(figures)]
     for name, met in figures["targets"].items():
         lines.append(f"{'met' if met else 'MISSED':<7} {name}")
     return "\n".join(lines)
@@ -405,9 +414,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    parser.add_argument("--limit", type=float, default=20.0, help="requests per second (N)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="measured, after the warm-up")
-    parser.add_argument("--warmup", type=float, default=2.0, help="offered but not counted")
+    parser.add_argument(
+        "--limit", type=float, default=DEFAULT_LIMIT, help="requests per second (N)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=DEFAULT_SECONDS, help="measured, after the warm-up"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=DEFAULT_WARMUP, help="offered but not counted"
+    )
     parser.add_argument(
         "--dsn", default=DEFAULT_DSN, help="the PostgreSQL server (a schema is made and dropped)"
     )
