@@ -25,21 +25,23 @@ image is dropped. A render waiting for a worker is withdrawn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import structlog
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.generator.picture import Backend, Picture
 from services.generator.renderer import RenderResult, RenderSpec, render
 from services.generator.tiers import Quality, RenderRequest, Tier, TierCatalogue
+from services.runtime.collectors import executor_pids, forget_workers, track_workers
 from services.runtime.errors import QuotaViolation, ResourceExhausted, Unavailable
 from services.runtime.fairshare import (
     Claim,
@@ -63,8 +65,10 @@ __all__ = [
     "RenderPool",
     "RenderScheduler",
     "Rendered",
+    "observe_render",
     "prepare_worker",
     "run_render",
+    "timed_turn",
     "work_kind",
 ]
 
@@ -87,6 +91,37 @@ _REFUSED = Counter(
     " (QUEUE_FULL, WAIT_EXCEEDS_DEADLINE, SHED).",
     ["tier", "urgency", "reason"],
 )
+#: From a nano sketch's tenth of a second to a 4K pro render's minutes.
+_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+_RENDER_SECONDS = Histogram(
+    "tiergen_generator_render_seconds",
+    "Time a render took on its backend (a worker process or a provider), by tier; renders that"
+    " succeeded.",
+    ["tier"],
+    buckets=_SECONDS_BUCKETS,
+)
+_QUEUE_WAIT = Histogram(
+    "tiergen_generator_queue_wait_seconds",
+    "Time an admitted render waited for a worker before it started, by tier and urgency.",
+    ["tier", "urgency"],
+    buckets=_SECONDS_BUCKETS,
+)
+
+
+@contextlib.asynccontextmanager
+async def timed_turn(ticket: Ticket) -> AsyncIterator[Turn]:
+    """`ticket.turn()`, with the time it waited for its worker observed in
+    `tiergen_generator_queue_wait_seconds` (renders shed or withdrawn meanwhile are not)."""
+    queued = time.perf_counter()
+    async with ticket.turn() as turn:
+        claim = ticket.claim
+        _QUEUE_WAIT.labels(claim.group, claim.urgency.value).observe(time.perf_counter() - queued)
+        yield turn
+
+
+def observe_render(tier: str, seconds: float) -> None:
+    """Records a render of `tier` that succeeded in `seconds`."""
+    _RENDER_SECONDS.labels(tier).observe(seconds)
 
 
 @dataclass(frozen=True)
@@ -127,6 +162,11 @@ class RenderPool:
     def __init__(self, start: Callable[[], Executor]) -> None:
         self._start = start
         self._executor = start()
+        track_workers(self)
+
+    def worker_pids(self) -> Iterable[int]:
+        """The pids of the pool's live worker processes, for their CPU and memory figures."""
+        return executor_pids(self._executor)
 
     async def warm_up(self, workers: int) -> None:
         """Starts the `workers` processes now, so the first renders do not wait for them.
@@ -154,6 +194,7 @@ class RenderPool:
 
     async def close(self) -> None:
         """Withdraws waiting jobs and stops the processes once their current renders end."""
+        forget_workers(self)
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
     def _replace(self, broken: Executor) -> Unavailable:

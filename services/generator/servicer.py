@@ -30,6 +30,7 @@ is withdrawn. A provider's request is abandoned and its connection closed.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeAlias, TypeVar
 
@@ -42,7 +43,12 @@ from tiergen.generator.v1 import generator_pb2
 
 from services.generator.drift import style_drift
 from services.generator.picture import Backend, Picture
-from services.generator.scheduling import BuiltinBackend, RenderScheduler
+from services.generator.scheduling import (
+    BuiltinBackend,
+    RenderScheduler,
+    observe_render,
+    timed_turn,
+)
 from services.generator.tiers import RenderRequest, Tier, TierCatalogue, validate_request
 from services.runtime.chunks import ChunkAssembler, drain, image_info, split
 from services.runtime.errors import FieldViolation, InvalidArgument, TiergenError
@@ -117,9 +123,11 @@ class GeneratorServicer:
         remaining = context.time_remaining()
         with self._scheduler.admit(tier, size, requester, remaining) as ticket:
             yield _progress("queued", 0.0)
-            async with ticket.turn() as turn:
+            async with timed_turn(ticket) as turn:
                 yield _progress("rendering", 0.1)
+                started = time.perf_counter()
                 picture = await self._render(tier, request, turn)
+                observe_render(tier.name, time.perf_counter() - started)
         # Hashing a large image takes milliseconds: off the event loop. A small one hashes in
         # less time than the hop would take.
         if len(picture.image) > _HASH_ON_LOOP_BYTES:

@@ -59,6 +59,7 @@ from services.ledger.postgres_store import PostgresStore
 from services.ledger.settings import LedgerSettings
 from services.ledger.sqlite_store import SqliteStore
 from services.ledger.store import EntryQuery, LedgerStore
+from services.runtime.collectors import LoopGauge
 from services.runtime.errors import (
     Aborted,
     Internal,
@@ -92,6 +93,16 @@ _CREDITS = Counter(
     ["kind"],
 )
 _CREDITS_BY_KIND = {kind: _CREDITS.labels(kind.value.lower()) for kind in EntryKind}
+_HOLDS_EXPIRED = Counter(
+    "tiergen_ledger_holds_expired",
+    "Holds that expired unsettled, their credits returned (by the sweeper or on access).",
+)
+#: Read from the database at each scrape, so every replica reports the same, current figure.
+_HOLDS_OPEN = LoopGauge(
+    "tiergen_ledger_holds_open",
+    "Holds neither captured nor released nor expired (open, not past their expiry), over all"
+    " tenants.",
+)
 
 _R = TypeVar("_R", OpenAccountResult, CheckInResult, HoldResult, GrantResult, ExpiryResult)
 
@@ -128,10 +139,22 @@ class Ledger:
         database whose schema must already be current (SchemaNotCurrent otherwise); raises
         Unavailable if it cannot be reached."""
         clock = clock or SystemClock()
-        return cls(await _open_store(settings), settings, clock)
+        ledger = cls(await _open_store(settings), settings, clock)
+        _HOLDS_OPEN.track(ledger, ledger.count_open_holds)
+        return ledger
 
     async def close(self) -> None:
+        _HOLDS_OPEN.forget(self)
         await self._store.close()
+
+    async def count_open_holds(self) -> int:
+        """Holds of every tenant still open and not past their expiry (an index's count: the
+        partial index of open holds by expiry)."""
+        now = to_micros(self._clock.now())
+        rows = await self._store.audit(
+            f"SELECT count(*) FROM holds WHERE status = 'open' AND expires_at_us > {now:d}"
+        )
+        return int(rows[0][0])
 
     async def open_account(
         self, tenant: str, account_id: str, idempotency_key: str
@@ -373,6 +396,9 @@ class Ledger:
         )
         for entry in decision.changes.entries:
             _CREDITS_BY_KIND[entry.kind].inc(entry.amount)
+        expired = sum(hold.status is HoldStatus.EXPIRED for hold in decision.changes.holds)
+        if expired:
+            _HOLDS_EXPIRED.inc(expired)
         return _expect(decision.outcome, answer)
 
 

@@ -53,6 +53,7 @@ from services.ledger.store import (
     Lookup,
     Snapshot,
 )
+from services.runtime.collectors import PoolFigures, forget_pool, psycopg_pool_figures, track_pool
 from services.runtime.errors import Aborted, Internal, Unavailable
 from services.runtime.migrations import require_current
 
@@ -169,7 +170,12 @@ class PostgresStore:
                     f"cannot connect to the ledger database within {timeout_seconds} s"
                 ) from error
             raise
+        track_pool("ledger", store)
         return store
+
+    def pool_figures(self) -> PoolFigures:
+        """The pool's connections in use and idle, and the callers waiting for one."""
+        return psycopg_pool_figures(self._pool)
 
     async def transact(self, lookup: Lookup, decide: Decide) -> Decision:
         command = _Command(lookup, decide, asyncio.get_running_loop().create_future())
@@ -293,6 +299,7 @@ class PostgresStore:
         return await self._run(read)
 
     async def close(self) -> None:
+        forget_pool(self)
         await asyncio.gather(*self._running_groups, return_exceptions=True)
         await self._pool.close()
 

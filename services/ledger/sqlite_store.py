@@ -41,6 +41,7 @@ from services.ledger.store import (
     Snapshot,
     WriteConflict,
 )
+from services.runtime.collectors import PoolFigures, forget_pool, track_pool
 from services.runtime.errors import Aborted, Internal, TiergenError, Unavailable
 from services.runtime.migrations import upgrade
 
@@ -79,6 +80,9 @@ class SqliteStore:
         self._reader_connections: list[sqlite3.Connection] = []
         self._reader_lock = threading.Lock()
         self._closed = False
+        #: Commands and reads submitted and not yet answered, for `pool_figures`.
+        self._writes = 0
+        self._reads = 0
 
     @classmethod
     async def open(cls, path: Path, *, lock_timeout_seconds: float = 5.0) -> SqliteStore:
@@ -101,7 +105,17 @@ class SqliteStore:
             daemon=True,
         )
         store._writer.start()
+        track_pool("ledger", store)
         return store
+
+    def pool_figures(self) -> PoolFigures:
+        """The writer's connection in use while it has commands, the readers' while they read;
+        waiting: commands the writer has not taken yet and reads beyond the readers."""
+        if self._closed:
+            return PoolFigures(0, 0, 0)
+        in_use = min(1, self._writes) + min(_READERS, self._reads)
+        waiting = self._jobs.qsize() + max(0, self._reads - _READERS)
+        return PoolFigures(in_use=in_use, idle=1 + _READERS - in_use, waiting=waiting)
 
     async def transact(self, lookup: Lookup, decide: Decide) -> Decision:
         if self._closed:
@@ -109,7 +123,11 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Decision] = loop.create_future()
         self._jobs.put(_Job(lookup, decide, loop, future))
-        return await future
+        self._writes += 1
+        try:
+            return await future
+        finally:
+            self._writes -= 1
 
     async def account(
         self, tenant: str, account_id: str, now: datetime
@@ -157,6 +175,7 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
+        forget_pool(self)
         if self._writer is not None:
             self._jobs.put(None)
             await asyncio.to_thread(self._writer.join)
@@ -228,7 +247,11 @@ class SqliteStore:
             except sqlite3.Error as error:
                 raise _translate(error) from error
 
-        return await loop.run_in_executor(self._readers, in_reader_thread)
+        self._reads += 1
+        try:
+            return await loop.run_in_executor(self._readers, in_reader_thread)
+        finally:
+            self._reads -= 1
 
     def _reader_connection(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._reader_local, "connection", None)

@@ -46,6 +46,7 @@ from services.router.webhooks.store import WebhookStore
 from services.router.webhooks.targets import client_ssl_context
 from services.router.webhooks.worker import DispatcherProcess, WorkerConfig
 from services.runtime.channels import open_channel
+from services.runtime.client_metrics import client_metrics_interceptors
 from services.runtime.dependencies import Dependency, watch_dependencies
 from services.runtime.errors import NotFound
 from services.runtime.server import Server, ServiceRegistration, check_transport
@@ -176,18 +177,21 @@ async def create_server(settings: RouterSettings) -> tuple[Server, int]:
         security=security,
         services=[LEDGER_SERVICE],
         default_timeout=settings.ledger_timeout_seconds,
+        interceptors=client_metrics_interceptors(),
     )
     generator_channel = open_channel(
         settings.generator_addr,
         security=security,
         services=[GENERATOR_SERVICE],
         default_timeout=timeout,
+        interceptors=client_metrics_interceptors(),
     )
     upscaler_channel = open_channel(
         settings.upscaler_addr,
         security=security,
         services=[UPSCALER_SERVICE],
         default_timeout=timeout,
+        interceptors=client_metrics_interceptors(),
     )
     # A bad issuers file fails the start before any store is opened.
     oidc = load_oidc_verifier(settings) if settings.auth else None

@@ -21,7 +21,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.runtime.errors import InvalidArgument, TiergenError
-from services.runtime.metrics import RpcMetrics
+from services.runtime.metrics import RpcMetrics, RpcType
 from services.runtime.status import grpc_code, to_status
 from services.runtime.tracing import current_trace_id
 
@@ -132,13 +132,13 @@ class _Method:
     metrics: RpcMetrics
 
     @classmethod
-    def of(cls, path: str) -> _Method:
+    def of(cls, path: str, rpc_type: RpcType = RpcType.UNARY) -> _Method:
         service, _, name = path.lstrip("/").partition("/")
         return cls(
             path,
             path.lstrip("/"),
             {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
-            RpcMetrics(service, name),
+            RpcMetrics(service, name, rpc_type),
         )
 
 
@@ -153,6 +153,7 @@ class _ServedRpc:
         # Read now: asking a cancelled call for its peer later can crash grpc's core.
         self._peer = context.peer()
         self._start = time.perf_counter()
+        method.metrics.start()
         carrier = {key: value for key, value in (context.invocation_metadata() or ())}
         parent = propagate.extract(carrier)
         self._span = _tracer.start_span(
@@ -252,7 +253,8 @@ class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
             return known[1]
         wrapped = _guard_decoding(handler)
         if not method.startswith(_QUIET_PREFIXES):
-            wrapped = _wrap_handler(wrapped, _Method.of(method), self._gate)
+            rpc_type = RpcType.of(handler.request_streaming, handler.response_streaming)
+            wrapped = _wrap_handler(wrapped, _Method.of(method, rpc_type), self._gate)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 

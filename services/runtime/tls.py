@@ -18,7 +18,8 @@ those connections end within the server's maximum connection age. Files caught h
 (a new certificate beside the old key, as a non-atomic copy leaves them for a moment) fail the
 key check and are not taken: the previous pair serves until the files agree again, with one
 error line for each state of the files seen. Client channels follow their files the same way
-(`services.runtime.channels`).
+(`services.runtime.channels`). The expiry of the certificate presented, as a server and as a
+client, is exported each time one is taken (`tiergen_tls_certificate_expiry_timestamp_seconds`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from services.runtime.metrics import export_certificate_expiry
 from services.runtime.settings import ChannelSecurity, ConfigError, PemFile, ServerTls
 
 __all__ = [
@@ -187,6 +189,7 @@ class CertificateReloader:
         self._refused: object = None
         self._pair, initial = self._load()
         self._initial = initial
+        export_certificate_expiry("server", self._pair.leaf.not_valid_after_utc)
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -246,6 +249,7 @@ class CertificateReloader:
         self._signature = signature  # type: ignore[assignment]
         self._refused = None
         self._pair = pair
+        export_certificate_expiry("server", pair.leaf.not_valid_after_utc)
         _log.info(
             "certificate reloaded",
             setting=self._tls.certificate.setting,
@@ -263,6 +267,7 @@ def channel_credentials(security: ChannelSecurity) -> grpc.ChannelCredentials:
     if security.certificate is None or security.key is None:
         return grpc.ssl_channel_credentials(root_certificates=root)
     pair = load_key_pair(security.certificate, security.key)
+    export_certificate_expiry("client", pair.leaf.not_valid_after_utc)
     return grpc.ssl_channel_credentials(
         root_certificates=root,
         private_key=pair.private_key,

@@ -239,6 +239,17 @@ def _router_metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+def _captured(tenant: str = "t-main") -> float:
+    """Credits captured for `tenant`, over every tier."""
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        if family.name == "tiergen_router_credits_captured"
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels["tenant"] == tenant
+    )
+
+
 async def test_delivered_and_cancelled_jobs_and_captured_credits_are_counted(suite):
     account = await suite.open_account()
     succeeded = {"kind": "generate", "tier": "nano", "status": "succeeded"}
@@ -246,7 +257,7 @@ async def test_delivered_and_cancelled_jobs_and_captured_credits_are_counted(sui
     before = (
         _router_metric("tiergen_router_jobs_total", **succeeded),
         _router_metric("tiergen_router_jobs_total", **cancelled),
-        _router_metric("tiergen_router_credits_captured_total"),
+        _captured(),
     )
 
     _, finished, _ = await generate(suite, account, spec(tier="nano", n=3, resolution=SQUARE_1K))
@@ -275,7 +286,7 @@ async def test_delivered_and_cancelled_jobs_and_captured_credits_are_counted(sui
     after = (
         _router_metric("tiergen_router_jobs_total", **succeeded),
         _router_metric("tiergen_router_jobs_total", **cancelled),
-        _router_metric("tiergen_router_credits_captured_total"),
+        _captured(),
     )
     assert (after[0] - before[0], after[1] - before[1], after[2] - before[2]) == (
         3,

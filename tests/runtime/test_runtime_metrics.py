@@ -60,12 +60,17 @@ async def _samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 
 
 def _handled(samples: dict[Any, float], code: str) -> float:
-    labels = (("grpc_code", code), ("grpc_method", "Answer"), ("grpc_service", SERVICE))
+    labels = (
+        ("grpc_code", code),
+        ("grpc_method", "Answer"),
+        ("grpc_service", SERVICE),
+        ("grpc_type", "unary"),
+    )
     return samples.get(("grpc_server_handled_total", labels), 0.0)
 
 
 def _handling_count(samples: dict[Any, float]) -> float:
-    labels = (("grpc_method", "Answer"), ("grpc_service", SERVICE))
+    labels = (("grpc_method", "Answer"), ("grpc_service", SERVICE), ("grpc_type", "unary"))
     return samples.get(("grpc_server_handling_seconds_count", labels), 0.0)
 
 

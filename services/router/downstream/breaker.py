@@ -9,16 +9,21 @@ request's fault (INVALID_ARGUMENT, FAILED_PRECONDITION...) or overload (RESOURCE
 which already carries its own retry advice) neither open nor close it.
 
 The router keeps one breaker per tier (each tier is served by one generator backend), one for
-the upscaler and one for the ledger.
+the upscaler and one for the ledger. Each breaker's state is exported, read when scraped, as
+`tiergen_router_breaker_state{backend}`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TypeVar
 
 import structlog
+from prometheus_client import REGISTRY
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from services.router.downstream.ports import (
     AccountBalance,
@@ -37,11 +42,56 @@ from services.router.downstream.ports import (
 from services.router.jobs.model import Owner
 from services.runtime.errors import DeadlineExceeded, TiergenError, Unavailable
 
-__all__ = ["BreakingLedger", "BreakingRenderer", "BreakingUpscaler", "CircuitBreaker"]
+__all__ = [
+    "STATE_VALUES",
+    "BreakingLedger",
+    "BreakingRenderer",
+    "BreakingUpscaler",
+    "CircuitBreaker",
+]
 
 _log = structlog.get_logger("tiergen.router")
 _T = TypeVar("_T")
 _TRIPPING = (Unavailable, DeadlineExceeded)
+#: The value of each state in `tiergen_router_breaker_state`.
+STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+
+
+class _BreakerStates(Collector):
+    """`tiergen_router_breaker_state{backend}`, read from the live breakers when scraped: an
+    open breaker becomes half-open by the clock alone, with no call to record it.
+
+    Breakers of one backend in one process (routers under test) report the worst state.
+    """
+
+    def __init__(self) -> None:
+        self.breakers: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return [self._family()]
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "tiergen_router_breaker_state",
+            "State of the router's circuit breaker of each backend: 0 closed, 1 half-open (one"
+            " trial call goes through), 2 open (calls fail at once).",
+            labels=["backend"],
+        )
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        states: dict[str, int] = {}
+        for breaker in list(self.breakers):
+            value = STATE_VALUES[breaker.state]
+            states[breaker.backend] = max(value, states.get(breaker.backend, 0))
+        family = self._family()
+        for backend, value in sorted(states.items()):
+            family.add_metric([backend], value)
+        yield family
+
+
+_STATES = _BreakerStates()
+REGISTRY.register(_STATES)
 
 
 class CircuitBreaker:
@@ -64,6 +114,13 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at: float | None = None
         self._trial_running = False
+        _STATES.breakers.add(self)
+
+    @property
+    def backend(self) -> str:
+        """The `backend` label of its state gauge: the tier for a generator tier's breaker
+        ("generator/nano" is "nano"), the name otherwise ("upscaler", "ledger")."""
+        return self.name.rpartition("/")[2]
 
     @property
     def state(self) -> str:

@@ -37,6 +37,7 @@ from psycopg.rows import DictRow, dict_row
 from sqlalchemy.engine import Dialect
 
 from services.router.jobs.queries import POSTGRESQL, SQLITE, Query
+from services.runtime.collectors import PoolFigures, forget_pool, psycopg_pool_figures, track_pool
 from services.runtime.errors import Aborted, Internal, InvalidArgument, TiergenError, Unavailable
 
 __all__ = [
@@ -51,6 +52,8 @@ __all__ = [
 
 _T = TypeVar("_T")
 _PgConnection = psycopg.AsyncConnection[DictRow]
+#: The `store` label of the router database's pools in `tiergen_db_pool_*`.
+_STORE = "jobs"
 
 
 class Fetch(enum.Enum):
@@ -138,10 +141,20 @@ class SqliteDatabase:
     def __init__(self, executor: ThreadPoolExecutor, connection: sqlite3.Connection) -> None:
         self._executor = executor
         self._connection: sqlite3.Connection | None = connection
+        #: Scripts submitted and not yet finished: one runs, the rest wait for the thread.
+        self._in_flight = 0
+        track_pool(_STORE, self)
 
     @property
     def dialect(self) -> Dialect:
         return SQLITE
+
+    def pool_figures(self) -> PoolFigures:
+        """The one connection in use while a script runs, and the scripts waiting for it."""
+        in_flight = self._in_flight if self._connection is not None else 0
+        in_use = min(1, in_flight)
+        idle = 0 if self._connection is None else 1 - in_use
+        return PoolFigures(in_use=in_use, idle=idle, waiting=max(0, in_flight - 1))
 
     @classmethod
     async def open(cls, path: Path, prepare: Callable[[], object]) -> SqliteDatabase:
@@ -163,11 +176,16 @@ class SqliteDatabase:
         if self._connection is None:
             raise RuntimeError("the job store is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, mode, script, durable)
+        self._in_flight += 1
+        try:
+            return await loop.run_in_executor(self._executor, self._run, mode, script, durable)
+        finally:
+            self._in_flight -= 1
 
     async def close(self) -> None:
         if self._connection is None:
             return
+        forget_pool(self)
         connection, self._connection = self._connection, None
         await asyncio.get_running_loop().run_in_executor(self._executor, connection.close)
         self._executor.shutdown(wait=True)
@@ -280,10 +298,14 @@ class PostgresDatabase:
     ) -> None:
         self._pool = pool
         self._timeout = timeout_seconds
+        track_pool(_STORE, self)
 
     @property
     def dialect(self) -> Dialect:
         return POSTGRESQL
+
+    def pool_figures(self) -> PoolFigures:
+        return psycopg_pool_figures(self._pool)
 
     @classmethod
     async def open(cls, dsn: str, *, pool_size: int, timeout_seconds: float) -> PostgresDatabase:
@@ -323,6 +345,7 @@ class PostgresDatabase:
         return cls(pool, timeout_seconds)
 
     async def close(self) -> None:
+        forget_pool(self)
         await self._pool.close()
 
     async def run(

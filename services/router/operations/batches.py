@@ -50,7 +50,7 @@ from services.router.operations.events import (
 )
 from services.router.operations.limits import OperationLimits
 from services.router.operations.planning import Plan, Work, refused_before_work
-from services.router.operations.telemetry import CAPTURED, count_final, step
+from services.router.operations.telemetry import count_captured, count_final, step
 from services.router.routing.admission import Admission
 from services.router.routing.policy import Decision, RoutingPolicy, insufficient_credits
 from services.runtime import errors
@@ -261,7 +261,7 @@ class BatchRunner:
         charged = sum(job.cost for job in jobs if job.status is JobStatus.SUCCEEDED)
         # The credits settle even when the caller's deadline has passed: that is often why.
         with outliving_the_caller():
-            await self._settle_hold(owner, batch_id, hold_id, charged)
+            await self._settle_hold(owner, batch_id, hold_id, charged, jobs)
 
     # The batch's life ---------------------------------------------------------------------
 
@@ -529,14 +529,16 @@ class BatchRunner:
         except FailedPrecondition:
             return await self._jobs.get(job.owner, job.job_id)
 
-    async def _settle_hold(self, owner: Owner, batch_id: str, hold_id: str, charged: int) -> None:
+    async def _settle_hold(
+        self, owner: Owner, batch_id: str, hold_id: str, charged: int, jobs: tuple[Job, ...]
+    ) -> None:
         try:
             if charged:
                 with step("capture", account_id=owner.account_id, cost=charged):
                     await self._ledger.capture(
                         owner, hold_id, charged, f"router:{batch_id}:capture"
                     )
-                CAPTURED.inc(charged)
+                count_captured(owner, jobs)
                 await self._jobs.settle_hold(batch_id, HoldState.CAPTURED, charged)
             else:
                 with step("release", account_id=owner.account_id):
