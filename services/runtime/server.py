@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from services.runtime.interceptors import Gate, ServerTelemetryInterceptor
 from services.runtime.logging import configure_logging
-from services.runtime.metrics import MetricsEndpoint
+from services.runtime.metrics import MetricsEndpoint, export_build_info
 from services.runtime.settings import (
     CERT_FILE_VARIABLE,
     CLIENT_CA_FILE_VARIABLE,
@@ -34,6 +33,8 @@ from services.runtime.settings import (
     Env,
     ServerSettings,
 )
+from services.runtime.startup import NotStarted, cannot_listen
+from services.runtime.startup import report as report_start_failure
 from services.runtime.tls import CertificateReloader, describe_certificate
 from services.runtime.tracing import configure_tracing
 
@@ -122,6 +123,7 @@ class Server:
 
     async def start(self) -> None:
         """Serve gRPC, and the metrics endpoint when configured; ConfigError if it cannot listen."""
+        export_build_info(self.settings.service)
         port = self.settings.metrics_port
         if port is not None:
             try:
@@ -209,6 +211,9 @@ async def create_server(
     Tests pass port 0 and use the returned port.
     """
     certificates = _certificates(settings)
+    taken = cannot_listen(settings.host, settings.port)
+    if taken is not None:
+        raise taken
     options = [
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -231,9 +236,14 @@ async def create_server(
         else:
             port = server.add_secure_port(settings.address, certificates.credentials())
     except RuntimeError as exc:
-        raise ConfigError(f"cannot listen on {settings.address}: {exc}") from None
+        raise ConfigError(
+            f"TIERGEN_PORT={settings.port}: cannot listen on {settings.address}: {exc}"
+        ) from None
     if port == 0:
-        raise ConfigError(f"cannot listen on {settings.address}: address in use or unavailable")
+        raise ConfigError(
+            f"TIERGEN_PORT={settings.port}: cannot listen on {settings.address}: address in use"
+            " or unavailable"
+        )
     health_server, health_port = _health_only(settings, health_servicer)
     return Server(
         server,
@@ -388,8 +398,16 @@ def _write_ready_file(path: Path, address: str) -> None:
 
 
 async def _serve(service: str, factory: Callable[[], Awaitable[tuple[Server, int]]]) -> None:
-    server, port = await factory()
-    await server.start()
+    try:
+        server, port = await factory()
+    except Exception as error:
+        raise NotStarted(error) from None
+    try:
+        await server.start()
+    except Exception as error:
+        # Its stores and worker processes are open: closed before the process ends.
+        await server.stop(0)
+        raise NotStarted(error) from None
     host = server.settings.host
     address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
     _log.info(
@@ -415,21 +433,21 @@ async def _serve(service: str, factory: Callable[[], Awaitable[tuple[Server, int
 def serve_forever(service: str, factory: Callable[[], Awaitable[tuple[Server, int]]]) -> None:
     """Process entry point: logging, tracing, serve until SIGTERM/SIGINT, drain, flush telemetry.
 
-    A configuration error exits with status 2 and one line naming the bad setting.
+    A start that fails logs one `cannot start` line naming the setting or address at fault and
+    exits with status 2 for a configuration error, 1 for a dependency out of reach
+    (`services.runtime.startup`).
     """
     configure_logging(service, os.environ.get("TIERGEN_LOG_LEVEL", "info"))
     try:
         provider = configure_tracing(service)
         loop_factory = _loop_factory(os.environ)
     except ConfigError as exc:
-        print(f"tiergen-{service}: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(report_start_failure(service, exc)) from None
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(_serve(service, factory))
-    except ConfigError as exc:
-        print(f"tiergen-{service}: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except NotStarted as failure:
+        raise SystemExit(report_start_failure(service, failure.cause)) from None
     finally:
         if provider is not None:
             provider.shutdown()

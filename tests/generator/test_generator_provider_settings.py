@@ -15,6 +15,7 @@ from services.generator.providers import ApiKey, ProviderSettings
 from services.generator.server import create_server
 from services.generator.settings import GeneratorSettings, provider_settings
 from services.runtime.settings import ConfigError
+from tests.start_failures import cannot_start
 from tests.tls import session_pki
 
 GEMINI_TIER = """\
@@ -195,8 +196,8 @@ def test_the_entry_point_exits_2_naming_the_missing_key(tmp_path: Path) -> None:
         check=False,
     )
     assert finished.returncode == 2
-    (line,) = finished.stderr.strip().splitlines()
-    assert line == (
-        "tiergen-generator: configuration error: tier(s) studio render on openai,"
-        " but neither OPENAI_API_KEY nor OPENAI_API_KEY_FILE is set"
+    line = cannot_start(finished.stderr, alone=True)
+    assert line["error"] == (
+        "tier(s) studio render on openai, but neither OPENAI_API_KEY nor OPENAI_API_KEY_FILE is set"
     )
+    assert line["setting"] == "OPENAI_API_KEY"

@@ -12,6 +12,7 @@ import pytest
 from services.generator.settings import GeneratorSettings
 from services.generator.tiers import DEFAULT_CATALOGUE_TOML
 from services.runtime.settings import ConfigError, ServerSettings
+from tests.start_failures import cannot_start
 
 ONE_TIER = """\
 [tiers.solo]
@@ -95,10 +96,9 @@ def test_the_entry_point_exits_2_with_one_line_on_bad_config(tmp_path: Path) -> 
         check=False,
     )
     assert finished.returncode == 2
-    lines = finished.stderr.strip().splitlines()
-    assert len(lines) == 1
-    assert lines[0].startswith("tiergen-generator: configuration error: ")
-    assert "TIERGEN_GENERATOR_TIERS_FILE" in lines[0]
+    line = cannot_start(finished.stderr, alone=True)
+    assert (line["service"], line["kind"]) == ("generator", "configuration error")
+    assert line["setting"] == "TIERGEN_GENERATOR_TIERS_FILE", line
 
 
 def test_the_default_catalogue_is_served_without_a_tiers_file() -> None:

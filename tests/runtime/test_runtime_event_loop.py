@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.start_failures import cannot_start
 from tests.tls import session_pki
 
 #: The smallest runtime server there is: health and reflection only.
@@ -63,7 +64,9 @@ def test_an_unknown_event_loop_is_a_configuration_error(tmp_path: Path) -> None:
     _, stderr = process.communicate(timeout=60)
 
     assert process.returncode == 2
-    assert stderr.strip().splitlines() == [
-        "tiergen-echo: configuration error: TIERGEN_EVENT_LOOP='trio': expected one of"
-        " uvloop, asyncio"
-    ]
+    line = cannot_start(stderr, alone=True)
+    assert (line["service"], line["setting"], line["error"]) == (
+        "echo",
+        "TIERGEN_EVENT_LOOP",
+        "TIERGEN_EVENT_LOOP='trio': expected one of uvloop, asyncio",
+    )

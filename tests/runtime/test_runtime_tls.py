@@ -34,6 +34,7 @@ from services.runtime.settings import (
     ServerTls,
 )
 from services.runtime.tls import CertificateReloader, load_key_pair
+from tests.start_failures import cannot_start
 from tests.tls import TestPki, session_pki
 
 SERVICE = "tiergen.test.TlsService"
@@ -295,12 +296,10 @@ def test_a_mismatched_key_stops_the_service_process_with_one_line(tmp_path: Path
         check=False,
     )
     assert finished.returncode == 2
-    lines = finished.stderr.decode().strip().splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("tiergen-ledger: configuration error: TIERGEN_TLS_KEY_FILE="), lines[
-        0
-    ]
-    assert "does not belong to the certificate of TIERGEN_TLS_CERT_FILE=" in lines[0]
+    line = cannot_start(finished.stderr.decode(), alone=True)
+    assert line["setting"] == "TIERGEN_TLS_KEY_FILE", line
+    assert line["error"].startswith("TIERGEN_TLS_KEY_FILE="), line
+    assert "does not belong to the certificate of TIERGEN_TLS_CERT_FILE=" in line["error"]
     body = b"".join(key.splitlines()[1:-1])
     assert body[:16] not in finished.stdout + finished.stderr
 
