@@ -16,6 +16,12 @@ another's sketches reproduces the contention the fair share of the generator and
 for. Their accounts are opened first, then every tenant starts together; the report gives each
 tenant's figures and their totals.
 
+A call that fails UNAVAILABLE (its router went away before answering, or in the middle of a
+stream) is sent again, with the same idempotency key, up to `retries` times: the router answers
+a key it has seen with the batch that key made, so a retry never charges twice, and with
+several routers (`--router a,b`, balanced round robin) it lands on one that is up. The report
+counts the retries.
+
 Pacing is closed-loop by default: each client sends its next request when the last one ends. With
 a rate, requests are scheduled at fixed intervals across all clients and each latency counts from
 its scheduled start, so that a stalled server shows up in the latencies instead of hiding behind
@@ -33,7 +39,8 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import grpc
 from tiergen.ledger.v1 import ledger_pb2
@@ -56,6 +63,11 @@ __all__ = [
 OPERATIONS = ("generate", "quote", "promote")
 _ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 _PERCENTILES = (50, 90, 99)
+#: The first retry's delay; each further one waits twice as long, up to `_RETRY_MAX_SECONDS`.
+_RETRY_FIRST_SECONDS = 0.1
+_RETRY_MAX_SECONDS = 2.0
+
+_T = TypeVar("_T")
 
 
 class LoadError(RuntimeError):
@@ -100,6 +112,8 @@ class LoadPlan:
     credits: int = 0
     account_prefix: str = "load"
     seed: int | None = None
+    #: Times a call that failed UNAVAILABLE is sent again, with the same idempotency key.
+    retries: int = 5
     #: Several tenants at once, each with its own key (the plan's `token` is then not used).
     tenants: tuple[TenantLoad, ...] = ()
 
@@ -122,6 +136,8 @@ class LoadPlan:
             raise LoadError("the mix needs weights of 0 or more, at least one above 0")
         if self.credits < 0:
             raise LoadError("credits must be 0 or more")
+        if self.retries < 0:
+            raise LoadError("retries must be 0 or more")
         names = [tenant.name for tenant in self.tenants]
         if len(set(names)) != len(names):
             raise LoadError(f"a tenant is named twice in {', '.join(names)}")
@@ -148,6 +164,8 @@ class _Tally:
     first_event_ms: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     ok: int = 0
+    #: Calls sent again after UNAVAILABLE (each counts once per retry).
+    retried: int = 0
 
     @property
     def count(self) -> int:
@@ -158,6 +176,7 @@ class _Tally:
             "count": self.count,
             "ok": self.ok,
             "errors": dict(sorted(self.errors.items())),
+            "retried": self.retried,
             "per_second": round(self.count / seconds, 2),
             "latency_ms": _distribution(self.latencies_ms),
         }
@@ -245,7 +264,7 @@ async def run_load(
             for n in range(plan.clients)
         ]
         await _open_accounts(plan, router, clients)
-        before = await _available(router, clients)
+        before = await _available(plan, router, clients)
         if start is not None:
             await start.wait()
         say(f"{plan.clients} client(s) on {plan.router}, accounts {plan.account_prefix}-{run_id}-*")
@@ -256,7 +275,7 @@ async def run_load(
             *(_client_loop(plan, router, client, schedule, tallies) for client in clients)
         )
         seconds = time.monotonic() - started
-        after = await _available(router, clients)
+        after = await _available(plan, router, clients)
     finally:
         await router_channel.close()
     return _report(plan, run_id, seconds, tallies, schedule.behind, before - after)
@@ -267,12 +286,11 @@ async def _open_accounts(
 ) -> None:
     try:
         for client in clients:
-            await router.OpenAccount(
-                router_pb2.OpenAccountRequest(
-                    account_id=client.account, idempotency_key=f"open-{client.account}"
-                ),
-                timeout=min(plan.timeout_seconds, 30),
+            request = router_pb2.OpenAccountRequest(
+                account_id=client.account, idempotency_key=f"open-{client.account}"
             )
+            opening = partial(router.OpenAccount, request, timeout=min(plan.timeout_seconds, 30))
+            await _retrying(plan, opening)
     except grpc.aio.AioRpcError as error:
         raise LoadError(
             f"cannot open the load's accounts on {plan.router}: {error.code().name}:"
@@ -282,15 +300,15 @@ async def _open_accounts(
         return
     try:
         for client in clients:
-            await router.Grant(
-                router_pb2.GrantRequest(
-                    account_id=client.account,
-                    amount=plan.credits,
-                    kind=ledger_pb2.GRANT_KIND_ADJUSTMENT,
-                    reason="load test",
-                    idempotency_key=f"fund-{client.account}",
-                ),
-                timeout=min(plan.timeout_seconds, 30),
+            grant = router_pb2.GrantRequest(
+                account_id=client.account,
+                amount=plan.credits,
+                kind=ledger_pb2.GRANT_KIND_ADJUSTMENT,
+                reason="load test",
+                idempotency_key=f"fund-{client.account}",
+            )
+            await _retrying(
+                plan, partial(router.Grant, grant, timeout=min(plan.timeout_seconds, 30))
             )
     except grpc.aio.AioRpcError as error:
         raise LoadError(
@@ -299,14 +317,33 @@ async def _open_accounts(
         ) from None
 
 
-async def _available(router: router_pb2_grpc.RouterServiceStub, clients: list[_Client]) -> int:
+async def _available(
+    plan: LoadPlan, router: router_pb2_grpc.RouterServiceStub, clients: list[_Client]
+) -> int:
     total = 0
     for client in clients:
-        reply = await router.GetBalance(
-            router_pb2.GetBalanceRequest(account_id=client.account), timeout=30
-        )
+        request = router_pb2.GetBalanceRequest(account_id=client.account)
+        reply = await _retrying(plan, partial(router.GetBalance, request, timeout=30))
         total += reply.balance.available + reply.balance.held
     return total
+
+
+async def _retrying(
+    plan: LoadPlan, attempt: Callable[[], Awaitable[_T]], tally: _Tally | None = None
+) -> _T:
+    """`attempt()`, made again after UNAVAILABLE up to `plan.retries` times, each retry
+    counted in `tally`. Every call made this way repeats its request, idempotency key and all,
+    so that a retry answers the first call instead of making a second."""
+    for retry in range(plan.retries + 1):
+        try:
+            return await attempt()
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or retry == plan.retries:
+                raise
+        if tally is not None:
+            tally.retried += 1
+        await asyncio.sleep(min(_RETRY_FIRST_SECONDS * 2**retry, _RETRY_MAX_SECONDS))
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 async def _client_loop(
@@ -326,7 +363,7 @@ async def _client_loop(
         operation = _OPERATIONS[name]
         tally = tallies[name]
         try:
-            first_event = await operation(plan, router, client)
+            first_event = await operation(plan, router, client, tally)
         except grpc.aio.AioRpcError as error:
             tally.errors[error.code().name] += 1
         except _NothingToPromote:
@@ -343,34 +380,39 @@ class _NothingToPromote(Exception):
 
 
 async def _generate(
-    plan: LoadPlan, router: router_pb2_grpc.RouterServiceStub, client: _Client
+    plan: LoadPlan, router: router_pb2_grpc.RouterServiceStub, client: _Client, tally: _Tally
 ) -> float | None:
     request = router_pb2.GenerateRequest(
         account_id=client.account, idempotency_key=f"load-{uuid.uuid4().hex}", spec=plan.spec
     )
-    first_event = None
-    async for event in router.Generate(request, timeout=plan.timeout_seconds):
-        if first_event is None:
-            first_event = time.monotonic()
-        if event.WhichOneof("event") == "job" and event.job.status == (
-            router_pb2.JOB_STATUS_SUCCEEDED
-        ):
-            client.delivered.append(event.job.job_id)
-    return first_event
+    first_event: list[float] = []
+
+    async def attempt() -> None:
+        async for event in router.Generate(request, timeout=plan.timeout_seconds):
+            if not first_event:
+                first_event.append(time.monotonic())
+            # A retry's stream repeats the jobs the first one already reported.
+            if (
+                event.WhichOneof("event") == "job"
+                and event.job.status == router_pb2.JOB_STATUS_SUCCEEDED
+                and event.job.job_id not in client.delivered
+            ):
+                client.delivered.append(event.job.job_id)
+
+    await _retrying(plan, attempt, tally)
+    return first_event[0] if first_event else None
 
 
 async def _quote(
-    plan: LoadPlan, router: router_pb2_grpc.RouterServiceStub, client: _Client
+    plan: LoadPlan, router: router_pb2_grpc.RouterServiceStub, client: _Client, tally: _Tally
 ) -> float | None:
-    await router.Quote(
-        router_pb2.QuoteRequest(account_id=client.account, spec=plan.spec),
-        timeout=plan.timeout_seconds,
-    )
+    request = router_pb2.QuoteRequest(account_id=client.account, spec=plan.spec)
+    await _retrying(plan, lambda: router.Quote(request, timeout=plan.timeout_seconds), tally)
     return None
 
 
 async def _promote(
-    plan: LoadPlan, router: router_pb2_grpc.RouterServiceStub, client: _Client
+    plan: LoadPlan, router: router_pb2_grpc.RouterServiceStub, client: _Client, tally: _Tally
 ) -> float | None:
     if not client.delivered:
         raise _NothingToPromote
@@ -380,16 +422,22 @@ async def _promote(
         job_id=client.random.choice(client.delivered),
         tier=plan.promote_tier,
     )
-    first_event = None
-    async for _event in router.Promote(request, timeout=plan.timeout_seconds):
-        if first_event is None:
-            first_event = time.monotonic()
-    return first_event
+    first_event: list[float] = []
+
+    async def attempt() -> None:
+        async for _event in router.Promote(request, timeout=plan.timeout_seconds):
+            if not first_event:
+                first_event.append(time.monotonic())
+
+    await _retrying(plan, attempt, tally)
+    return first_event[0] if first_event else None
 
 
 _OPERATIONS: dict[
     str,
-    Callable[[LoadPlan, router_pb2_grpc.RouterServiceStub, _Client], Awaitable[float | None]],
+    Callable[
+        [LoadPlan, router_pb2_grpc.RouterServiceStub, _Client, _Tally], Awaitable[float | None]
+    ],
 ] = {"generate": _generate, "quote": _quote, "promote": _promote}
 
 
@@ -403,6 +451,7 @@ def _report(
 ) -> dict[str, Any]:
     count = sum(tally.count for tally in tallies.values())
     errors = sum(sum(tally.errors.values()) for tally in tallies.values())
+    retried = sum(tally.retried for tally in tallies.values())
     return {
         "router": plan.router,
         "run": run_id,
@@ -413,6 +462,7 @@ def _report(
         "ok": count - errors,
         "errors": errors,
         "error_rate": round(errors / count, 4) if count else 0.0,
+        "retried": retried,
         "per_second": round(count / seconds, 2),
         # Requests sent later than scheduled because every client was busy (paced runs).
         "behind_schedule": behind,
@@ -461,6 +511,7 @@ async def _run_tenants(plan: LoadPlan, say: Callable[[str], None]) -> dict[str, 
         "ok": count - errors,
         "errors": errors,
         "error_rate": round(errors / count, 4) if count else 0.0,
+        "retried": sum(report["retried"] for report in reports),
         "per_second": round(count / seconds, 2) if seconds else 0.0,
         "behind_schedule": sum(report["behind_schedule"] for report in reports),
         "credits_spent": sum(report["credits_spent"] for report in reports),
@@ -494,6 +545,8 @@ def summary(report: Mapping[str, Any]) -> str:
         if operation["errors"]:
             line += "  errors " + ", ".join(f"{k}={v}" for k, v in operation["errors"].items())
         lines.append(line)
+    if report.get("retried"):
+        lines.append(f"  {report['retried']} call(s) sent again after UNAVAILABLE, same key")
     if report["behind_schedule"]:
         lines.append(f"  {report['behind_schedule']} request(s) left later than scheduled")
     return "\n".join(lines)

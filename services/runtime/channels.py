@@ -12,7 +12,9 @@ cert-manager has replaced until it expired, and then fail every call.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import socket
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -26,12 +28,15 @@ from services.runtime.interceptors import client_interceptors
 from services.runtime.settings import ChannelSecurity, ConfigError
 from services.runtime.tls import channel_credentials, file_signature
 
-__all__ = ["RETRY_THROTTLING", "open_channel", "service_config"]
+__all__ = ["RETRY_THROTTLING", "dial_target", "open_channel", "service_config"]
 
 _log = structlog.get_logger("tiergen.channels")
 
 #: How often, at most, a channel looks at its files again (on a call).
 _FILE_CHECK_SECONDS = 1.0
+
+#: The longest wait between attempts to reconnect to an address that does not answer.
+_MAX_RECONNECT_BACKOFF_MS = 5_000
 
 #: Chunks are at most 1 MiB; the margin covers the message around them.
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -68,6 +73,61 @@ def service_config(services: Sequence[str], attempts: int) -> dict[str, Any]:
     }
 
 
+#: gRPC target schemes: a target naming one is gRPC's to read, list or not.
+_SCHEMES = frozenset({"dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock", "xds"})
+
+
+def dial_target(target: str) -> tuple[str, str | None]:
+    """What gRPC dials for `target`, and the authority to give it (None: gRPC's own).
+
+    One `host:port`, or a target with a gRPC scheme (`ipv4:…`, `dns:///…`), is dialled as
+    given, a name resolved by gRPC's DNS resolver. A
+    comma-separated list (`127.0.0.1:5001,127.0.0.1:5002`: the replicas of a service) becomes
+    one `ipv4:` (or `ipv6:`) target over every address, which the channel's round_robin policy
+    spreads calls over, leaving out an address while it does not answer. Names in a list are
+    resolved once, here; each address must be of the family of the first. The authority is the
+    first entry's `host:port`: TLS checks every replica's certificate against that host, so each
+    must name it (as the local suite's certificates name 127.0.0.1, ::1 and localhost).
+    ConfigError when an entry is not `host:port`.
+    """
+    entries = [entry.strip() for entry in target.split(",")]
+    if len(entries) == 1 or "://" in target or target.partition(":")[0] in _SCHEMES:
+        return target, None
+    addresses: list[str] = []
+    family: int | None = None
+    for entry in entries:
+        host, separator, port = entry.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not separator or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"{target!r}: expected host:port entries separated by commas, not {entry!r}"
+            )
+        for resolved_family, resolved in _resolved(host, int(port)):
+            family = resolved_family if family is None else family
+            if resolved_family == family:
+                bracketed = f"[{resolved}]" if family == socket.AF_INET6 else resolved
+                addresses.append(f"{bracketed}:{port}")
+    if not addresses:
+        raise ConfigError(f"{target!r}: no address of the first entry's family")
+    scheme = "ipv6" if family == socket.AF_INET6 else "ipv4"
+    return f"{scheme}:{','.join(dict.fromkeys(addresses))}", entries[0]
+
+
+def _resolved(host: str, port: int) -> list[tuple[int, str]]:
+    """The addresses of `host`: itself when it is one, else what the system resolves it to."""
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return [(socket.AF_INET6 if literal.version == 6 else socket.AF_INET, str(literal))]
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as error:
+        raise ConfigError(f"cannot resolve {host!r}: {error}") from None
+    return [(int(family), str(address[0])) for family, _, _, _, address in found]
+
+
 def open_channel(
     target: str,
     *,
@@ -77,14 +137,17 @@ def open_channel(
     max_attempts: int = 4,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     token: BearerToken | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> grpc.aio.Channel:
-    """A channel to `target` (`host:port`) secured as `security` says, with tracing and a
-    retry policy; ConfigError naming the setting of a bad certificate, key or CA file.
+    """A channel to `target` (`host:port`, or a comma-separated list of them balanced round
+    robin: see `dial_target`) secured as `security` says, with tracing and a retry policy;
+    ConfigError naming the setting of a bad certificate, key or CA file.
 
     `services` are the full names of the services called on it (their methods get the retry
     policy). A call made without a timeout gets the remaining deadline of the RPC being served,
     capped by `default_timeout`, so no call ever waits forever. With a `token`, every call
     carries it as `authorization: Bearer` metadata (the router's public calls need one).
+    `interceptors` run inside the tracing ones, on every call (the router's client metrics).
     """
     options = [
         ("grpc.service_config", json.dumps(service_config(services, max_attempts))),
@@ -93,17 +156,21 @@ def open_channel(
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
+        # gRPC waits up to 120 s between attempts to reconnect to an address that refused;
+        # a replica restarted after a crash loop would then sit unused for minutes.
+        ("grpc.max_reconnect_backoff_ms", _MAX_RECONNECT_BACKOFF_MS),
     ]
-    interceptors = client_interceptors(default_timeout)
+    target, authority = dial_target(target)
+    if authority is not None:
+        options.append(("grpc.default_authority", authority))
+    chain = [*client_interceptors(default_timeout), *interceptors]
     if token is not None:
-        interceptors += bearer_interceptors(token)
+        chain += bearer_interceptors(token)
     if security.insecure:
-        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+        return grpc.aio.insecure_channel(target, options=options, interceptors=chain)
 
     def make(credentials: grpc.ChannelCredentials) -> grpc.aio.Channel:
-        return grpc.aio.secure_channel(
-            target, credentials, options=options, interceptors=interceptors
-        )
+        return grpc.aio.secure_channel(target, credentials, options=options, interceptors=chain)
 
     if not security.files:
         return make(channel_credentials(security))

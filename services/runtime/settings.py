@@ -156,15 +156,20 @@ class Env:
         return default if raw is None else Path(raw).expanduser()
 
     def address(self, name: str, default: str | None = None) -> str:
-        """A `host:port` dependency address such as LEDGER_ADDR."""
+        """A `host:port` dependency address such as LEDGER_ADDR, or a comma-separated list of
+        them (the dependency's replicas, which channels balance round robin)."""
         raw = self._raw(name)
         if raw is None:
             if default is None:
                 raise ConfigError(f"{name} is not set: expected host:port of the dependency")
             return default
-        host, sep, port = raw.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"{name}={raw!r}: expected host:port, for example 127.0.0.1:50053")
+        for entry in raw.split(","):
+            host, sep, port = entry.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(
+                    f"{name}={raw!r}: expected host:port, for example 127.0.0.1:50053, or a"
+                    " comma-separated list of them"
+                )
         return raw
 
     @staticmethod
