@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 
 from services.cli.credentials import CredentialError, add_transport_arguments, resolve_security
+from services.cli.json_output import message_document
+from services.cli.verify_push import PUSHGATEWAY_VARIABLE, PushError, push_verify_result
 from services.ledger.ledger import Ledger
 from services.ledger.model import InvariantCheck
 from services.ledger.settings import LedgerSettings
@@ -35,7 +36,13 @@ from services.runtime.errors import Internal, TiergenError
 from services.runtime.migrations import redact
 from services.runtime.settings import ConfigError
 
-__all__ = ["EXIT_UNREADABLE", "EXIT_VIOLATED", "add_ledger_commands", "verify_command"]
+__all__ = [
+    "EXIT_UNREADABLE",
+    "EXIT_VIOLATED",
+    "add_ledger_commands",
+    "ledger_address",
+    "verify_command",
+]
 
 #: Exit status when at least one invariant is violated.
 EXIT_VIOLATED = 1
@@ -44,11 +51,15 @@ EXIT_UNREADABLE = 2
 _DSN_VARIABLE = "TIERGEN_LEDGER_DSN"
 
 
-def verify_command(dsn: str | None, data_dir: Path | None) -> int:
+def verify_command(
+    dsn: str | None, data_dir: Path | None, *, pushgateway: str | None = None
+) -> int:
     """Verify the ledger at `dsn` or in `data_dir`; print each invariant; the exit status.
 
     With neither, the ledger service's own setting applies (TIERGEN_LEDGER_DSN, or the
-    `tiergen up` default). Overdue holds are returned first, as the sweeper would.
+    `tiergen up` default). Overdue holds are returned first, as the sweeper would. With
+    `pushgateway`, the result also goes to that Prometheus Pushgateway (`verify_push`); the
+    exit status stays the verification's.
     """
     environ = dict(os.environ)
     if data_dir is not None:
@@ -63,13 +74,24 @@ def verify_command(dsn: str | None, data_dir: Path | None) -> int:
         checks = asyncio.run(_verify(settings))
     except (ConfigError, TiergenError) as error:
         print(f"tiergen ledger verify: {error}", file=sys.stderr)
+        _push(pushgateway, None)
         return EXIT_UNREADABLE
     print(f"ledger at {redact(settings.dsn)}")
     for check in checks:
         print(f"{'OK' if check.ok else 'FAILED':<7} {check.name}: {check.detail}")
     failed = sum(not check.ok for check in checks)
     print(f"{len(checks)} invariants checked, {failed} failed")
+    _push(pushgateway, failed)
     return EXIT_VIOLATED if failed else 0
+
+
+def _push(pushgateway: str | None, violations: int | None) -> None:
+    if not pushgateway:
+        return
+    try:
+        push_verify_result(pushgateway, violations)
+    except PushError as error:
+        print(f"tiergen ledger verify: {error}", file=sys.stderr)
 
 
 def add_ledger_commands(
@@ -97,6 +119,13 @@ def add_ledger_commands(
         type=Path,
         metavar="DIR",
         help="a `tiergen up` data directory (its ledger.db)",
+    )
+    verify.add_argument(
+        "--pushgateway",
+        metavar="URL",
+        default=os.environ.get(PUSHGATEWAY_VARIABLE),
+        help="also push the result to this Prometheus Pushgateway, job tiergen-ledger-verify"
+        f" (default: ${PUSHGATEWAY_VARIABLE}; none: no push)",
     )
     verify.set_defaults(handler=_verify_handler)
 
@@ -146,7 +175,9 @@ _GRANT_KINDS = {
 _SERVICE = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
 
 
-def _ledger_address(options: argparse.Namespace) -> str:
+def ledger_address(options: argparse.Namespace) -> str:
+    """The ledger `tiergen ledger grant|balance|entries` call: --ledger, else the one of
+    --data-dir, else LEDGER_ADDR, else the default port on loopback."""
     if options.ledger:
         return str(options.ledger)
     if options.data_dir is not None:
@@ -170,13 +201,13 @@ def _ledger_channel(options: argparse.Namespace) -> grpc.aio.Channel:
         data_dir=options.data_dir,
     )
     return open_channel(
-        _ledger_address(options), security=security, services=[_SERVICE], default_timeout=30
+        ledger_address(options), security=security, services=[_SERVICE], default_timeout=30
     )
 
 
 def _show(options: argparse.Namespace, message: Any, human: str) -> None:
     if options.json:
-        document = json_format.MessageToDict(message, preserving_proto_field_name=True)
+        document = message_document(message)
         print(json.dumps(document, indent=2, sort_keys=True))
     else:
         print(human)
@@ -232,7 +263,7 @@ async def _entries(options: argparse.Namespace) -> None:
 
 
 def _verify_handler(options: argparse.Namespace) -> None:
-    status = verify_command(options.dsn, options.data_dir)
+    status = verify_command(options.dsn, options.data_dir, pushgateway=options.pushgateway)
     if status:
         raise SystemExit(status)
 

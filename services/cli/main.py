@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 from tiergen.common.v1 import common_pb2
 from tiergen.ledger.v1 import ledger_pb2
 from tiergen.router.v1 import router_pb2
 
+from services.cli.backup import add_backup_command
 from services.cli.credentials import (
     API_KEY_VARIABLE,
     DEV_KEY_FILE,
@@ -31,17 +31,23 @@ from services.cli.credentials import (
     resolve_security,
 )
 from services.cli.demo import DEFAULT_PROMPT, DemoFailed, run_demo
+from services.cli.json_output import message_document
 from services.cli.keys import KeyCommandError, add_keys_commands
-from services.cli.ledger import add_ledger_commands
+from services.cli.ledger import add_ledger_commands, ledger_address
 from services.cli.load import LoadError, LoadPlan, parse_mix, run_load
 from services.cli.load import summary as load_summary
 from services.cli.load_tenants import parse_tenants
 from services.cli.migrate import add_migrate_command, migrate_local_postgres
-from services.cli.router_client import RouterClient, new_key
-from services.cli.suite import SERVICES, Suite, SuiteError
+from services.cli.progress import progress_view, ticking
+from services.cli.router_client import RouterAddressError, RouterClient, new_key, router_target
+from services.cli.suite import REPLICA_PORT_STEP, SERVICES, Suite, SuiteError
+from services.cli.supervision import parse_replicas
+from services.cli.unreachable import LEDGER, ROUTER, Dialled, connection_failure
 from services.cli.webhooks import WebhookCommandError, add_webhooks_commands
 from services.runtime.credentials import BearerToken
 from services.runtime.errors import TiergenError
+from services.runtime.logging import configure_logging
+from services.runtime.metrics import build_labels
 from services.runtime.settings import ChannelSecurity, ConfigError
 from services.runtime.status import from_rpc_error
 from services.runtime.tracing import configure_tracing
@@ -82,10 +88,6 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _quiet(_message: str) -> None:
-    pass
-
-
 def _emit(options: argparse.Namespace, document: Any, human: str) -> None:
     if options.json:
         print(json.dumps(document, indent=2, sort_keys=True))
@@ -115,8 +117,7 @@ def _client(options: argparse.Namespace) -> RouterClient:
 
 
 def _message_dict(message: Any) -> dict[str, Any]:
-    result: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
-    return result
+    return message_document(message)
 
 
 def _job_line(job: router_pb2.Job, path: Path | None = None) -> str:
@@ -200,10 +201,10 @@ async def _report_jobs(
 
 async def _generate(options: argparse.Namespace) -> None:
     async with _client(options) as client:
-        sink = _quiet if options.quiet else _say
-        batch, jobs = await client.generate(
-            options.account, _spec(options), options.key or new_key("cli-generate"), sink
-        )
+        async with ticking(progress_view(sys.stderr, quiet=options.quiet)) as view:
+            batch, jobs = await client.generate(
+                options.account, _spec(options), options.key or new_key("cli-generate"), view
+            )
         await _report_jobs(
             client,
             options,
@@ -240,7 +241,8 @@ async def _promote(options: argparse.Namespace) -> None:
     if options.seed is not None:
         request.seed = options.seed
     async with _client(options) as client:
-        job = await client.promote(request, _quiet if options.quiet else _say)
+        async with ticking(progress_view(sys.stderr, quiet=options.quiet)) as view:
+            job = await client.promote(request, view)
         await _report_jobs(client, options, [job], {})
 
 
@@ -255,7 +257,8 @@ async def _upscale(options: argparse.Namespace) -> None:
         quality=options.quality,
     )
     async with _client(options) as client:
-        job = await client.upscale(request, _quiet if options.quiet else _say)
+        async with ticking(progress_view(sys.stderr, quiet=options.quiet)) as view:
+            job = await client.upscale(request, view)
         await _report_jobs(client, options, [job], {})
 
 
@@ -378,18 +381,35 @@ def _up(options: argparse.Namespace) -> None:
         nonlocal stop
         stop = True
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    options.data_dir.mkdir(parents=True, exist_ok=True)
-    _migrate_local()
+    try:
+        replicas = parse_replicas(options.replicas, SERVICES) if options.replicas else {}
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    if options.postgres is not None and not options.postgres.startswith(
+        ("postgresql://", "postgres://")
+    ):
+        raise CommandError("--postgres takes a postgresql://user@host:port/database DSN")
     suite = Suite(
         options.data_dir.resolve(),
         host=options.host,
         port_base=options.port_base,
         metrics_port_base=options.metrics_port_base,
+        replicas=replicas,
+        postgres=options.postgres,
+        assets_url=options.assets,
+        bound_to_parent=True,
+        say=_say,
     )
+    suite.check()
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    options.data_dir.mkdir(parents=True, exist_ok=True)
+    if options.postgres is None:
+        _migrate_local()
     try:
         addresses = suite.start()
+        # Restarts are structured lines on stderr (JSON off a terminal), as the services' are.
+        configure_logging("up")
         for name in ("router", "generator", "ledger", "upscaler"):
             print(f"{name} {addresses[name]}", flush=True)
         dev_key = suite.dev_key
@@ -406,12 +426,17 @@ def _up(options: argparse.Namespace) -> None:
         if options.metrics_port_base is not None:
             first = options.metrics_port_base
             _say(f"metrics at http://{options.host}:{first}..{first + 3}/metrics, in that order")
-        _say(f"logs in {options.data_dir / 'logs'}; Ctrl-C stops the suite")
+        if suite.s3_endpoint is not None:
+            _say(
+                f"assets in {options.assets} on a local S3-compatible server at {suite.s3_endpoint}"
+            )
+        _say(
+            f"logs in {options.data_dir / 'logs'}; a service that exits is started again;"
+            " Ctrl-C stops the suite"
+        )
         while not stop:
-            dead = suite.dead()
-            if dead:
-                raise CommandError(f"{', '.join(dead)} exited; see {options.data_dir / 'logs'}")
-            time.sleep(0.2)
+            suite.supervise()
+            time.sleep(0.1)
     finally:
         codes = suite.stop()
         _say("stopped: " + ", ".join(f"{name} exit {code}" for name, code in codes.items()))
@@ -422,7 +447,7 @@ async def _load(options: argparse.Namespace) -> None:
         raise CommandError("--max-error-rate is a share of the requests, from 0 to 1")
     try:
         plan = LoadPlan(
-            router=options.router,
+            router=router_target(options.router),
             spec=_spec(options),
             # With --tenants each tenant brings its own key.
             token=None if options.tenants else _token(options),
@@ -461,6 +486,12 @@ def _bench(options: argparse.Namespace) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tiergen", description="Tiered image generation: run the suite and call it."
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=_version(),
+        help="print the version, the commit (TIERGEN_COMMIT) and the Python and grpcio versions",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -532,6 +563,25 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-port-base",
         type=int,
         help="serve Prometheus metrics: the router's port; the others follow (default: none)",
+    )
+    up.add_argument(
+        "--replicas",
+        metavar="SERVICE=N,...",
+        help="run N processes of a service, e.g. router=2,ledger=2, each on its own port (the"
+        f" first's + {REPLICA_PORT_STEP} per replica), balanced round robin by their callers;"
+        " the ledger's and router's need --postgres",
+    )
+    up.add_argument(
+        "--postgres",
+        metavar="DSN",
+        help="one PostgreSQL database for the ledger and the router, migrated before they start"
+        " (default: SQLite files in the data directory, or TIERGEN_LEDGER_DSN/TIERGEN_ROUTER_DSN)",
+    )
+    up.add_argument(
+        "--assets",
+        metavar="s3://BUCKET/PREFIX",
+        help="keep assets in this S3 bucket: at TIERGEN_ROUTER_S3_ENDPOINT_URL when set, else on"
+        " a local S3-compatible server (moto's) that lasts as long as the suite",
     )
     up.set_defaults(handler=_up)
 
@@ -654,12 +704,36 @@ def _parser() -> argparse.ArgumentParser:
     add_webhooks_commands(commands)
     add_ledger_commands(commands)
     add_migrate_command(commands)
+    add_backup_command(commands)
 
     bench = commands.add_parser("bench", help="run a benchmark and print its figures")
     bench.add_argument("name", choices=BENCHMARKS)
     bench.add_argument("arguments", nargs=argparse.REMAINDER, help="passed on, e.g. --json")
     bench.set_defaults(handler=_bench)
     return parser
+
+
+def _version() -> str:
+    """`tiergen --version`: the package's version, the commit when known, Python and grpcio."""
+    labels = build_labels("cli")
+    commit = "" if labels["commit"] == "unknown" else f" (commit {labels['commit']})"
+    return (
+        f"tiergen {labels['version']}{commit} python {labels['python']} grpcio {labels['grpcio']}"
+    )
+
+
+def _dialled(options: argparse.Namespace) -> tuple[Dialled, str]:
+    """The service a client command dialled, and its address as it dialled it."""
+    if options.command == "ledger":
+        try:
+            return LEDGER, ledger_address(options)
+        except CredentialError:
+            return LEDGER, str(options.data_dir)
+    given = getattr(options, "router", None) or os.environ.get("TIERGEN_ROUTER", "")
+    try:
+        return ROUTER, router_target(given)
+    except RouterAddressError:
+        return ROUTER, given
 
 
 def _describe(error: grpc.aio.AioRpcError) -> str:
@@ -686,10 +760,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options.handler(options)
     except grpc.aio.AioRpcError as error:
-        _say(f"tiergen: {_describe(error)}")
+        insecure = bool(getattr(options, "insecure", False)) or os.environ.get(
+            "TIERGEN_INSECURE", ""
+        ).strip().lower() in ("1", "true", "yes", "on")
+        dialled, address = _dialled(options)
+        unreachable = connection_failure(error, address, insecure=insecure, dialled=dialled)
+        _say(f"tiergen: {unreachable or _describe(error)}")
         return 1
     except (
         CommandError,
+        RouterAddressError,
         ConfigError,
         CredentialError,
         KeyCommandError,

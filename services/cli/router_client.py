@@ -12,13 +12,25 @@ from tiergen.common.v1 import common_pb2
 from tiergen.ledger.v1 import ledger_pb2
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
+from services.cli.progress import LineProgress, ProgressView
 from services.runtime.channels import open_channel
 from services.runtime.credentials import BearerToken
 from services.runtime.settings import ChannelSecurity
 
-__all__ = ["EventSink", "RouterClient", "new_key"]
+__all__ = [
+    "DEFAULT_ROUTER_PORT",
+    "EventSink",
+    "RouterAddressError",
+    "RouterClient",
+    "new_key",
+    "router_address",
+    "router_target",
+]
 
 EventSink = Callable[[str], None]
+
+#: The router's port when `--router` names none: the port it listens on by default.
+DEFAULT_ROUTER_PORT = 50051
 
 _SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 _FINAL = (
@@ -33,9 +45,49 @@ def new_key(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def _progress_line(event: router_pb2.JobProgress) -> str:
-    p = event.progress
-    return f"{event.job_id} {p.stage} {p.fraction * 100:.0f}%"
+class RouterAddressError(ValueError):
+    """A `--router` (or TIERGEN_ROUTER) value that is no address; the message says why."""
+
+
+def router_address(text: str) -> str:
+    """One router address as gRPC dials it: `host` and `[v6]` get DEFAULT_ROUTER_PORT,
+    `host:port` and `[v6]:port` stay as they are, a bare IPv6 address (`::1`) is bracketed.
+
+    A gRPC target with a scheme (`dns:///host:port`, `unix:/path`) is left to gRPC.
+    RouterAddressError says what is wrong with any other shape (empty, a port that is no number
+    or out of range).
+    """
+    entry = text.strip()
+    if not entry:
+        raise RouterAddressError("--router is empty: expected HOST or HOST:PORT")
+    if "://" in entry or entry.startswith(("unix:", "unix-abstract:", "ipv4:", "ipv6:")):
+        return entry
+    if entry.startswith("["):
+        host, bracket, rest = entry[1:].partition("]")
+        if not bracket or not host or (rest and not rest.startswith(":")):
+            raise RouterAddressError(f"--router {text!r}: expected [IPV6] or [IPV6]:PORT")
+        port = rest.removeprefix(":") if rest else str(DEFAULT_ROUTER_PORT)
+        host = f"[{host}]"
+    elif entry.count(":") > 1:
+        host, port = f"[{entry}]", str(DEFAULT_ROUTER_PORT)  # a bare IPv6 address
+    else:
+        host, _, port = entry.partition(":")
+        port = port or str(DEFAULT_ROUTER_PORT)
+        if not host:
+            raise RouterAddressError(f"--router {text!r}: expected HOST or HOST:PORT")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise RouterAddressError(f"--router {text!r}: the port must be a number from 1 to 65535")
+    return f"{host}:{port}"
+
+
+def router_target(text: str) -> str:
+    """`text` as gRPC dials it: one address or a comma-separated list of them, each read by
+    `router_address`."""
+    return ",".join(router_address(entry) for entry in text.split(","))
+
+
+def _view(sink: EventSink | ProgressView) -> ProgressView:
+    return sink if isinstance(sink, ProgressView) else LineProgress(sink)
 
 
 class RouterClient:
@@ -49,8 +101,14 @@ class RouterClient:
         security: ChannelSecurity,
         timeout: float = 300.0,
     ) -> None:
+        #: What is dialled: `address` with the default port where it names none.
+        self.address = router_target(address)
         self._channel = open_channel(
-            address, security=security, services=[_SERVICE], default_timeout=timeout, token=token
+            self.address,
+            security=security,
+            services=[_SERVICE],
+            default_timeout=timeout,
+            token=token,
         )
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
         self._timeout = timeout
@@ -92,9 +150,15 @@ class RouterClient:
         return await self._stub.Quote(request, timeout=30)
 
     async def generate(
-        self, account: str, spec: router_pb2.GenerationSpec, key: str, sink: EventSink
+        self,
+        account: str,
+        spec: router_pb2.GenerationSpec,
+        key: str,
+        sink: EventSink | ProgressView,
     ) -> tuple[router_pb2.Batch, list[router_pb2.Job]]:
-        """Runs a batch to the end; returns it and its jobs in their final states."""
+        """Runs a batch to the end, showing its events on `sink` (a view, or a function given
+        one line per event); returns it and its jobs in their final states."""
+        view = _view(sink)
         request = router_pb2.GenerateRequest(account_id=account, idempotency_key=key, spec=spec)
         batch = router_pb2.Batch()
         finished: dict[str, router_pb2.Job] = {}
@@ -102,40 +166,41 @@ class RouterClient:
             kind = event.WhichOneof("event")
             if kind == "batch":
                 batch = event.batch
-                d = batch.decision
-                size = f"{d.width}x{d.height}"
-                sink(
-                    f"batch {batch.batch_id}: {d.n} x {d.tier} {size}, {d.total_cost} credits held"
-                )
+                view.batch(batch)
             elif kind == "progress":
-                sink(_progress_line(event.progress))
+                view.progress(event.progress)
             elif kind == "job":
                 finished[event.job.job_id] = event.job
-                sink(f"{event.job.job_id} {router_pb2.JobStatus.Name(event.job.status)}")
+                view.finished(event.job)
         order = [job.job_id for job in batch.jobs]
         return batch, sorted(
             finished.values(), key=lambda j: order.index(j.job_id) if j.job_id in order else 0
         )
 
-    async def promote(self, request: router_pb2.PromoteRequest, sink: EventSink) -> router_pb2.Job:
+    async def promote(
+        self, request: router_pb2.PromoteRequest, sink: EventSink | ProgressView
+    ) -> router_pb2.Job:
         return await self._single(self._stub.Promote(request, timeout=self._timeout), sink)
 
-    async def upscale(self, request: router_pb2.UpscaleRequest, sink: EventSink) -> router_pb2.Job:
+    async def upscale(
+        self, request: router_pb2.UpscaleRequest, sink: EventSink | ProgressView
+    ) -> router_pb2.Job:
         return await self._single(self._stub.Upscale(request, timeout=self._timeout), sink)
 
     @staticmethod
-    async def _single(call: object, sink: EventSink) -> router_pb2.Job:
+    async def _single(call: object, sink: EventSink | ProgressView) -> router_pb2.Job:
+        view = _view(sink)
         job = router_pb2.Job()
         async for event in call:  # type: ignore[attr-defined]
             kind = event.WhichOneof("event")
             if kind == "accepted":
                 job = event.accepted
-                sink(f"{job.job_id} accepted: {job.tier or 'upscale'} {job.width}x{job.height}")
+                view.accepted(job)
             elif kind == "progress":
-                sink(_progress_line(event.progress))
+                view.progress(event.progress)
             elif kind == "job":
                 job = event.job
-                sink(f"{job.job_id} {router_pb2.JobStatus.Name(job.status)}")
+                view.finished(job)
         if job.status not in _FINAL:
             raise RuntimeError(f"stream ended before job {job.job_id or '?'} finished")
         return job
