@@ -1,5 +1,5 @@
-"""Offline validation of custom resources (cert-manager's Issuer and Certificate) against the CRD
-schemas vendored in `tests/deploy/crds/` (where they come from: its README).
+"""Offline validation of custom resources (cert-manager's, the Prometheus Operator's and KEDA's)
+against the CRD schemas vendored in `tests/deploy/crds/` (where they come from: its README).
 
 `kubernetes-validate` ships the built-in kinds only. This checks a custom resource the way the
 API server does on `kubectl apply` (whose default is `--validate=strict`): the CRD's structural
@@ -34,6 +34,13 @@ CRDS = Path(__file__).with_name("crds")
 SCHEMAS = {
     ("cert-manager.io/v1", "Certificate"): CRDS / "cert-manager.io" / "certificates.v1.yaml",
     ("cert-manager.io/v1", "Issuer"): CRDS / "cert-manager.io" / "issuers.v1.yaml",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): (
+        CRDS / "monitoring.coreos.com" / "servicemonitors.v1.yaml"
+    ),
+    ("monitoring.coreos.com/v1", "PrometheusRule"): (
+        CRDS / "monitoring.coreos.com" / "prometheusrules.v1.yaml"
+    ),
+    ("keda.sh/v1alpha1", "ScaledObject"): CRDS / "keda.sh" / "scaledobjects.v1alpha1.yaml",
 }
 #: Marks a vendored subtree left out; its value says what it was.
 TRIMMED = "x-tiergen-trimmed"

@@ -58,7 +58,9 @@ ROUTER_DEPENDENCIES = {
 #: Secrets each overlay references but that are created outside the repository.
 EXTERNAL_SECRETS = {
     "dev": frozenset[str](),
-    "production": frozenset({"tiergen-postgres", "tiergen-ca"}),
+    "production": frozenset(
+        {"tiergen-postgres", "tiergen-postgres-owner", "tiergen-object-storage", "tiergen-ca"}
+    ),
 }
 #: The plaintext grpc.health.v1 port every pod serves its kubelet probes on.
 HEALTH_PORT = 50060
@@ -321,11 +323,43 @@ def router_address_problems(rendering: Rendering) -> list[str]:
     return problems
 
 
+def autoscalers_of(rendering: Rendering) -> list[Obj]:
+    """The HPAs, and each KEDA ScaledObject in the shape of the HPA KEDA makes of it (its CPU and
+    memory triggers as resource metrics; KEDA's defaults: 0 to 100 replicas)."""
+    found = list(rendering.of_kind("HorizontalPodAutoscaler"))
+    for scaled in rendering.of_kind("ScaledObject"):
+        spec = scaled["spec"]
+        triggers = spec["triggers"]
+        resources = [t["type"] for t in triggers if t["type"] in ("cpu", "memory")]
+        found.append(
+            {
+                "kind": "ScaledObject",
+                "metadata": scaled["metadata"],
+                "spec": {
+                    "scaleTargetRef": {"kind": "Deployment", **spec["scaleTargetRef"]},
+                    "minReplicas": spec.get("minReplicaCount", 0),
+                    "maxReplicas": spec.get("maxReplicaCount", 100),
+                    "metrics": [{"resource": {"name": name}} for name in resources],
+                },
+            }
+        )
+    return found
+
+
+def autoscaler_of(rendering: Rendering, deployment: str) -> Obj | None:
+    """The one autoscaler (HPA or ScaledObject, as `autoscalers_of`) of `deployment`, if any."""
+    found = [
+        a for a in autoscalers_of(rendering) if a["spec"]["scaleTargetRef"]["name"] == deployment
+    ]
+    assert len(found) <= 1, f"{rendering.overlay}: {len(found)} autoscalers of {deployment}"
+    return found[0] if found else None
+
+
 def scaling_problems(rendering: Rendering) -> list[str]:
     """A PDB for every Deployment; an HPA for every one that may run several replicas, and none,
     with exactly one pod replaced by Recreate, for one whose store is a SQLite file."""
     problems = []
-    autoscalers = rendering.of_kind("HorizontalPodAutoscaler")
+    autoscalers = autoscalers_of(rendering)
     budgets = rendering.of_kind("PodDisruptionBudget")
     for name, deployment in rendering.deployments.items():
         labels = deployment["spec"]["template"]["metadata"].get("labels", {})
@@ -471,7 +505,15 @@ def test_the_overlays_render_cert_manager_objects_checked_by_the_vendored_schema
     overlay: Rendering,
 ) -> None:
     kinds = {(obj["apiVersion"], obj["kind"]) for obj in overlay.objects if covers(obj)}
-    assert kinds == {("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate")}
+    expected = {("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate")}
+    if overlay.overlay == "production":
+        # The monitoring component and KEDA's autoscaling (tests/deploy/test_deploy_monitoring.py).
+        expected |= {
+            ("monitoring.coreos.com/v1", "ServiceMonitor"),
+            ("monitoring.coreos.com/v1", "PrometheusRule"),
+            ("keda.sh/v1alpha1", "ScaledObject"),
+        }
+    assert kinds == expected
 
 
 @pytest.mark.parametrize(
@@ -646,14 +688,20 @@ def test_each_service_runs_its_module_on_its_port_in_one_image(overlay: Renderin
     assert len(images) == 1, f"one image for every service, found {images}"
 
 
-def test_the_services_accept_every_setting_the_manifests_give(overlay: Rendering) -> None:
+def test_the_services_accept_every_setting_the_manifests_give(
+    overlay: Rendering, tmp_path: Path
+) -> None:
     telemetry = telemetry_config(overlay)["data"]
+    # A file of the external Secret stands in as the kind of DSN it must hold.
+    placeholder = tmp_path / "dsn"
+    placeholder.write_text("postgresql://secret-placeholder/db\n")
     for name, deployment in overlay.deployments.items():
         container = main_container(deployment)
         environ = {**telemetry}
         for entry in container["env"]:
-            # A value from the external Secret stands in as the kind of DSN it must hold.
             environ[entry["name"]] = entry.get("value", "postgresql://secret-placeholder/db")
+            if entry["name"].endswith("_DSN_FILE"):
+                environ[entry["name"]] = str(placeholder)
         settings = ServerSettings.from_env(name, environ)
         assert settings.port == grpc_port(container)
         # TLS on the gRPC port (mutual for the backends), plaintext health for the kubelet.
@@ -712,7 +760,10 @@ def test_every_service_port_is_named_grpc_and_reaches_a_grpc_container_port(
         name = service["metadata"]["name"]
         (target,) = selected_deployments(overlay, service["spec"]["selector"])
         container_port = grpc_port(main_container(overlay.deployments[target]))
-        for port in service["spec"]["ports"]:
+        # Besides gRPC, only the metrics port the ServiceMonitors scrape (test_deploy_monitoring).
+        ports = [p for p in service["spec"]["ports"] if p["name"] != "metrics"]
+        assert len(ports) == len(service["spec"]["ports"]) - 1, f"Service {name}: no metrics port"
+        for port in ports:
             assert port["name"] == "grpc", f"Service {name}: port {port['port']} is not named grpc"
             assert port.get("targetPort") in {"grpc", container_port}
             if service["spec"].get("clusterIP") == "None":
@@ -803,11 +854,16 @@ def test_scaling_check_catches() -> None:
     without_hpa = [
         o
         for o in production.objects
-        if not (o["kind"] == "HorizontalPodAutoscaler" and o["metadata"]["name"] == "generator")
+        if not (o["kind"] == "HorizontalPodAutoscaler" and o["metadata"]["name"] == "router")
     ]
     assert scaling_problems(Rendering("production", without_hpa)) == [
-        "generator: 0 HorizontalPodAutoscalers, expected one"
+        "router: 0 HorizontalPodAutoscalers, expected one"
     ]
+    # A ScaledObject counts as the HPA KEDA makes of it: alongside base's HPA it is a second one.
+    with_both = [*without_hpa, *rendering("dev").of_kind("HorizontalPodAutoscaler")]
+    assert "generator: 2 HorizontalPodAutoscalers, expected one" in scaling_problems(
+        Rendering("production", with_both)
+    )
     objects = copy.deepcopy(dev.objects)
     ledger = Rendering("dev", objects).deployments["ledger"]
     ledger["spec"]["replicas"] = 2
@@ -841,16 +897,30 @@ def test_dev_runs_one_replica_of_each_service_with_sqlite_on_its_own_volume() ->
 def test_production_runs_at_least_two_of_each_on_postgres_and_shared_assets() -> None:
     production = rendering("production")
     for name in GRPC_SERVICES:
-        hpa = production.named("HorizontalPodAutoscaler", name)
+        hpa = autoscaler_of(production, name)
         assert hpa is not None and hpa["spec"]["minReplicas"] >= 2, name
     for name, variable, key in (
         ("ledger", "TIERGEN_LEDGER_DSN", "ledger-dsn"),
         ("router", "TIERGEN_ROUTER_DSN", "router-dsn"),
     ):
-        entry = env_of(main_container(production.deployments[name]))[variable]
-        assert entry["valueFrom"]["secretKeyRef"] == {"name": "tiergen-postgres", "key": key}
-    assets = production.named("PersistentVolumeClaim", "router-data")
-    assert assets is not None and assets["spec"]["accessModes"] == ["ReadWriteMany"]
+        deployment = production.deployments[name]
+        container = main_container(deployment)
+        env = env_of(container)
+        # The DSN is read from a file of the Secret, never held in the pod's environment.
+        assert variable not in env, f"{name}: {variable} in the environment"
+        dsn_file = Path(env[f"{variable}_FILE"]["value"])
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(dsn_file.parent)]
+        assert mount.get("readOnly") is True and "subPath" not in mount, name
+        (volume,) = [v for v in pod_spec(deployment)["volumes"] if v["name"] == mount["name"]]
+        # Only its own key: the ledger's pods never see the router's DSN, nor the reverse.
+        assert volume["secret"] == {
+            "secretName": "tiergen-postgres",
+            "items": [{"key": key, "path": dsn_file.name}],
+            "defaultMode": 0o440,
+        }, name
+    # The assets are in object storage (tests/deploy/test_deploy_operations.py checks how).
+    assert production.named("PersistentVolumeClaim", "router-data") is None
+    assert "TIERGEN_ROUTER_ASSETS_URL" in env_of(main_container(production.deployments["router"]))
 
 
 # -- telemetry and secrets --
