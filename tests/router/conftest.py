@@ -25,6 +25,7 @@ from services.router.server import create_server as create_router
 from services.router.settings import RouterSettings
 from services.runtime.credentials import bearer_interceptors
 from services.runtime.server import Server
+from services.runtime.status import from_rpc_error
 from services.upscaler.server import create_server as create_upscaler
 from services.upscaler.settings import UpscalerSettings
 from tests.tls import session_pki
@@ -94,6 +95,23 @@ class InProcessSuite:
             router_pb2.OpenAccountRequest(account_id=account, idempotency_key=f"open-{account}")
         )
         return account
+
+    async def generate_outcome(
+        self, account: str, spec: router_pb2.GenerationSpec
+    ) -> tuple[str, str]:
+        """A Generate on a new key, read to its end (the hold is settled before the stream
+        closes): the last job's status and "", or the refusal's code and reason."""
+        request = router_pb2.GenerateRequest(
+            account_id=account, idempotency_key=uuid.uuid4().hex, spec=spec
+        )
+        outcome = "NO_RESULT"
+        try:
+            async for event in self.router.Generate(request):
+                if event.WhichOneof("event") == "job":
+                    outcome = router_pb2.JobStatus.Name(event.job.status)
+        except grpc.aio.AioRpcError as error:
+            return error.code().name, from_rpc_error(error).reason
+        return outcome, ""
 
     async def balance(self, account: str) -> Any:
         reply = await self.router.GetBalance(router_pb2.GetBalanceRequest(account_id=account))

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 
-import grpc
 import pytest
 from tiergen.common.v1 import common_pb2
 from tiergen.router.v1 import router_pb2
@@ -14,7 +12,6 @@ from tiergen.router.v1 import router_pb2
 from services.ledger.ledger import Ledger
 from services.ledger.settings import LedgerSettings
 from services.router.routing.pricing import DEFAULT_PRICES_TOML
-from services.runtime.status import from_rpc_error
 
 pytestmark = pytest.mark.slow
 
@@ -37,22 +34,8 @@ async def test_300_concurrent_generations_deliver_exactly_what_the_credits_cover
         tier="nano",
         resolution=common_pb2.Resolution(size=common_pb2.IMAGE_SIZE_1K),
     )
-
-    async def one() -> tuple[str, str]:
-        request = router_pb2.GenerateRequest(
-            account_id=account, idempotency_key=uuid.uuid4().hex, spec=spec
-        )
-        outcome = "NO_RESULT"
-        try:
-            # Read to the end: the hold is settled before the stream closes.
-            async for event in suite.router.Generate(request):
-                if event.WhichOneof("event") == "job":
-                    outcome = router_pb2.JobStatus.Name(event.job.status)
-        except grpc.aio.AioRpcError as error:
-            return error.code().name, from_rpc_error(error).reason
-        return outcome, ""
-
-    outcomes = await asyncio.gather(*(one() for _ in range(300)))
+    # Each read to its end: the hold is settled before the stream closes.
+    outcomes = await asyncio.gather(*(suite.generate_outcome(account, spec) for _ in range(300)))
     assert outcomes.count(("JOB_STATUS_SUCCEEDED", "")) == 40, outcomes
     # The rest found no place in the tier (refused before any hold) or no credits left.
     refusals = {

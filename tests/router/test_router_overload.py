@@ -9,14 +9,11 @@ its port, every one of them with OK and SERVING, and the credits add up once the
 from __future__ import annotations
 
 import asyncio
-import uuid
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tiergen.common.v1 import common_pb2
 from tiergen.router.v1 import router_pb2
 
-from services.runtime.status import from_rpc_error
 from tests.router.conftest import InProcessSuite, router_channel
 
 FLOOD = 200
@@ -27,31 +24,17 @@ SPEC = router_pb2.GenerationSpec(
 )
 
 
-async def _generate(suite: InProcessSuite, account: str) -> tuple[str, str]:
-    request = router_pb2.GenerateRequest(
-        account_id=account, idempotency_key=uuid.uuid4().hex, spec=SPEC
-    )
-    outcome = "NO_RESULT"
-    try:
-        async for event in suite.router.Generate(request):
-            if event.WhichOneof("event") == "job":
-                outcome = router_pb2.JobStatus.Name(event.job.status)
-    except grpc.aio.AioRpcError as error:
-        return error.code().name, from_rpc_error(error).reason
-    return outcome, ""
-
-
 async def test_reads_and_health_are_answered_while_generations_flood_the_router(
     suite: InProcessSuite,
 ) -> None:
     account = await suite.open_account()
-    first = await _generate(suite, account)
+    first = await suite.generate_outcome(account, SPEC)
     assert first == ("JOB_STATUS_SUCCEEDED", "")
     (known,) = (await suite.router.ListJobs(router_pb2.ListJobsRequest(account_id=account))).jobs
     health_channel = router_channel(suite.addresses["router"], None)
     health = health_pb2_grpc.HealthStub(health_channel)
     try:
-        flood = [asyncio.create_task(_generate(suite, account)) for _ in range(FLOOD)]
+        flood = [asyncio.create_task(suite.generate_outcome(account, SPEC)) for _ in range(FLOOD)]
         answered: list[str] = []
         while not all(task.done() for task in flood):
             balance = await suite.router.GetBalance(
