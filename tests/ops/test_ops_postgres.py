@@ -27,8 +27,6 @@ import psycopg
 import pytest
 from moto.server import ThreadedMotoServer
 from psycopg import errors, sql
-from tiergen.common.v1 import common_pb2
-from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
 from services.cli.main import main
@@ -41,16 +39,14 @@ from services.router.settings import RouterSettings
 from services.runtime.server import Server
 from services.upscaler.server import create_server as create_upscaler
 from services.upscaler.settings import UpscalerSettings
+from tests.ops.trading import ACCOUNTS, trade
 from tests.postgres import POSTGRES_DSN, require_postgres
-from tests.router.conftest import MAIN_TENANT, issue_key, router_channel
+from tests.router.conftest import issue_key, router_channel
 from tests.tls import session_pki
 
 pytestmark = pytest.mark.postgres
 
 DEPLOY_DOC = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
-SQUARE_1K = common_pb2.Resolution(
-    size=common_pb2.IMAGE_SIZE_1K, aspect_ratio=common_pb2.ASPECT_RATIO_1_1
-)
 
 
 def documented_sql() -> list[str]:
@@ -186,73 +182,22 @@ async def activity(dsn: str, assets: dict[str, str]) -> tuple[dict[str, tuple[in
     async with (
         serving(dsn, assets) as addresses,
         router_channel(addresses["router"], api_key) as to_router,
-        session_pki().channel(addresses["ledger"], "router") as to_ledger,
     ):
         router = router_pb2_grpc.RouterServiceStub(to_router)
-        ledger = ledger_pb2_grpc.LedgerServiceStub(to_ledger)
-        accounts = ["alice", "bob"]
-        for account in accounts:
-            await router.OpenAccount(
-                router_pb2.OpenAccountRequest(account_id=account, idempotency_key=account)
-            )
-        await router.Grant(
-            router_pb2.GrantRequest(
-                account_id="alice", amount=100, reason="order 1", idempotency_key="buy-1"
-            )
-        )
         delivered = set()
-        async for event in router.Generate(
-            router_pb2.GenerateRequest(
-                account_id="alice",
-                idempotency_key="first-images",
-                spec=router_pb2.GenerationSpec(
-                    prompt="a lighthouse at dusk", tier="nano", n=2, resolution=SQUARE_1K
-                ),
-            )
-        ):
-            if event.WhichOneof("event") == "job":
-                assert event.job.status == router_pb2.JOB_STATUS_SUCCEEDED, event.job
-                delivered.add(event.job.job_id)
-                # Read back from the object store, through the router.
-                chunks = [
-                    part.chunk.data
-                    async for part in router.GetAsset(
-                        router_pb2.GetAssetRequest(
-                            account_id="alice", asset_id=event.job.asset.asset_id
-                        )
-                    )
-                    if part.WhichOneof("payload") == "chunk"
-                ]
-                assert len(b"".join(chunks)) == event.job.asset.info.size_bytes > 0
-        assert len(delivered) == 2
-
-        async def reserve(account: str, amount: int, key: str) -> str:
-            reply = await ledger.Reserve(
-                ledger_pb2.ReserveRequest(
-                    tenant=MAIN_TENANT,
-                    account_id=account,
-                    amount=amount,
-                    ttl_seconds=3600,
-                    idempotency_key=key,
+        for job in await trade(router, addresses["ledger"]):
+            delivered.add(job.job_id)
+            # Read back from the object store, through the router.
+            chunks = [
+                part.chunk.data
+                async for part in router.GetAsset(
+                    router_pb2.GetAssetRequest(account_id="alice", asset_id=job.asset.asset_id)
                 )
-            )
-            return str(reply.hold.hold_id)
-
-        released = await reserve("bob", 30, "reserve-1")
-        await ledger.Release(
-            ledger_pb2.ReleaseRequest(
-                tenant=MAIN_TENANT, hold_id=released, idempotency_key="release-1"
-            )
-        )
-        partly = await reserve("bob", 20, "reserve-2")
-        await ledger.Capture(
-            ledger_pb2.CaptureRequest(
-                tenant=MAIN_TENANT, hold_id=partly, amount=15, idempotency_key="capture-2"
-            )
-        )
-        await reserve("alice", 10, "reserve-open")
+                if part.WhichOneof("payload") == "chunk"
+            ]
+            assert len(b"".join(chunks)) == job.asset.info.size_bytes > 0
         balances = {}
-        for account in accounts:
+        for account in ACCOUNTS:
             reply = await router.GetBalance(router_pb2.GetBalanceRequest(account_id=account))
             balances[account] = (reply.balance.available, reply.balance.held)
     return balances, delivered

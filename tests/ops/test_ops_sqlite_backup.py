@@ -12,17 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tiergen.common.v1 import common_pb2
-from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from tiergen.router.v1 import router_pb2
 
 from services.cli.main import main
-from tests.router.conftest import MAIN_TENANT, InProcessSuite, running_suite
-from tests.tls import session_pki
+from tests.ops.trading import trade
+from tests.router.conftest import InProcessSuite, running_suite
 
-SQUARE_1K = common_pb2.Resolution(
-    size=common_pb2.IMAGE_SIZE_1K, aspect_ratio=common_pb2.ASPECT_RATIO_1_1
-)
 PLANTED = "planted-pa55word"
 
 
@@ -46,59 +41,6 @@ def rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
         }
 
 
-async def trade(suite: InProcessSuite) -> None:
-    """Accounts, a grant, two images (their hold captured), a hold released, one partly
-    captured and one left open."""
-    for account in ("alice", "bob"):
-        await suite.router.OpenAccount(
-            router_pb2.OpenAccountRequest(account_id=account, idempotency_key=account)
-        )
-    await suite.router.Grant(
-        router_pb2.GrantRequest(
-            account_id="alice", amount=100, reason="order 1", idempotency_key="buy-1"
-        )
-    )
-    request = router_pb2.GenerateRequest(
-        account_id="alice",
-        idempotency_key="first-images",
-        spec=router_pb2.GenerationSpec(
-            prompt="a lighthouse at dusk", tier="nano", n=2, resolution=SQUARE_1K
-        ),
-    )
-    statuses = [
-        event.job.status
-        async for event in suite.router.Generate(request)
-        if event.WhichOneof("event") == "job"
-    ]
-    assert statuses == [router_pb2.JOB_STATUS_SUCCEEDED] * 2
-    async with session_pki().channel(suite.addresses["ledger"], "router") as channel:
-        ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
-
-        async def reserve(account: str, amount: int, key: str) -> str:
-            reply = await ledger.Reserve(
-                ledger_pb2.ReserveRequest(
-                    tenant=MAIN_TENANT,
-                    account_id=account,
-                    amount=amount,
-                    ttl_seconds=3600,
-                    idempotency_key=key,
-                )
-            )
-            return str(reply.hold.hold_id)
-
-        released = await reserve("bob", 30, "reserve-1")
-        await ledger.Release(
-            ledger_pb2.ReleaseRequest(tenant=MAIN_TENANT, hold_id=released, idempotency_key="r1")
-        )
-        partly = await reserve("bob", 20, "reserve-2")
-        await ledger.Capture(
-            ledger_pb2.CaptureRequest(
-                tenant=MAIN_TENANT, hold_id=partly, amount=15, idempotency_key="c2"
-            )
-        )
-        await reserve("alice", 10, "reserve-open")
-
-
 async def observed(suite: InProcessSuite) -> tuple[dict[str, tuple[int, int]], list[Any]]:
     """Balances and alice's jobs, as the router answers them."""
     balances = {}
@@ -115,7 +57,7 @@ async def test_a_backup_taken_while_serving_restores_and_serves_the_same(
     live, backups, restored = tmp_path / "live", tmp_path / "backups", tmp_path / "restored"
     backups.mkdir()
     async with running_suite(live, {}, {}) as suite:
-        await trade(suite)
+        await trade(suite.router, suite.addresses["ledger"])
         before = await observed(suite)
         # Taken while every server is up, their connections open and the WAL not checkpointed.
         for service in ("ledger", "router"):
