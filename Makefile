@@ -26,11 +26,11 @@ demo: install
 up: install
 	$(BIN)/tiergen up --data-dir data
 
-## Lint, type-check and run every test.
+## Lint, type-check and run every test (two processes, each test file whole in one).
 test: install $(BUF)
 	$(BIN)/ruff check .
 	$(BIN)/mypy services bench protos/generate.py
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 lint: install $(BUF)
 	$(BIN)/ruff check .
