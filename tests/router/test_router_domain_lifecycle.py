@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.router.assets.store import AssetInfo, AssetRef
-from services.router.jobs.model import HoldState, JobKind, JobStatus, Lease, NewJob, Owner
+from services.router.jobs.model import HoldState, Job, JobKind, JobStatus, Lease, NewJob, Owner
 from services.router.operations.events import BatchAccepted, JobFinished
 from services.router.routing.catalogue import ImageSize, Stage
 from services.router.routing.policy import RouteRequest
@@ -297,3 +297,36 @@ async def test_a_recovered_batch_settles_in_its_owners_tenant(domain: RouterDoma
     assert [kind for kind, _ in domain.ledger.settlements] == ["capture", "capture"]
     assert domain.ledger.balance(owners[0]) == (400 - 2, 0)
     assert domain.ledger.balance(owners[1]) == (400 - 3, 0)
+
+
+async def test_a_caller_cancelled_twice_still_ends_every_job_before_the_credits_settle(
+    domain: RouterDomain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server may cancel a handler again while it is recording a cancellation (a deadline,
+    # then the channel closing): the second must not cut the first's bookkeeping short.
+    account = domain.ledger.open("acct")
+    batch_id, reader = await running_batch(domain, account, "twice")
+    store_slow = asyncio.Event()
+    recording: asyncio.Queue[str] = asyncio.Queue()
+    mark_cancelled = domain.jobs.mark_cancelled
+
+    async def slow_mark_cancelled(job_id: str, message: str = "cancelled by the caller") -> Job:
+        await recording.put(job_id)
+        await store_slow.wait()
+        return await mark_cancelled(job_id, message)
+
+    monkeypatch.setattr(domain.jobs, "mark_cancelled", slow_mark_cancelled)
+
+    reader.cancel()
+    for _ in range(REQUEST.n):
+        await recording.get()
+    reader.cancel()
+    await asyncio.sleep(0)
+    store_slow.set()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+
+    record = await domain.jobs.batch(account, batch_id)
+    assert {job.status for job in record.jobs} == {JobStatus.CANCELLED}
+    assert record.batch.hold_state is HoldState.RELEASED
+    assert domain.ledger.balance(account) == (400, 0)

@@ -124,8 +124,7 @@ async def test_a_callers_deadline_ends_the_render_and_the_credits_still_settle(s
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await _generate(suite, account, deadline=0.5)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    # The hold settles and the job ends although the caller's deadline has passed (the job's
-    # end is recorded a moment after the hold is released: wait for both).
+    # The job ends and then the hold settles although the caller's deadline has passed.
     for _ in range(100):
         balance = await suite.balance(account)
         listing = await suite.router.ListJobs(router_pb2.ListJobsRequest(account_id=account))

@@ -24,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import structlog
 
@@ -61,6 +62,7 @@ from services.runtime.tracing import current_trace_id
 __all__ = ["BatchRunner", "Submission", "job_error"]
 
 _log = structlog.get_logger("tiergen.router")
+_T = TypeVar("_T")
 
 #: Refusals of a job store move that mean the job was already final (cancelled meanwhile).
 _STORE_REASONS = frozenset({"JOB_FINAL", "ILLEGAL_TRANSITION"})
@@ -93,6 +95,22 @@ def _refusal(error: FailedPrecondition, decision: Decision | None) -> FailedPrec
     if decision is None or error.reason != "INSUFFICIENT_CREDITS" or not available.isdigit():
         return error
     return insufficient_credits(decision, int(available))
+
+
+async def _to_the_end(awaitable: Awaitable[_T]) -> _T:
+    """The result of `awaitable`, awaited to its end although the task awaiting it is cancelled
+    (again) meanwhile: the bookkeeping of one cancellation must not be cut short by the next.
+    The caller is handling a cancellation already, and raises it once this returns."""
+    future = asyncio.ensure_future(awaitable)
+    while True:
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if future.cancelled():
+                raise
+            if future.done():
+                return future.result()
+            # Cancelled again while the work goes on: wait for it all the same.
 
 
 def _shutting_down() -> errors.Unavailable:
@@ -385,7 +403,9 @@ class BatchRunner:
         finally:
             if not task.done():
                 task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            # The batch ends whole, its jobs final and its credits settled, although this
+            # stream is cancelled again meanwhile.
+            await _to_the_end(asyncio.gather(task, return_exceptions=True))
             if not started.is_set():
                 # Cancelled before it ran: nothing of the batch started, so it all returns.
                 for job in await self._jobs.cancel_batch(record.batch.owner, batch_id):
@@ -435,7 +455,7 @@ class BatchRunner:
         except asyncio.CancelledError:
             # The caller went away or the router is stopping: wait for every job to record
             # its cancellation, then settle below, charging only what was delivered.
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _to_the_end(asyncio.gather(*tasks, return_exceptions=True))
             raise
         finally:
             events.close()
@@ -485,14 +505,7 @@ class BatchRunner:
                     job.job_id, asset, cost, delivery.drift, fallback
                 )
         except asyncio.CancelledError:
-            if self._stopping:
-                # Not the caller's doing: say so, so that it knows a retry is safe.
-                failures[job.job_id] = _shutting_down()
-                ended = await self._fail(job, failures[job.job_id])
-            else:
-                with contextlib.suppress(FailedPrecondition):
-                    await self._jobs.mark_cancelled(job.job_id)
-                ended = await self._jobs.get(job.owner, job.job_id)
+            ended = await _to_the_end(self._end_cancelled(job, failures))
             count_final(ended)
             events.finished(ended)
             raise
@@ -515,6 +528,17 @@ class BatchRunner:
         count_final(final)
         events.finished(final)
         return final
+
+    async def _end_cancelled(self, job: Job, failures: dict[str, TiergenError]) -> Job:
+        """Records the end of a job whose task was cancelled: SHUTTING_DOWN when the router is
+        stopping, else cancelled by its caller (unless it ended meanwhile)."""
+        if self._stopping:
+            # Not the caller's doing: say so, so that it knows a retry is safe.
+            failures[job.job_id] = _shutting_down()
+            return await self._fail(job, failures[job.job_id])
+        with contextlib.suppress(FailedPrecondition):
+            await self._jobs.mark_cancelled(job.job_id)
+        return await self._jobs.get(job.owner, job.job_id)
 
     async def _fail(self, job: Job, error: TiergenError) -> Job:
         _log.warning(
