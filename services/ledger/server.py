@@ -34,7 +34,7 @@ async def create_server(settings: LedgerSettings, clock: Clock | None = None) ->
     gate = caller_gate(settings.server, SERVICE_NAME, allowed_callers(settings))
     ledger = await Ledger.open(settings, clock)
     sweeper = asyncio.create_task(ledger.run_sweeper(), name="ledger-sweeper")
-    servicer = LedgerServicer(ledger)
+    servicer = LedgerServicer(ledger, settings.admin_identities)
 
     async def stop_sweeper() -> None:
         sweeper.cancel()

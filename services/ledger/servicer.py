@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+import structlog
 from google.protobuf import timestamp_pb2
 from tiergen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 
@@ -22,11 +23,14 @@ from services.ledger.model import (
     available_book,
     held_book,
 )
+from services.runtime.callers import peer_identities
 from services.runtime.errors import InvalidArgument
 from services.runtime.identifiers import DEFAULT_TENANT
+from services.runtime.tracing import current_trace_id
 
 __all__ = ["LedgerServicer"]
 
+_audit = structlog.get_logger("tiergen.audit")
 _HOLD_STATUSES = {
     HoldStatus.OPEN: ledger_pb2.HOLD_STATUS_OPEN,
     HoldStatus.CAPTURED: ledger_pb2.HOLD_STATUS_CAPTURED,
@@ -135,10 +139,16 @@ def _hold_reply(cls: Any, result: HoldResult) -> Any:
 
 
 class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
-    """LedgerService over the domain `Ledger`."""
+    """LedgerService over the domain `Ledger`.
 
-    def __init__(self, ledger: Ledger) -> None:
+    A Grant by an operator (a caller among `admin_identities`: `tiergen ledger grant`) writes a
+    `credits.granted` event to the audit trail, as the router does for the grants of its
+    tenants' credentials; the router's own calls are audited by the router.
+    """
+
+    def __init__(self, ledger: Ledger, admin_identities: frozenset[str] = frozenset()) -> None:
         self._ledger = ledger
+        self._admins = admin_identities
 
     async def OpenAccount(
         self, request: ledger_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -219,6 +229,22 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             request.reason,
             request.idempotency_key,
         )
+        identities, identity = peer_identities(context)
+        if identities & self._admins:
+            # A replay is audited too, marked so: whoever sums the grants counts each once.
+            _audit.info(
+                "audit",
+                action="credits.granted",
+                tenant=_tenant(request),
+                identity=identity,
+                account_id=request.account_id,
+                amount=request.amount,
+                # Spelled as the router's event spells it.
+                kind=kind.value.lower(),
+                reason=request.reason,
+                replayed=result.replayed,
+                trace_id=current_trace_id(),
+            )
         return ledger_pb2.GrantResponse(
             entry=entry_message(result.entry),
             balance=balance_message(result.balance),

@@ -146,6 +146,40 @@ async def test_the_admin_may_grant_and_read_but_not_touch_holds(ledger) -> None:
     assert audit["method"] == f"/{SERVICE}/Reserve"
 
 
+async def test_an_operators_grant_is_audited_and_the_routers_left_to_the_router(ledger) -> None:
+    _, address = ledger
+    channel, router = _stub(address, ROUTER_IDENTITY)
+    async with channel:
+        await router.OpenAccount(
+            ledger_pb2.OpenAccountRequest(tenant=TENANT, account_id="carol", idempotency_key="o")
+        )
+        with structlog.testing.capture_logs() as by_router:
+            await router.Grant(_grant("carol", "from-the-router"))
+    # The router audits its callers' grants with their credential; it does not twice.
+    assert [line for line in by_router if line.get("action") == "credits.granted"] == []
+    channel, admin = _stub(address, ADMIN_IDENTITY)
+    async with channel:
+        with structlog.testing.capture_logs() as by_admin:
+            await admin.Grant(_grant("carol", "by-hand"))
+            await admin.Grant(_grant("carol", "by-hand"))
+    audits = [line for line in by_admin if line.get("action") == "credits.granted"]
+    assert [
+        {k: line[k] for k in ("tenant", "identity", "account_id", "amount", "kind", "replayed")}
+        for line in audits
+    ] == [
+        {
+            "tenant": TENANT,
+            "identity": ADMIN_IDENTITY,
+            "account_id": "carol",
+            "amount": 50,
+            "kind": "adjustment",
+            "replayed": replayed,
+        }
+        for replayed in (False, True)
+    ]
+    assert all(line["log_level"] == "info" and line["reason"] == "goodwill" for line in audits)
+
+
 async def test_another_identity_is_refused_audited_and_changes_nothing(ledger, spans) -> None:
     _, address = ledger
     intruder = "spiffe://tiergen/generator"
