@@ -449,7 +449,7 @@ def _spawn_backends(
     return [
         processes.spawn(
             "ledger",
-            ["-m", "services.ledger"],
+            "services.ledger",
             {
                 **processes.tls_env("ledger"),
                 "TIERGEN_LEDGER_DSN": f"sqlite:///{data / 'ledger.db'}",
@@ -457,7 +457,7 @@ def _spawn_backends(
         ),
         processes.spawn(
             "generator",
-            ["-m", "services.generator"],
+            "services.generator",
             {
                 **processes.tls_env("generator"),
                 "TIERGEN_GENERATOR_WORKERS": str(workers),
@@ -467,7 +467,7 @@ def _spawn_backends(
         ),
         processes.spawn(
             "upscaler",
-            ["-m", "services.upscaler"],
+            "services.upscaler",
             {**processes.tls_env("upscaler"), "TIERGEN_UPSCALER_WORKERS": "1"},
         ),
     ]
@@ -481,7 +481,7 @@ async def _run(processes: ProcessGroup, options: argparse.Namespace) -> dict[str
     await asyncio.gather(ledger.ready(), generator.ready(), upscaler.ready())
     router = processes.spawn(
         "router",
-        ["-m", "services.router"],
+        "services.router",
         {
             **processes.tls_env("router"),
             "TIERGEN_ROUTER_DSN": f"sqlite:///{processes.run_dir / 'router.db'}",

@@ -137,11 +137,15 @@ _Client = Callable[[int, float, dict[str, list[float]]], Awaitable[int]]
 
 
 async def _start_server(
-    processes: ProcessGroup, name: str, arguments: Sequence[str], environ: dict[str, str]
+    processes: ProcessGroup,
+    name: str,
+    module: str,
+    environ: dict[str, str],
+    arguments: Sequence[str] = (),
 ) -> _Server:
     # Each serves mutual TLS, as the ledger does in a deployment; the benchmark calls as the
     # router.
-    process = processes.spawn(name, arguments, {**processes.tls_env("ledger"), **environ})
+    process = processes.spawn(name, module, {**processes.tls_env("ledger"), **environ}, arguments)
     address = await process.ready()
     return _Server(name, process, processes.aio_channel(address))
 
@@ -276,23 +280,16 @@ async def run(postgres_dsn: str, rounds: int, seconds: float, warmup: float) -> 
         processes = ProcessGroup(run_dir)
         stack.push_async_callback(asyncio.to_thread, processes.stop)
         servers = await asyncio.gather(
-            _start_server(
-                processes, "echo", ["-c", "from bench.ledger import serve_echo; serve_echo()"], {}
-            ),
-            _start_server(
-                processes,
-                "runtime_echo",
-                ["-c", "from bench.ledger import serve_runtime_echo; serve_runtime_echo()"],
-                {},
-            ),
+            _start_server(processes, "echo", "bench.ledger", {}, ("serve-echo",)),
+            _start_server(processes, "runtime_echo", "bench.ledger", {}, ("serve-runtime-echo",)),
             _start_server(
                 processes,
                 "sqlite",
-                ["-m", "services.ledger"],
+                "services.ledger",
                 {"TIERGEN_LEDGER_DSN": f"sqlite:///{run_dir / 'ledger.db'}"},
             ),
             _start_server(
-                processes, "postgres", ["-m", "services.ledger"], {"TIERGEN_LEDGER_DSN": postgres}
+                processes, "postgres", "services.ledger", {"TIERGEN_LEDGER_DSN": postgres}
             ),
         )
         for server in servers:
@@ -427,5 +424,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+#: The benchmark's own servers, run as `python -m bench.ledger SERVER`.
+_SERVERS = {"serve-echo": serve_echo, "serve-runtime-echo": serve_runtime_echo}
+
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1:2] and sys.argv[1] in _SERVERS:
+        _SERVERS[sys.argv[1]]()
+    else:
+        sys.exit(main())

@@ -135,9 +135,17 @@ class ProcessGroup:
     started: list[ServerProcess] = field(default_factory=list)
 
     def spawn(
-        self, name: str, arguments: Sequence[str], environ: Mapping[str, str] | None = None
+        self,
+        name: str,
+        module: str,
+        environ: Mapping[str, str] | None = None,
+        arguments: Sequence[str] = (),
     ) -> ServerProcess:
-        """Start `python ARGUMENTS` as `name` on a free loopback port, with `environ` added."""
+        """Start `python -m MODULE ARGUMENTS` as `name` on a free loopback port, with `environ`
+        added.
+
+        It runs through `services.cli.child`, as `tiergen up`'s services do: the kernel ends it
+        when this process dies, so a benchmark killed outright leaves nothing behind."""
         ready_file = self.run_dir / f"{name}.addr"
         log_path = self.run_dir / f"{name}.log"
         full_environ = {
@@ -150,7 +158,10 @@ class ProcessGroup:
         }
         with log_path.open("wb") as log:
             popen = subprocess.Popen(
-                [sys.executable, *arguments],
+                [
+                    sys.executable,
+                    *("-m", "services.cli.child", str(os.getpid()), module, *arguments),
+                ],
                 env=full_environ,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -129,7 +129,7 @@ def _spawn_backends(processes: ProcessGroup) -> list[ServerProcess]:
     return [
         processes.spawn(
             "ledger",
-            ["-m", "services.ledger"],
+            "services.ledger",
             {
                 **processes.tls_env("ledger"),
                 "TIERGEN_LEDGER_DSN": f"sqlite:///{data / 'ledger.db'}",
@@ -137,7 +137,7 @@ def _spawn_backends(processes: ProcessGroup) -> list[ServerProcess]:
         ),
         processes.spawn(
             "generator",
-            ["-m", "services.generator"],
+            "services.generator",
             {
                 **processes.tls_env("generator"),
                 "TIERGEN_GENERATOR_TIERS_FILE": str(tiers),
@@ -146,7 +146,7 @@ def _spawn_backends(processes: ProcessGroup) -> list[ServerProcess]:
         ),
         processes.spawn(
             "upscaler",
-            ["-m", "services.upscaler"],
+            "services.upscaler",
             {**processes.tls_env("upscaler"), "TIERGEN_UPSCALER_WORKERS": "1"},
         ),
     ]
@@ -158,7 +158,7 @@ def _spawn_router(
     ledger, generator, upscaler = (p.address for p in backends)
     return processes.spawn(
         f"router-{index}",
-        ["-m", "services.router"],
+        "services.router",
         {
             **processes.tls_env("router"),
             "TIERGEN_ROUTER_DSN": dsn,

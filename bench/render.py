@@ -215,7 +215,7 @@ def measure_service(figures: Figures) -> None:
         # The embedded tier catalogue, whatever this shell has configured.
         environ["TIERGEN_GENERATOR_TIERS_FILE"] = ""
         try:
-            generator = processes.spawn("generator", ["-m", "services.generator"], environ)
+            generator = processes.spawn("generator", "services.generator", environ)
             sequential, concurrent = asyncio.run(_rounds(generator.wait_ready(), processes))
         finally:
             processes.stop()

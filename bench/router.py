@@ -339,7 +339,7 @@ def _spawn_suite(processes: ProcessGroup, variant: str) -> list[ServerProcess]:
     return [
         processes.spawn(
             f"{variant}-ledger",
-            ["-m", "services.ledger"],
+            "services.ledger",
             {
                 **common,
                 **_transport(processes, variant, "ledger"),
@@ -348,7 +348,7 @@ def _spawn_suite(processes: ProcessGroup, variant: str) -> list[ServerProcess]:
         ),
         processes.spawn(
             f"{variant}-generator",
-            ["-m", "services.generator"],
+            "services.generator",
             {
                 **common,
                 **_transport(processes, variant, "generator"),
@@ -358,7 +358,7 @@ def _spawn_suite(processes: ProcessGroup, variant: str) -> list[ServerProcess]:
         ),
         processes.spawn(
             f"{variant}-upscaler",
-            ["-m", "services.upscaler"],
+            "services.upscaler",
             {
                 **common,
                 **_transport(processes, variant, "upscaler"),
@@ -379,7 +379,7 @@ def _spawn_router(
     data = processes.run_dir / variant
     return processes.spawn(
         f"{variant}-router",
-        ["-m", "services.router"],
+        "services.router",
         {
             **ROUTERS[variant],
             **_transport(processes, variant, "router"),
@@ -477,26 +477,26 @@ async def _run(
     # The chain's and the shape's hops are TLS as the routers' are: a router's certificate
     # calling, mutual TLS at the backends.
     backend, front = processes.tls_env("ledger"), processes.tls_env("router")
-    chain_b = processes.spawn("chain-b", ["-m", "bench.chain"], backend)
-    chain_c = processes.spawn("chain-c", ["-m", "bench.chain"], backend)
-    shape_ledger = processes.spawn("shape-ledger", ["-m", "bench.chain"], backend)
-    shape_generator = processes.spawn("shape-generator", ["-m", "bench.chain"], backend)
+    chain_b = processes.spawn("chain-b", "bench.chain", backend)
+    chain_c = processes.spawn("chain-c", "bench.chain", backend)
+    shape_ledger = processes.spawn("shape-ledger", "bench.chain", backend)
+    shape_generator = processes.spawn("shape-generator", "bench.chain", backend)
     suites = {name: _spawn_suite(processes, name) for name in ROUTERS}
     tokens = {name: await _issue_key(processes, name) for name in ROUTERS}
     # The platform's side of the webhooks: a certificate of the run's CA for 127.0.0.1.
     receiver = processes.spawn(
-        "webhook-receiver", ["-m", "bench.webhook_receiver"], processes.tls_env("upscaler")
+        "webhook-receiver", "bench.webhook_receiver", processes.tls_env("upscaler")
     )
     first = [chain_b, chain_c, shape_ledger, shape_generator, receiver]
     await asyncio.gather(*(p.ready() for p in [*first, *(p for s in suites.values() for p in s)]))
     chain_a = processes.spawn(
         "chain-a",
-        ["-m", "bench.chain"],
+        "bench.chain",
         {**front, "CHAIN_NEXT_ADDRS": f"{chain_b.address},{chain_c.address}"},
     )
     shape_router = processes.spawn(
         "shape-router",
-        ["-m", "bench.chain"],
+        "bench.chain",
         {
             **front,
             "SHAPE_LEDGER_ADDR": shape_ledger.address,

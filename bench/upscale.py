@@ -80,7 +80,7 @@ class UpscalerProcess:
         try:
             self._server = self._processes.spawn(
                 "upscaler",
-                ["-m", "services.upscaler"],
+                "services.upscaler",
                 {**self._processes.tls_env("upscaler"), **self._environ},
             )
             self.address = self._server.wait_ready()

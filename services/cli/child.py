@@ -8,7 +8,7 @@ their ports. On Linux each child therefore asks the kernel for a SIGTERM when it
 the service drains and exits as on any SIGTERM. Elsewhere the request is not available and the
 service runs without it.
 
-    python -m services.cli.child PARENT_PID services.router
+    python -m services.cli.child PARENT_PID services.router [ARGUMENTS...]
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ def _die_with_parent() -> None:
 
 
 def main(argv: list[str]) -> None:
-    parent, module = int(argv[0]), argv[1]
+    parent, module, arguments = int(argv[0]), argv[1], argv[2:]
     _die_with_parent()
     # The parent may have died before the request was made: then no signal will come.
     if os.getppid() != parent:
         sys.exit(f"{module}: the supervising process {parent} is gone; not starting")
-    sys.argv = [module]
+    sys.argv = [module, *arguments]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
