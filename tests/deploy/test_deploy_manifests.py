@@ -1356,10 +1356,11 @@ def designed_egress(rendering: Rendering) -> set[tuple[str, str, str]]:
         (name, "kube-dns", f"53/{protocol}") for name in services for protocol in ("UDP", "TCP")
     }
     edges |= {("router", backend, "grpc") for backend in BACKENDS}
-    edges |= {("generator", "internet", "443/TCP")}
+    # The generator's providers, and the router's webhook deliveries (and, in production, its
+    # object store), all HTTPS outside the private ranges.
+    edges |= {("generator", "internet", "443/TCP"), ("router", "internet", "443/TCP")}
     if rendering.overlay == "production":
         edges |= {("ledger", "private", "5432/TCP"), ("router", "private", "5432/TCP")}
-        edges |= {("router", "internet", "443/TCP")}
         edges |= {(name, "collector", "4317/TCP") for name in services}
     return edges
 
