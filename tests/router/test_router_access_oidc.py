@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import os
+import ssl
 import time
 import warnings
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 
 import jwt
 import pytest
+import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given, settings
@@ -27,10 +29,16 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.warnings import InsecureKeyLengthWarning
 
 from services.router.access.gate import Authenticator, CredentialRejected
-from services.router.access.oidc import JWKS_MAX_AGE_SECONDS, OidcVerifier, load_oidc
+from services.router.access.oidc import (
+    JWKS_MAX_AGE_SECONDS,
+    MAX_JWKS_BYTES,
+    OidcVerifier,
+    load_oidc,
+)
 from services.router.access.scopes import Scope
 from services.runtime.settings import ConfigError
 from tests.router.jwks_server import serving_jwks
+from tests.tls import session_pki
 
 CLUSTER = "https://kubernetes.default.svc.cluster.local"
 PARTNER = "https://oidc.partner.example"
@@ -530,6 +538,60 @@ async def test_old_keys_are_refetched_in_the_background_and_a_dropped_key_refuse
         assert server.requests == 2
 
 
+async def test_a_jwks_larger_than_the_limit_is_refused_unread(tmp_path: Path) -> None:
+    key = rsa_key("rsa-a")
+    with serving_jwks([key.jwk()]) as server:
+        # A valid set padded past the limit: refused by its size, whatever it holds.
+        server.body = json.dumps({"keys": [key.jwk()], "pad": "x" * MAX_JWKS_BYTES}).encode()
+        verifier = load_oidc(write_config(tmp_path, url_config(server.url)), clock=Clock())
+        with structlog.testing.capture_logs() as logs:
+            assert (await rejection(verifier, key.sign(claims()))).cause == "unknown-kid"
+        (warning,) = [line for line in logs if line["event"].startswith("OIDC JWKS fetch")]
+        assert f"larger than {MAX_JWKS_BYTES} bytes" in warning["error"]
+
+
+def https_config(url: str, **files: Path) -> str:
+    lines = "".join(f'{key} = "{path}"\n' for key, path in files.items())
+    return url_config(url).replace(
+        "jwks_refetch_seconds = 30\n", f"jwks_refetch_seconds = 30\n{lines}"
+    )
+
+
+async def test_an_issuer_in_the_cluster_is_trusted_by_its_ca_and_read_with_a_token(
+    tmp_path: Path,
+) -> None:
+    # The API server's JWKS behind the cluster's CA, readable with a ServiceAccount token.
+    pki = session_pki()
+    certificate, private_key = pki.issue(None, hosts=("127.0.0.1",))
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(certificate, private_key)
+    token_file = tmp_path / "token"
+    token_file.write_text("first-token-value\n")
+    clock, key, rotated = Clock(), rsa_key("rsa-a"), rsa_key("rsa-b")
+    with serving_jwks([key.jwk()], tls) as server:
+        config = https_config(server.url, jwks_ca_file=pki.ca_file, jwks_token_file=token_file)
+        with structlog.testing.capture_logs() as logs:
+            verifier = load_oidc(write_config(tmp_path, config), clock=clock)
+            assert (await verifier.authenticate(key.sign(claims()))).tenant == "acme"
+            # The kubelet rotates the token: the next fetch sends the new one.
+            token_file.write_text("second-token-value\n")
+            server.keys = [key.jwk(), rotated.jwk()]
+            clock.now += 30
+            assert (await verifier.authenticate(rotated.sign(claims()))).tenant == "acme"
+        assert server.authorizations == ["Bearer first-token-value", "Bearer second-token-value"]
+        assert "token-value" not in repr(logs)
+
+        # Without the cluster's CA the issuer's certificate is not trusted: nothing is fetched.
+        (tmp_path / "plain").mkdir()
+        untrusting = load_oidc(
+            write_config(tmp_path / "plain", https_config(server.url)), clock=Clock()
+        )
+        with structlog.testing.capture_logs() as logs:
+            assert (await rejection(untrusting, key.sign(claims()))).cause == "unknown-kid"
+        assert any("CERTIFICATE_VERIFY_FAILED" in line.get("error", "") for line in logs), logs
+        assert server.requests == 2
+
+
 # The issuers file.
 
 VALID_ISSUER = f"""
@@ -573,6 +635,31 @@ CONFIG_ERRORS: dict[str, tuple[str, str]] = {
         "jwks_url",
     ),
     "refetch interval with a file": (_plus("jwks_refetch_seconds = 10"), "jwks_url only"),
+    "a CA file with a file": (_plus('jwks_ca_file = "jwks.json"'), "jwks_ca_file: applies to"),
+    "a token file with a file": (
+        _plus('jwks_token_file = "jwks.json"'),
+        "jwks_token_file: applies to",
+    ),
+    "a CA file that is no CA": (
+        _without('jwks_file = "jwks.json"')
+        + 'jwks_url = "https://issuer.example/jwks"\njwks_ca_file = "jwks.json"\n',
+        "jwks_ca_file: ",
+    ),
+    "a missing CA file": (
+        _without('jwks_file = "jwks.json"')
+        + 'jwks_url = "https://issuer.example/jwks"\njwks_ca_file = "nowhere.crt"\n',
+        "jwks_ca_file: cannot read",
+    ),
+    "a missing token file": (
+        _without('jwks_file = "jwks.json"')
+        + 'jwks_url = "https://issuer.example/jwks"\njwks_token_file = "nowhere"\n',
+        "jwks_token_file: cannot read",
+    ),
+    "a token over plain http": (
+        _without('jwks_file = "jwks.json"')
+        + 'jwks_url = "http://127.0.0.1:1/jwks"\njwks_token_file = "jwks.json"\n',
+        "jwks_token_file: a token is sent over https only",
+    ),
     "alg none": (_plus('algorithms = ["RS256", "none"]'), "'none' would accept unsigned"),
     "HS256": (_plus('algorithms = ["HS256"]'), "'HS256' is HMAC"),
     "unknown algorithm": (_plus('algorithms = ["XS1"]'), "unknown algorithm"),

@@ -12,7 +12,10 @@ would accept unsigned ones. Both are refused in the configuration and in every t
 and PyJWT also refuses a token whose `alg` differs from the one its key is bound to.
 
 Keys come from a JWKS file (a ConfigMap holding `kubectl get --raw /openid/v1/jwks`), re-read
-when the file changes, or from a JWKS URL. Fetching a URL blocks, so it runs in a thread; it is
+when the file changes, or from a JWKS URL, fetched with httpx: no redirects, no proxy from the
+environment, at most `MAX_JWKS_BYTES`, trusting `jwks_ca_file` when given (the cluster's CA for
+its own API server) and sending the token of `jwks_token_file`, read again at every fetch (a
+projected ServiceAccount token rotates), when given. A fetch is
 single-flight (concurrent callers share one fetch) and starts only for a key id not yet known,
 at most once per `jwks_refetch_seconds`, so a flood of made-up key ids costs the issuer one
 request per interval. A token whose key is known fetches nothing; once the keys are older than
@@ -33,6 +36,7 @@ import json
 import math
 import os
 import re
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +44,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+import httpx
 import jwt
 import structlog
 
@@ -55,6 +60,7 @@ __all__ = [
     "ASYMMETRIC_ALGORITHMS",
     "DEFAULT_ALGORITHMS",
     "JWKS_MAX_AGE_SECONDS",
+    "MAX_JWKS_BYTES",
     "OIDC_FILE_SETTING",
     "OidcVerifier",
     "TrustedIssuer",
@@ -80,6 +86,8 @@ _DEFAULT_REFETCH_SECONDS = 30.0
 _REFETCH_SECONDS_RANGE = (1.0, 3600.0)
 #: A fetch slower than this fails and keeps the last keys; callers of unknown key ids wait for it.
 _FETCH_TIMEOUT_SECONDS = 5.0
+#: Largest JWKS document fetched: an issuer's set is a few kilobytes; more is refused unread.
+MAX_JWKS_BYTES = 256 * 1024
 #: Longest issuer: it is part of every credential name, which log lines carry.
 _MAX_ISSUER_CHARS = 200
 #: Longest credential name ("oidc:<issuer>#<subject>"); a longer subject is cut.
@@ -92,6 +100,8 @@ _ISSUER_KEYS = frozenset(
         "jwks_file",
         "jwks_url",
         "jwks_refetch_seconds",
+        "jwks_ca_file",
+        "jwks_token_file",
         "algorithms",
         "leeway_seconds",
         "tenant",
@@ -325,12 +335,21 @@ class _JwksFile:
 
 
 class _JwksUrl:
-    """Keys fetched from a JWKS URL with PyJWT's client (no redirects, a timeout), kept until
-    an unknown key id or their age calls for a refetch; see the module docstring."""
+    """Keys fetched from a JWKS URL, kept until an unknown key id or their age calls for a
+    refetch; see the module docstring."""
 
-    def __init__(self, url: str, *, refetch_seconds: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        refetch_seconds: float,
+        clock: Callable[[], float],
+        trust: ssl.SSLContext | None = None,
+        token_file: Path | None = None,
+    ) -> None:
         self._url = url
-        self._client = jwt.PyJWKClient(url, cache_jwk_set=False, timeout=_FETCH_TIMEOUT_SECONDS)
+        self._trust = trust
+        self._token_file = token_file
         self._refetch_seconds = refetch_seconds
         self._clock = clock
         self._keys: dict[str, jwt.PyJWK] = {}
@@ -363,10 +382,33 @@ class _JwksUrl:
         self._fetching = asyncio.create_task(self._fetch())
         return self._fetching
 
+    async def _download(self) -> Any:
+        """The JWKS document; ValueError or httpx.HTTPError when there is none to read."""
+        headers = {"Accept": "application/json"}
+        if self._token_file is not None:
+            token = self._token_file.read_text(encoding="utf-8").strip()
+            headers["Authorization"] = f"Bearer {token}"
+        async with (
+            httpx.AsyncClient(
+                verify=self._trust if self._trust is not None else True,
+                timeout=_FETCH_TIMEOUT_SECONDS,
+                follow_redirects=False,
+                trust_env=False,
+            ) as client,
+            client.stream("GET", self._url, headers=headers) as response,
+        ):
+            if response.status_code != 200:
+                raise ValueError(f"the issuer answered HTTP {response.status_code}")
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_JWKS_BYTES:
+                    raise ValueError(f"the JWKS is larger than {MAX_JWKS_BYTES} bytes")
+        return json.loads(body)
+
     async def _fetch(self) -> None:
         try:
-            document = await asyncio.to_thread(self._client.fetch_data)
-            keys = _signing_keys(document)
+            keys = _signing_keys(await self._download())
         # Whatever the issuer answered (nothing, an HTML error page, a reset connection, an
         # empty set), the last good keys stay: the task must end without an exception.
         except Exception as error:
@@ -502,8 +544,9 @@ class _EntryReader:
                 "jwks_file", "give exactly one of jwks_file (a JWKS JSON file) and jwks_url"
             )
         if has_file:
-            if "jwks_refetch_seconds" in self._entry:
-                raise self._error("jwks_refetch_seconds", "applies to jwks_url only")
+            for key in ("jwks_refetch_seconds", "jwks_ca_file", "jwks_token_file"):
+                if key in self._entry:
+                    raise self._error(key, "applies to jwks_url only")
             path = self._directory / Path(self._string("jwks_file")).expanduser()
             try:
                 return _JwksFile(path)
@@ -524,7 +567,30 @@ class _EntryReader:
         refetch = self._seconds(
             "jwks_refetch_seconds", _DEFAULT_REFETCH_SECONDS, _REFETCH_SECONDS_RANGE
         )
-        return _JwksUrl(url, refetch_seconds=refetch, clock=self._clock)
+        trust = None
+        if "jwks_ca_file" in self._entry:
+            ca_file = self._file("jwks_ca_file")
+            try:
+                trust = ssl.create_default_context(cafile=str(ca_file))
+            except (OSError, ssl.SSLError) as error:
+                raise self._error(
+                    "jwks_ca_file", f"{ca_file}: not a PEM CA file ({error})"
+                ) from None
+        token_file = None
+        if "jwks_token_file" in self._entry:
+            if parts.scheme != "https":
+                raise self._error("jwks_token_file", "a token is sent over https only")
+            token_file = self._file("jwks_token_file")
+        return _JwksUrl(
+            url, refetch_seconds=refetch, clock=self._clock, trust=trust, token_file=token_file
+        )
+
+    def _file(self, key: str) -> Path:
+        """The readable file `key` names (relative to the issuers file's directory)."""
+        path = self._directory / Path(self._string(key)).expanduser()
+        if not os.access(path, os.R_OK) or not path.is_file():
+            raise self._error(key, f"cannot read {path}")
+        return path
 
     def _algorithms(self) -> tuple[str, ...]:
         names = self._entry.get("algorithms", list(DEFAULT_ALGORITHMS))
