@@ -284,6 +284,11 @@ class RouterClient:
         )
         return reply.webhook
 
+    async def rotate_webhook_secret(
+        self, request: router_pb2.RotateWebhookSecretRequest
+    ) -> router_pb2.RotateWebhookSecretResponse:
+        return await self._stub.RotateWebhookSecret(request, timeout=30)
+
     async def list_webhook_deliveries(
         self, request: router_pb2.ListWebhookDeliveriesRequest
     ) -> router_pb2.ListWebhookDeliveriesResponse:

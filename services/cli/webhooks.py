@@ -1,16 +1,18 @@
-"""`tiergen webhooks`: add, list, remove, pause and resume a tenant's webhook endpoints, and read
-their deliveries, through a running router.
+"""`tiergen webhooks`: add, list, remove, pause and resume a tenant's webhook endpoints, rotate
+their signing secrets, and read their deliveries, through a running router.
 
 Every command calls the router with a `webhooks:admin` key of the tenant (`--api-key`,
 TIERGEN_API_KEY, or the dev key of `--data-dir`): the router takes the tenant from that key, so
-a command only ever sees and changes its caller's tenant's endpoints. The signing secret of a
-new endpoint is printed once, by `add`; listings never show it.
+a command only ever sees and changes its caller's tenant's endpoints. A signing secret is
+printed once, by `add` for a new endpoint and by `rotate` for a new secret of an existing one
+(the old one keeps signing beside it for `--grace-seconds`); listings never show one.
 
     tiergen webhooks add --url https://hooks.example.com/tiergen \\
         --events job.succeeded,job.failed,batch.completed
     tiergen webhooks list
     tiergen webhooks deliveries --webhook wh_01J... --state failed
     tiergen webhooks resume wh_01J...
+    tiergen webhooks rotate wh_01J... --grace-seconds 3600
     tiergen webhooks remove wh_01J...
 """
 
@@ -70,6 +72,9 @@ def _webhook_document(webhook: router_pb2.Webhook) -> dict[str, Any]:
         "consecutive_failures": webhook.consecutive_failures,
         "created": _iso(webhook.create_time, webhook.HasField("create_time")),
         "paused": _iso(webhook.pause_time, webhook.HasField("pause_time")),
+        "secret_rotation_expires": _iso(
+            webhook.secret_rotation_expire_time, webhook.HasField("secret_rotation_expire_time")
+        ),
     }
 
 
@@ -167,6 +172,27 @@ async def _command(options: argparse.Namespace) -> None:
         elif action == "remove":
             removed = await client.delete_webhook(options.webhook_id)
             _print(options, _webhook_document(removed), f"removed {removed.webhook_id}")
+        elif action == "rotate":
+            rotated = await client.rotate_webhook_secret(
+                router_pb2.RotateWebhookSecretRequest(
+                    webhook_id=options.webhook_id, grace_seconds=options.grace_seconds
+                )
+            )
+            until = _iso(
+                rotated.previous_secret_expire_time,
+                rotated.HasField("previous_secret_expire_time"),
+            )
+            document = {
+                **_webhook_document(rotated.webhook),
+                "secret": rotated.secret,
+                "previous_secret_expires": until,
+            }
+            old = f"the old secret signs too until {until}" if until else "the old secret stopped"
+            _print(options, document, f"{_webhook_line(rotated.webhook)}\n{rotated.secret}\n{old}")
+            print(
+                "the new signing secret is shown only now: give it to the receiver",
+                file=sys.stderr,
+            )
         elif action in ("pause", "resume"):
             changed = await client.update_webhook(
                 router_pb2.UpdateWebhookRequest(
@@ -190,7 +216,8 @@ async def _command(options: argparse.Namespace) -> None:
 
 
 def add_webhooks_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `webhooks add|list|remove|pause|resume|deliveries` under the `tiergen` command."""
+    """Register `webhooks add|list|remove|pause|resume|rotate|deliveries` under the `tiergen`
+    command."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--router",
@@ -214,7 +241,7 @@ def add_webhooks_commands(commands: argparse._SubParsersAction[argparse.Argument
 
     webhooks = commands.add_parser(
         "webhooks",
-        help="add, list and remove webhook endpoints; read their deliveries",
+        help="add, list and remove webhook endpoints; rotate their secrets; read deliveries",
         description="Manage the caller's tenant's webhook endpoints through a running router,"
         " with a webhooks:admin key: the events they are sent, signed as Standard Webhooks"
         " says (docs/api.md#webhooks).",
@@ -244,6 +271,20 @@ def add_webhooks_commands(commands: argparse._SubParsersAction[argparse.Argument
     ):
         action = actions.add_parser(name, parents=[common], help=help_text)
         action.add_argument("webhook_id", metavar="WEBHOOK_ID", help="e.g. wh_01J...")
+    rotate = actions.add_parser(
+        "rotate",
+        parents=[common],
+        help="give an endpoint a new signing secret, shown once; the old one signs for a grace",
+    )
+    rotate.add_argument("webhook_id", metavar="WEBHOOK_ID", help="e.g. wh_01J...")
+    rotate.add_argument(
+        "--grace-seconds",
+        type=int,
+        default=24 * 3600,
+        metavar="SECONDS",
+        help="how long the old secret keeps signing beside the new one: 0 stops it at once"
+        " (a leaked secret), at most 604800 (7 days); default 86400",
+    )
     deliveries = actions.add_parser(
         "deliveries", parents=[common], help="list deliveries, newest first, with their outcomes"
     )

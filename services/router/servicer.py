@@ -637,6 +637,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.DeleteWebhookResponse:
         return await self._webhooks.DeleteWebhook(request)
 
+    async def RotateWebhookSecret(
+        self,
+        request: router_pb2.RotateWebhookSecretRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> router_pb2.RotateWebhookSecretResponse:
+        return await self._webhooks.RotateWebhookSecret(request)
+
     async def ListWebhookDeliveries(
         self,
         request: router_pb2.ListWebhookDeliveriesRequest,

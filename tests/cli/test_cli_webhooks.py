@@ -1,6 +1,7 @@
 """`tiergen webhooks` against a real router: an endpoint added shows its secret once, is listed
-without it, paused, resumed and removed; deliveries are listed with their outcomes; a key
-without webhooks:admin is refused in one line."""
+without it, paused, resumed, given a new secret (shown once, with the old one's grace) and
+removed; deliveries are listed with their outcomes; a key without webhooks:admin, and a grace
+out of range, are refused in one line."""
 
 from __future__ import annotations
 
@@ -51,6 +52,27 @@ async def test_add_list_pause_resume_deliveries_and_remove(suite: InProcessSuite
     assert paused["state"] == "paused" and paused["pause_reason"] == "paused by its tenant"
     resumed = await succeeds("webhooks", "resume", *router, webhook_id, api_key=key)
     assert "active" in resumed
+
+    rotated = json.loads(
+        await succeeds("webhooks", "rotate", *router, "--json", webhook_id, api_key=key)
+    )
+    new_secret = rotated["secret"]
+    assert new_secret.startswith("whsec_") and new_secret != secret
+    assert rotated["previous_secret_expires"] == rotated["secret_rotation_expires"]
+    assert rotated["previous_secret_expires"].endswith("Z")
+    listed = await succeeds("webhooks", "list", *router, "--json", api_key=key)
+    assert new_secret not in listed and secret not in listed
+    assert json.loads(listed)["webhooks"][0]["secret_rotation_expires"]
+    leaked = await succeeds(
+        "webhooks", "rotate", *router, webhook_id, "--grace-seconds", "0", api_key=key
+    )
+    line, fresh, said = leaked.strip().splitlines()
+    assert line.startswith(webhook_id) and fresh.startswith("whsec_")
+    assert fresh not in (secret, new_secret) and said == "the old secret stopped"
+    too_long = await fails(
+        "webhooks", "rotate", *router, webhook_id, "--grace-seconds", "604801", api_key=key
+    )
+    assert "INVALID_ARGUMENT" in too_long and "grace_seconds" in too_long
 
     none = await succeeds("webhooks", "deliveries", *router, "--state", "failed", api_key=key)
     assert none.strip() == "no deliveries"

@@ -142,6 +142,9 @@ REQUESTS: dict[str, Callable[[Names, str], Any]] = {
         webhook_id=n.webhook_id, description=f"changed-{k[:8]}"
     ),
     "DeleteWebhook": lambda n, k: router_pb2.DeleteWebhookRequest(webhook_id=n.webhook_id),
+    "RotateWebhookSecret": lambda n, k: router_pb2.RotateWebhookSecretRequest(
+        webhook_id=n.webhook_id
+    ),
     "ListWebhookDeliveries": lambda n, k: router_pb2.ListWebhookDeliveriesRequest(
         webhook_id=n.webhook_id
     ),
@@ -204,7 +207,17 @@ async def _snapshot(suite: InProcessSuite, world: World) -> tuple[Any, ...]:
             (key.prefix, key.HasField("revoke_time"), key.expire_time.seconds)
             for key in keys.api_keys
         ],
-        [(hook.webhook_id, hook.url, hook.description, hook.state) for hook in webhooks.webhooks],
+        [
+            (
+                hook.webhook_id,
+                hook.url,
+                hook.description,
+                hook.state,
+                hook.update_time.ToMicroseconds(),
+                hook.HasField("secret_rotation_expire_time"),
+            )
+            for hook in webhooks.webhooks
+        ],
     )
 
 

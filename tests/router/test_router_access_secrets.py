@@ -1,6 +1,7 @@
 """A planted API key and a planted OIDC token never reach a log line, a span, an error or a
 repr, whatever the router does with them: accept them, refuse them (wrong scope, revoked,
-garbled, expired, tampered), or hand a new key out.
+garbled, expired, tampered), or hand a new key out. Nor do a webhook endpoint's signing
+secrets, through its creation, two rotations and an attempt signed with both of its secrets.
 
 Everything the test run can observe is gathered: every structlog event of the in-process
 suite, every finished span (attributes, events, status), every error a call ended with (its
@@ -10,6 +11,7 @@ that hold a secret. The secrets are searched in all of it, whole and by their se
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -61,6 +63,9 @@ tenant = "t-main"
         "TIERGEN_ROUTER_OIDC_FILE": str(tmp_path / "oidc.toml"),
         "TIERGEN_ROUTER_KEY_CACHE_SECONDS": "0",
         "TIERGEN_ROUTER_MAX_REFUSAL_DELAY_SECONDS": "0",
+        # The webhook endpoint made here points at loopback, where nothing listens.
+        "TIERGEN_ROUTER_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
+        "TIERGEN_ROUTER_WEBHOOK_POLL_SECONDS": "0.05",
     }
     async with running_suite(tmp_path / "data", env, {}) as running:
         yield running
@@ -122,6 +127,32 @@ async def test_planted_credentials_are_seen_nowhere(suite, spans, capfd) -> None
             router_pb2.RotateApiKeyRequest(prefix=created.api_key.prefix)
         )
         told.append(await _answer(suite.stub(rotated.secret).GetJob(get_job)))
+        hook = await suite.router.CreateWebhook(
+            router_pb2.CreateWebhookRequest(
+                url="https://127.0.0.1:9/hook", events=["batch.completed"]
+            )
+        )
+        webhook_id = hook.webhook.webhook_id
+        first = await suite.router.RotateWebhookSecret(
+            router_pb2.RotateWebhookSecretRequest(webhook_id=webhook_id, grace_seconds=0)
+        )
+        second = await suite.router.RotateWebhookSecret(
+            router_pb2.RotateWebhookSecretRequest(webhook_id=webhook_id)
+        )
+        # A delivery signed with the rotated-out secret and the new one, refused by nothing
+        # listening: its failure is logged.
+        [_ async for _ in suite.router.Generate(generate)]
+        for _ in range(200):
+            page = await suite.router.ListWebhookDeliveries(
+                router_pb2.ListWebhookDeliveriesRequest(webhook_id=webhook_id)
+            )
+            if page.deliveries and page.deliveries[0].attempts:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the delivery was never attempted")
+        told.append(await _answer(suite.router.ListWebhooks(router_pb2.ListWebhooksRequest())))
+        told.append(repr(page))
 
     secrets = {
         "planted key": planted.secret,
@@ -132,6 +163,9 @@ async def test_planted_credentials_are_seen_nowhere(suite, spans, capfd) -> None
         "token": token,
         "expired token": expired,
         "tampered token": tampered,
+        "webhook secret": hook.secret,
+        "rotated webhook secret": first.secret,
+        "webhook secret in its grace": second.secret,
     }
     # What must hold no secret: the caller is told the secrets it was issued, nothing else.
     seen = {
@@ -151,6 +185,11 @@ async def test_planted_credentials_are_seen_nowhere(suite, spans, capfd) -> None
         for name, secret in secrets.items():
             # The whole secret, and its secret part alone: a key past its prefix, a token's
             # payload and signature.
-            parts = [secret, secret[13:]] if secret.startswith("tgk_") else secret.split(".")[1:]
+            if secret.startswith("tgk_"):
+                parts = [secret[13:]]
+            elif secret.startswith("whsec_"):
+                parts = [secret.removeprefix("whsec_")]
+            else:
+                parts = secret.split(".")[1:]
             for part in [secret, *parts]:
                 assert part not in text, f"the {name} is in the {place}"

@@ -5,10 +5,12 @@ current."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import enum
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import datetime
@@ -27,13 +29,18 @@ from services.router.jobs.migrations import SCHEMA
 from services.router.jobs.model import JobKind, JobStatus, NewJob, Owner
 from services.router.jobs.schema import metadata
 from services.router.jobs.sql_store import SqlJobStore
+from services.router.webhooks.schedule import RetryPolicy
+from services.router.webhooks.signing import Signer, signature_headers
+from services.router.webhooks.store import WebhookStore
 from services.runtime.errors import NotFound
 from services.runtime.identifiers import DEFAULT_TENANT
 from services.runtime.migrations import current, head, upgrade
 from services.runtime.settings import ConfigError
 from tests.postgres import Schemas, require_postgres, with_search_path
+from tests.webhook_receiver import verify_signature
 
 FIXTURES = Path(__file__).parent / "fixtures"
+_POLICY = RetryPolicy(base_seconds=1.0, max_delay_seconds=60.0, period_seconds=600.0)
 #: The job sequence of the legacy databases: the last job made (then forgotten) had this seq.
 LEGACY_LAST_SEQ = 9
 
@@ -634,5 +641,77 @@ class TestWebhooksUpgrade:
         assert previous.raw("SELECT job_id FROM jobs") == [("job_1",)]
         columns = {column["name"] for column in _columns(previous.url, "batches")}
         assert not columns & {"detached", "webhook_id", "completion_pending"}
+        previous.migrate()
+        assert previous.raw(f"SELECT version_num FROM {SCHEMA.version_table}") == [(head(SCHEMA),)]
+
+
+class TestSecretRotationUpgrade:
+    """Revision 0007 adds the secret a rotation replaces and its grace to `webhooks`: an
+    endpoint of the previous release reads as never rotated, its pending delivery is still
+    signed with its one secret, and it can be rotated; the downgrade takes only the columns."""
+
+    SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
+    PAYLOAD = '{"type": "job.succeeded"}'
+
+    @pytest.fixture
+    def previous(self, database: Database) -> Database:
+        database.migrate_to("0006")
+        database.insert(
+            "webhooks",
+            {
+                "webhook_id": "wh_1",
+                "tenant": "acme",
+                "url": "https://hooks.example.com/h",
+                "events": "job.succeeded",
+                "description": "",
+                "secret": self.SECRET,
+                "state": "active",
+                "create_us": 1,
+                "update_us": 1,
+            },
+        )
+        database.insert(
+            "webhook_deliveries",
+            {
+                "delivery_id": "msg_1",
+                "tenant": "acme",
+                "webhook_id": "wh_1",
+                "event_id": "evt_1",
+                "event_type": "job.succeeded",
+                "account_id": "acct-1",
+                "payload": self.PAYLOAD,
+                "state": "pending",
+                "create_us": 1,
+                "next_attempt_us": 1,
+            },
+        )
+        return database
+
+    async def test_an_endpoint_keeps_signing_with_its_one_secret(self, previous: Database) -> None:
+        previous.migrate()
+        store = await previous.open()
+        try:
+            webhooks = WebhookStore(store.database)
+            (listed,) = await webhooks.list("acme")
+            assert listed.rotation_grace_until is None
+            (attempt,) = await webhooks.take_due(_POLICY, limit=10)
+            assert (attempt.secret, attempt.previous_secret) == (self.SECRET, None)
+            headers = signature_headers(
+                Signer(attempt.secret), attempt.delivery_id, int(time.time()), attempt.payload
+            )
+            assert " " not in headers["webhook-signature"]
+            verify_signature(self.SECRET, headers, self.PAYLOAD.encode())
+            rotated = await webhooks.rotate_secret("acme", "wh_1", grace_seconds=60)
+            assert rotated.webhook.rotation_grace_until is not None
+        finally:
+            await store.close()
+        assert previous.raw("SELECT previous_secret FROM webhooks") == [(self.SECRET,)]
+
+    def test_the_downgrade_takes_only_what_it_added(self, previous: Database) -> None:
+        previous.migrate_to("0007")
+        previous.migrate_to("0006", down=True)
+        assert previous.raw("SELECT webhook_id, secret FROM webhooks") == [("wh_1", self.SECRET)]
+        columns = {column["name"] for column in _columns(previous.url, "webhooks")}
+        assert not columns & {"previous_secret", "previous_secret_expire_us"}
         previous.migrate()
         assert previous.raw(f"SELECT version_num FROM {SCHEMA.version_table}") == [(head(SCHEMA),)]

@@ -1,7 +1,8 @@
 """The webhook outbox on SQLite and PostgreSQL: a job's final state, a batch's settlement and a
 hold under a credits.low threshold become deliveries for exactly the endpoints that want them,
 of their own tenant only; attempts are taken, recorded, retried, failed and paused as the rules
-say; endpoints and deliveries are each tenant's own."""
+say; a rotated-out secret signs beside the new one for its grace; endpoints and deliveries are
+each tenant's own."""
 
 from __future__ import annotations
 
@@ -350,6 +351,82 @@ class TestAttempts:
         assert (await stores.webhooks.deliveries(ACME)).deliveries == ()
 
 
+class TestSecretRotation:
+    """A rotated-out secret signs beside the new one while its grace lasts, for every attempt
+    taken after the rotation, retries of earlier events included."""
+
+    async def _failed_once(self, stores: Stores) -> tuple[Any, Attempt]:
+        """An endpoint, and the retry of its delivery that failed once, due now."""
+        issued = await stores.webhooks.create(ACME, URL, frozenset({EventType.JOB_SUCCEEDED}))
+        stores.clock.advance(1)
+        record = await _batch(stores, detached=True)
+        await _deliver(stores, record.jobs[0].job_id)
+        (attempt,) = await stores.webhooks.fan_out(POLICY)
+        assert (attempt.secret, attempt.previous_secret) == (issued.secret, None)
+        failed = Outcome(attempt, stores.clock.us, False, 503, "HTTP 503")
+        recorded = await stores.webhooks.record([failed], POLICY, rand=lambda: 1.0)
+        assert recorded.soonest_retry_us is not None
+        return issued, attempt
+
+    async def test_a_retry_after_a_rotation_carries_both_secrets_until_the_grace_ends(
+        self, stores: Stores
+    ) -> None:
+        issued, _ = await self._failed_once(stores)
+        webhook_id = issued.webhook.webhook_id
+        rotated = await stores.webhooks.rotate_secret(ACME, webhook_id, grace_seconds=60)
+        assert rotated.secret != issued.secret and rotated.secret.startswith("whsec_")
+        assert rotated.previous_expires_at == stores.clock.now + timedelta(seconds=60)
+        assert rotated.webhook.rotation_grace_until == rotated.previous_expires_at
+        assert rotated.webhook.updated_at == stores.clock.now
+        assert rotated.secret not in repr(rotated) and issued.secret not in repr(rotated)
+        assert (await stores.webhooks.get(ACME, webhook_id)).rotation_grace_until == (
+            rotated.previous_expires_at
+        )
+
+        stores.clock.advance(30)
+        (retry,) = await stores.webhooks.take_due(POLICY, limit=10)
+        assert (retry.secret, retry.previous_secret) == (rotated.secret, issued.secret)
+        assert rotated.secret not in repr(retry) and issued.secret not in repr(retry)
+
+        # Its grace over, the old secret signs nothing, and the endpoint no longer says so.
+        failed = Outcome(retry, stores.clock.us, False, 503, "HTTP 503")
+        await stores.webhooks.record([failed], POLICY, rand=lambda: 1.0)
+        stores.clock.advance(31)
+        (late,) = await stores.webhooks.take_due(POLICY, limit=10)
+        assert (late.secret, late.previous_secret) == (rotated.secret, None)
+        (listed,) = await stores.webhooks.list(ACME)
+        assert listed.rotation_grace_until is None
+
+    async def test_no_grace_drops_every_old_secret_at_once(self, stores: Stores) -> None:
+        issued, _ = await self._failed_once(stores)
+        webhook_id = issued.webhook.webhook_id
+        kept = await stores.webhooks.rotate_secret(ACME, webhook_id, grace_seconds=3600)
+        # Rotating again replaces the one being rotated out: the first secret is gone too.
+        final = await stores.webhooks.rotate_secret(ACME, webhook_id, grace_seconds=0)
+        assert final.previous_expires_at is None and final.webhook.rotation_grace_until is None
+        assert len({issued.secret, kept.secret, final.secret}) == 3
+        stores.clock.advance(600)
+        (retry,) = await stores.webhooks.take_due(POLICY, limit=10)
+        assert (retry.secret, retry.previous_secret) == (final.secret, None)
+
+    async def test_a_second_rotation_in_a_grace_keeps_only_the_secret_it_replaced(
+        self, stores: Stores
+    ) -> None:
+        issued, _ = await self._failed_once(stores)
+        webhook_id = issued.webhook.webhook_id
+        first = await stores.webhooks.rotate_secret(ACME, webhook_id, grace_seconds=3600)
+        second = await stores.webhooks.rotate_secret(ACME, webhook_id, grace_seconds=3600)
+        stores.clock.advance(600)
+        (retry,) = await stores.webhooks.take_due(POLICY, limit=10)
+        assert (retry.secret, retry.previous_secret) == (second.secret, first.secret)
+
+    async def test_a_negative_grace_is_refused(self, stores: Stores) -> None:
+        issued = await stores.webhooks.create(ACME, URL, frozenset({EventType.JOB_FAILED}))
+        with pytest.raises(InvalidArgument) as refused:
+            await stores.webhooks.rotate_secret(ACME, issued.webhook.webhook_id, grace_seconds=-1)
+        assert refused.value.violations[0].field == "grace_seconds"
+
+
 class TestEndpointsAreTheTenants:
     async def test_another_tenants_endpoint_is_not_found_like_a_missing_one(
         self, stores: Stores
@@ -360,6 +437,7 @@ class TestEndpointsAreTheTenants:
             lambda: stores.webhooks.get(GLOBEX, webhook_id),
             lambda: stores.webhooks.update(GLOBEX, webhook_id, WebhookChanges(paused=True)),
             lambda: stores.webhooks.delete(GLOBEX, webhook_id),
+            lambda: stores.webhooks.rotate_secret(GLOBEX, webhook_id, grace_seconds=60),
             lambda: stores.webhooks.deliveries(GLOBEX, DeliveryFilter(webhook_id=webhook_id)),
         ):
             with pytest.raises(NotFound) as theirs:

@@ -1,6 +1,6 @@
 """Webhooks through a real suite (four servers on port 0) and a loopback HTTPS receiver: the
-RPCs, signed deliveries of detached batches, retries, pausing, credits.low, and the tenancy and
-target rules that keep endpoints and deliveries their tenant's."""
+RPCs, signed deliveries of detached batches, retries, pausing, credits.low, rotating a signing
+secret, and the tenancy and target rules that keep endpoints and deliveries their tenant's."""
 
 from __future__ import annotations
 
@@ -350,3 +350,108 @@ async def test_a_detached_upscale_answers_with_the_accepted_job_and_finishes(
         lambda reply: reply.job.status == router_pb2.JOB_STATUS_SUCCEEDED,
     )
     assert job.job.parent_job_id == parent and job.job.cost > 0
+
+
+def _signatures(request: Received) -> list[str]:
+    return request.headers["webhook-signature"].split(" ")
+
+
+def _verifies(secret: str, request: Received, signature: str) -> bool:
+    """Whether `signature` alone, as the request's only one, verifies with `secret`."""
+    try:
+        verify_signature(secret, {**request.headers, "webhook-signature": signature}, request.body)
+    except AssertionError:
+        return False
+    return True
+
+
+async def test_a_rotated_secret_signs_beside_the_new_one_until_its_grace_ends(
+    suite: InProcessSuite, receiver: Any
+) -> None:
+    created = await suite.router.CreateWebhook(
+        router_pb2.CreateWebhookRequest(url=receiver.url + "/", events=["batch.completed"])
+    )
+    webhook_id = created.webhook.webhook_id
+    assert not created.webhook.HasField("secret_rotation_expire_time")
+    account = await suite.open_account()
+
+    async def next_delivery() -> Received:
+        seen = len(receiver.received)
+        await _generate(suite, account)
+        arrived = await receiver.wait_for(lambda r: len(r) > seen)
+        return arrived[seen]
+
+    # A rotation with the default grace: the new secret is answered once; the old one keeps
+    # signing, second, for 24 hours.
+    rotated = await suite.router.RotateWebhookSecret(
+        router_pb2.RotateWebhookSecretRequest(webhook_id=webhook_id)
+    )
+    new, old = rotated.secret, created.secret
+    assert new.startswith("whsec_") and new != old
+    grace = rotated.previous_secret_expire_time.seconds - rotated.webhook.update_time.seconds
+    assert grace == 86400
+    assert rotated.webhook.secret_rotation_expire_time == rotated.previous_secret_expire_time
+    listed = await suite.router.ListWebhooks(router_pb2.ListWebhooksRequest())
+    assert listed.webhooks[0].secret_rotation_expire_time == rotated.previous_secret_expire_time
+    assert new not in str(listed) and old not in str(listed)
+
+    both = await next_delivery()
+    first, second = _signatures(both)
+    assert _verifies(new, both, first) and not _verifies(old, both, first)
+    assert _verifies(old, both, second) and not _verifies(new, both, second)
+    # Any Standard Webhooks receiver accepts it with either secret.
+    verify_signature(new, both.headers, both.body)
+    verify_signature(old, both.headers, both.body)
+
+    # A leaked secret: grace 0 stops the one being replaced at once, and the older one too.
+    leaked = await suite.router.RotateWebhookSecret(
+        router_pb2.RotateWebhookSecretRequest(webhook_id=webhook_id, grace_seconds=0)
+    )
+    assert not leaked.HasField("previous_secret_expire_time")
+    assert not leaked.webhook.HasField("secret_rotation_expire_time")
+    only = await next_delivery()
+    (signature,) = _signatures(only)
+    assert _verifies(leaked.secret, only, signature)
+    assert not _verifies(new, only, signature) and not _verifies(old, only, signature)
+
+    # A grace of one second: once it has passed, only the new secret signs.
+    short = await suite.router.RotateWebhookSecret(
+        router_pb2.RotateWebhookSecretRequest(webhook_id=webhook_id, grace_seconds=1)
+    )
+    assert short.HasField("previous_secret_expire_time")
+
+    async def webhook() -> router_pb2.Webhook:
+        return (await suite.router.ListWebhooks(router_pb2.ListWebhooksRequest())).webhooks[0]
+
+    await _eventually(webhook, lambda w: not w.HasField("secret_rotation_expire_time"))
+    after = await next_delivery()
+    (signature,) = _signatures(after)
+    assert _verifies(short.secret, after, signature)
+    assert not _verifies(leaked.secret, after, signature)
+
+
+#: Rotations of bad input: the request's fields, and the field and reason it is refused with.
+BAD_ROTATIONS = [
+    ({}, "webhook_id", "ID_REQUIRED"),
+    ({"webhook_id": "wh_\x00"}, "webhook_id", "MALFORMED_ID"),
+    ({"webhook_id": "w" * 300}, "webhook_id", "MALFORMED_ID"),
+    ({"webhook_id": "wh_1", "grace_seconds": -1}, "grace_seconds", "OUT_OF_RANGE"),
+    ({"webhook_id": "wh_1", "grace_seconds": 604801}, "grace_seconds", "OUT_OF_RANGE"),
+]
+
+
+async def test_a_rotation_of_bad_input_is_refused_naming_the_field(suite: InProcessSuite) -> None:
+    for fields, field, reason in BAD_ROTATIONS:
+        request = router_pb2.RotateWebhookSecretRequest(**fields)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await suite.router.RotateWebhookSecret(request)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, fields
+        error = from_rpc_error(caught.value)
+        assert error.reason == reason, fields
+        assert [violation.field for violation in error.violations] == [field], fields
+    # A well-formed id of no endpoint, with the longest grace there is.
+    request = router_pb2.RotateWebhookSecretRequest(webhook_id="wh_nothing", grace_seconds=604800)
+    assert await _failure(suite.router.RotateWebhookSecret(request)) == (
+        grpc.StatusCode.NOT_FOUND,
+        "WEBHOOK_NOT_FOUND",
+    )

@@ -53,6 +53,7 @@ METHOD_SCOPES: dict[str, Scope] = {
     "ListWebhooks": Scope.WEBHOOKS_ADMIN,
     "UpdateWebhook": Scope.WEBHOOKS_ADMIN,
     "DeleteWebhook": Scope.WEBHOOKS_ADMIN,
+    "RotateWebhookSecret": Scope.WEBHOOKS_ADMIN,
     "ListWebhookDeliveries": Scope.WEBHOOKS_ADMIN,
 }
 

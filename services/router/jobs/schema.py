@@ -278,6 +278,8 @@ WEBHOOK_EVENT_TYPES = (
 # signing needs it (docs/security.md says how it is protected); no statement but the
 # dispatcher's reads it. `consecutive_failures` and `failing_since_us` count the attempts that
 # failed since the last success, from which an endpoint is paused (`pause_reason` says why).
+# `previous_secret` is the secret the last rotation replaced, which also signs deliveries until
+# `previous_secret_expire_us`; both are null when no rotation kept one.
 webhooks = sa.Table(
     "webhooks",
     metadata,
@@ -295,6 +297,8 @@ webhooks = sa.Table(
     sa.Column("create_us", sa.BigInteger, nullable=False),
     sa.Column("update_us", sa.BigInteger, nullable=False),
     sa.Column("pause_us", sa.BigInteger),
+    sa.Column("previous_secret", sa.Text),
+    sa.Column("previous_secret_expire_us", sa.BigInteger),
     sa.PrimaryKeyConstraint("webhook_id", name="webhooks_pkey"),
     sa.CheckConstraint(values_in("state", ("active", "paused")), name="webhooks_state_check"),
     sa.CheckConstraint("events <> ''", name="webhooks_events_check"),

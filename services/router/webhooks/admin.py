@@ -1,12 +1,13 @@
 """The webhook RPCs of RouterService: a tenant's administrators registering, listing, changing
-and deleting their own endpoints, and reading their deliveries.
+deleting their own endpoints and rotating their signing secrets, and reading their deliveries.
 
 Every call acts in the caller's tenant (`current_principal()`), never in one a request names:
 another tenant's endpoint, or a delivery to it, is NOT_FOUND exactly like one that does not
 exist. A URL is checked (`targets.check_target`) before it is saved, and again by the
-dispatcher at every connection. The signing secret travels only in CreateWebhook's response;
-every change is audited (`tiergen.audit`: `webhook.created`, `webhook.updated`,
-`webhook.deleted`) by endpoint id and host, never a URL's path or query, never a secret.
+dispatcher at every connection. A signing secret travels only in the response of CreateWebhook
+or RotateWebhookSecret; every change is audited (`tiergen.audit`: `webhook.created`,
+`webhook.updated`, `webhook.secret_rotated`, `webhook.deleted`) by endpoint id and host, never
+a URL's path or query, never a secret.
 """
 
 from __future__ import annotations
@@ -31,9 +32,20 @@ from services.router.webhooks.model import (
 from services.router.webhooks.store import WebhookStore, parse_events
 from services.router.webhooks.targets import Resolver, check_target, system_resolver
 from services.runtime.errors import InvalidArgument
+from services.runtime.identifiers import require_id
 from services.runtime.tracing import current_trace_id
 
-__all__ = ["WebhookAdmin", "webhook_message"]
+__all__ = [
+    "DEFAULT_SECRET_GRACE_SECONDS",
+    "MAX_SECRET_GRACE_SECONDS",
+    "WebhookAdmin",
+    "webhook_message",
+]
+
+#: How long a rotated-out secret keeps signing when RotateWebhookSecret does not say: 24 hours.
+DEFAULT_SECRET_GRACE_SECONDS = 24 * 3600
+#: The longest grace a rotation may give the old secret: 7 days.
+MAX_SECRET_GRACE_SECONDS = 7 * 24 * 3600
 
 _audit = structlog.get_logger("tiergen.audit")
 
@@ -71,6 +83,7 @@ def webhook_message(webhook: Webhook) -> router_pb2.Webhook:
         create_time=_timestamp(webhook.created_at),
         update_time=_timestamp(webhook.updated_at),
         pause_time=_timestamp(webhook.paused_at),
+        secret_rotation_expire_time=_timestamp(webhook.rotation_grace_until),
     )
 
 
@@ -110,9 +123,9 @@ def _audit_change(action: str, webhook: Webhook, **facts: Any) -> None:
 
 
 class WebhookAdmin:
-    """The bodies of CreateWebhook, ListWebhooks, UpdateWebhook, DeleteWebhook and
-    ListWebhookDeliveries over `store`; URLs resolving to private addresses are refused unless
-    `allow_private_targets`."""
+    """The bodies of CreateWebhook, ListWebhooks, UpdateWebhook, DeleteWebhook,
+    RotateWebhookSecret and ListWebhookDeliveries over `store`; URLs resolving to private
+    addresses are refused unless `allow_private_targets`."""
 
     def __init__(
         self,
@@ -203,6 +216,30 @@ class WebhookAdmin:
         webhook = await self._store.delete(current_principal().tenant, request.webhook_id)
         _audit_change("webhook.deleted", webhook)
         return router_pb2.DeleteWebhookResponse(webhook=webhook_message(webhook))
+
+    async def RotateWebhookSecret(
+        self, request: router_pb2.RotateWebhookSecretRequest
+    ) -> router_pb2.RotateWebhookSecretResponse:
+        caller = current_principal()
+        require_id(request.webhook_id, "webhook_id")
+        grace = DEFAULT_SECRET_GRACE_SECONDS
+        if request.HasField("grace_seconds"):
+            grace = request.grace_seconds
+            if not 0 <= grace <= MAX_SECRET_GRACE_SECONDS:
+                raise InvalidArgument(
+                    f"grace_seconds must be 0 to {MAX_SECRET_GRACE_SECONDS} (7 days), not {grace}",
+                    field="grace_seconds",
+                    reason="OUT_OF_RANGE",
+                )
+        rotated = await self._store.rotate_secret(
+            caller.tenant, request.webhook_id, grace_seconds=grace
+        )
+        _audit_change("webhook.secret_rotated", rotated.webhook, grace_seconds=grace)
+        return router_pb2.RotateWebhookSecretResponse(
+            webhook=webhook_message(rotated.webhook),
+            secret=rotated.secret,
+            previous_secret_expire_time=_timestamp(rotated.previous_expires_at),
+        )
 
     async def ListWebhookDeliveries(
         self, request: router_pb2.ListWebhookDeliveriesRequest

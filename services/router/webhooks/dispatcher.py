@@ -16,7 +16,9 @@ flag, and the dispatcher runs beside the batches, not in them. Delivery costs th
 (an HTTPS POST is about 0.25 ms of it with httpx); docs/performance.md measures what that does
 to throughput.
 
-An attempt signs its body (`signing`), POSTs it with a total timeout, and counts as delivered
+An attempt signs its body (`signing`) with the endpoint's secrets as the store read them when
+it took the attempt (nothing is cached: a rotation counts from the next attempt on, retries of
+earlier events included), POSTs it with a total timeout, and counts as delivered
 on a 2xx answer; anything else, a redirect included (never followed), is a failure, recorded
 with a reason the tenant may read: the status, or what went wrong, never the URL.
 
@@ -310,11 +312,16 @@ class WebhookDispatcher:
 
     async def _attempt(self, attempt: Attempt) -> Outcome:
         timeout = self._policy.timeout_seconds
+        previous = attempt.previous_secret
         headers = {
             "content-type": "application/json",
             "user-agent": _USER_AGENT,
             **signature_headers(
-                Signer(attempt.secret), attempt.delivery_id, int(time.time()), attempt.payload
+                Signer(attempt.secret),
+                attempt.delivery_id,
+                int(time.time()),
+                attempt.payload,
+                previous=None if previous is None else Signer(previous),
             ),
         }
         request = httpx.Request(

@@ -27,6 +27,7 @@ __all__ = [
     "EventType",
     "IssuedWebhook",
     "Outcome",
+    "RotatedSecret",
     "Webhook",
     "WebhookChanges",
     "WebhookState",
@@ -85,6 +86,9 @@ class Webhook:
     created_at: datetime
     updated_at: datetime
     paused_at: datetime | None
+    #: Until when the secret the last rotation replaced still signs beside the current one;
+    #: None when no old secret does.
+    rotation_grace_until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,16 @@ class IssuedWebhook:
 
     webhook: Webhook
     secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class RotatedSecret:
+    """An endpoint just given a new signing secret, shown only here; the old one signs beside
+    it until `previous_expires_at` (None: it stopped at once)."""
+
+    webhook: Webhook
+    secret: str = field(repr=False)
+    previous_expires_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -161,6 +175,9 @@ class Attempt:
     created_us: int
     url: str = field(repr=False)
     secret: str = field(repr=False)
+    #: The secret a rotation replaced, while it still signs (its grace had not ended when the
+    #: attempt was taken); None otherwise.
+    previous_secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

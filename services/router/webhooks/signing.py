@@ -4,8 +4,10 @@
 A secret is `whsec_` and the base64 of 32 random bytes (the specification allows 24 to 64). A
 message is signed with HMAC-SHA256, keyed by the secret's decoded bytes, over
 `<webhook-id>.<webhook-timestamp>.<body>`; the `webhook-signature` header is `v1,` and the base64
-of that MAC. The timestamp is whole seconds since the epoch, taken at each attempt, so that a
-receiver can refuse replays of old messages (the libraries' default tolerance is 5 minutes).
+of that MAC (two such values, space-separated, while a rotated-out secret is within its grace:
+the current secret's first). The timestamp is whole seconds since the epoch, taken at each
+attempt, so that a receiver can refuse replays of old messages (the libraries' default
+tolerance is 5 minutes).
 
 The secret must be kept as it is, since signing needs it: it is never logged, never in a repr,
 and read by no statement but the dispatcher's (docs/security.md).
@@ -63,11 +65,22 @@ class Signer:
 
 
 def signature_headers(
-    signer: Signer, message_id: str, timestamp: int, body: bytes
+    signer: Signer,
+    message_id: str,
+    timestamp: int,
+    body: bytes,
+    *,
+    previous: Signer | None = None,
 ) -> dict[str, str]:
-    """The three headers of a signed message."""
+    """The three headers of a signed message. With `previous` (the secret a rotation replaced,
+    within its grace), `webhook-signature` carries both signatures, space-separated, the current
+    secret's first: the specification's receivers accept a message when any one of them
+    verifies, so one still holding the old secret keeps verifying."""
+    signatures = [signer.sign(message_id, timestamp, body)]
+    if previous is not None:
+        signatures.append(previous.sign(message_id, timestamp, body))
     return {
         "webhook-id": message_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": signer.sign(message_id, timestamp, body),
+        "webhook-signature": " ".join(signatures),
     }

@@ -61,6 +61,7 @@ from services.router.webhooks.model import (
     EventType,
     IssuedWebhook,
     Outcome,
+    RotatedSecret,
     Webhook,
     WebhookChanges,
     WebhookState,
@@ -166,7 +167,15 @@ def _not_found(webhook_id: str) -> NotFound:
     return NotFound(f"there is no webhook {webhook_id[:40]!r}", reason="WEBHOOK_NOT_FOUND")
 
 
-def _webhook(row: Mapping[str, Any]) -> Webhook:
+def _previous_secret(row: Mapping[str, Any], now_us: int) -> str | None:
+    """The endpoint's replaced secret while it still signs at `now_us`; None otherwise."""
+    expire_us = row["previous_secret_expire_us"]
+    if row["previous_secret"] is None or expire_us is None or expire_us <= now_us:
+        return None
+    return str(row["previous_secret"])
+
+
+def _webhook(row: Mapping[str, Any], now_us: int) -> Webhook:
     return Webhook(
         webhook_id=row["webhook_id"],
         tenant=row["tenant"],
@@ -181,6 +190,11 @@ def _webhook(row: Mapping[str, Any]) -> Webhook:
         created_at=_from_us(row["create_us"]) or datetime.min,
         updated_at=_from_us(row["update_us"]) or datetime.min,
         paused_at=_from_us(row["pause_us"]),
+        rotation_grace_until=(
+            _from_us(row["previous_secret_expire_us"])
+            if _previous_secret(row, now_us) is not None
+            else None
+        ),
     )
 
 
@@ -260,6 +274,23 @@ UPDATE_WEBHOOK = Query.of(
                 "update_us",
             )
         }
+    )
+    .where(*_OWN_WEBHOOK)
+    .returning(*webhooks.c),
+)
+#: A new secret in place of the current one, which is kept to sign beside it until
+#: `previous_expire_us` when `keep_previous`, dropped otherwise (with any older one). One
+#: statement: the right-hand `secret` is the row's value before the update, on both dialects.
+ROTATE_SECRET = Query.of(
+    "rotate webhook secret",
+    sa.update(webhooks)
+    .values(
+        previous_secret=sa.case(
+            (_p("keep_previous", type_=sa.Boolean), webhooks.c.secret), else_=sa.null()
+        ),
+        previous_secret_expire_us=_p("previous_expire_us", type_=sa.BigInteger),
+        secret=_p("secret"),
+        update_us=_p("now"),
     )
     .where(*_OWN_WEBHOOK)
     .returning(*webhooks.c),
@@ -654,29 +685,31 @@ class WebhookStore:
                 create_us=now_us,
                 update_us=now_us,
             )
-            return IssuedWebhook(_webhook(row), secret)
+            return IssuedWebhook(_webhook(row, now_us), secret)
 
         return await self._database.run(Mode.WRITE, create, durable=True)
 
     async def list(self, tenant: str) -> builtins.list[Webhook]:
         """`tenant`'s endpoints, newest first."""
         require_tenant(tenant)
+        now_us = self._now_us()
 
         def read() -> Script[builtins.list[Webhook]]:
             found = yield Step.all(WEBHOOKS_OF_TENANT, tenant=tenant)
-            return [_webhook(row) for row in found]
+            return [_webhook(row, now_us) for row in found]
 
         return await self._database.run(Mode.READ, read)
 
     async def get(self, tenant: str, webhook_id: str) -> Webhook:
         """`tenant`'s endpoint; NotFound (WEBHOOK_NOT_FOUND) for one of another tenant too."""
         require_id(webhook_id, "webhook_id")
+        now_us = self._now_us()
 
         def read() -> Script[Webhook]:
             row = yield Step.one(WEBHOOK_BY_ID, webhook_id=webhook_id, tenant=tenant)
             if row is None:
                 raise _not_found(webhook_id)
-            return _webhook(row)
+            return _webhook(row, now_us)
 
         return await self._database.run(Mode.READ, read)
 
@@ -736,9 +769,38 @@ class WebhookStore:
                 tenant=tenant,
                 **{f"new_{column}": value for column, value in values.items()},
             )
-            return _webhook(updated)
+            return _webhook(updated, now_us)
 
         return await self._database.run(Mode.ATOMIC, update, durable=True)
+
+    async def rotate_secret(
+        self, tenant: str, webhook_id: str, *, grace_seconds: int
+    ) -> RotatedSecret:
+        """Gives `tenant`'s endpoint a new secret; the current one keeps signing beside it for
+        `grace_seconds` (0: it stops at once). A secret an earlier rotation kept stops now. One
+        statement; NotFound as `get`."""
+        require_id(webhook_id, "webhook_id")
+        if grace_seconds < 0:
+            raise InvalidArgument("grace_seconds must not be negative", field="grace_seconds")
+        secret = new_secret()
+
+        def rotate() -> Script[RotatedSecret]:
+            now_us = self._now_us()
+            expire_us = now_us + grace_seconds * 1_000_000 if grace_seconds else None
+            row = yield Step.one(
+                ROTATE_SECRET,
+                webhook_id=webhook_id,
+                tenant=tenant,
+                keep_previous=expire_us is not None,
+                previous_expire_us=expire_us,
+                secret=secret,
+                now=now_us,
+            )
+            if row is None:
+                raise _not_found(webhook_id)
+            return RotatedSecret(_webhook(row, now_us), secret, _from_us(expire_us))
+
+        return await self._database.run(Mode.WRITE, rotate, durable=True)
 
     async def delete(self, tenant: str, webhook_id: str) -> Webhook:
         """Deletes `tenant`'s endpoint and its deliveries; the endpoint as it was. NotFound as
@@ -746,12 +808,13 @@ class WebhookStore:
         require_id(webhook_id, "webhook_id")
 
         def delete() -> Script[Webhook]:
+            now_us = self._now_us()
             row = yield Step.one(LOCK_WEBHOOK, webhook_id=webhook_id, tenant=tenant)
             if row is None:
                 raise _not_found(webhook_id)
             yield Step.run(DELETE_DELIVERIES_OF_WEBHOOK, webhook_id=webhook_id)
             yield Step.run(DELETE_WEBHOOK, webhook_id=webhook_id, tenant=tenant)
-            return _webhook(row)
+            return _webhook(row, now_us)
 
         return await self._database.run(Mode.ATOMIC, delete, durable=True)
 
@@ -886,7 +949,7 @@ class WebhookStore:
         found = yield Step.all(WEBHOOKS_BY_IDS, webhook_ids=ids)
         endpoints = {row["webhook_id"]: row for row in found}
         return [
-            _attempt(row, endpoints[row["webhook_id"]])
+            _attempt(row, endpoints[row["webhook_id"]], now_us)
             for row in taken
             if row["webhook_id"] in endpoints
         ]
@@ -1098,7 +1161,7 @@ def _deliveries(
             }
             rows.append(row)
             if active:
-                attempts.append(_attempt({**row, "attempts": 0}, endpoint))
+                attempts.append(_attempt({**row, "attempts": 0}, endpoint, now_us))
     return rows, attempts
 
 
@@ -1112,7 +1175,7 @@ def _credits_batch(event: _Event) -> dict[str, Any]:
     }
 
 
-def _attempt(delivery: Mapping[str, Any], endpoint: Mapping[str, Any]) -> Attempt:
+def _attempt(delivery: Mapping[str, Any], endpoint: Mapping[str, Any], now_us: int) -> Attempt:
     return Attempt(
         delivery_id=delivery["delivery_id"],
         webhook_id=delivery["webhook_id"],
@@ -1123,4 +1186,5 @@ def _attempt(delivery: Mapping[str, Any], endpoint: Mapping[str, Any]) -> Attemp
         created_us=delivery["create_us"],
         url=endpoint["url"],
         secret=endpoint["secret"],
+        previous_secret=_previous_secret(endpoint, now_us),
     )

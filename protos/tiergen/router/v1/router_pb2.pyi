@@ -606,7 +606,7 @@ class RevokeApiKeyResponse(_message.Message):
     def __init__(self, api_key: _Optional[_Union[ApiKey, _Mapping]] = ...) -> None: ...
 
 class Webhook(_message.Message):
-    __slots__ = ("webhook_id", "url", "events", "description", "credits_low_threshold", "state", "pause_reason", "consecutive_failures", "create_time", "update_time", "pause_time")
+    __slots__ = ("webhook_id", "url", "events", "description", "credits_low_threshold", "state", "pause_reason", "consecutive_failures", "create_time", "update_time", "pause_time", "secret_rotation_expire_time")
     WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
@@ -618,6 +618,7 @@ class Webhook(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     PAUSE_TIME_FIELD_NUMBER: _ClassVar[int]
+    SECRET_ROTATION_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     webhook_id: str
     url: str
     events: _containers.RepeatedScalarFieldContainer[str]
@@ -629,7 +630,8 @@ class Webhook(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
     pause_time: _timestamp_pb2.Timestamp
-    def __init__(self, webhook_id: _Optional[str] = ..., url: _Optional[str] = ..., events: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., credits_low_threshold: _Optional[int] = ..., state: _Optional[_Union[WebhookState, str]] = ..., pause_reason: _Optional[str] = ..., consecutive_failures: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pause_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    secret_rotation_expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, webhook_id: _Optional[str] = ..., url: _Optional[str] = ..., events: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., credits_low_threshold: _Optional[int] = ..., state: _Optional[_Union[WebhookState, str]] = ..., pause_reason: _Optional[str] = ..., consecutive_failures: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pause_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., secret_rotation_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class WebhookDelivery(_message.Message):
     __slots__ = ("delivery_id", "webhook_id", "event_id", "event_type", "state", "attempts", "last_status_code", "last_error", "account_id", "batch_id", "job_id", "create_time", "last_attempt_time", "next_attempt_time", "finish_time")
@@ -728,6 +730,24 @@ class DeleteWebhookResponse(_message.Message):
     WEBHOOK_FIELD_NUMBER: _ClassVar[int]
     webhook: Webhook
     def __init__(self, webhook: _Optional[_Union[Webhook, _Mapping]] = ...) -> None: ...
+
+class RotateWebhookSecretRequest(_message.Message):
+    __slots__ = ("webhook_id", "grace_seconds")
+    WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
+    GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    webhook_id: str
+    grace_seconds: int
+    def __init__(self, webhook_id: _Optional[str] = ..., grace_seconds: _Optional[int] = ...) -> None: ...
+
+class RotateWebhookSecretResponse(_message.Message):
+    __slots__ = ("webhook", "secret", "previous_secret_expire_time")
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SECRET_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    webhook: Webhook
+    secret: str
+    previous_secret_expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, webhook: _Optional[_Union[Webhook, _Mapping]] = ..., secret: _Optional[str] = ..., previous_secret_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListWebhookDeliveriesRequest(_message.Message):
     __slots__ = ("webhook_id", "state", "page_size", "page_token")

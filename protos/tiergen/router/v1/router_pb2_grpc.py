@@ -157,6 +157,11 @@ class RouterServiceStub:
                 request_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.DeleteWebhookRequest.SerializeToString,
                 response_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.DeleteWebhookResponse.FromString,
                 _registered_method=True)
+        self.RotateWebhookSecret = channel.unary_unary(
+                '/tiergen.router.v1.RouterService/RotateWebhookSecret',
+                request_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.RotateWebhookSecretRequest.SerializeToString,
+                response_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.RotateWebhookSecretResponse.FromString,
+                _registered_method=True)
         self.ListWebhookDeliveries = channel.unary_unary(
                 '/tiergen.router.v1.RouterService/ListWebhookDeliveries',
                 request_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.ListWebhookDeliveriesRequest.SerializeToString,
@@ -344,6 +349,15 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateWebhookSecret(self, request, context):
+        """Gives a webhook endpoint a new signing secret, shown in this response only; the old one
+        keeps signing too for a grace period, so that its receiver can move to the new one without
+        refusing a delivery.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListWebhookDeliveries(self, request, context):
         """Lists the deliveries of the caller's tenant's webhooks, newest first: every attempt's
         outcome, so a tenant can see what reached it and why an endpoint is failing.
@@ -464,6 +478,11 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.DeleteWebhook,
                     request_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.DeleteWebhookRequest.FromString,
                     response_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.DeleteWebhookResponse.SerializeToString,
+            ),
+            'RotateWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateWebhookSecret,
+                    request_deserializer=tiergen_dot_router_dot_v1_dot_router__pb2.RotateWebhookSecretRequest.FromString,
+                    response_serializer=tiergen_dot_router_dot_v1_dot_router__pb2.RotateWebhookSecretResponse.SerializeToString,
             ),
             'ListWebhookDeliveries': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWebhookDeliveries,
@@ -1078,6 +1097,33 @@ class RouterService:
             '/tiergen.router.v1.RouterService/DeleteWebhook',
             tiergen_dot_router_dot_v1_dot_router__pb2.DeleteWebhookRequest.SerializeToString,
             tiergen_dot_router_dot_v1_dot_router__pb2.DeleteWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiergen.router.v1.RouterService/RotateWebhookSecret',
+            tiergen_dot_router_dot_v1_dot_router__pb2.RotateWebhookSecretRequest.SerializeToString,
+            tiergen_dot_router_dot_v1_dot_router__pb2.RotateWebhookSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,
