@@ -15,6 +15,9 @@ import pytest
 from tiergen.router.v1 import router_pb2
 
 from services.cli.main import main
+from services.ledger.migrations import SCHEMA as LEDGER_SCHEMA
+from services.router.jobs.migrations import SCHEMA as ROUTER_SCHEMA
+from services.runtime.migrations import head
 from tests.ops.trading import trade
 from tests.router.conftest import InProcessSuite, running_suite
 
@@ -74,10 +77,9 @@ async def test_a_backup_taken_while_serving_restores_and_serves_the_same(
     # The servers log to stdout too; the command's lines are its own.
     lines = capsys.readouterr().out.splitlines()
     assert [line for line in lines if line.startswith(("ledger: ", "router: "))] == [
-        f"ledger: backed up {live / 'ledger.db'} to {backups / 'ledger.db'}"
-        f" ({_pages(backups / 'ledger.db')} pages, at revision 0002); integrity ok",
-        f"router: backed up {live / 'router.db'} to {backups / 'router.db'}"
-        f" ({_pages(backups / 'router.db')} pages, at revision 0006); integrity ok",
+        f"{name}: backed up {live / f'{name}.db'} to {backups / f'{name}.db'}"
+        f" ({_pages(backups / f'{name}.db')} pages, at revision {head(schema)}); integrity ok"
+        for name, schema in (("ledger", LEDGER_SCHEMA), ("router", ROUTER_SCHEMA))
     ]
     # Each backup is one file, and holds every row the stopped originals hold.
     assert sorted(p.name for p in backups.iterdir()) == ["ledger.db", "router.db"]
