@@ -103,9 +103,8 @@ def _kubectl() -> str:
     return path
 
 
-@functools.cache
-def rendering(overlay: str) -> Rendering:
-    directory = KUSTOMIZE / "overlays" / overlay
+def render(directory: Path, overlay: str) -> Rendering:
+    """`kubectl kustomize DIRECTORY`, checked by the rules of `overlay` (dev or production)."""
     result = subprocess.run(
         [_kubectl(), "kustomize", str(directory)],
         capture_output=True,
@@ -115,6 +114,11 @@ def rendering(overlay: str) -> Rendering:
     )
     assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
     return Rendering(overlay, [doc for doc in yaml.safe_load_all(result.stdout) if doc])
+
+
+@functools.cache
+def rendering(overlay: str) -> Rendering:
+    return render(KUSTOMIZE / "overlays" / overlay, overlay)
 
 
 @pytest.fixture(params=OVERLAYS)

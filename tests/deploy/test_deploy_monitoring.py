@@ -11,7 +11,6 @@ import functools
 import json
 import os
 import re
-import subprocess
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -36,10 +35,10 @@ from tests.deploy.test_deploy_manifests import (
     SCHEMA_VERSIONS,
     Obj,
     Rendering,
-    _kubectl,
     autoscaler_of,
     env_of,
     main_container,
+    render,
     rendering,
     schema_errors,
     security_problems,
@@ -200,15 +199,7 @@ def monitored_dev(tmp: Path) -> Rendering:
             }
         )
     )
-    result = subprocess.run(
-        [_kubectl(), "kustomize", str(overlay)],
-        capture_output=True,
-        encoding="utf-8",
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return Rendering("dev", [doc for doc in yaml.safe_load_all(result.stdout) if doc])
+    return render(overlay, "dev")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import re
 import shutil
-import subprocess
 import tomllib
 from pathlib import Path
 
@@ -32,11 +31,11 @@ from tests.deploy.test_deploy_manifests import (
     network_problems,
     pod_spec,
     reference_problems,
+    render,
     rendering,
     schema_errors,
     security_problems,
 )
-from tests.deploy.test_deploy_manifests import _kubectl as kubectl
 
 MIGRATE_SELECTOR = ("app.kubernetes.io/component", "migrate")
 JOB = "tiergen-migrate"
@@ -294,15 +293,7 @@ def test_the_documented_patch_points_the_router_at_a_store_in_the_cluster(
     kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
     kustomization["patches"].append(patch)
     (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
-    result = subprocess.run(
-        [kubectl(), "kustomize", str(overlay)],
-        capture_output=True,
-        encoding="utf-8",
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    patched = Rendering("production", [d for d in yaml.safe_load_all(result.stdout) if d])
+    patched = render(overlay, "production")
     every = endpoints(patched)
     policies = patched.of_kind("NetworkPolicy")
     minio = Endpoint.pod("minio", "minio", {"app.kubernetes.io/name": "minio"})
