@@ -176,15 +176,18 @@ _SERVICE = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
 
 
 def ledger_address(options: argparse.Namespace) -> str:
-    """The ledger `tiergen ledger grant|balance|entries` call: --ledger, else the one of
-    --data-dir, else LEDGER_ADDR, else the default port on loopback."""
+    """The ledger `tiergen ledger grant|balance|entries` call: --ledger, else the ones of
+    --data-dir (every replica `tiergen up` runs there, balanced round robin), else LEDGER_ADDR,
+    else the default port on loopback."""
     if options.ledger:
         return str(options.ledger)
     if options.data_dir is not None:
-        ready = options.data_dir / "run" / "ledger.addr"
+        run = options.data_dir / "run"
+        # ledger.addr, then ledger-2.addr, ledger-3.addr... for `--replicas ledger=N`.
+        replicas = sorted(run.glob("ledger-*.addr"), key=lambda path: int(path.stem[7:] or 0))
         try:
-            return ready.read_text().strip()
-        except OSError:
+            return ",".join(path.read_text().strip() for path in [run / "ledger.addr", *replicas])
+        except (OSError, ValueError):
             raise CredentialError(
                 f"no running ledger found in {options.data_dir}: start `tiergen up --data-dir"
                 f" {options.data_dir}`, or give --ledger HOST:PORT"

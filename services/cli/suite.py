@@ -328,6 +328,9 @@ class Suite:
         self.check()
         for sub in ("run", "logs"):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+        # An earlier run's addresses (more replicas than this one's) must not be read as live.
+        for stale in (self.data_dir / "run").glob("*.addr"):
+            stale.unlink(missing_ok=True)
         self._pki, self.certificates_made = provision_local_pki(self.data_dir, [self.host])
         try:
             if self.postgres is not None:

@@ -4,6 +4,7 @@ over one PostgreSQL behind client-side round robin survive a router and a ledger
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -22,7 +23,8 @@ import psycopg
 import pytest
 from tiergen.router.v1 import router_pb2, router_pb2_grpc
 
-from services.cli.credentials import resolve_api_key
+from services.cli.credentials import CredentialError, resolve_api_key
+from services.cli.ledger import ledger_address
 from services.cli.load import LoadPlan, run_load, summary
 from services.cli.main import main
 from services.cli.pki import LocalPki
@@ -469,3 +471,20 @@ def _stored_assets(up: Up) -> int:
     finally:
         client.close()
     return int(listed.get("KeyCount", 0))
+
+
+def test_the_ledger_commands_balance_over_every_ledger_of_the_data_dir(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, address in (
+        ("ledger", "127.0.0.1:50053"),
+        ("ledger-10", "127.0.0.1:50143"),
+        ("ledger-2", "127.0.0.1:50063"),
+        ("router", "127.0.0.1:50051"),
+    ):
+        (run / f"{name}.addr").write_text(f"{address}\n")
+    options = argparse.Namespace(ledger=None, data_dir=tmp_path)
+    assert ledger_address(options) == "127.0.0.1:50053,127.0.0.1:50063,127.0.0.1:50143"
+    (run / "ledger.addr").unlink()
+    with pytest.raises(CredentialError, match="no running ledger found in"):
+        ledger_address(options)
