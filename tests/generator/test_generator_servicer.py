@@ -33,6 +33,7 @@ from services.generator.tiers import Quality
 from services.runtime.chunks import CHUNK_BYTES, image_info, split
 from services.runtime.resolution import MAX_PROMPT_CHARS
 from services.runtime.settings import ConfigError
+from tests.log_lines import rpc_lines
 from tests.rich_errors import bad_fields, details
 from tests.tls import session_pki
 
@@ -282,7 +283,7 @@ async def test_the_log_line_carries_the_request_id_and_tier(stub: Any) -> None:
         processors=[structlog.contextvars.merge_contextvars]
     ) as logs:
         await render_call(stub, messages(spec(request_id="job_42")))
-    (line,) = [entry for entry in logs if entry["event"] == "rpc"]
+        (line,) = await rpc_lines(logs, 1)
     assert (line["code"], line["request_id"], line["tier"]) == ("OK", "job_42", "nano")
 
 

@@ -17,7 +17,7 @@ from services.router.jobs.model import HoldState, Job, JobKind, JobStatus, Lease
 from services.router.operations.events import BatchAccepted, JobFinished
 from services.router.routing.catalogue import ImageSize, Stage
 from services.router.routing.policy import RouteRequest
-from services.runtime.errors import Aborted, Unavailable
+from services.runtime.errors import Aborted, DeadlineExceeded, Unavailable
 from tests.router.fakes import RouterDomain, finished
 
 REQUEST = RouteRequest(prompt="a lighthouse at dawn", tier="standard", size=ImageSize.K1, n=2)
@@ -328,5 +328,45 @@ async def test_a_caller_cancelled_twice_still_ends_every_job_before_the_credits_
 
     record = await domain.jobs.batch(account, batch_id)
     assert {job.status for job in record.jobs} == {JobStatus.CANCELLED}
+    assert record.batch.hold_state is HoldState.RELEASED
+    assert domain.ledger.balance(account) == (400, 0)
+
+
+async def test_a_job_failing_as_its_caller_leaves_still_records_its_end_before_the_settling(
+    domain: RouterDomain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The render fails at the caller's deadline (the same deadline) just as the caller's
+    # cancellation arrives: the cancellation lands while the failure is being recorded.
+    account = domain.ledger.open("acct")
+    domain.renderer.failures = [DeadlineExceeded("the render ran out of time")] * REQUEST.n
+    store_slow = asyncio.Event()
+    recording: asyncio.Queue[str] = asyncio.Queue()
+    mark_failed = domain.jobs.mark_failed
+
+    async def slow_mark_failed(job_id: str, code: str, reason: str, message: str) -> Job:
+        await recording.put(job_id)
+        await store_slow.wait()
+        return await mark_failed(job_id, code, reason, message)
+
+    monkeypatch.setattr(domain.jobs, "mark_failed", slow_mark_failed)
+    events = domain.router.generate(account, "late", REQUEST)
+    accepted = await anext(events)
+    assert isinstance(accepted, BatchAccepted)
+
+    async def read_the_rest() -> None:
+        async for _ in events:
+            pass
+
+    reader = asyncio.create_task(read_the_rest())
+    for _ in range(REQUEST.n):
+        await recording.get()
+    reader.cancel()
+    await asyncio.sleep(0)
+    store_slow.set()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+
+    record = await domain.jobs.batch(account, accepted.record.batch.batch_id)
+    assert {job.status for job in record.jobs} == {JobStatus.FAILED}
     assert record.batch.hold_state is HoldState.RELEASED
     assert domain.ledger.balance(account) == (400, 0)

@@ -14,6 +14,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 
 from services.runtime.server import ServiceRegistration, create_server
+from tests.log_lines import rpc_lines
 from tests.rich_errors import details
 from tests.tls import session_pki
 
@@ -141,10 +142,10 @@ async def test_a_health_probe_refuses_garbage_too(channel):
 
 
 async def test_the_refusal_has_its_log_line_as_a_caller_error(channel):
-    with structlog.testing.capture_logs() as logs, pytest.raises(grpc.aio.AioRpcError):
-        await channel.unary_unary(f"/{SERVICE}/Echo")(GARBAGE, timeout=5)
-
-    lines = [entry for entry in logs if entry["event"] == "rpc"]
+    with structlog.testing.capture_logs() as logs:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await channel.unary_unary(f"/{SERVICE}/Echo")(GARBAGE, timeout=5)
+        lines = await rpc_lines(logs, 1)
     assert [(line["method"], line["code"]) for line in lines] == [
         (f"/{SERVICE}/Echo", "INVALID_ARGUMENT")
     ]

@@ -21,6 +21,7 @@ from services.runtime.channels import open_channel
 from services.runtime.interceptors import remaining_deadline
 from services.runtime.server import ServiceRegistration, create_server
 from services.runtime.status import from_rpc_error
+from tests.log_lines import rpc_lines
 from tests.rich_errors import bad_fields, details
 from tests.tls import session_pki
 
@@ -247,7 +248,7 @@ async def test_one_canonical_log_line_per_rpc(probe):
         await channel.unary_unary(f"/{SERVICE}/Raise")(b"hello")
         with pytest.raises(grpc.aio.AioRpcError):
             await channel.unary_unary(f"/{SERVICE}/Raise")(b"precondition")
-    lines = [entry for entry in logs if entry["event"] == "rpc"]
+        lines = await rpc_lines(logs, 2)
     assert [line["code"] for line in lines] == ["OK", "FAILED_PRECONDITION"]
     assert lines[0]["method"] == f"/{SERVICE}/Raise"
     assert lines[0]["job_id"] == "job_123"

@@ -99,8 +99,10 @@ def _refusal(error: FailedPrecondition, decision: Decision | None) -> FailedPrec
 
 async def _to_the_end(awaitable: Awaitable[_T]) -> _T:
     """The result of `awaitable`, awaited to its end although the task awaiting it is cancelled
-    (again) meanwhile: the bookkeeping of one cancellation must not be cut short by the next.
-    The caller is handling a cancellation already, and raises it once this returns."""
+    meanwhile: recording how a job ended (or waiting for the jobs that do) must not be cut short
+    by a cancellation, or the credits would be settled with the job still running. A job's task
+    that was cancelled while recording its failure ends with that failure recorded; its batch
+    sees the cancellation itself."""
     future = asyncio.ensure_future(awaitable)
     while True:
         try:
@@ -465,7 +467,7 @@ class BatchRunner:
             finals = [o for o in outcomes if isinstance(o, Job)]
             known = batch if len(finals) == len(record.jobs) else None
             try:
-                await self.settle(batch.owner, batch.batch_id, known, tuple(finals))
+                await _to_the_end(self.settle(batch.owner, batch.batch_id, known, tuple(finals)))
             finally:
                 emit(None)
 
@@ -512,19 +514,19 @@ class BatchRunner:
         except FailedPrecondition as error:
             if error.reason not in _STORE_REASONS:
                 failures[job.job_id] = error
-                final = await self._fail(job, error)
+                final = await _to_the_end(self._fail(job, error))
             else:
                 # Cancelled by CancelJob while it ran: the image is not delivered or charged.
-                final = await self._jobs.get(job.owner, job.job_id)
+                final = await _to_the_end(self._jobs.get(job.owner, job.job_id))
         except TiergenError as error:
             failures[job.job_id] = error
-            final = await self._fail(job, error)
+            final = await _to_the_end(self._fail(job, error))
         except Exception:
             _log.exception("job failed unexpectedly", job_id=job.job_id)
             failures[job.job_id] = errors.Internal(
                 f"internal error (trace {current_trace_id() or 'none'})"
             )
-            final = await self._fail(job, failures[job.job_id])
+            final = await _to_the_end(self._fail(job, failures[job.job_id]))
         count_final(final)
         events.finished(final)
         return final
