@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import Any, cast
 
 import pytest
 from prometheus_client import REGISTRY
@@ -299,6 +300,35 @@ async def test_a_recovered_batch_settles_in_its_owners_tenant(domain: RouterDoma
     assert domain.ledger.balance(owners[1]) == (400 - 3, 0)
 
 
+class SlowStore:
+    """One method of the job store made to wait until `go` is set; `entered` gets the job id
+    of each call that reached it."""
+
+    def __init__(self, domain: RouterDomain, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+        self.go = asyncio.Event()
+        self.entered: asyncio.Queue[str] = asyncio.Queue()
+        method = getattr(domain.jobs, name)
+
+        async def slow(job_id: str, *args: Any) -> Job:
+            await self.entered.put(job_id)
+            await self.go.wait()
+            return cast(Job, await method(job_id, *args))
+
+        monkeypatch.setattr(domain.jobs, name, slow)
+
+    async def all_entered(self, count: int) -> None:
+        for _ in range(count):
+            await self.entered.get()
+
+
+async def ends_as(domain: RouterDomain, account: Owner, batch_id: str, status: JobStatus) -> None:
+    """Every job of the batch ended as `status`, and its credits all returned."""
+    record = await domain.jobs.batch(account, batch_id)
+    assert {job.status for job in record.jobs} == {status}
+    assert record.batch.hold_state is HoldState.RELEASED
+    assert domain.ledger.balance(account) == (400, 0)
+
+
 async def test_a_caller_cancelled_twice_still_ends_every_job_before_the_credits_settle(
     domain: RouterDomain, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -306,30 +336,16 @@ async def test_a_caller_cancelled_twice_still_ends_every_job_before_the_credits_
     # then the channel closing): the second must not cut the first's bookkeeping short.
     account = domain.ledger.open("acct")
     batch_id, reader = await running_batch(domain, account, "twice")
-    store_slow = asyncio.Event()
-    recording: asyncio.Queue[str] = asyncio.Queue()
-    mark_cancelled = domain.jobs.mark_cancelled
-
-    async def slow_mark_cancelled(job_id: str, message: str = "cancelled by the caller") -> Job:
-        await recording.put(job_id)
-        await store_slow.wait()
-        return await mark_cancelled(job_id, message)
-
-    monkeypatch.setattr(domain.jobs, "mark_cancelled", slow_mark_cancelled)
+    store = SlowStore(domain, monkeypatch, "mark_cancelled")
 
     reader.cancel()
-    for _ in range(REQUEST.n):
-        await recording.get()
+    await store.all_entered(REQUEST.n)
     reader.cancel()
     await asyncio.sleep(0)
-    store_slow.set()
+    store.go.set()
     with pytest.raises(asyncio.CancelledError):
         await reader
-
-    record = await domain.jobs.batch(account, batch_id)
-    assert {job.status for job in record.jobs} == {JobStatus.CANCELLED}
-    assert record.batch.hold_state is HoldState.RELEASED
-    assert domain.ledger.balance(account) == (400, 0)
+    await ends_as(domain, account, batch_id, JobStatus.CANCELLED)
 
 
 async def test_a_job_failing_as_its_caller_leaves_still_records_its_end_before_the_settling(
@@ -339,16 +355,7 @@ async def test_a_job_failing_as_its_caller_leaves_still_records_its_end_before_t
     # cancellation arrives: the cancellation lands while the failure is being recorded.
     account = domain.ledger.open("acct")
     domain.renderer.failures = [DeadlineExceeded("the render ran out of time")] * REQUEST.n
-    store_slow = asyncio.Event()
-    recording: asyncio.Queue[str] = asyncio.Queue()
-    mark_failed = domain.jobs.mark_failed
-
-    async def slow_mark_failed(job_id: str, code: str, reason: str, message: str) -> Job:
-        await recording.put(job_id)
-        await store_slow.wait()
-        return await mark_failed(job_id, code, reason, message)
-
-    monkeypatch.setattr(domain.jobs, "mark_failed", slow_mark_failed)
+    store = SlowStore(domain, monkeypatch, "mark_failed")
     events = domain.router.generate(account, "late", REQUEST)
     accepted = await anext(events)
     assert isinstance(accepted, BatchAccepted)
@@ -358,15 +365,10 @@ async def test_a_job_failing_as_its_caller_leaves_still_records_its_end_before_t
             pass
 
     reader = asyncio.create_task(read_the_rest())
-    for _ in range(REQUEST.n):
-        await recording.get()
+    await store.all_entered(REQUEST.n)
     reader.cancel()
     await asyncio.sleep(0)
-    store_slow.set()
+    store.go.set()
     with pytest.raises(asyncio.CancelledError):
         await reader
-
-    record = await domain.jobs.batch(account, accepted.record.batch.batch_id)
-    assert {job.status for job in record.jobs} == {JobStatus.FAILED}
-    assert record.batch.hold_state is HoldState.RELEASED
-    assert domain.ledger.balance(account) == (400, 0)
+    await ends_as(domain, account, accepted.record.batch.batch_id, JobStatus.FAILED)
