@@ -53,7 +53,11 @@ def _children(pid: int) -> dict[str, int]:
     a second process of a module is keyed with its pid."""
     found: dict[str, int] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue  # a thread that ended since the listing: it started no one
+        for child in children:
             try:
                 words = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
             except FileNotFoundError:
