@@ -4,8 +4,6 @@ start."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from services.generator.providers import ApiKey, ProviderSettings
 from services.generator.server import create_server
 from services.generator.settings import GeneratorSettings, provider_settings
 from services.runtime.settings import ConfigError
-from tests.start_failures import cannot_start
+from tests.start_failures import refused_start
 from tests.tls import session_pki
 
 GEMINI_TIER = """\
@@ -186,17 +184,7 @@ def test_the_entry_point_exits_2_naming_the_missing_key(tmp_path: Path) -> None:
     environment = dict(os.environ, TIERGEN_PORT="0", TIERGEN_GENERATOR_TIERS_FILE=str(path))
     for name in ("OPENAI_API_KEY", "OPENAI_API_KEY_FILE"):
         environment.pop(name, None)
-    finished = subprocess.run(
-        [sys.executable, "-m", "services.generator"],
-        cwd=Path(__file__).resolve().parents[2],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert finished.returncode == 2
-    line = cannot_start(finished.stderr, alone=True)
+    line, _ = refused_start("services.generator", environment)
     assert line["error"] == (
         "tier(s) studio render on openai, but neither OPENAI_API_KEY nor OPENAI_API_KEY_FILE is set"
     )

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ import pytest
 from services.generator.settings import GeneratorSettings
 from services.generator.tiers import DEFAULT_CATALOGUE_TOML
 from services.runtime.settings import ConfigError, ServerSettings
-from tests.start_failures import cannot_start
+from tests.start_failures import refused_start
 
 ONE_TIER = """\
 [tiers.solo]
@@ -86,17 +84,7 @@ def test_the_entry_point_exits_2_with_one_line_on_bad_config(tmp_path: Path) -> 
         TIERGEN_PORT="0",
         TIERGEN_GENERATOR_TIERS_FILE=str(tmp_path / "missing.toml"),
     )
-    finished = subprocess.run(
-        [sys.executable, "-m", "services.generator"],
-        cwd=Path(__file__).resolve().parents[2],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert finished.returncode == 2
-    line = cannot_start(finished.stderr, alone=True)
+    line, _ = refused_start("services.generator", environment)
     assert (line["service"], line["kind"]) == ("generator", "configuration error")
     assert line["setting"] == "TIERGEN_GENERATOR_TIERS_FILE", line
 

@@ -9,8 +9,6 @@ import os
 import shutil
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -34,11 +32,10 @@ from services.runtime.settings import (
     ServerTls,
 )
 from services.runtime.tls import CertificateReloader, load_key_pair
-from tests.start_failures import cannot_start
+from tests.start_failures import refused_start
 from tests.tls import TestPki, session_pki
 
 SERVICE = "tiergen.test.TlsService"
-_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _registration() -> ServiceRegistration:
@@ -287,21 +284,12 @@ def test_a_mismatched_key_stops_the_service_process_with_one_line(tmp_path: Path
         "TIERGEN_PORT": "0",
         "TIERGEN_LEDGER_DSN": f"sqlite:///{tmp_path / 'ledger.db'}",
     }
-    finished = subprocess.run(
-        [sys.executable, "-m", "services.ledger"],
-        cwd=_ROOT,
-        env=environ,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    assert finished.returncode == 2
-    line = cannot_start(finished.stderr.decode(), alone=True)
+    line, output = refused_start("services.ledger", environ)
     assert line["setting"] == "TIERGEN_TLS_KEY_FILE", line
     assert line["error"].startswith("TIERGEN_TLS_KEY_FILE="), line
     assert "does not belong to the certificate of TIERGEN_TLS_CERT_FILE=" in line["error"]
     body = b"".join(key.splitlines()[1:-1])
-    assert body[:16] not in finished.stdout + finished.stderr
+    assert body[:16].decode() not in output
 
 
 # Rotation.

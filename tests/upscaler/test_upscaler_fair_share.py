@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import sys
 import time
 from functools import cache
 from typing import Any
@@ -23,7 +22,7 @@ from tiergen.upscaler.v1 import upscaler_pb2
 from services.runtime.settings import ConfigError
 from services.upscaler.settings import UpscalerSettings
 from tests.rich_errors import details
-from tests.start_failures import cannot_start
+from tests.start_failures import refused_start
 from tests.tls import session_pki
 from tests.upscaler.test_upscaler_servicer import request, serving, slow_input, stub_for
 
@@ -145,18 +144,7 @@ def test_bad_fair_share_settings_name_their_variable(
         UpscalerSettings.from_env({variable: value})
 
 
-async def test_bad_weights_stop_the_start_with_one_line() -> None:
+def test_bad_weights_stop_the_start_with_one_line() -> None:
     environ = dict(os.environ, TIERGEN_UPSCALER_TENANT_WEIGHTS="acme=1,acme=2")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.upscaler",
-        env=environ,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await asyncio.wait_for(process.communicate(), 60)
-
-    assert process.returncode == 2
-    line = cannot_start(stderr.decode(), alone=True)
+    line, _ = refused_start("services.upscaler", environ)
     assert line["error"] == "TIERGEN_UPSCALER_TENANT_WEIGHTS: tenant 'acme' is listed twice"

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import io
 import os
 import signal
 import struct
-import sys
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -34,7 +32,7 @@ from services.upscaler.pipeline import OutputFormat, UpscaleMethod, UpscaleSpec,
 from services.upscaler.server import SERVICE_NAME, create_server
 from services.upscaler.settings import UpscalerSettings
 from tests.rich_errors import details
-from tests.start_failures import cannot_start
+from tests.start_failures import refused_start
 from tests.tls import session_pki
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -607,17 +605,5 @@ async def test_the_server_settings_come_from_the_environment() -> None:
 
 async def test_a_bad_setting_stops_the_process_with_one_line() -> None:
     environ = dict(os.environ, TIERGEN_UPSCALER_WORKERS="0", TIERGEN_PORT="0")
-
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.upscaler",
-        env=environ,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await asyncio.wait_for(process.communicate(), 60)
-
-    assert process.returncode == 2
-    line = cannot_start(stderr.decode(), alone=True)
+    line, _ = refused_start("services.upscaler", environ)
     assert line["error"] == "TIERGEN_UPSCALER_WORKERS=0: must be between 1 and 64"
