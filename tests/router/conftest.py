@@ -5,8 +5,13 @@ TLS without a client certificate from the tests to the router, as a tenant's pla
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,3 +212,55 @@ async def suite(
 ) -> AsyncIterator[InProcessSuite]:
     async with running_suite(tmp_path, router_env, generator_env) as running:
         yield running
+
+
+@contextlib.contextmanager
+def router_replicas(
+    suite: InProcessSuite, database: str, count: int, settings: Mapping[str, str]
+) -> Iterator[list[str]]:
+    """`count` router processes (`python -m services.router`) over `database`, beside the
+    suite's own router and calling its backends, with `settings` added to their environment;
+    their addresses. Each logs to `replicas/replica-N.log` of the suite's directory; all are
+    stopped on the way out."""
+    run = suite.data_dir / "replicas"
+    run.mkdir(exist_ok=True)
+    processes: list[subprocess.Popen[bytes]] = []
+    ready = [run / f"replica-{i}.addr" for i in range(count)]
+    try:
+        for i, ready_file in enumerate(ready):
+            env = {
+                **os.environ,
+                **session_pki().env("router"),
+                "TIERGEN_PORT": "0",
+                "TIERGEN_READY_FILE": str(ready_file),
+                "TIERGEN_SHUTDOWN_GRACE_SECONDS": "0",
+                "LEDGER_ADDR": suite.addresses["ledger"],
+                "GENERATOR_ADDR": suite.addresses["generator"],
+                "UPSCALER_ADDR": suite.addresses["upscaler"],
+                "TIERGEN_ROUTER_DSN": database,
+                "TIERGEN_ROUTER_ASSETS_DIR": str(suite.data_dir / "assets"),
+                **settings,
+            }
+            with (run / f"replica-{i}.log").open("ab") as log:
+                processes.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "services.router"], env=env, stdout=log, stderr=log
+                    )
+                )
+        give_up = time.monotonic() + 60
+        for process, ready_file in zip(processes, ready, strict=True):
+            while not ready_file.exists():
+                assert process.poll() is None, f"a replica exited; see {run}"
+                assert time.monotonic() < give_up, f"a replica did not start; see {run}"
+                time.sleep(0.05)
+        yield [ready_file.read_text().strip() for ready_file in ready]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

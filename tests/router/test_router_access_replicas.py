@@ -4,11 +4,6 @@ refused by the other within TIERGEN_ROUTER_KEY_CACHE_SECONDS plus one store read
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,8 +15,12 @@ from tiergen.router.v1 import router_pb2, router_pb2_grpc
 from services.router.jobs.migrations import SCHEMA
 from services.runtime.migrations import upgrade
 from tests.postgres import fresh_schema, with_search_path
-from tests.router.conftest import InProcessSuite, router_channel, running_suite
-from tests.tls import session_pki
+from tests.router.conftest import (
+    InProcessSuite,
+    router_channel,
+    router_replicas,
+    running_suite,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -44,54 +43,6 @@ def database() -> Iterator[str]:
 async def suite(tmp_path: Path, database: str) -> AsyncIterator[InProcessSuite]:
     async with running_suite(tmp_path, {"TIERGEN_ROUTER_DSN": database}, {}) as running:
         yield running
-
-
-@contextlib.contextmanager
-def replicas(suite: InProcessSuite, database: str, count: int) -> Iterator[list[str]]:
-    """`count` router processes over `database`, beside the suite's; their addresses."""
-    run = suite.data_dir / "replicas"
-    run.mkdir(exist_ok=True)
-    processes: list[subprocess.Popen[bytes]] = []
-    ready = [run / f"replica-{i}.addr" for i in range(count)]
-    try:
-        for i, ready_file in enumerate(ready):
-            env = {
-                **os.environ,
-                **session_pki().env("router"),
-                "TIERGEN_PORT": "0",
-                "TIERGEN_READY_FILE": str(ready_file),
-                "TIERGEN_SHUTDOWN_GRACE_SECONDS": "0",
-                "LEDGER_ADDR": suite.addresses["ledger"],
-                "GENERATOR_ADDR": suite.addresses["generator"],
-                "UPSCALER_ADDR": suite.addresses["upscaler"],
-                "TIERGEN_ROUTER_DSN": database,
-                "TIERGEN_ROUTER_DB_POOL_SIZE": "2",
-                "TIERGEN_ROUTER_ASSETS_DIR": str(suite.data_dir / "assets"),
-                "TIERGEN_ROUTER_KEY_CACHE_SECONDS": str(CACHE_SECONDS),
-            }
-            with (run / f"replica-{i}.log").open("ab") as log:
-                processes.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "services.router"], env=env, stdout=log, stderr=log
-                    )
-                )
-        give_up = time.monotonic() + 60
-        for process, ready_file in zip(processes, ready, strict=True):
-            while not ready_file.exists():
-                assert process.poll() is None, f"a replica exited; see {run}"
-                assert time.monotonic() < give_up, f"a replica did not start; see {run}"
-                time.sleep(0.05)
-        yield [ready_file.read_text().strip() for ready_file in ready]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 async def _admitted(stub: router_pb2_grpc.RouterServiceStub) -> bool:
@@ -117,7 +68,11 @@ async def test_a_revocation_and_a_rotation_reach_the_other_replica_within_the_bo
 ) -> None:
     revoked = await suite.new_key("t-main", ["images:read"])
     rotated = await suite.new_key("t-main", ["images:read"])
-    with replicas(suite, database, 2) as (first, second):
+    settings = {
+        "TIERGEN_ROUTER_DB_POOL_SIZE": "2",
+        "TIERGEN_ROUTER_KEY_CACHE_SECONDS": str(CACHE_SECONDS),
+    }
+    with router_replicas(suite, database, 2, settings) as (first, second):
         channels = []
         try:
 

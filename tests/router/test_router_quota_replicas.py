@@ -8,11 +8,6 @@ clock, never a latency asserted."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -28,8 +23,12 @@ from services.router.jobs.migrations import SCHEMA
 from services.runtime.migrations import upgrade
 from services.runtime.status import from_rpc_error
 from tests.postgres import fresh_schema, with_search_path
-from tests.router.conftest import InProcessSuite, router_channel, running_suite
-from tests.tls import session_pki
+from tests.router.conftest import (
+    InProcessSuite,
+    router_channel,
+    router_replicas,
+    running_suite,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -67,54 +66,6 @@ async def suite(tmp_path: Path, database: str) -> AsyncIterator[InProcessSuite]:
     generator_env = {"TIERGEN_GENERATOR_TIERS_FILE": str(tiers)}
     async with running_suite(tmp_path, {"TIERGEN_ROUTER_DSN": database}, generator_env) as running:
         yield running
-
-
-@contextlib.contextmanager
-def replicas(suite: InProcessSuite, database: str, quotas: Path) -> Iterator[list[str]]:
-    """Two router processes over `database` with the quota file `quotas`; their addresses."""
-    run = suite.data_dir / "replicas"
-    run.mkdir(exist_ok=True)
-    processes: list[subprocess.Popen[bytes]] = []
-    ready = [run / f"replica-{i}.addr" for i in range(2)]
-    try:
-        for i, ready_file in enumerate(ready):
-            env = {
-                **os.environ,
-                **session_pki().env("router"),
-                "TIERGEN_PORT": "0",
-                "TIERGEN_READY_FILE": str(ready_file),
-                "TIERGEN_SHUTDOWN_GRACE_SECONDS": "0",
-                "LEDGER_ADDR": suite.addresses["ledger"],
-                "GENERATOR_ADDR": suite.addresses["generator"],
-                "UPSCALER_ADDR": suite.addresses["upscaler"],
-                "TIERGEN_ROUTER_DSN": database,
-                "TIERGEN_ROUTER_DB_POOL_SIZE": "4",
-                "TIERGEN_ROUTER_ASSETS_DIR": str(suite.data_dir / "assets"),
-                "TIERGEN_ROUTER_QUOTAS_FILE": str(quotas),
-            }
-            with (run / f"replica-{i}.log").open("ab") as log:
-                processes.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "services.router"], env=env, stdout=log, stderr=log
-                    )
-                )
-        give_up = time.monotonic() + 60
-        for process, ready_file in zip(processes, ready, strict=True):
-            while not ready_file.exists():
-                assert process.poll() is None, f"a replica exited; see {run}"
-                assert time.monotonic() < give_up, f"a replica did not start; see {run}"
-                time.sleep(0.05)
-        yield [ready_file.read_text().strip() for ready_file in ready]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 async def admitted(call: object, subject: str) -> bool:
@@ -159,7 +110,8 @@ async def test_two_replicas_admit_what_one_would(
         await suite.stub(rate_key).OpenAccount(
             router_pb2.OpenAccountRequest(account_id=f"rate-{i}", idempotency_key="open")
         )
-    with replicas(suite, database, quotas) as addresses:
+    settings = {"TIERGEN_ROUTER_DB_POOL_SIZE": "4", "TIERGEN_ROUTER_QUOTAS_FILE": str(quotas)}
+    with router_replicas(suite, database, 2, settings) as addresses:
         channels = [router_channel(address, suite.api_key) for address in addresses]
         rate_channels = [router_channel(address, rate_key) for address in addresses]
         try:
