@@ -184,10 +184,14 @@ def ledger_address(options: argparse.Namespace) -> str:
     if options.data_dir is not None:
         run = options.data_dir / "run"
         # ledger.addr, then ledger-2.addr, ledger-3.addr... for `--replicas ledger=N`.
-        replicas = sorted(run.glob("ledger-*.addr"), key=lambda path: int(path.stem[7:] or 0))
+        numbers = {path: path.stem.removeprefix("ledger-") for path in run.glob("ledger-*.addr")}
+        replicas = sorted(
+            (path for path, number in numbers.items() if number.isdigit()),
+            key=lambda path: int(numbers[path]),
+        )
         try:
             return ",".join(path.read_text().strip() for path in [run / "ledger.addr", *replicas])
-        except (OSError, ValueError):
+        except OSError:
             raise CredentialError(
                 f"no running ledger found in {options.data_dir}: start `tiergen up --data-dir"
                 f" {options.data_dir}`, or give --ledger HOST:PORT"

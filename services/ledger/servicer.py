@@ -221,8 +221,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             raise InvalidArgument(
                 "kind must be GRANT_KIND_PURCHASE or GRANT_KIND_ADJUSTMENT", field="kind"
             )
+        tenant = _tenant(request)
         result = await self._ledger.grant(
-            _tenant(request),
+            tenant,
             request.account_id,
             request.amount,
             kind,
@@ -235,7 +236,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             _audit.info(
                 "audit",
                 action="credits.granted",
-                tenant=_tenant(request),
+                tenant=tenant,
                 identity=identity,
                 account_id=request.account_id,
                 amount=request.amount,
