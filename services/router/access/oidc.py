@@ -547,7 +547,7 @@ class _EntryReader:
             for key in ("jwks_refetch_seconds", "jwks_ca_file", "jwks_token_file"):
                 if key in self._entry:
                     raise self._error(key, "applies to jwks_url only")
-            path = self._directory / Path(self._string("jwks_file")).expanduser()
+            path = self._path("jwks_file")
             try:
                 return _JwksFile(path)
             except OSError as error:
@@ -585,9 +585,13 @@ class _EntryReader:
             url, refetch_seconds=refetch, clock=self._clock, trust=trust, token_file=token_file
         )
 
+    def _path(self, key: str) -> Path:
+        """The path `key` names, a relative one taken from the issuers file's directory."""
+        return self._directory / Path(self._string(key)).expanduser()
+
     def _file(self, key: str) -> Path:
-        """The readable file `key` names (relative to the issuers file's directory)."""
-        path = self._directory / Path(self._string(key)).expanduser()
+        """The readable file `key` names."""
+        path = self._path(key)
         if not os.access(path, os.R_OK) or not path.is_file():
             raise self._error(key, f"cannot read {path}")
         return path
